@@ -1,0 +1,83 @@
+"""One accessor over the ``BEDROCK_STREAM`` settings dict.
+
+Read lazily (never at import time) and reset on ``setting_changed`` so that
+``override_settings(BEDROCK_STREAM={...})`` works in tests, the way
+``rest_framework.settings.api_settings`` does.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from django.conf import settings
+from django.core.signals import setting_changed
+from django.dispatch import receiver
+
+#: Every key users may set, with its default. Documented in the README's settings table.
+DEFAULTS: dict[str, Any] = {
+    # AWS region; None falls back to boto3's own resolution (AWS_REGION, ~/.aws/config), then us-east-1.
+    "REGION": None,
+    # Endpoint override (e.g. the built-in emulator). None keeps boto3's resolution, which honours
+    # AWS_ENDPOINT_URL_BEDROCK_RUNTIME and AWS_ENDPOINT_URL.
+    "ENDPOINT_URL": None,
+    # botocore.config.Config kwargs, merged over these defaults. botocore's 60 s read timeout is too
+    # short for long generations, and its pool of 10 connections would cap concurrent streams.
+    "CLIENT_CONFIG": {
+        "read_timeout": 300,
+        "connect_timeout": 10,
+        "max_pool_connections": 1024,
+        "retries": {"mode": "standard", "max_attempts": 3},
+    },
+    # Model ids a request's "model" field may pick, besides the view's own model_id.
+    "ALLOWED_MODELS": [],
+    # Default and server-side cap for max_tokens.
+    "MAX_TOKENS": 1024,
+    # Store a Completion row per stream through the built-in signal receivers.
+    "PERSIST": True,
+    # Let anonymous users call the stream views.
+    "ALLOW_ANONYMOUS": False,
+    # How the async (ASGI) path reaches Bedrock: "auto" (aiobotocore when installed, else threads),
+    # "aiobotocore", or "thread" (boto3 on a dedicated, bounded thread pool).
+    "ASYNC_TRANSPORT": "auto",
+    # Size of the dedicated pool used by the "thread" transport.
+    "THREAD_POOL_SIZE": 64,
+    # Request limits enforced before anything is sent upstream.
+    "MAX_MESSAGES": 100,
+    "MAX_INPUT_CHARS": 100_000,
+}
+
+
+class StreamSettings:
+    """Attribute access to ``settings.BEDROCK_STREAM`` merged over :data:`DEFAULTS`."""
+
+    def __init__(self) -> None:
+        self._cache: dict[str, Any] = {}
+
+    @property
+    def user_settings(self) -> dict[str, Any]:
+        return dict(getattr(settings, "BEDROCK_STREAM", None) or {})
+
+    def __getattr__(self, name: str) -> Any:
+        if name not in DEFAULTS:
+            raise AttributeError(f"Invalid BEDROCK_STREAM setting: {name!r}")
+        if name not in self._cache:
+            value = self.user_settings.get(name, DEFAULTS[name])
+            if name == "CLIENT_CONFIG":
+                value = {**DEFAULTS["CLIENT_CONFIG"], **(value or {})}
+            self._cache[name] = value
+        return self._cache[name]
+
+    def reload(self) -> None:
+        self._cache.clear()
+
+
+stream_settings = StreamSettings()
+
+
+@receiver(setting_changed)
+def _reload_settings(*, setting: str, **kwargs: Any) -> None:
+    if setting == "BEDROCK_STREAM":
+        stream_settings.reload()
+        from . import client
+
+        client.reset_clients()

@@ -1,0 +1,52 @@
+"""The persisted record of every stream."""
+
+from __future__ import annotations
+
+from django.conf import settings
+from django.db import models
+
+
+class Completion(models.Model):
+    """One row per stream: created when it starts, finished once when it ends (never per token)."""
+
+    class Status(models.TextChoices):
+        STREAMING = "streaming", "Streaming"
+        COMPLETED = "completed", "Completed"
+        FAILED = "failed", "Failed"
+        CANCELLED = "cancelled", "Cancelled"
+
+    user = models.ForeignKey(
+        settings.AUTH_USER_MODEL,
+        null=True,
+        blank=True,
+        on_delete=models.SET_NULL,
+        related_name="bedrock_completions",
+    )
+    model_id = models.CharField(max_length=255, db_index=True)
+    family = models.CharField(max_length=40, blank=True)
+    messages = models.JSONField(default=list)
+    text = models.TextField(blank=True)
+    status = models.CharField(
+        max_length=16, choices=Status.choices, default=Status.STREAMING, db_index=True
+    )
+    stop_reason = models.CharField(max_length=64, blank=True)
+    input_tokens = models.PositiveIntegerField(null=True, blank=True)
+    output_tokens = models.PositiveIntegerField(null=True, blank=True)
+    error = models.TextField(blank=True)
+    error_code = models.CharField(max_length=64, blank=True)
+    time_to_first_token = models.DurationField(null=True, blank=True)
+    created_at = models.DateTimeField(auto_now_add=True, db_index=True)
+    finished_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["-created_at", "-id"]
+        indexes = [models.Index(fields=["status", "created_at"])]
+
+    def __str__(self) -> str:
+        return f"{self.model_id} · {self.status} · {self.created_at:%Y-%m-%d %H:%M}"
+
+    @property
+    def total_tokens(self) -> int | None:
+        if self.input_tokens is None and self.output_tokens is None:
+            return None
+        return (self.input_tokens or 0) + (self.output_tokens or 0)

@@ -1,0 +1,201 @@
+"""``StreamRunner``: drives one :class:`BedrockStream` through a protocol encoder, the signals and the
+``Completion`` row, as a sync body (WSGI) or an async body (ASGI).
+
+Every path ends in exactly one of ``completed`` / ``failed`` / ``cancelled``, settled once: the
+signals for it are sent, then ``stream_finished``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator, Iterator
+from datetime import timedelta
+from typing import Any
+
+from asgiref.sync import sync_to_async
+from django.http import HttpRequest
+from django.utils import timezone
+
+from . import signals
+from .exceptions import BedrockStreamError, wrap_botocore_error
+from .models import Completion
+from .protocols import StreamProtocol
+from .streams import BedrockStream
+
+logger = logging.getLogger("django_bedrock_stream")
+Status = Completion.Status
+
+
+def send(signal: Any, sender: type, **kwargs: Any) -> None:
+    signal.send_robust(sender, **kwargs)
+
+
+async def asend(signal: Any, sender: type, **kwargs: Any) -> None:
+    if hasattr(signal, "asend_robust"):  # Django >= 5.0
+        await signal.asend_robust(sender, **kwargs)
+    else:
+        await sync_to_async(signal.send_robust)(sender, **kwargs)
+
+
+class StreamRunner:
+    def __init__(
+        self,
+        *,
+        sender: type,
+        request: HttpRequest,
+        stream: BedrockStream,
+        completion: Completion,
+        protocol: StreamProtocol,
+        started_at: float,
+    ) -> None:
+        self.sender = sender
+        self.request = request
+        self.stream = stream
+        self.completion = completion
+        self.protocol = protocol
+        self.started_at = started_at
+        self.settled = False
+        self.stream.model_id = completion.model_id
+
+    # -- the one place where a stream's end is decided ------------------------------------------
+    def settle(self, status: str, error: BedrockStreamError | None = None) -> list[tuple[Any, dict[str, Any]]]:
+        """Fill the completion and return the signals to send, in order. Idempotent."""
+        if self.settled:
+            return []
+        self.settled = True
+        stream, completion = self.stream, self.completion
+        completion.text = stream.text
+        completion.status = status
+        completion.stop_reason = stream.stop_reason or ""
+        usage = stream.usage
+        completion.input_tokens = usage["input_tokens"]
+        completion.output_tokens = usage["output_tokens"]
+        if stream.first_token_at is not None:
+            completion.time_to_first_token = timedelta(seconds=stream.first_token_at - self.started_at)
+        completion.finished_at = timezone.now()
+        common = {"request": self.request, "model_id": completion.model_id, "text": completion.text}
+        if status == Status.COMPLETED:
+            first = (signals.stream_completed, {**common, "usage": usage, "stop_reason": stream.stop_reason})
+        elif status == Status.FAILED:
+            assert error is not None
+            completion.error = error.message
+            completion.error_code = error.code
+            first = (signals.stream_failed, {**common, "error": error})
+        else:
+            first = (signals.stream_cancelled, common)
+        first[1]["completion"] = completion
+        return [first, (signals.stream_finished, {**common, "status": status, "completion": completion})]
+
+    def _tokens_listened(self) -> bool:
+        return signals.token_received.has_listeners(self.sender)
+
+    # -- WSGI -----------------------------------------------------------------------------------
+    def sync_body(self) -> Iterator[bytes]:
+        protocol, stream = self.protocol, self.stream
+        listened = self._tokens_listened()
+        outcome: str = Status.CANCELLED
+        error: BedrockStreamError | None = None
+        try:
+            head = protocol.start()
+            if head:
+                yield head.encode()
+            try:
+                for text in stream:
+                    if listened:
+                        send(signals.token_received, self.sender, request=self.request, token=text)
+                    yield protocol.delta(text).encode()
+            except BedrockStreamError as err:
+                outcome, error = Status.FAILED, err
+            else:
+                outcome = Status.COMPLETED
+            tail = self._end_sync(outcome, error)
+            if tail:
+                yield tail.encode()
+        finally:
+            if not self.settled:  # closed by the server (client gone) or an unexpected error
+                stream.close()
+                self._end_sync(Status.CANCELLED, None)
+
+    def _end_sync(self, status: str, error: BedrockStreamError | None) -> str:
+        for signal, kwargs in self.settle(status, error):
+            send(signal, self.sender, **kwargs)
+        return self._tail(status, error)
+
+    # -- ASGI -----------------------------------------------------------------------------------
+    async def async_body(self) -> AsyncIterator[bytes]:
+        protocol, stream = self.protocol, self.stream
+        listened = self._tokens_listened()
+        outcome: str = Status.CANCELLED
+        error: BedrockStreamError | None = None
+        try:
+            head = protocol.start()
+            if head:
+                yield head.encode()
+            try:
+                async for text in stream:
+                    if listened:
+                        await asend(signals.token_received, self.sender, request=self.request, token=text)
+                    yield protocol.delta(text).encode()
+            except BedrockStreamError as err:
+                outcome, error = Status.FAILED, err
+            else:
+                outcome = Status.COMPLETED
+            tail = await self._end_async(outcome, error)
+            if tail:
+                yield tail.encode()
+        finally:
+            if not self.settled:  # Django cancelled us (client gone) or an unexpected error
+                stream.close()
+                await asyncio.shield(self._end_async(Status.CANCELLED, None))
+
+    async def _end_async(self, status: str, error: BedrockStreamError | None) -> str:
+        for signal, kwargs in self.settle(status, error):
+            await asend(signal, self.sender, **kwargs)
+        return self._tail(status, error)
+
+    def _tail(self, status: str, error: BedrockStreamError | None) -> str:
+        if status == Status.COMPLETED:
+            return self.protocol.finish(self.stream.stop_reason, self.stream.usage)
+        if status == Status.FAILED and error is not None:
+            logger.warning("Bedrock stream for %s failed: %s (%s)", self.completion.model_id, error.message, error.code)
+            return self.protocol.error(error.message)
+        return ""
+
+    def close_unstarted(self) -> None:
+        """Response closed before its body was read: the client is gone, settle as cancelled."""
+        if not self.settled:
+            self.stream.close()
+            self._end_sync(Status.CANCELLED, None)
+
+
+class SyncBody:
+    """The WSGI body: a plain iterator whose ``close()`` also covers a body never started."""
+
+    def __init__(self, runner: StreamRunner) -> None:
+        self.runner = runner
+        self._iterator = runner.sync_body()
+
+    def __iter__(self) -> Iterator[bytes]:
+        return self._iterator
+
+    def close(self) -> None:
+        self._iterator.close()
+        self.runner.close_unstarted()
+
+
+class AsyncBody:
+    """The ASGI body: only ``__aiter__``, so Django streams it without a sync bridge."""
+
+    def __init__(self, runner: StreamRunner) -> None:
+        self.runner = runner
+
+    def __aiter__(self) -> AsyncIterator[bytes]:
+        return self.runner.async_body()
+
+    def close(self) -> None:
+        self.runner.close_unstarted()
+
+
+def upstream_error(err: BaseException, model_id: str) -> BedrockStreamError:
+    return err if isinstance(err, BedrockStreamError) else wrap_botocore_error(err, model_id=model_id, started=False)

@@ -1,0 +1,331 @@
+"""Class-based views that stream Bedrock output, one per model family.
+
+One adaptive class serves both servers: the handler is ``async`` (so under ASGI it runs on the event
+loop and never holds Django's shared thread-sensitive thread while Bedrock thinks), and under WSGI it
+hands the request back to the request's own thread, which calls boto3 and returns a *sync* body.
+Either way the response iterator has the flavour the server consumes without buffering.
+
+The request lifecycle, and the hooks to override:
+
+1. :meth:`check_access` — may override (default: authenticated users, or anyone when
+   ``ALLOW_ANONYMOUS``).
+2. Parse and validate the JSON body (:class:`~.serializers.ChatRequestSerializer`) — 400/413 on bad
+   input, nothing sent upstream.
+3. :meth:`get_messages` — may override to add a system prompt, trim history, etc.
+4. :meth:`get_model_id`, :meth:`get_max_tokens` — should not need overriding; set the class
+   attributes ``model_id``, ``allowed_models``, ``max_tokens`` instead.
+5. :meth:`build_body` — may override for custom request bodies (temperature, tools…).
+6. ``stream_started`` → Bedrock call → errors before the first byte become JSON (429/400/5xx).
+7. Stream through the negotiated protocol; ``stream_completed`` / ``failed`` / ``cancelled``, then
+   ``stream_finished``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import json
+import time
+from collections.abc import Mapping, Sequence
+from typing import Any, ClassVar
+
+from asgiref.sync import sync_to_async
+from django.core.exceptions import RequestDataTooBig
+from django.core.handlers.asgi import ASGIRequest
+from django.http import HttpRequest, HttpResponse, JsonResponse
+from django.views import View
+
+from . import client as clients
+from .callbacks import StreamCallbacks
+from .conf import stream_settings
+from .exceptions import BedrockStreamError
+from .families import (
+    AnthropicFamily,
+    AnthropicMessagesFamily,
+    BedrockFamily,
+    CohereFamily,
+    ConverseFamily,
+    Llama2Family,
+    Llama3Family,
+    MistralFamily,
+    TitanFamily,
+)
+from .models import Completion
+from .protocols import get_protocol, negotiate_protocol
+from .responses import STREAM_HEADERS
+from .runner import AsyncBody, StreamRunner, SyncBody, asend, send, upstream_error
+from .serializers import ChatRequestSerializer
+from .signals import stream_started
+from .streams import BedrockStream
+
+
+class RequestRejected(Exception):
+    """Raised by the validation hooks; turned into a JSON error response."""
+
+    def __init__(self, status: int, error_type: str, message: str, details: Any = None) -> None:
+        super().__init__(message)
+        self.status, self.error_type, self.message, self.details = status, error_type, message, details
+
+    def response(self) -> JsonResponse:
+        error: dict[str, Any] = {"type": self.error_type, "message": self.message}
+        if self.details is not None:
+            error["details"] = self.details
+        return JsonResponse({"error": error}, status=self.status)
+
+
+class BedrockStreamView(View):
+    """Base view. Subclasses must set ``family_class``; everything else has defaults."""
+
+    #: Must set: the model family (a :class:`~.families.BedrockFamily` subclass).
+    family_class: ClassVar[type[BedrockFamily]]
+    #: Model used unless the request picks another allowed one. Default: the family's.
+    model_id: str | None = None
+    #: Extra model ids a request's ``"model"`` may choose. Default: ``BEDROCK_STREAM["ALLOWED_MODELS"]``.
+    allowed_models: Sequence[str] | None = None
+    #: Default and cap for ``max_tokens``. Default: ``BEDROCK_STREAM["MAX_TOKENS"]``.
+    max_tokens: int | None = None
+    #: Output protocol unless the request asks for another: "text" | "data" | "ui" | "sse".
+    stream_protocol: str = "text"
+    #: Per-view callbacks (or override :meth:`get_callbacks`).
+    callbacks: StreamCallbacks | None = None
+
+    http_method_names = ["post", "options"]
+
+    # -- hooks --------------------------------------------------------------------------------
+    def get_family(self) -> BedrockFamily:
+        """Should not need overriding."""
+        family_class = getattr(self, "family_class", None)
+        if family_class is None:
+            raise NotImplementedError(f"{type(self).__name__} must define the class attribute 'family_class'")
+        return family_class()
+
+    def check_access(self, user: Any) -> None:
+        """May override. Raise :class:`RequestRejected` to refuse the request."""
+        if not stream_settings.ALLOW_ANONYMOUS and not getattr(user, "is_authenticated", False):
+            raise RequestRejected(403, "not_authenticated", "Authentication credentials were not provided.")
+
+    def get_messages(self, request: HttpRequest) -> list[dict[str, str]]:
+        """May override: the chat messages to send (default: the validated request messages)."""
+        return list(self.validated_data["messages"])
+
+    def get_allowed_models(self) -> list[str]:
+        allowed = self.allowed_models if self.allowed_models is not None else stream_settings.ALLOWED_MODELS
+        return [self.get_default_model_id(), *[m for m in allowed if m != self.get_default_model_id()]]
+
+    def get_default_model_id(self) -> str:
+        return self.model_id or self.get_family().default_model_id
+
+    def get_model_id(self) -> str:
+        """Should not need overriding: the request's ``model`` if allowed, else ``model_id``."""
+        return self.validated_data.get("model") or self.get_default_model_id()
+
+    def get_max_tokens_cap(self) -> int:
+        return int(self.max_tokens or stream_settings.MAX_TOKENS)
+
+    def get_max_tokens(self) -> int:
+        return int(self.validated_data.get("max_tokens") or self.get_max_tokens_cap())
+
+    def build_body(self, messages: Sequence[Mapping[str, str]]) -> dict[str, Any]:
+        """May override: the family's native body. Call ``super()`` and add parameters."""
+        return self.family.build_body(messages, max_tokens=self.get_max_tokens())
+
+    def get_callbacks(self) -> StreamCallbacks | None:
+        """May override: callbacks for this request's stream."""
+        return self.callbacks
+
+    def get_response_headers(self) -> dict[str, str]:
+        """May override: headers for the streaming response."""
+        return dict(STREAM_HEADERS)
+
+    # -- the flow -------------------------------------------------------------------------------
+    async def post(self, request: HttpRequest, *args: Any, **kwargs: Any) -> HttpResponse:
+        if not isinstance(request, ASGIRequest):
+            # WSGI: Django awaited us through async_to_sync; thread_sensitive=True runs the sync path
+            # back on the request's own thread, where blocking on boto3 is what WSGI expects.
+            return await sync_to_async(self.post_sync)(request)
+        try:
+            self.check_access(await _auser(request))
+            self.prepare(request)
+        except RequestRejected as rejection:
+            return rejection.response()
+        completion = self.new_completion(request)
+        await asend(stream_started, type(self), request=request, model_id=completion.model_id, completion=completion)
+        started_at = time.monotonic()
+        try:
+            source = await self.open_stream_async()
+        except Exception as err:
+            error = upstream_error(err, completion.model_id)
+            runner = self.make_runner(request, BedrockStream([], self.family.parse_event), completion, started_at)
+            await runner._end_async(Completion.Status.FAILED, error)
+            return self.error_response(error)
+        runner = self.make_runner(request, self.make_stream(source), completion, started_at)
+        return self.make_response(AsyncBody(runner), runner)
+
+    def post_sync(self, request: HttpRequest) -> HttpResponse:
+        """The WSGI path; the same steps as :meth:`post`, blocking."""
+        try:
+            self.check_access(getattr(request, "user", None))
+            self.prepare(request)
+        except RequestRejected as rejection:
+            return rejection.response()
+        completion = self.new_completion(request)
+        send(stream_started, type(self), request=request, model_id=completion.model_id, completion=completion)
+        started_at = time.monotonic()
+        try:
+            source = self.open_stream()
+        except Exception as err:
+            error = upstream_error(err, completion.model_id)
+            runner = self.make_runner(request, BedrockStream([], self.family.parse_event), completion, started_at)
+            runner._end_sync(Completion.Status.FAILED, error)
+            return self.error_response(error)
+        runner = self.make_runner(request, self.make_stream(source), completion, started_at)
+        return self.make_response(SyncBody(runner), runner)
+
+    def prepare(self, request: HttpRequest) -> None:
+        """Parse, validate and build the upstream request; raise :class:`RequestRejected` on bad input."""
+        self.family = self.get_family()
+        try:
+            raw = request.body
+        except RequestDataTooBig:
+            raise RequestRejected(413, "payload_too_large", "The request body is too large.") from None
+        try:
+            data = json.loads(raw or b"null")
+        except (ValueError, UnicodeDecodeError):
+            raise RequestRejected(400, "invalid_json", "The request body must be JSON.") from None
+        if not isinstance(data, dict):
+            raise RequestRejected(400, "invalid_request", "The request body must be a JSON object.")
+        serializer = ChatRequestSerializer(
+            data=data,
+            context={"allowed_models": self.get_allowed_models(), "max_tokens_cap": self.get_max_tokens_cap()},
+        )
+        if not serializer.is_valid():
+            raise RequestRejected(400, "invalid_request", _first_error(serializer.errors), serializer.errors)
+        self.validated_data = serializer.validated_data
+        try:
+            self.protocol_name = negotiate_protocol(
+                request.GET.get("protocol"), request.headers.get("Accept"), self.stream_protocol
+            )
+            self.protocol = get_protocol(self.protocol_name)()
+        except ValueError as err:
+            raise RequestRejected(400, "invalid_protocol", str(err)) from None
+        self.messages = self.get_messages(request)
+        try:
+            self.body = self.build_body(self.messages)
+        except (TypeError, ValueError) as err:
+            raise RequestRejected(400, "invalid_request", str(err)) from None
+        self.resolved_model_id = self.get_model_id()
+
+    def new_completion(self, request: HttpRequest) -> Completion:
+        user = getattr(request, "_cached_user", None) or getattr(request, "user", None)
+        return Completion(
+            model_id=self.resolved_model_id,
+            family=self.family.name,
+            messages=self.messages,
+            user=user if getattr(user, "is_authenticated", False) else None,
+        )
+
+    def open_stream(self) -> Any:
+        """Call Bedrock with boto3 and return its event stream (blocking)."""
+        kwargs = self.family.request_kwargs(self.resolved_model_id, self.body)
+        response = getattr(clients.get_client(), self.family.operation)(**kwargs)
+        return response[self.family.stream_key]
+
+    async def open_stream_async(self) -> Any:
+        """Call Bedrock without blocking the loop: aiobotocore, or boto3 on the dedicated pool."""
+        if clients.async_transport() == "aiobotocore":
+            kwargs = self.family.request_kwargs(self.resolved_model_id, self.body)
+            client = await clients.get_async_client()
+            response = await getattr(client, self.family.operation)(**kwargs)
+            return response[self.family.stream_key]
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(clients.get_executor(), functools.partial(self.open_stream))
+
+    def make_stream(self, source: Any) -> BedrockStream:
+        return BedrockStream(source, self.family.parse_event, self.get_callbacks(), model_id=self.resolved_model_id)
+
+    def make_runner(self, request: HttpRequest, stream: BedrockStream, completion: Completion, started_at: float) -> StreamRunner:
+        return StreamRunner(
+            sender=type(self),
+            request=request,
+            stream=stream,
+            completion=completion,
+            protocol=self.protocol,
+            started_at=started_at,
+        )
+
+    def make_response(self, body: SyncBody | AsyncBody, runner: StreamRunner) -> HttpResponse:
+        from django.http import StreamingHttpResponse
+
+        headers = {**self.get_response_headers(), **self.protocol.headers()}
+        response = StreamingHttpResponse(body, content_type=self.protocol.content_type, headers=headers)
+        response.completion = runner.completion  # type: ignore[attr-defined]
+        return response
+
+    def error_response(self, error: BedrockStreamError) -> JsonResponse:
+        response = JsonResponse(error.as_json(), status=error.status_code)
+        if error.retry_after is not None:
+            response["Retry-After"] = str(error.retry_after)
+        return response
+
+
+async def _auser(request: HttpRequest) -> Any:
+    if hasattr(request, "auser"):  # Django >= 5.0
+        return await request.auser()
+    if not hasattr(request, "user"):
+        return None
+
+    def resolve() -> Any:
+        user = request.user
+        user.is_authenticated  # noqa: B018 - force the lazy object while we may touch the DB
+        return user
+
+    return await sync_to_async(resolve)()
+
+
+def _first_error(errors: Any, path: str = "") -> str:
+    if isinstance(errors, dict):
+        for key, value in errors.items():
+            if value:
+                return _first_error(value, f"{path}.{key}" if path else str(key))
+    if isinstance(errors, list):
+        for index, value in enumerate(errors):
+            if value:
+                nested = isinstance(value, (dict, list))
+                return _first_error(value, f"{path}[{index}]" if nested else path)
+    return f"{path}: {errors}" if path else str(errors)
+
+
+class AnthropicStreamView(BedrockStreamView):
+    """Claude text completions, prompt built by ``build_anthropic_prompt``."""
+
+    family_class = AnthropicFamily
+
+
+class AnthropicMessagesStreamView(BedrockStreamView):
+    family_class = AnthropicMessagesFamily
+
+
+class CohereStreamView(BedrockStreamView):
+    family_class = CohereFamily
+
+
+class Llama2StreamView(BedrockStreamView):
+    family_class = Llama2Family
+
+
+class Llama3StreamView(BedrockStreamView):
+    family_class = Llama3Family
+
+
+class MistralStreamView(BedrockStreamView):
+    family_class = MistralFamily
+
+
+class TitanStreamView(BedrockStreamView):
+    family_class = TitanFamily
+
+
+class ConverseStreamView(BedrockStreamView):
+    """Any model through the Converse API; list the models requests may pick in ``allowed_models``."""
+
+    family_class = ConverseFamily
