@@ -1,0 +1,73 @@
+"""``python -m django_bedrock_stream.emulator [--host 127.0.0.1] [--port 8787] [--tokens N] ...``"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sys
+from typing import Any, Optional, Sequence, TextIO
+
+from .scenarios import Scenario, ScenarioError
+from .server import EmulatorServer, EmulatorState
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """The emulator's options (shared with the ``bedrock_emulator`` management command)."""
+    parser.add_argument("--host", default="127.0.0.1", help="interface to listen on (default 127.0.0.1)")
+    parser.add_argument("--port", type=int, default=8787, help="port (default 8787; 0 picks a free one)")
+    parser.add_argument("--tokens", type=int, default=None, help="tokens per default reply (default 12)")
+    parser.add_argument("--delay-ms", type=float, default=None, help="pause between token events")
+    parser.add_argument("--ttfb-ms", type=float, default=None, help="pause before the response headers")
+    parser.add_argument("--replay-dir", default=None, help="directory of recorded .eventstream files for replay=")
+
+
+def scenario_from_options(options: dict[str, Any]) -> Scenario:
+    values = {}
+    for key in ("tokens", "delay_ms", "ttfb_ms"):
+        if options.get(key) is not None:
+            values[key] = options[key]
+    return Scenario().merged(values)
+
+
+async def _serve(host: str, port: int, scenario: Scenario, replay_dir: Optional[str], out: TextIO) -> None:
+    server = EmulatorServer(EmulatorState(scenario, replay_dir), host, port)
+    await server.start()
+    print(f"Bedrock emulator listening on {server.url}", file=out)
+    print(f"  export AWS_ENDPOINT_URL_BEDROCK_RUNTIME={server.url}", file=out)
+    if server.state.replay_dir:
+        print(f"  replay dir: {server.state.replay_dir}", file=out)
+    print("  Ctrl-C to stop.", file=out, flush=True)
+    try:
+        await server.serve_forever()
+    finally:
+        await server.close()
+
+
+def run(
+    host: str = "127.0.0.1",
+    port: int = 8787,
+    scenario: Optional[Scenario] = None,
+    replay_dir: Optional[str] = None,
+    out: TextIO = sys.stdout,
+) -> None:
+    """Run the emulator in the foreground until Ctrl-C."""
+    try:
+        asyncio.run(_serve(host, port, scenario or Scenario(), replay_dir, out))
+    except KeyboardInterrupt:
+        print("Bedrock emulator stopped.", file=out)
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m django_bedrock_stream.emulator", description=__doc__)
+    add_arguments(parser)
+    args = parser.parse_args(argv)
+    try:
+        scenario = scenario_from_options(vars(args))
+    except ScenarioError as e:
+        parser.error(str(e))
+    run(args.host, args.port, scenario, args.replay_dir)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,847 @@
+"""The emulator's HTTP/1.1 server (asyncio, no third-party dependencies) and :class:`BedrockEmulator`.
+
+Point an unmodified boto3 ``bedrock-runtime`` client at it with
+``AWS_ENDPOINT_URL_BEDROCK_RUNTIME=http://127.0.0.1:PORT`` (dummy credentials, any region).
+
+No Django imports here.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import email.utils
+import json
+import os
+import re
+import socket
+import threading
+import time
+import uuid
+from http import HTTPStatus
+from pathlib import Path
+from typing import Any, Callable, Optional, Union
+from urllib.parse import unquote
+
+from .eventstream import corrupt_crc, decode_message, encode_exception, split_messages
+from .scenarios import (
+    CONVERSE,
+    ERROR_MESSAGES,
+    HTTP_ERRORS,
+    InvalidRequest,
+    Plan,
+    Scenario,
+    ScenarioError,
+    extract_text,
+    invoke_family,
+    make_plan,
+    parse_markers,
+)
+
+__all__ = ["BedrockEmulator", "EmulatorState", "EmulatorServer", "default_replay_dir"]
+
+_MODEL_PATH_RE = re.compile(r"^/model/(.+)/(invoke|invoke-with-response-stream|converse|converse-stream)$")
+_STREAMING_OPS = ("invoke-with-response-stream", "converse-stream")
+_ERROR_TYPE_SUFFIX = ":http://internal.amazon.com/coral/com.amazon.bedrock/"
+_FLUSH_BYTES = 64 * 1024
+_MAX_HEADER_BYTES = 64 * 1024
+
+
+def default_replay_dir() -> Optional[Path]:
+    """``$BEDROCK_EMULATOR_REPLAY_DIR``, else ``../shared/fixtures/recorded`` beside the repo if present."""
+    env = os.environ.get("BEDROCK_EMULATOR_REPLAY_DIR")
+    if env:
+        return Path(env)
+    repo_root = Path(__file__).resolve().parent.parent.parent
+    candidate = repo_root.parent / "shared" / "fixtures" / "recorded"
+    return candidate if candidate.is_dir() else None
+
+
+class _BadRequest(Exception):
+    pass
+
+
+class _Disconnected(Exception):
+    pass
+
+
+_date_cache: list = [0, ""]
+
+
+def _http_date() -> str:
+    now = int(time.time())
+    if _date_cache[0] != now:
+        _date_cache[0] = now
+        _date_cache[1] = email.utils.formatdate(now, usegmt=True)
+    return _date_cache[1]
+
+
+def _response_head(status: int, headers: list[tuple[str, str]]) -> bytes:
+    try:
+        reason = HTTPStatus(status).phrase
+    except ValueError:
+        reason = "Unknown"
+    lines = [f"HTTP/1.1 {status} {reason}", f"Date: {_http_date()}"]
+    lines.extend(f"{k}: {v}" for k, v in headers)
+    return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
+
+
+# ----------------------------------------------------------------------------------------------
+# State shared between the server (event-loop thread) and the Python API (any thread)
+
+
+class EmulatorState:
+    """Scenario defaults, the request log and the throttle counters."""
+
+    def __init__(self, defaults: Optional[Scenario] = None, replay_dir: Union[str, Path, None] = None):
+        self.initial_defaults = defaults or Scenario()
+        self.defaults = self.initial_defaults
+        self.replay_dir = Path(replay_dir) if replay_dir else default_replay_dir()
+        self._log: list[dict[str, Any]] = []
+        self._lock = threading.Lock()
+        self._throttle: dict[tuple, int] = {}
+
+    def set_scenario(self, **values: Any) -> Scenario:
+        self.defaults = self.defaults.merged(values)
+        return self.defaults
+
+    def reset(self) -> None:
+        with self._lock:
+            self._log.clear()
+            self._throttle.clear()
+        self.defaults = self.initial_defaults
+
+    def add_record(self, rec: dict[str, Any]) -> None:
+        with self._lock:
+            self._log.append(rec)
+
+    def requests(self) -> list[dict[str, Any]]:
+        with self._lock:
+            return [dict(r) for r in self._log]
+
+    def throttle_attempt(self, key: tuple) -> int:
+        with self._lock:
+            n = self._throttle.get(key, 0) + 1
+            self._throttle[key] = n
+            return n
+
+    def resolve_replay(self, name: str) -> Path:
+        p = Path(name)
+        candidates = []
+        if p.is_absolute():
+            candidates.append(p)
+        else:
+            if self.replay_dir is not None:
+                candidates += [self.replay_dir / name, self.replay_dir / (name + ".eventstream")]
+            candidates.append(p)
+        for c in candidates:
+            if c.is_file():
+                return c
+        raise InvalidRequest(f"emulator replay file not found: {name!r} (replay dir: {self.replay_dir})")
+
+
+# ----------------------------------------------------------------------------------------------
+# Connection
+
+
+class _Conn:
+    __slots__ = ("reader", "writer", "buf", "closed", "active", "task")
+
+    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter):
+        self.reader = reader
+        self.writer = writer
+        self.buf = bytearray()
+        self.closed = False
+        self.active = False
+        self.task: Optional[asyncio.Task] = None
+
+    async def _fill(self) -> bool:
+        data = await self.reader.read(65536)
+        if not data:
+            return False
+        self.buf += data
+        return True
+
+    async def read_request(self) -> Optional[tuple[str, str, str, dict[str, str], bytes]]:
+        buf = self.buf
+        while True:
+            idx = buf.find(b"\r\n\r\n")
+            if idx >= 0:
+                break
+            if len(buf) > _MAX_HEADER_BYTES:
+                raise _BadRequest("headers too large")
+            if not await self._fill():
+                return None
+        head = bytes(buf[:idx]).decode("latin-1")
+        del buf[: idx + 4]
+        lines = head.split("\r\n")
+        while lines and not lines[0]:
+            lines.pop(0)
+        try:
+            method, target, version = lines[0].split(" ", 2)
+        except (ValueError, IndexError):
+            raise _BadRequest("bad request line") from None
+        headers: dict[str, str] = {}
+        for line in lines[1:]:
+            k, _, v = line.partition(":")
+            headers[k.strip().lower()] = v.strip()
+        if headers.get("expect", "").lower() == "100-continue":
+            self.writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+        if "chunked" in headers.get("transfer-encoding", "").lower():
+            body = await self._read_chunked()
+        else:
+            try:
+                n = int(headers.get("content-length", "0") or 0)
+            except ValueError:
+                raise _BadRequest("bad content-length") from None
+            body = await self._read_exact(n)
+        return method.upper(), target, version, headers, body
+
+    async def _read_exact(self, n: int) -> bytes:
+        while len(self.buf) < n:
+            if not await self._fill():
+                raise _Disconnected()
+        data = bytes(self.buf[:n])
+        del self.buf[:n]
+        return data
+
+    async def _read_line(self) -> bytes:
+        while True:
+            idx = self.buf.find(b"\r\n")
+            if idx >= 0:
+                line = bytes(self.buf[:idx])
+                del self.buf[: idx + 2]
+                return line
+            if not await self._fill():
+                raise _Disconnected()
+
+    async def _read_chunked(self) -> bytes:
+        parts = []
+        while True:
+            size_line = await self._read_line()
+            try:
+                size = int(size_line.split(b";", 1)[0].strip() or b"0", 16)
+            except ValueError:
+                raise _BadRequest("bad chunk size") from None
+            if size == 0:
+                while await self._read_line():  # trailers
+                    pass
+                return b"".join(parts)
+            parts.append(await self._read_exact(size))
+            await self._read_exact(2)
+
+    async def watch_eof(self) -> None:
+        """Runs while a response is in progress: notices the client hanging up, even mid-sleep."""
+        try:
+            while await self._fill():
+                pass
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            pass
+        self.closed = True
+        if self.active and self.task is not None:
+            self.task.cancel()
+
+
+class _BodyWriter:
+    """Collects eventstream messages and writes them as HTTP chunks."""
+
+    __slots__ = ("writer", "parts", "size", "index", "corrupt_at")
+
+    def __init__(self, writer: asyncio.StreamWriter, corrupt_at: Optional[int]):
+        self.writer = writer
+        self.parts: list[bytes] = []
+        self.size = 0
+        self.index = 0
+        self.corrupt_at = corrupt_at
+
+    def add(self, msg: bytes) -> None:
+        if self.index == self.corrupt_at:
+            msg = corrupt_crc(msg)
+        self.index += 1
+        self.parts.append(msg)
+        self.size += len(msg)
+
+    def write_pending(self) -> None:
+        if self.size:
+            data = b"".join(self.parts) if len(self.parts) > 1 else self.parts[0]
+            self.writer.write(b"%x\r\n" % len(data) + data + b"\r\n")
+            self.parts.clear()
+            self.size = 0
+
+    async def flush(self) -> None:
+        self.write_pending()
+        await self.writer.drain()
+
+    async def finish(self) -> None:
+        self.write_pending()
+        self.writer.write(b"0\r\n\r\n")
+        await self.writer.drain()
+
+
+# ----------------------------------------------------------------------------------------------
+# Server
+
+
+class EmulatorServer:
+    """The asyncio server. Use :meth:`start` inside a running loop, :meth:`close` to stop."""
+
+    def __init__(self, state: Optional[EmulatorState] = None, host: str = "127.0.0.1", port: int = 0):
+        self.state = state or EmulatorState()
+        self.host = host
+        self.port = port
+        self._server: Optional[asyncio.AbstractServer] = None
+        self._conns: set[_Conn] = set()
+
+    @property
+    def url(self) -> str:
+        host = self.host
+        if host in ("0.0.0.0", ""):
+            host = "127.0.0.1"
+        elif ":" in host:
+            host = f"[{host}]"
+        return f"http://{host}:{self.port}"
+
+    async def start(self) -> "EmulatorServer":
+        self._server = await asyncio.start_server(
+            self._handle, self.host, self.port, backlog=2048, limit=1 << 20, reuse_address=True
+        )
+        sock = self._server.sockets[0]
+        self.port = sock.getsockname()[1]
+        return self
+
+    async def serve_forever(self) -> None:
+        if self._server is None:
+            await self.start()
+        assert self._server is not None
+        await self._server.serve_forever()
+
+    async def close(self) -> None:
+        if self._server is not None:
+            self._server.close()
+        # Close the client transports: idle handlers see EOF, streaming ones are interrupted by
+        # their EOF watcher; both then finish normally. Cancel whatever is left after a grace period.
+        for conn in list(self._conns):
+            try:
+                conn.writer.close()
+            except Exception:
+                pass
+        tasks = [c.task for c in self._conns if c.task is not None]
+        if tasks:
+            _, pending = await asyncio.wait(tasks, timeout=2)
+            for t in pending:
+                t.cancel()
+            if pending:
+                await asyncio.wait(pending, timeout=1)
+        if self._server is not None:
+            try:
+                await asyncio.wait_for(self._server.wait_closed(), 2)
+            except (asyncio.TimeoutError, Exception):
+                pass
+            self._server = None
+
+    # -- connection loop ----------------------------------------------------------------------
+
+    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        task = asyncio.current_task()
+        assert task is not None
+        sock = writer.get_extra_info("socket")
+        if sock is not None:
+            try:
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            except OSError:
+                pass
+        conn = _Conn(reader, writer)
+        conn.task = task
+        self._conns.add(conn)
+        try:
+            while not conn.closed:
+                try:
+                    req = await conn.read_request()
+                except _BadRequest as e:
+                    writer.write(self._json_response(400, {"message": str(e)}, keep_alive=False))
+                    await writer.drain()
+                    break
+                if req is None:
+                    break
+                method, target, version, headers, body = req
+                conn_hdr = headers.get("connection", "").lower()
+                keep_alive = conn_hdr != "close" if version.upper() == "HTTP/1.1" else conn_hdr == "keep-alive"
+                ok = await self._dispatch(conn, method, target, headers, body, keep_alive)
+                if not ok or not keep_alive:
+                    break
+        except asyncio.CancelledError:
+            # Top-level connection task: end quietly (asyncio's start_server callback would log a
+            # cancelled task as an error).
+            pass
+        except (_Disconnected, ConnectionError, OSError, asyncio.IncompleteReadError):
+            pass
+        finally:
+            self._conns.discard(conn)
+            try:
+                writer.close()
+            except Exception:
+                pass
+
+    def _json_response(
+        self,
+        status: int,
+        payload: Any,
+        keep_alive: bool = True,
+        extra: Optional[list[tuple[str, str]]] = None,
+    ) -> bytes:
+        body = json.dumps(payload, separators=(",", ":")).encode("utf-8")
+        headers = [
+            ("Content-Type", "application/json"),
+            ("Content-Length", str(len(body))),
+            ("x-amzn-RequestId", str(uuid.uuid4())),
+            ("Connection", "keep-alive" if keep_alive else "close"),
+        ]
+        if extra:
+            headers.extend(extra)
+        return _response_head(status, headers) + body
+
+    def _error_response(self, name: str, status: int, message: str, keep_alive: bool) -> bytes:
+        return self._json_response(
+            status, {"message": message}, keep_alive, [("x-amzn-ErrorType", name + _ERROR_TYPE_SUFFIX)]
+        )
+
+    async def _dispatch(self, conn: _Conn, method: str, target: str, headers: dict, body: bytes, keep_alive: bool) -> bool:
+        path = target.split("?", 1)[0]
+        if path.startswith("http://") or path.startswith("https://"):
+            path = "/" + path.split("/", 3)[-1]
+        writer = conn.writer
+        if path.startswith("/_emulator/"):
+            status, payload = self._control(method, path, body)
+            writer.write(self._json_response(status, payload, keep_alive))
+            await writer.drain()
+            return True
+        m = _MODEL_PATH_RE.match(path)
+        if m is None or method != "POST":
+            writer.write(
+                self._json_response(
+                    404,
+                    {"message": f"Unknown operation: {method} {path}"},
+                    keep_alive,
+                    [("x-amzn-ErrorType", "UnknownOperationException")],
+                )
+            )
+            await writer.drain()
+            return True
+        model_id = unquote(m.group(1))
+        op = m.group(2)
+        return await self._model_request(conn, op, model_id, body, keep_alive)
+
+    # -- control API --------------------------------------------------------------------------
+
+    def _control(self, method: str, path: str, body: bytes) -> tuple[int, Any]:
+        st = self.state
+        if path == "/_emulator/health":
+            return 200, {"status": "ok", "requests": len(st._log)}
+        if path == "/_emulator/requests" and method == "GET":
+            return 200, st.requests()
+        if path == "/_emulator/reset" and method == "POST":
+            st.reset()
+            return 200, {"status": "reset", "scenario": st.defaults.to_dict()}
+        if path == "/_emulator/scenario":
+            if method == "GET":
+                return 200, st.defaults.to_dict()
+            if method == "POST":
+                try:
+                    values = json.loads(body or b"{}")
+                    if not isinstance(values, dict):
+                        raise ValueError("scenario body must be a JSON object")
+                    st.set_scenario(**values)
+                except (ValueError, TypeError) as e:
+                    return 400, {"message": str(e)}
+                return 200, st.defaults.to_dict()
+        return 404, {"message": f"unknown emulator control endpoint {method} {path}"}
+
+    # -- model requests -----------------------------------------------------------------------
+
+    async def _model_request(self, conn: _Conn, op: str, model_id: str, raw: bytes, keep_alive: bool) -> bool:
+        st = self.state
+        t0 = time.monotonic()
+        request_id = str(uuid.uuid4())
+        body_text = raw.decode("utf-8", "replace")
+        try:
+            body: Any = json.loads(body_text) if body_text.strip() else None
+            bad_json = not isinstance(body, dict)
+        except ValueError:
+            body, bad_json = None, True
+        rec: dict[str, Any] = {
+            "id": request_id,
+            "operation": op,
+            "model_id": model_id,
+            "body": body,
+            "status": "streaming",
+            "http_status": None,
+            "chunks_sent": 0,
+            "text": "",
+            "started_at": time.time(),
+            "ended_at": None,
+            "scenario": None,
+            "error": None,
+        }
+        st.add_record(rec)
+        writer = conn.writer
+        sent_tokens: list[str] = []
+        watcher = asyncio.get_running_loop().create_task(conn.watch_eof())
+        conn.active = True
+
+        def fail(name: str, status: int, message: Optional[str] = None) -> bool:
+            rec["http_status"] = status
+            rec["error"] = name
+            _close_record(rec, "failed", sent_tokens)
+            writer.write(self._error_response(name, status, message or ERROR_MESSAGES.get(name, name), keep_alive))
+            return True
+
+        try:
+            try:
+                overrides = Scenario.coerce(parse_markers(body_text))
+                scenario = st.defaults.merged(overrides)
+                rec["scenario"] = overrides
+            except ScenarioError as e:
+                fail("ValidationException", 400, str(e))
+                await writer.drain()
+                return True
+            if scenario.ttfb_ms:
+                await asyncio.sleep(scenario.ttfb_ms / 1000.0)
+            if bad_json:
+                fail("ValidationException", 400, "Malformed input request, please reformat your input and try again.")
+            elif scenario.fail:
+                fail(scenario.fail, HTTP_ERRORS[scenario.fail])
+            elif scenario.throttle and st.throttle_attempt((op, model_id, raw)) <= scenario.throttle:
+                fail("ThrottlingException", 429)
+            else:
+                try:
+                    if scenario.replay and op in _STREAMING_OPS:
+                        path = st.resolve_replay(scenario.replay)
+                        await self._replay(conn, rec, path, scenario, request_id, sent_tokens)
+                        return True
+                    family = CONVERSE if op.startswith("converse") else invoke_family(model_id, body)
+                    plan = make_plan(family, model_id, body, scenario)
+                except InvalidRequest as e:
+                    fail("ValidationException", 400, str(e))
+                else:
+                    if op in _STREAMING_OPS:
+                        await self._stream(conn, rec, plan, scenario, request_id, t0, sent_tokens)
+                    else:
+                        await self._non_stream(conn, rec, plan, scenario, op, request_id, t0, keep_alive, sent_tokens)
+            await writer.drain()
+            return True
+        except asyncio.CancelledError:
+            if conn.closed:  # cancelled by the EOF watcher: the client hung up
+                return False
+            raise
+        except (ConnectionError, OSError, _Disconnected):
+            conn.closed = True
+            return False
+        finally:
+            conn.active = False
+            watcher.cancel()
+            if rec["ended_at"] is None:
+                _close_record(rec, rec["status"] if rec["status"] != "streaming" else "disconnected", sent_tokens)
+
+    def _stream_head(self, request_id: str, keep_alive: bool) -> bytes:
+        return _response_head(
+            200,
+            [
+                ("Content-Type", "application/vnd.amazon.eventstream"),
+                ("Transfer-Encoding", "chunked"),
+                ("x-amzn-RequestId", request_id),
+                ("x-amzn-bedrock-content-type", "application/json"),
+                ("Connection", "keep-alive" if keep_alive else "close"),
+            ],
+        )
+
+    async def _stream(
+        self,
+        conn: _Conn,
+        rec: dict,
+        plan: Plan,
+        sc: Scenario,
+        request_id: str,
+        t0: float,
+        sent: list[str],
+    ) -> None:
+        writer = conn.writer
+        writer.write(self._stream_head(request_id, True))
+        rec["http_status"] = 200
+        out = _BodyWriter(writer, sc.corrupt_crc_at)
+        fam = plan.family
+        tokens = plan.tokens
+        n = len(tokens)
+        error_at = None if sc.error_at is None else min(sc.error_at, n)
+        merge_last = fam.merges_last and error_at is None and n > 0
+        delay = sc.delay_ms / 1000.0
+        sleep = asyncio.sleep
+        first_byte: Optional[int] = None
+        for m in fam.head(plan):
+            out.add(m)
+        add = out.add
+        append = sent.append
+        token = fam.token
+        for i in range(n):
+            if i == error_at:
+                break
+            if delay and i:
+                await out.flush()
+                await sleep(delay)
+            if first_byte is None:
+                first_byte = int((time.monotonic() - t0) * 1000)
+            tok = tokens[i]
+            if merge_last and i == n - 1:
+                lat = int((time.monotonic() - t0) * 1000)
+                add(token(plan, tok, i, _metrics(plan, n, lat, first_byte)))
+            else:
+                add(token(plan, tok, i, None))
+            append(tok)
+            rec["chunks_sent"] = i + 1
+            if out.size >= _FLUSH_BYTES:
+                await out.flush()
+                await sleep(0)
+        if delay and error_at != 0 and n:
+            await out.flush()
+        if error_at is not None:
+            if delay and error_at:
+                await sleep(delay)
+            name = sc.error or "modelStreamErrorException"
+            out.add(encode_exception(name, ERROR_MESSAGES.get(name, name)))
+            rec["error"] = name
+            status = "error"
+        else:
+            lat = int((time.monotonic() - t0) * 1000)
+            fb = first_byte if first_byte is not None else lat
+            for m in fam.tail(plan, len(sent), merge_last, _metrics(plan, len(sent), lat, fb)):
+                add(m)
+            status = "completed"
+        rec["chunks_sent"] = len(sent)
+        _close_record(rec, status, sent)
+        await out.finish()
+
+    async def _replay(self, conn: _Conn, rec: dict, path: Path, sc: Scenario, request_id: str, sent: list[str]) -> None:
+        data = path.read_bytes()
+        writer = conn.writer
+        writer.write(self._stream_head(request_id, True))
+        rec["http_status"] = 200
+        out = _BodyWriter(writer, sc.corrupt_crc_at)
+        delay = sc.delay_ms / 1000.0
+        chunks = 0
+        for i, msg in enumerate(split_messages(data)):
+            if delay and i:
+                await out.flush()
+                await asyncio.sleep(delay)
+            out.add(msg)
+            try:
+                headers, payload = decode_message(msg)
+            except ValueError:
+                continue
+            if headers.get(":event-type") in ("chunk", "contentBlockDelta"):
+                chunks += 1
+                rec["chunks_sent"] = chunks
+            t = extract_text(headers, payload)
+            if t:
+                sent.append(t)
+        rec["chunks_sent"] = chunks
+        _close_record(rec, "completed", sent)
+        await out.finish()
+
+    async def _non_stream(
+        self,
+        conn: _Conn,
+        rec: dict,
+        plan: Plan,
+        sc: Scenario,
+        op: str,
+        request_id: str,
+        t0: float,
+        keep_alive: bool,
+        sent: list[str],
+    ) -> None:
+        n = len(plan.tokens)
+        if sc.delay_ms and n > 1:
+            await asyncio.sleep(sc.delay_ms * (n - 1) / 1000.0)
+        if sc.error_at is not None:
+            name = sc.error or "modelStreamErrorException"
+            http_name = name[:1].upper() + name[1:]
+            rec["http_status"] = HTTP_ERRORS.get(http_name, 500)
+            rec["error"] = http_name
+            _close_record(rec, "failed", sent)
+            conn.writer.write(
+                self._error_response(http_name, HTTP_ERRORS.get(http_name, 500), ERROR_MESSAGES.get(name, name), keep_alive)
+            )
+            return
+        lat = int((time.monotonic() - t0) * 1000)
+        payload = plan.family.invoke_body(plan, lat)
+        extra = [("x-amzn-RequestId", request_id)]
+        if op == "invoke":
+            extra = [
+                ("X-Amzn-Bedrock-Invocation-Latency", str(lat)),
+                ("X-Amzn-Bedrock-Input-Token-Count", str(plan.input_tokens)),
+                ("X-Amzn-Bedrock-Output-Token-Count", str(n)),
+            ]
+        body = json.dumps(payload, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
+        headers = [
+            ("Content-Type", "application/json"),
+            ("Content-Length", str(len(body))),
+            ("x-amzn-RequestId", request_id),
+            ("Connection", "keep-alive" if keep_alive else "close"),
+        ] + (extra if op == "invoke" else [])
+        rec["http_status"] = 200
+        sent.extend(plan.tokens)
+        rec["chunks_sent"] = n
+        _close_record(rec, "completed", sent)
+        conn.writer.write(_response_head(200, headers) + body)
+
+
+def _close_record(rec: dict, status: str, sent: list[str]) -> None:
+    """Finalise a request record. Called *before* the last bytes go out, so that a client which has
+    read the whole response always sees the final record."""
+    rec["text"] = "".join(sent)
+    rec["status"] = status
+    rec["ended_at"] = time.time()
+
+
+def _metrics(plan: Plan, output_tokens: int, latency: int, first_byte: int) -> dict[str, int]:
+    return {
+        "inputTokenCount": plan.input_tokens,
+        "outputTokenCount": output_tokens,
+        "invocationLatency": latency,
+        "firstByteLatency": first_byte,
+    }
+
+
+# ----------------------------------------------------------------------------------------------
+# In-process form
+
+
+class BedrockEmulator:
+    """The emulator running in a daemon thread::
+
+        with BedrockEmulator(port=0, tokens=5) as emu:
+            os.environ["AWS_ENDPOINT_URL_BEDROCK_RUNTIME"] = emu.url
+            ...
+            emu.wait_for(lambda reqs: reqs and reqs[-1]["status"] == "completed")
+    """
+
+    def __init__(
+        self,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        *,
+        replay_dir: Union[str, Path, None] = None,
+        **scenario: Any,
+    ):
+        defaults = Scenario().merged(scenario)
+        self.state = EmulatorState(defaults, replay_dir)
+        self.host = host
+        self.port = port
+        self._server: Optional[EmulatorServer] = None
+        self._loop: Optional[asyncio.AbstractEventLoop] = None
+        self._thread: Optional[threading.Thread] = None
+
+    # lifecycle
+    def start(self) -> "BedrockEmulator":
+        if self._thread is not None:
+            return self
+        ready = threading.Event()
+        errors: list[BaseException] = []
+
+        def run() -> None:
+            loop = asyncio.new_event_loop()
+            self._loop = loop
+            asyncio.set_event_loop(loop)
+            try:
+                self._server = EmulatorServer(self.state, self.host, self.port)
+                loop.run_until_complete(self._server.start())
+                self.port = self._server.port
+            except BaseException as e:  # pragma: no cover - reported to the caller
+                errors.append(e)
+                ready.set()
+                loop.close()
+                return
+            ready.set()
+            try:
+                loop.run_forever()
+            finally:
+                try:
+                    loop.run_until_complete(loop.shutdown_asyncgens())
+                finally:
+                    loop.close()
+
+        self._thread = threading.Thread(target=run, name="bedrock-emulator", daemon=True)
+        self._thread.start()
+        ready.wait(10)
+        if errors:
+            self._thread = None
+            raise errors[0]
+        return self
+
+    def stop(self) -> None:
+        loop, thread, server = self._loop, self._thread, self._server
+        if loop is None or thread is None:
+            return
+        if server is not None and loop.is_running():
+            fut = asyncio.run_coroutine_threadsafe(server.close(), loop)
+            try:
+                fut.result(5)
+            except Exception:
+                pass
+        loop.call_soon_threadsafe(loop.stop)
+        thread.join(5)
+        self._thread = self._loop = self._server = None
+
+    def __enter__(self) -> "BedrockEmulator":
+        return self.start()
+
+    def __exit__(self, *exc: Any) -> None:
+        self.stop()
+
+    # API
+    @property
+    def url(self) -> str:
+        host = self.host
+        if host in ("0.0.0.0", ""):
+            host = "127.0.0.1"
+        elif ":" in host:
+            host = f"[{host}]"
+        return f"http://{host}:{self.port}"
+
+    @property
+    def requests(self) -> list[dict[str, Any]]:
+        """A copy of the request log (oldest first)."""
+        return self.state.requests()
+
+    @property
+    def scenario(self) -> Scenario:
+        """The current scenario defaults."""
+        return self.state.defaults
+
+    @property
+    def replay_dir(self) -> Optional[Path]:
+        return self.state.replay_dir
+
+    def reset(self) -> None:
+        """Clear the request log and throttle counters; scenario defaults back to the constructor's."""
+        self.state.reset()
+
+    def set_scenario(self, **values: Any) -> Scenario:
+        """Change scenario defaults (merged over the current ones); ``key=None`` clears a control."""
+        return self.state.set_scenario(**values)
+
+    def wait_for(
+        self, predicate: Callable[[list[dict[str, Any]]], Any], timeout: float = 5.0, interval: float = 0.01
+    ) -> list[dict[str, Any]]:
+        """Poll the request log until ``predicate(requests)`` is true; return the log, or raise TimeoutError."""
+        deadline = time.monotonic() + timeout
+        while True:
+            reqs = self.requests
+            if predicate(reqs):
+                return reqs
+            if time.monotonic() >= deadline:
+                raise TimeoutError(f"emulator request log did not satisfy the predicate within {timeout}s: {reqs!r}")
+            time.sleep(interval)
+
+    def __repr__(self) -> str:
+        return f"<BedrockEmulator {self.url} running={self._thread is not None}>"

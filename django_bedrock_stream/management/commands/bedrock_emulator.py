@@ -1,0 +1,38 @@
+"""``python manage.py bedrock_emulator [--port 8787] ...``: run the built-in Bedrock emulator."""
+
+from __future__ import annotations
+
+from django.core.management.base import BaseCommand, CommandError
+
+from django_bedrock_stream.emulator.__main__ import add_arguments, run, scenario_from_options
+from django_bedrock_stream.emulator.scenarios import ScenarioError
+
+
+class Command(BaseCommand):
+    help = (
+        "Run the built-in Amazon Bedrock Runtime emulator. Point boto3 at it with "
+        "AWS_ENDPOINT_URL_BEDROCK_RUNTIME=http://127.0.0.1:PORT (any dummy credentials)."
+    )
+
+    def add_arguments(self, parser):
+        add_arguments(parser)
+
+    def handle(self, *args, **options):
+        try:
+            scenario = scenario_from_options(options)
+        except ScenarioError as e:
+            raise CommandError(str(e)) from e
+        run(options["host"], options["port"], scenario, options.get("replay_dir"), out=_Out(self.stdout))
+
+
+class _Out:
+    """print()-friendly view of the command's OutputWrapper (which would add its own newlines)."""
+
+    def __init__(self, wrapper):
+        self._wrapper = wrapper
+
+    def write(self, s: str) -> None:
+        self._wrapper.write(s, ending="")
+
+    def flush(self) -> None:
+        self._wrapper.flush()

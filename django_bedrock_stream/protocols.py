@@ -1,0 +1,461 @@
+"""Wire encoders: turn one stream's life (start, deltas, finish or error) into text for a browser client.
+
+Each encoder is a small per-response object with no I/O: the response layer calls ``start()``, ``delta()``
+for every text delta, then exactly one of ``finish()`` or ``error()``, and ``ping()`` whenever it wants to
+keep an idle connection open, writing each returned ``str`` (UTF-8) to the client. An empty string means
+"nothing to send". Keeping the wire formats here, apart from Bedrock and Django, lets them be tested byte by
+byte and against the AI SDK's own parsers (``tests/js``).
+
+Formats (see ``/work/shared/PROTOCOLS.md``, "What our clients read"):
+
+- ``"text"``: the bare text (AI SDK ``TextStreamChatTransport`` / ``streamProtocol: 'text'``).
+- ``"data"``: AI SDK data stream v1 (AI SDK 3.x-4.x, ``processDataStream`` in ``@ai-sdk/ui-utils``).
+- ``"ui"``: AI SDK UI message stream (AI SDK 5+, ``useChat``'s ``DefaultChatTransport``).
+- ``"sse"``: plain server-sent events for a browser ``EventSource``.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import uuid
+from abc import ABC, abstractmethod
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+__all__ = [
+    "FINISH_REASONS",
+    "PROTOCOLS",
+    "UNKNOWN_FINISH_REASON",
+    "DataStreamProtocol",
+    "ServerSentEvent",
+    "ServerSentEventsProtocol",
+    "StreamProtocol",
+    "TextProtocol",
+    "UIMessageStreamProtocol",
+    "get_protocol",
+    "map_finish_reason",
+    "negotiate_protocol",
+]
+
+# --------------------------------------------------------------------------------------------------------------
+# Finish reasons
+# --------------------------------------------------------------------------------------------------------------
+
+#: Raw Bedrock stop reasons (every family, case-sensitive as Bedrock sends them) -> AI SDK finish reasons.
+#: The AI SDK's own Bedrock provider maps the Converse values the same way; the rest extend it to the
+#: InvokeModel families (Llama/Mistral ``stop``/``length``, Cohere ``COMPLETE``/``MAX_TOKENS``/``ERROR*``,
+#: Titan ``FINISH``/``LENGTH``/``STOP_CRITERIA_MET``/``CONTENT_FILTERED``).
+FINISH_REASONS: Mapping[str, str] = {
+    # -> "stop"
+    "end_turn": "stop",
+    "stop_sequence": "stop",
+    "stop": "stop",
+    "COMPLETE": "stop",
+    "FINISH": "stop",
+    "STOP_CRITERIA_MET": "stop",
+    # -> "length"
+    "max_tokens": "length",
+    "length": "length",
+    "model_context_window_exceeded": "length",
+    "MAX_TOKENS": "length",
+    "LENGTH": "length",
+    "ERROR_LIMIT": "length",
+    # -> "content-filter"
+    "content_filtered": "content-filter",
+    "guardrail_intervened": "content-filter",
+    "CONTENT_FILTERED": "content-filter",
+    "ERROR_TOXIC": "content-filter",
+    # -> "tool-calls"
+    "tool_use": "tool-calls",
+    # -> "error" ("error" is what we record for an in-stream exception)
+    "error": "error",
+    "ERROR": "error",
+}
+
+#: What a missing or unrecognised stop reason becomes. Not "unknown": AI SDK 6+ dropped "unknown" from the
+#: UI message stream's ``finish`` chunk schema (``ai`` 7 rejects it), while "other" is valid in every version.
+UNKNOWN_FINISH_REASON = "other"
+
+
+def map_finish_reason(stop_reason: str | None) -> str:
+    """Map a raw Bedrock stop reason to the AI SDK vocabulary; None or anything unrecognised -> ``"other"``.
+
+    We store Bedrock's raw value and map only on the way out, so the table can grow without a migration.
+    """
+    if stop_reason is None:
+        return UNKNOWN_FINISH_REASON
+    return FINISH_REASONS.get(stop_reason, UNKNOWN_FINISH_REASON)
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Helpers
+# --------------------------------------------------------------------------------------------------------------
+
+_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+def _json(value: Any) -> str:
+    """Compact JSON, non-ASCII kept as is (smaller on the wire), always encodable as UTF-8.
+
+    A lone surrogate (half an emoji split across two model chunks) cannot be encoded as UTF-8, so it is
+    written as a ``\\uXXXX`` escape instead: JavaScript strings are UTF-16, so the client's concatenation
+    of two deltas joins the halves back into the character.
+    """
+    text = json.dumps(value, ensure_ascii=False, separators=(",", ":"))
+    if _SURROGATE.search(text):
+        text = _SURROGATE.sub(lambda m: f"\\u{ord(m.group()):04x}", text)
+    return text
+
+
+def _usage_counts(usage: Mapping[str, int]) -> tuple[int, int]:
+    """(input_tokens, output_tokens) as ints; a missing count is 0 and float counts (Titan) are truncated."""
+    return int(usage.get("input_tokens") or 0), int(usage.get("output_tokens") or 0)
+
+
+_LINE_BREAK = re.compile(r"\r\n|\r|\n")
+
+
+def _check_field(name: str, value: str) -> None:
+    if "\r" in value or "\n" in value or "\0" in value:
+        raise ValueError(f"SSE {name} must not contain CR, LF or NUL: {value!r}")
+
+
+@dataclass(frozen=True)
+class ServerSentEvent:
+    """One server-sent event (WHATWG HTML, "Server-sent events"), encoded by ``encode()``.
+
+    Multi-line ``data`` becomes several ``data:`` lines (the client joins them with ``\\n``); multi-line
+    ``comment`` becomes several ``:`` lines. ``event`` and ``id`` cannot hold a line break (it would end the
+    field early and let the payload forge fields), so they raise ``ValueError``.
+    """
+
+    data: str | None = None
+    event: str | None = None
+    id: str | None = None
+    retry: int | None = None
+    comment: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.event is not None:
+            _check_field("event", self.event)
+        if self.id is not None:
+            _check_field("id", self.id)
+        if self.retry is not None and (isinstance(self.retry, bool) or self.retry < 0):
+            raise ValueError(f"SSE retry must be a non-negative int: {self.retry!r}")
+        if all(
+            v is None
+            for v in (self.data, self.event, self.id, self.retry, self.comment)
+        ):
+            raise ValueError("an SSE event needs at least one field")
+
+    def encode(self) -> str:
+        """The event as wire text, ending with the blank line that dispatches it."""
+        lines: list[str] = []
+        if self.comment is not None:
+            lines.extend(
+                f": {line}" if line else ":" for line in _LINE_BREAK.split(self.comment)
+            )
+        if self.event is not None:
+            lines.append(f"event: {self.event}")
+        if self.id is not None:
+            lines.append(f"id: {self.id}")
+        if self.retry is not None:
+            lines.append(f"retry: {self.retry}")
+        if self.data is not None:
+            lines.extend(f"data: {line}" for line in _LINE_BREAK.split(self.data))
+        return "\n".join(lines) + "\n\n"
+
+
+_PING = ServerSentEvent(comment="ping").encode()
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Protocols
+# --------------------------------------------------------------------------------------------------------------
+
+
+class StreamProtocol(ABC):
+    """Base encoder: one instance per response, holding that response's state.
+
+    The public methods keep the life cycle well formed whatever order the caller uses: ``start()`` is
+    emitted once (``delta()``/``finish()`` emit it first if the caller skipped it), empty deltas produce
+    nothing, and after ``finish()`` or ``error()`` every method returns ``""``, so a late error cannot
+    corrupt a completed stream. Subclasses implement the ``_encode_*`` hooks.
+    """
+
+    name: ClassVar[str]
+    content_type: ClassVar[str]
+
+    def __init__(self, message_id: str | None = None) -> None:
+        self.message_id: str = (
+            message_id if message_id is not None else "msg_" + uuid.uuid4().hex
+        )
+        self._started = False
+        self._closed = False
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(message_id={self.message_id!r})"
+
+    @property
+    def closed(self) -> bool:
+        """True once ``finish()`` or ``error()`` has been emitted."""
+        return self._closed
+
+    def headers(self) -> dict[str, str]:
+        """Extra response headers marking the protocol (a fresh dict; Content-Type is ``content_type``)."""
+        return {}
+
+    def start(self) -> str:
+        """Text to send before the first delta (``""`` if the protocol has none or it was already sent)."""
+        if self._started or self._closed:
+            return ""
+        self._started = True
+        return self._encode_start()
+
+    def delta(self, text: str) -> str:
+        """One text delta (possibly several model chunks joined)."""
+        if self._closed or not text:
+            return ""
+        return self.start() + self._encode_delta(text)
+
+    def finish(self, stop_reason: str | None, usage: Mapping[str, int]) -> str:
+        """The end of a successful stream; ``stop_reason`` is Bedrock's raw value, ``usage`` holds
+        ``input_tokens`` and ``output_tokens``."""
+        if self._closed:
+            return ""
+        prefix = self.start()
+        self._closed = True
+        return prefix + self._encode_finish(stop_reason, usage)
+
+    def error(self, message: str) -> str:
+        """An in-band error; the stream ends after it."""
+        if self._closed:
+            return ""
+        self._closed = True
+        return self._encode_error(message)
+
+    def ping(self) -> str:
+        """A keep-alive that clients ignore (``""`` where the protocol has no such thing)."""
+        if self._closed:
+            return ""
+        return self._encode_ping()
+
+    # Hooks ------------------------------------------------------------------------------------------------
+
+    def _encode_start(self) -> str:
+        return ""
+
+    @abstractmethod
+    def _encode_delta(self, text: str) -> str: ...
+
+    def _encode_finish(self, stop_reason: str | None, usage: Mapping[str, int]) -> str:
+        return ""
+
+    def _encode_error(self, message: str) -> str:
+        return ""
+
+    def _encode_ping(self) -> str:
+        return ""
+
+
+class TextProtocol(StreamProtocol):
+    """The bare text: no start, finish, error or ping framing (an error can only end the body early)."""
+
+    name: ClassVar[str] = "text"
+    content_type: ClassVar[str] = "text/plain; charset=utf-8"
+
+    def _encode_delta(self, text: str) -> str:
+        # A lone surrogate cannot be written as UTF-8 and plain text has no escape: replace it.
+        return _SURROGATE.sub("\ufffd", text)
+
+
+class DataStreamProtocol(StreamProtocol):
+    """AI SDK data stream v1 (AI SDK 3.x-4.x ``useChat``): one ``TYPE:JSON`` part per line."""
+
+    name: ClassVar[str] = "data"
+    content_type: ClassVar[str] = "text/plain; charset=utf-8"
+
+    def headers(self) -> dict[str, str]:
+        return {"x-vercel-ai-data-stream": "v1"}
+
+    def _encode_start(self) -> str:
+        # start_step: processChatResponse in @ai-sdk/ui-utils 1.2.11 adopts messageId as the message's id.
+        return f"f:{_json({'messageId': self.message_id})}\n"
+
+    def _encode_delta(self, text: str) -> str:
+        return f"0:{_json(text)}\n"
+
+    def _encode_finish(self, stop_reason: str | None, usage: Mapping[str, int]) -> str:
+        input_tokens, output_tokens = _usage_counts(usage)
+        finish_reason = map_finish_reason(stop_reason)
+        counts = {"promptTokens": input_tokens, "completionTokens": output_tokens}
+        step = {"finishReason": finish_reason, "usage": counts, "isContinued": False}
+        message = {"finishReason": finish_reason, "usage": counts}
+        return f"e:{_json(step)}\nd:{_json(message)}\n"
+
+    def _encode_error(self, message: str) -> str:
+        return f"3:{_json(message)}\n"
+
+
+class UIMessageStreamProtocol(StreamProtocol):
+    """AI SDK UI message stream v1 (AI SDK 5+ ``useChat``/``DefaultChatTransport``): SSE of JSON chunks.
+
+    The ``finish`` chunk carries ``messageMetadata: {finishReason, usage: {inputTokens, outputTokens}}``,
+    which every AI SDK 5+ client accepts (it lands on the assistant message's ``metadata``). A top-level
+    ``finishReason`` (what ``useChat``'s ``onFinish`` reports) is read by ``ai`` >= 5.0.92, 6.x and 7.x,
+    but ``ai`` 5.0.0-5.0.91 validate chunks strictly and fail the whole response on the unknown key, so it
+    is opt-in: subclass with ``top_level_finish_reason = True`` when every client is new enough.
+    """
+
+    name: ClassVar[str] = "ui"
+    content_type: ClassVar[str] = "text/event-stream"
+    top_level_finish_reason: ClassVar[bool] = False
+
+    def __init__(self, message_id: str | None = None) -> None:
+        super().__init__(message_id)
+        self.text_id: str = f"{self.message_id}-text"
+
+    def headers(self) -> dict[str, str]:
+        return {"x-vercel-ai-ui-message-stream": "v1"}
+
+    @staticmethod
+    def _chunk(chunk: Mapping[str, Any]) -> str:
+        return f"data: {_json(chunk)}\n\n"
+
+    def _encode_start(self) -> str:
+        start = self._chunk({"type": "start", "messageId": self.message_id})
+        return start + self._chunk({"type": "text-start", "id": self.text_id})
+
+    def _encode_delta(self, text: str) -> str:
+        return self._chunk({"type": "text-delta", "id": self.text_id, "delta": text})
+
+    def _encode_finish(self, stop_reason: str | None, usage: Mapping[str, int]) -> str:
+        input_tokens, output_tokens = _usage_counts(usage)
+        finish_reason = map_finish_reason(stop_reason)
+        finish: dict[str, Any] = {"type": "finish"}
+        if self.top_level_finish_reason:
+            finish["finishReason"] = finish_reason
+        finish["messageMetadata"] = {
+            "finishReason": finish_reason,
+            "usage": {"inputTokens": input_tokens, "outputTokens": output_tokens},
+        }
+        return (
+            self._chunk({"type": "text-end", "id": self.text_id})
+            + self._chunk(finish)
+            + "data: [DONE]\n\n"
+        )
+
+    def _encode_error(self, message: str) -> str:
+        return self._chunk({"type": "error", "errorText": message}) + "data: [DONE]\n\n"
+
+    def _encode_ping(self) -> str:
+        # An SSE comment: eventsource-parser (what the ai package uses) skips it.
+        return _PING
+
+
+class ServerSentEventsProtocol(StreamProtocol):
+    """Named server-sent events for a browser ``EventSource``: ``token``, then ``done`` or ``error``.
+
+    Every event carries an increasing ``id`` (from 1) so a client can tell how far it got. ``EventSource``
+    reconnects when the body ends, so clients should ``close()`` on ``done`` and ``error``; note a
+    connection failure also fires ``error`` (without ``data``).
+    """
+
+    name: ClassVar[str] = "sse"
+    content_type: ClassVar[str] = "text/event-stream"
+
+    def __init__(self, message_id: str | None = None) -> None:
+        super().__init__(message_id)
+        self._last_id = 0
+
+    def _event(self, event: str, data: Mapping[str, Any]) -> str:
+        self._last_id += 1
+        return ServerSentEvent(
+            data=_json(data), event=event, id=str(self._last_id)
+        ).encode()
+
+    def _encode_delta(self, text: str) -> str:
+        return self._event("token", {"text": text})
+
+    def _encode_finish(self, stop_reason: str | None, usage: Mapping[str, int]) -> str:
+        input_tokens, output_tokens = _usage_counts(usage)
+        return self._event(
+            "done",
+            {
+                "finish_reason": map_finish_reason(stop_reason),
+                "stop_reason": stop_reason,
+                "usage": {"input_tokens": input_tokens, "output_tokens": output_tokens},
+            },
+        )
+
+    def _encode_error(self, message: str) -> str:
+        return self._event("error", {"message": message})
+
+    def _encode_ping(self) -> str:
+        return _PING
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Registry and negotiation
+# --------------------------------------------------------------------------------------------------------------
+
+PROTOCOLS: dict[str, type[StreamProtocol]] = {
+    cls.name: cls
+    for cls in (
+        TextProtocol,
+        DataStreamProtocol,
+        UIMessageStreamProtocol,
+        ServerSentEventsProtocol,
+    )
+}
+
+
+def get_protocol(name: str) -> type[StreamProtocol]:
+    """The encoder class for ``name``; ``ValueError`` names the valid choices (for a 400 or a settings check)."""
+    try:
+        return PROTOCOLS[name]
+    except (KeyError, TypeError):
+        valid = ", ".join(repr(key) for key in PROTOCOLS)
+        raise ValueError(
+            f"unknown stream protocol {name!r}; expected one of {valid}"
+        ) from None
+
+
+def _accepts_event_stream(accept_header: str) -> bool:
+    for media_range in accept_header.split(","):
+        media_type, *params = (part.strip() for part in media_range.split(";"))
+        if media_type.lower() != "text/event-stream":
+            continue
+        quality = 1.0
+        for param in params:
+            key, _, value = param.partition("=")
+            if key.strip().lower() == "q":
+                try:
+                    quality = float(value)
+                except ValueError:
+                    quality = 0.0
+        if quality > 0:
+            return True
+    return False
+
+
+def negotiate_protocol(
+    request_query_value: str | None, accept_header: str | None, default: str
+) -> str:
+    """Pick the protocol name for a request.
+
+    An explicit query value wins (stripped, case-insensitive; an unknown name raises ``ValueError`` rather
+    than silently answering in a format the client did not ask for). Otherwise ``Accept: text/event-stream``
+    (with q > 0), which is what ``EventSource`` sends, selects ``"sse"`` unless the default is ``"ui"``
+    (already an event stream). Otherwise the default, which must itself be valid.
+    """
+    get_protocol(default)
+    if request_query_value is not None and request_query_value.strip():
+        name = request_query_value.strip().lower()
+        get_protocol(name)
+        return name
+    if default != "ui" and accept_header and _accepts_event_stream(accept_header):
+        return "sse"
+    return default

@@ -1,0 +1,81 @@
+"""pytest fixtures for testing against the built-in Bedrock emulator.
+
+Load them from a ``conftest.py``::
+
+    pytest_plugins = ["django_bedrock_stream.testing"]
+
+Fixtures:
+
+* ``bedrock_emulator_server`` (session): one :class:`~django_bedrock_stream.emulator.BedrockEmulator`
+  on a free port, with ``AWS_ENDPOINT_URL_BEDROCK_RUNTIME`` and dummy AWS credentials/region set in
+  ``os.environ`` for the session (restored afterwards).
+* ``bedrock_emulator`` (function): the same emulator after ``reset()`` (request log, throttle
+  counters and scenario defaults cleared).
+* ``recorded_dir``: ``Path`` of the recorded Bedrock captures (``../shared/fixtures/recorded`` beside
+  the repo); skips the test when they are absent.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Iterator
+
+import pytest
+
+from django_bedrock_stream.emulator import BedrockEmulator
+
+_ENV = {
+    "AWS_ACCESS_KEY_ID": "testing",
+    "AWS_SECRET_ACCESS_KEY": "testing",
+    "AWS_DEFAULT_REGION": "us-east-1",
+}
+# Variables that would make boto3 look elsewhere for credentials/config.
+_UNSET = ("AWS_SESSION_TOKEN", "AWS_SECURITY_TOKEN", "AWS_PROFILE", "AWS_DEFAULT_PROFILE")
+
+
+def _repo_root() -> Path:
+    return Path(__file__).resolve().parent.parent
+
+
+def recorded_captures_dir() -> Path:
+    """Where the recorded Bedrock captures live: ``../shared/fixtures/recorded`` beside the repo."""
+    return _repo_root().parent / "shared" / "fixtures" / "recorded"
+
+
+@pytest.fixture(scope="session")
+def bedrock_emulator_server() -> Iterator[BedrockEmulator]:
+    emu = BedrockEmulator(port=0)
+    emu.start()
+    values = dict(_ENV, AWS_ENDPOINT_URL_BEDROCK_RUNTIME=emu.url)
+    saved = {k: os.environ.get(k) for k in list(values) + list(_UNSET)}
+    os.environ.update(values)
+    for k in _UNSET:
+        os.environ.pop(k, None)
+    try:
+        yield emu
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+        emu.stop()
+
+
+@pytest.fixture
+def bedrock_emulator(bedrock_emulator_server: BedrockEmulator) -> Iterator[BedrockEmulator]:
+    bedrock_emulator_server.reset()
+    yield bedrock_emulator_server
+    bedrock_emulator_server.reset()
+
+
+@pytest.fixture
+def recorded_dir() -> Path:
+    path = recorded_captures_dir()
+    if not path.is_dir():
+        pytest.skip(
+            f"recorded Bedrock captures not found at {path} "
+            "(they live in ../shared/fixtures/recorded beside the repo)"
+        )
+    return path
