@@ -7,8 +7,9 @@ Either way the response iterator has the flavour the server consumes without buf
 
 The request lifecycle, and the hooks to override:
 
-1. :meth:`check_access` — may override (default: authenticated users, or anyone when
-   ``ALLOW_ANONYMOUS``).
+1. :meth:`check_access` — DRF ``authentication_classes`` / ``permission_classes`` /
+   ``throttle_classes`` (set those rather than overriding); anonymous users are refused unless
+   ``ALLOW_ANONYMOUS``.
 2. Parse and validate the JSON body (:class:`~.serializers.ChatRequestSerializer`) — 400/413 on bad
    input, nothing sent upstream.
 3. :meth:`get_messages` — may override to add a system prompt, trim history, etc.
@@ -25,15 +26,25 @@ from __future__ import annotations
 import asyncio
 import functools
 import json
+import math
 import time
 from collections.abc import Mapping, Sequence
 from typing import Any, ClassVar
 
-from asgiref.sync import sync_to_async
+from asgiref.sync import iscoroutinefunction, markcoroutinefunction, sync_to_async
 from django.core.exceptions import RequestDataTooBig
 from django.core.handlers.asgi import ASGIRequest
 from django.http import HttpRequest, HttpResponse, JsonResponse
+from django.utils.decorators import classonlymethod
 from django.views import View
+from django.views.decorators.csrf import csrf_exempt
+from rest_framework import exceptions
+from rest_framework.authentication import BaseAuthentication
+from rest_framework.parsers import BaseParser
+from rest_framework.permissions import BasePermission, IsAuthenticated
+from rest_framework.request import Request
+from rest_framework.settings import api_settings
+from rest_framework.throttling import BaseThrottle
 
 from . import client as clients
 from .callbacks import StreamCallbacks
@@ -62,19 +73,22 @@ from .streams import BedrockStream
 class RequestRejected(Exception):
     """Raised by the validation hooks; turned into a JSON error response."""
 
-    def __init__(self, status: int, error_type: str, message: str, details: Any = None) -> None:
+    def __init__(
+        self, status: int, error_type: str, message: str, details: Any = None, headers: dict[str, str] | None = None
+    ) -> None:
         super().__init__(message)
         self.status, self.error_type, self.message, self.details = status, error_type, message, details
+        self.headers = headers or {}
 
     def response(self) -> JsonResponse:
         error: dict[str, Any] = {"type": self.error_type, "message": self.message}
         if self.details is not None:
             error["details"] = self.details
-        return JsonResponse({"error": error}, status=self.status)
+        return JsonResponse({"error": error}, status=self.status, headers=self.headers)
 
 
-class BedrockStreamView(View):
-    """Base view. Subclasses must set ``family_class``; everything else has defaults."""
+class BedrockStreamMixin:
+    """The stream flow, shared by :class:`BedrockStreamView` and the DRF flavour (``drf.py``)."""
 
     #: Must set: the model family (a :class:`~.families.BedrockFamily` subclass).
     family_class: ClassVar[type[BedrockFamily]]
@@ -89,8 +103,6 @@ class BedrockStreamView(View):
     #: Per-view callbacks (or override :meth:`get_callbacks`).
     callbacks: StreamCallbacks | None = None
 
-    http_method_names = ["post", "options"]
-
     # -- hooks --------------------------------------------------------------------------------
     def get_family(self) -> BedrockFamily:
         """Should not need overriding."""
@@ -99,10 +111,8 @@ class BedrockStreamView(View):
             raise NotImplementedError(f"{type(self).__name__} must define the class attribute 'family_class'")
         return family_class()
 
-    def check_access(self, user: Any) -> None:
-        """May override. Raise :class:`RequestRejected` to refuse the request."""
-        if not stream_settings.ALLOW_ANONYMOUS and not getattr(user, "is_authenticated", False):
-            raise RequestRejected(403, "not_authenticated", "Authentication credentials were not provided.")
+    def check_access(self, request: HttpRequest) -> None:
+        """May override: refuse the request by raising :class:`RequestRejected`. Runs in sync code."""
 
     def get_messages(self, request: HttpRequest) -> list[dict[str, str]]:
         """May override: the chat messages to send (default: the validated request messages)."""
@@ -138,16 +148,14 @@ class BedrockStreamView(View):
         return dict(STREAM_HEADERS)
 
     # -- the flow -------------------------------------------------------------------------------
-    async def post(self, request: HttpRequest, *args: Any, **kwargs: Any) -> HttpResponse:
-        if not isinstance(request, ASGIRequest):
-            # WSGI: Django awaited us through async_to_sync; thread_sensitive=True runs the sync path
-            # back on the request's own thread, where blocking on boto3 is what WSGI expects.
-            return await sync_to_async(self.post_sync)(request)
+    async def handle_async(self, request: HttpRequest) -> HttpResponse:
+        """The ASGI path: nothing here blocks the event loop or holds Django's shared thread
+        while Bedrock works (only the access checks, which may query the database, hop to it)."""
         try:
-            self.check_access(await _auser(request))
+            await sync_to_async(self.check_access)(request)
             self.prepare(request)
         except RequestRejected as rejection:
-            return rejection.response()
+            return self.reject(rejection)
         completion = self.new_completion(request)
         await asend(stream_started, type(self), request=request, model_id=completion.model_id, completion=completion)
         started_at = time.monotonic()
@@ -161,13 +169,13 @@ class BedrockStreamView(View):
         runner = self.make_runner(request, self.make_stream(source), completion, started_at)
         return self.make_response(AsyncBody(runner), runner)
 
-    def post_sync(self, request: HttpRequest) -> HttpResponse:
-        """The WSGI path; the same steps as :meth:`post`, blocking."""
+    def handle_sync(self, request: HttpRequest) -> HttpResponse:
+        """The WSGI path; the same steps as :meth:`handle_async`, blocking."""
         try:
-            self.check_access(getattr(request, "user", None))
+            self.check_access(request)
             self.prepare(request)
         except RequestRejected as rejection:
-            return rejection.response()
+            return self.reject(rejection)
         completion = self.new_completion(request)
         send(stream_started, type(self), request=request, model_id=completion.model_id, completion=completion)
         started_at = time.monotonic()
@@ -215,8 +223,12 @@ class BedrockStreamView(View):
             raise RequestRejected(400, "invalid_request", str(err)) from None
         self.resolved_model_id = self.get_model_id()
 
+    def reject(self, rejection: RequestRejected) -> HttpResponse:
+        """Should not need overriding: the JSON answer to a refused or invalid request."""
+        return rejection.response()
+
     def new_completion(self, request: HttpRequest) -> Completion:
-        user = getattr(request, "_cached_user", None) or getattr(request, "user", None)
+        user = getattr(request, "user", None)
         return Completion(
             model_id=self.resolved_model_id,
             family=self.family.name,
@@ -261,25 +273,102 @@ class BedrockStreamView(View):
         response.completion = runner.completion  # type: ignore[attr-defined]
         return response
 
-    def error_response(self, error: BedrockStreamError) -> JsonResponse:
+    def error_response(self, error: BedrockStreamError) -> HttpResponse:
+        """Should not need overriding: the answer to a Bedrock error before the first byte."""
         response = JsonResponse(error.as_json(), status=error.status_code)
         if error.retry_after is not None:
             response["Retry-After"] = str(error.retry_after)
         return response
 
 
-async def _auser(request: HttpRequest) -> Any:
-    if hasattr(request, "auser"):  # Django >= 5.0
-        return await request.auser()
-    if not hasattr(request, "user"):
-        return None
+class _IgnoreBody(BaseParser):
+    media_type = "*/*"
 
-    def resolve() -> Any:
-        user = request.user
-        user.is_authenticated  # noqa: B018 - force the lazy object while we may touch the DB
-        return user
+    def parse(self, stream: Any, media_type: Any = None, parser_context: Any = None) -> dict[str, Any]:
+        return {}
 
-    return await sync_to_async(resolve)()
+
+def keep_async(view: Any) -> Any:
+    """Django 4.2's decorators wrap an async view in a sync function; mark it async again."""
+    if not iscoroutinefunction(view):
+        markcoroutinefunction(view)
+    return view
+
+
+class BedrockStreamView(BedrockStreamMixin, View):
+    """Base view. Subclasses must set ``family_class``; everything else has defaults.
+
+    Access control reuses Django REST framework's classes: ``authentication_classes``,
+    ``permission_classes`` and ``throttle_classes`` default to the project's
+    ``REST_FRAMEWORK`` settings, and unless ``BEDROCK_STREAM["ALLOW_ANONYMOUS"]`` is true,
+    ``IsAuthenticated`` is required too. As with DRF's ``APIView``, CSRF is enforced by
+    ``SessionAuthentication`` for session-authenticated browsers (token clients need no token).
+    """
+
+    #: DRF authentication classes; None: ``REST_FRAMEWORK["DEFAULT_AUTHENTICATION_CLASSES"]``.
+    authentication_classes: Sequence[type[BaseAuthentication]] | None = None
+    #: DRF permission classes; None: ``REST_FRAMEWORK["DEFAULT_PERMISSION_CLASSES"]``.
+    permission_classes: Sequence[type[BasePermission]] | None = None
+    #: DRF throttle classes; None: ``REST_FRAMEWORK["DEFAULT_THROTTLE_CLASSES"]``.
+    throttle_classes: Sequence[type[BaseThrottle]] | None = None
+
+    http_method_names = ["post", "options"]
+
+    @classonlymethod
+    def as_view(cls, **initkwargs: Any) -> Any:
+        # Like DRF's APIView: CSRF is checked by SessionAuthentication, only for session users.
+        return keep_async(csrf_exempt(super().as_view(**initkwargs)))
+
+    async def post(self, request: HttpRequest, *args: Any, **kwargs: Any) -> HttpResponse:
+        if isinstance(request, ASGIRequest):
+            return await self.handle_async(request)
+        # WSGI: Django awaited us through async_to_sync; thread_sensitive=True runs the sync path
+        # back on the request's own thread, where blocking on boto3 is what WSGI expects.
+        return await sync_to_async(self.handle_sync)(request)
+
+    def get_authenticators(self) -> list[BaseAuthentication]:
+        classes = self.authentication_classes
+        return [auth() for auth in (api_settings.DEFAULT_AUTHENTICATION_CLASSES if classes is None else classes)]
+
+    def get_permissions(self) -> list[BasePermission]:
+        classes = list(api_settings.DEFAULT_PERMISSION_CLASSES if self.permission_classes is None else self.permission_classes)
+        if not stream_settings.ALLOW_ANONYMOUS:
+            classes.insert(0, IsAuthenticated)
+        return [permission() for permission in classes]
+
+    def get_throttles(self) -> list[BaseThrottle]:
+        classes = self.throttle_classes
+        return [throttle() for throttle in (api_settings.DEFAULT_THROTTLE_CLASSES if classes is None else classes)]
+
+    def check_access(self, request: HttpRequest) -> None:
+        """Authenticate, check permissions and throttles the way DRF's ``APIView.initial`` does."""
+        authenticators = self.get_authenticators()
+        # The body is parsed by prepare(); DRF's CSRF check only needs the header token, so give it
+        # a parser that reads nothing (with none at all, request.POST raises 415).
+        drf_request = Request(request, parsers=[_IgnoreBody()], authenticators=authenticators)
+        try:
+            request.user = drf_request.user
+            for permission in self.get_permissions():
+                if not permission.has_permission(drf_request, self):  # type: ignore[arg-type]
+                    if drf_request.authenticators and not drf_request.successful_authenticator:
+                        raise exceptions.NotAuthenticated()
+                    raise exceptions.PermissionDenied(getattr(permission, "message", None))
+            waits = [t.wait() for t in self.get_throttles() if not t.allow_request(drf_request, self)]  # type: ignore[arg-type]
+            if waits:
+                raise exceptions.Throttled(max((w for w in waits if w is not None), default=None))
+        except exceptions.APIException as exc:
+            headers = {}
+            status = exc.status_code
+            if isinstance(exc, (exceptions.NotAuthenticated, exceptions.AuthenticationFailed)):
+                header = authenticators[0].authenticate_header(drf_request) if authenticators else None
+                if header:
+                    headers["WWW-Authenticate"] = header
+                else:
+                    status = 403
+            wait = getattr(exc, "wait", None)
+            if wait is not None:
+                headers["Retry-After"] = str(math.ceil(wait))
+            raise RequestRejected(status, str(exc.default_code), str(exc.detail), headers=headers) from None
 
 
 def _first_error(errors: Any, path: str = "") -> str:

@@ -1,0 +1,123 @@
+"""DRF access control on the plain views, and the DRF flavour (``drf.BedrockStreamAPIView``)."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import pytest
+from asgiref.sync import async_to_sync
+from django.contrib.auth import get_user_model
+from django.core.cache import cache
+from django.test import AsyncClient, Client, RequestFactory, override_settings
+from rest_framework.authentication import BasicAuthentication, SessionAuthentication
+from rest_framework.permissions import IsAdminUser
+from rest_framework.throttling import AnonRateThrottle
+
+from django_bedrock_stream.models import Completion
+from django_bedrock_stream.views import Llama2StreamView
+
+BODY = json.dumps({"messages": [{"role": "user", "content": "hi"}]})
+
+
+def call(view: Any, request: Any) -> Any:
+    return async_to_sync(view)(request)
+
+
+@pytest.fixture(autouse=True)
+def _clear_throttle_cache() -> None:
+    cache.clear()
+
+
+@pytest.mark.django_db
+@override_settings(BEDROCK_STREAM={"ALLOW_ANONYMOUS": False})
+def test_basic_auth_first_gives_401_with_challenge(bedrock_emulator: Any) -> None:
+    view = Llama2StreamView.as_view(authentication_classes=[BasicAuthentication])
+    response = call(view, RequestFactory().post("/", BODY, content_type="application/json"))
+    assert response.status_code == 401 and response["WWW-Authenticate"].startswith("Basic")
+    assert json.loads(response.content)["error"]["type"] == "not_authenticated"
+    get_user_model().objects.create_user("grace", password="pw")
+    import base64
+
+    auth = "Basic " + base64.b64encode(b"grace:pw").decode()
+    ok = call(view, RequestFactory().post("/", BODY, content_type="application/json", HTTP_AUTHORIZATION=auth))
+    assert ok.status_code == 200
+    b"".join(ok.streaming_content)
+    assert Completion.objects.get().user.username == "grace"
+
+
+@pytest.mark.django_db
+def test_permission_classes_are_honoured(bedrock_emulator: Any) -> None:
+    user = get_user_model().objects.create_user("linus", password="pw")
+    request = RequestFactory().post("/", BODY, content_type="application/json")
+    request.user = user
+    request._dont_enforce_csrf_checks = True
+    view = Llama2StreamView.as_view(permission_classes=[IsAdminUser], authentication_classes=[SessionAuthentication])
+    from django.contrib.sessions.backends.db import SessionStore
+
+    request.session = SessionStore()
+    response = call(view, request)
+    assert response.status_code == 403 and json.loads(response.content)["error"]["type"] == "permission_denied"
+    assert bedrock_emulator.requests == []
+
+
+class TwoPerMinute(AnonRateThrottle):
+    rate = "2/min"
+
+
+@pytest.mark.django_db
+def test_throttle_classes_give_429_with_retry_after(bedrock_emulator: Any) -> None:
+    view = Llama2StreamView.as_view(throttle_classes=[TwoPerMinute])
+    statuses = []
+    for _ in range(3):
+        response = call(view, RequestFactory().post("/", BODY, content_type="application/json"))
+        statuses.append(response.status_code)
+        if response.status_code == 200:
+            b"".join(response.streaming_content)
+    assert statuses == [200, 200, 429]
+    assert response["Retry-After"].isdigit() and json.loads(response.content)["error"]["type"] == "throttled"
+
+
+@pytest.mark.django_db
+def test_csrf_enforced_for_session_users_only(bedrock_emulator: Any) -> None:
+    user = get_user_model().objects.create_user("ken", password="pw")
+    client = Client(enforce_csrf_checks=True)
+    client.force_login(user)
+    refused = client.post("/bedrock/llama2/", BODY, content_type="application/json")
+    assert refused.status_code == 403 and "CSRF" in refused.json()["error"]["message"]
+    client.get("/admin/login/")  # sets the csrftoken cookie
+    token = client.cookies["csrftoken"].value
+    ok = client.post("/bedrock/llama2/", BODY, content_type="application/json", HTTP_X_CSRFTOKEN=token)
+    assert ok.status_code == 200
+    b"".join(ok.streaming_content)
+
+
+@pytest.mark.django_db
+def test_drf_view_streams_under_wsgi_and_renders_errors_the_drf_way(bedrock_emulator: Any) -> None:
+    client = Client()
+    response = client.post("/api/llama2/", BODY, content_type="application/json", HTTP_ACCEPT="text/event-stream")
+    assert response.status_code == 200 and response["Content-Type"].startswith("text/event-stream")
+    body = b"".join(response.streaming_content).decode()
+    assert "event: token" in body and "event: done" in body
+    bad = client.post("/api/llama2/", json.dumps({"messages": []}), content_type="application/json")
+    assert bad.status_code == 400 and "messages" in bad.json()
+    garbage = client.post("/api/llama2/", "{nope", content_type="application/json")
+    assert garbage.status_code == 400 and "detail" in garbage.json()
+    assert client.get("/api/llama2/").status_code == 405
+    assert client.options("/api/llama2/").status_code == 200
+
+
+@pytest.mark.django_db(transaction=True)
+@override_settings(BEDROCK_STREAM={"ALLOW_ANONYMOUS": True, "CLIENT_CONFIG": {"retries": {"max_attempts": 1}}})
+async def test_drf_view_streams_under_asgi(bedrock_emulator: Any) -> None:
+    client = AsyncClient()
+    response = await client.post("/api/converse/", BODY, content_type="application/json")
+    assert response.status_code == 200 and response.is_async
+    text = b"".join([part async for part in response.streaming_content]).decode()
+    assert text and (await Completion.objects.aget()).text == text
+    throttled = await client.post(
+        "/api/converse/",
+        json.dumps({"messages": [{"role": "user", "content": "[[emulator fail=ThrottlingException]]"}]}),
+        content_type="application/json",
+    )
+    assert throttled.status_code == 429 and throttled.json()["detail"]
