@@ -26,7 +26,7 @@ DEFAULTS: dict[str, Any] = {
         "read_timeout": 300,
         "connect_timeout": 10,
         "max_pool_connections": 1024,
-        "retries": {"mode": "standard", "max_attempts": 3},
+        "retries": {"mode": "standard", "total_max_attempts": 3},
     },
     # Model ids a request's "model" field may pick, besides the view's own model_id.
     "ALLOWED_MODELS": [],

@@ -108,7 +108,7 @@ def test_drf_view_streams_under_wsgi_and_renders_errors_the_drf_way(bedrock_emul
 
 
 @pytest.mark.django_db(transaction=True)
-@override_settings(BEDROCK_STREAM={"ALLOW_ANONYMOUS": True, "CLIENT_CONFIG": {"retries": {"max_attempts": 1}}})
+@override_settings(BEDROCK_STREAM={"ALLOW_ANONYMOUS": True, "CLIENT_CONFIG": {"retries": {"total_max_attempts": 1}}})
 async def test_drf_view_streams_under_asgi(bedrock_emulator: Any) -> None:
     client = AsyncClient()
     response = await client.post("/api/converse/", BODY, content_type="application/json")

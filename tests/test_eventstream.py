@@ -8,7 +8,11 @@ import zlib
 import pytest
 from botocore.eventstream import ChecksumMismatch, EventStreamBuffer
 
-from django_bedrock_stream.emulator import encode_event, encode_exception, encode_message
+from django_bedrock_stream.emulator import (
+    encode_event,
+    encode_exception,
+    encode_message,
+)
 from django_bedrock_stream.emulator.eventstream import (
     Int8,
     Int16,

@@ -22,7 +22,7 @@ from django_bedrock_stream.models import Completion
 from django_bedrock_stream.views import Llama2StreamView
 
 FAMILIES = ["anthropic", "anthropic-messages", "cohere", "llama2", "llama3", "mistral", "titan", "converse"]
-NO_RETRY = {"ALLOW_ANONYMOUS": True, "CLIENT_CONFIG": {"retries": {"mode": "standard", "max_attempts": 1}}}
+NO_RETRY = {"ALLOW_ANONYMOUS": True, "CLIENT_CONFIG": {"retries": {"mode": "standard", "total_max_attempts": 1}}}
 
 
 def chat(text: str, **extra: Any) -> str:

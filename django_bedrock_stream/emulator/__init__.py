@@ -15,4 +15,4 @@ from .eventstream import encode_event, encode_exception, encode_message
 from .scenarios import Scenario
 from .server import BedrockEmulator
 
-__all__ = ["BedrockEmulator", "Scenario", "encode_message", "encode_event", "encode_exception"]
+__all__ = ["BedrockEmulator", "Scenario", "encode_event", "encode_exception", "encode_message"]

@@ -5,7 +5,8 @@ from __future__ import annotations
 import argparse
 import asyncio
 import sys
-from typing import Any, Optional, Sequence, TextIO
+from collections.abc import Sequence
+from typing import Any, TextIO
 
 from .scenarios import Scenario, ScenarioError
 from .server import EmulatorServer, EmulatorState
@@ -29,7 +30,7 @@ def scenario_from_options(options: dict[str, Any]) -> Scenario:
     return Scenario().merged(values)
 
 
-async def _serve(host: str, port: int, scenario: Scenario, replay_dir: Optional[str], out: TextIO) -> None:
+async def _serve(host: str, port: int, scenario: Scenario, replay_dir: str | None, out: TextIO) -> None:
     server = EmulatorServer(EmulatorState(scenario, replay_dir), host, port)
     await server.start()
     print(f"Bedrock emulator listening on {server.url}", file=out)
@@ -46,8 +47,8 @@ async def _serve(host: str, port: int, scenario: Scenario, replay_dir: Optional[
 def run(
     host: str = "127.0.0.1",
     port: int = 8787,
-    scenario: Optional[Scenario] = None,
-    replay_dir: Optional[str] = None,
+    scenario: Scenario | None = None,
+    replay_dir: str | None = None,
     out: TextIO = sys.stdout,
 ) -> None:
     """Run the emulator in the foreground until Ctrl-C."""
@@ -57,7 +58,7 @@ def run(
         print("Bedrock emulator stopped.", file=out)
 
 
-def main(argv: Optional[Sequence[str]] = None) -> int:
+def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m django_bedrock_stream.emulator", description=__doc__)
     add_arguments(parser)
     args = parser.parse_args(argv)

@@ -22,18 +22,19 @@ import json
 import struct
 import uuid as _uuid
 import zlib
-from typing import Any, Iterator, Mapping, Union
+from collections.abc import Iterator, Mapping
+from typing import Any, Union
 
 __all__ = [
-    "encode_headers",
-    "encode_message",
+    "HeaderValue",
+    "decode_message",
+    "encode_chunk",
     "encode_event",
     "encode_exception",
-    "encode_chunk",
+    "encode_headers",
+    "encode_message",
     "frame",
     "split_messages",
-    "decode_message",
-    "HeaderValue",
 ]
 
 _crc32 = zlib.crc32
@@ -117,7 +118,7 @@ def frame(header_bytes: bytes, payload: bytes) -> bytes:
     return head + payload + _pack_u32(_crc32(payload, _crc32(head)))
 
 
-def encode_message(headers: Union[Mapping[str, HeaderValue], bytes], payload: bytes = b"") -> bytes:
+def encode_message(headers: Mapping[str, HeaderValue] | bytes, payload: bytes = b"") -> bytes:
     """Encode one message. ``headers`` is a mapping, or header bytes from :func:`encode_headers`."""
     hb = headers if isinstance(headers, (bytes, bytearray)) else encode_headers(headers)
     if isinstance(payload, str):
@@ -157,7 +158,7 @@ def _json_bytes(obj: Any) -> bytes:
     return json.dumps(obj, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
 
 
-def encode_event(event_type: str, payload: Union[bytes, str, Mapping[str, Any]]) -> bytes:
+def encode_event(event_type: str, payload: bytes | str | Mapping[str, Any]) -> bytes:
     """An ``event`` message (``:event-type``, ``:content-type: application/json``, ``:message-type: event``).
 
     ``payload`` is raw bytes/str, or a mapping that is JSON-encoded compactly.
@@ -169,7 +170,7 @@ def encode_event(event_type: str, payload: Union[bytes, str, Mapping[str, Any]])
     return frame(_event_headers(event_type), bytes(payload))
 
 
-def encode_exception(exception_type: str, message: Union[str, bytes, Mapping[str, Any]] = "") -> bytes:
+def encode_exception(exception_type: str, message: str | bytes | Mapping[str, Any] = "") -> bytes:
     """An ``exception`` message with ``:exception-type`` (e.g. ``modelStreamErrorException``).
 
     ``message`` is the error text (payload ``{"message": ...}``), or bytes / a mapping used as the payload.

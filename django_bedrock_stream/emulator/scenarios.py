@@ -20,7 +20,7 @@ import random
 import re
 import string
 from dataclasses import dataclass, field
-from typing import Any, Optional
+from typing import Any
 
 from .eventstream import encode_chunk, encode_event
 
@@ -87,14 +87,14 @@ class Scenario:
     tokens: int = 12  #: number of tokens in the default (generated) reply
     delay_ms: float = 0.0  #: pause between token events
     ttfb_ms: float = 0.0  #: pause before the response headers
-    error_at: Optional[int] = None  #: send an exception frame after this many token events
-    error: Optional[str] = None  #: exception type for error_at (default modelStreamErrorException)
-    fail: Optional[str] = None  #: HTTP error before the stream (e.g. ThrottlingException)
+    error_at: int | None = None  #: send an exception frame after this many token events
+    error: str | None = None  #: exception type for error_at (default modelStreamErrorException)
+    fail: str | None = None  #: HTTP error before the stream (e.g. ThrottlingException)
     throttle: int = 0  #: the first N attempts of an identical request get 429 ThrottlingException
-    text: Optional[str] = None  #: exact reply text (tokens = words with their leading spaces)
-    stop: Optional[str] = None  #: "max_tokens" forces the family's length stop reason
-    replay: Optional[str] = None  #: recorded .eventstream file (name in the replay dir, or a path)
-    corrupt_crc_at: Optional[int] = None  #: flip a bit in message N's CRC (0-based, all messages)
+    text: str | None = None  #: exact reply text (tokens = words with their leading spaces)
+    stop: str | None = None  #: "max_tokens" forces the family's length stop reason
+    replay: str | None = None  #: recorded .eventstream file (name in the replay dir, or a path)
+    corrupt_crc_at: int | None = None  #: flip a bit in message N's CRC (0-based, all messages)
 
     _INT = ("tokens", "error_at", "throttle", "corrupt_crc_at")
     _FLOAT = ("delay_ms", "ttfb_ms")
@@ -138,7 +138,7 @@ class Scenario:
             out[key] = value
         return out
 
-    def merged(self, overrides: dict[str, Any]) -> "Scenario":
+    def merged(self, overrides: dict[str, Any]) -> Scenario:
         """A copy with ``overrides`` (validated) applied."""
         if not overrides:
             return self
@@ -148,7 +148,7 @@ class Scenario:
         return dataclasses.asdict(self)
 
 
-def _normalise_stop(value: str) -> Optional[str]:
+def _normalise_stop(value: str) -> str | None:
     v = value.strip().lower()
     if v in ("", "0", "false", "no", "none", "end_turn", "stop"):
         return None
@@ -160,8 +160,8 @@ def _normalise_stop(value: str) -> Optional[str]:
 # ----------------------------------------------------------------------------------------------
 # Markers
 
-_MARKER_RE = re.compile(r"\[\[emulator\b(.*?)\]\]", re.S)
-_PAIR_RE = re.compile(r"""([A-Za-z_]\w*)\s*=\s*("(?:[^"\\]|\\.)*"|'[^']*'|[^\s\]]+)""", re.S)
+_MARKER_RE = re.compile(r"\[\[emulator\b(.*?)\]\]", re.DOTALL)
+_PAIR_RE = re.compile(r"""([A-Za-z_]\w*)\s*=\s*("(?:[^"\\]|\\.)*"|'[^']*'|[^\s\]]+)""", re.DOTALL)
 
 
 def _unescape_json(s: str) -> str:
@@ -205,13 +205,7 @@ def parse_markers(body_text: str) -> dict[str, Any]:
 # ----------------------------------------------------------------------------------------------
 # Replies
 
-WORDS = (
-    "the quick brown fox jumps over lazy dog stream token river cloud model answer bedrock "
-    "emulator django python signal packet frame window garden lantern harbor meadow silver "
-    "copper orbit velvet ember thunder canyon prairie summit echo pebble willow maple cedar "
-    "falcon otter badger heron comet nebula quartz marble cobalt saffron amber indigo violet "
-    "crimson azure coral ivory onyx jade topaz opal"
-).split()
+WORDS = ["the", "quick", "brown", "fox", "jumps", "over", "lazy", "dog", "stream", "token", "river", "cloud", "model", "answer", "bedrock", "emulator", "django", "python", "signal", "packet", "frame", "window", "garden", "lantern", "harbor", "meadow", "silver", "copper", "orbit", "velvet", "ember", "thunder", "canyon", "prairie", "summit", "echo", "pebble", "willow", "maple", "cedar", "falcon", "otter", "badger", "heron", "comet", "nebula", "quartz", "marble", "cobalt", "saffron", "amber", "indigo", "violet", "crimson", "azure", "coral", "ivory", "onyx", "jade", "topaz", "opal"]
 
 _TOKEN_RE = re.compile(r"\s*\S+|\s+$")
 _PAD = (string.ascii_letters + string.digits).encode()
@@ -279,22 +273,13 @@ def _dig(body: Any, *path: str) -> Any:
     return body
 
 
-def _int_or_none(v: Any) -> Optional[int]:
+def _int_or_none(v: Any) -> int | None:
     if isinstance(v, bool) or v is None:
         return None
     try:
         return int(v)
     except (TypeError, ValueError):
         return None
-
-
-def _metrics(input_tokens: int, output_tokens: int, latency: int, first_byte: int) -> dict[str, int]:
-    return {
-        "inputTokenCount": input_tokens,
-        "outputTokenCount": output_tokens,
-        "invocationLatency": latency,
-        "firstByteLatency": first_byte,
-    }
 
 
 def _dumps(obj: Any) -> bytes:
@@ -305,7 +290,7 @@ def _dumps(obj: Any) -> bytes:
 class Plan:
     """The reply decided for one request."""
 
-    family: "Family"
+    family: Family
     model_id: str
     tokens: list[str]
     input_tokens: int
@@ -335,13 +320,13 @@ class Family:
         p = body.get("prompt")
         return p if isinstance(p, str) else json.dumps(body, sort_keys=True)
 
-    def max_tokens(self, body: dict) -> Optional[int]:
+    def max_tokens(self, body: dict) -> int | None:
         return _int_or_none(_dig(body, *self.max_tokens_path))
 
     def head(self, plan: Plan) -> list[bytes]:
         return []
 
-    def token(self, plan: Plan, tok: str, i: int, final_metrics: Optional[dict]) -> bytes:
+    def token(self, plan: Plan, tok: str, i: int, final_metrics: dict | None) -> bytes:
         raise NotImplementedError
 
     def tail(self, plan: Plan, sent: int, merged: bool, metrics: dict) -> list[bytes]:
@@ -726,7 +711,7 @@ def make_plan(family: Family, model_id: str, body: Any, scenario: Scenario) -> P
 # Text extraction from recorded/replayed messages (record["text"] for replays).
 
 
-def extract_text(headers: dict[str, Any], payload: bytes) -> Optional[str]:
+def extract_text(headers: dict[str, Any], payload: bytes) -> str | None:
     """The text delta carried by one event (per the fixtures README's ``expected_text``), else None."""
     import base64
 

@@ -9,6 +9,7 @@ No Django imports here.
 from __future__ import annotations
 
 import asyncio
+import collections
 import email.utils
 import json
 import os
@@ -17,9 +18,10 @@ import socket
 import threading
 import time
 import uuid
+from collections.abc import Callable
 from http import HTTPStatus
 from pathlib import Path
-from typing import Any, Callable, Optional, Union
+from typing import Any
 from urllib.parse import unquote
 
 from .eventstream import corrupt_crc, decode_message, encode_exception, split_messages
@@ -37,7 +39,7 @@ from .scenarios import (
     parse_markers,
 )
 
-__all__ = ["BedrockEmulator", "EmulatorState", "EmulatorServer", "default_replay_dir"]
+__all__ = ["BedrockEmulator", "EmulatorServer", "EmulatorState", "default_replay_dir"]
 
 _MODEL_PATH_RE = re.compile(r"^/model/(.+)/(invoke|invoke-with-response-stream|converse|converse-stream)$")
 _STREAMING_OPS = ("invoke-with-response-stream", "converse-stream")
@@ -46,7 +48,7 @@ _FLUSH_BYTES = 64 * 1024
 _MAX_HEADER_BYTES = 64 * 1024
 
 
-def default_replay_dir() -> Optional[Path]:
+def default_replay_dir() -> Path | None:
     """``$BEDROCK_EMULATOR_REPLAY_DIR``, else ``../shared/fixtures/recorded`` beside the repo if present."""
     env = os.environ.get("BEDROCK_EMULATOR_REPLAY_DIR")
     if env:
@@ -92,11 +94,17 @@ def _response_head(status: int, headers: list[tuple[str, str]]) -> bytes:
 class EmulatorState:
     """Scenario defaults, the request log and the throttle counters."""
 
-    def __init__(self, defaults: Optional[Scenario] = None, replay_dir: Union[str, Path, None] = None):
+    def __init__(
+        self,
+        defaults: Scenario | None = None,
+        replay_dir: str | Path | None = None,
+        log_limit: int | None = 100_000,
+    ):
         self.initial_defaults = defaults or Scenario()
         self.defaults = self.initial_defaults
         self.replay_dir = Path(replay_dir) if replay_dir else default_replay_dir()
-        self._log: list[dict[str, Any]] = []
+        #: Oldest records are dropped beyond ``log_limit`` (a long benchmark run must not grow without bound).
+        self._log: collections.deque[dict[str, Any]] = collections.deque(maxlen=log_limit)
         self._lock = threading.Lock()
         self._throttle: dict[tuple, int] = {}
 
@@ -144,7 +152,7 @@ class EmulatorState:
 
 
 class _Conn:
-    __slots__ = ("reader", "writer", "buf", "closed", "active", "task")
+    __slots__ = ("active", "buf", "closed", "keep_alive", "reader", "task", "watcher", "writer")
 
     def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter):
         self.reader = reader
@@ -152,7 +160,9 @@ class _Conn:
         self.buf = bytearray()
         self.closed = False
         self.active = False
-        self.task: Optional[asyncio.Task] = None
+        self.task: asyncio.Task | None = None
+        self.keep_alive = True
+        self.watcher: asyncio.Task | None = None
 
     async def _fill(self) -> bool:
         data = await self.reader.read(65536)
@@ -161,7 +171,7 @@ class _Conn:
         self.buf += data
         return True
 
-    async def read_request(self) -> Optional[tuple[str, str, str, dict[str, str], bytes]]:
+    async def read_request(self) -> tuple[str, str, str, dict[str, str], bytes] | None:
         buf = self.buf
         while True:
             idx = buf.find(b"\r\n\r\n")
@@ -215,7 +225,7 @@ class _Conn:
                 raise _Disconnected()
 
     async def _read_chunked(self) -> bytes:
-        parts = []
+        parts: list[bytes] = []
         while True:
             size_line = await self._read_line()
             try:
@@ -246,9 +256,9 @@ class _Conn:
 class _BodyWriter:
     """Collects eventstream messages and writes them as HTTP chunks."""
 
-    __slots__ = ("writer", "parts", "size", "index", "corrupt_at")
+    __slots__ = ("corrupt_at", "index", "parts", "size", "writer")
 
-    def __init__(self, writer: asyncio.StreamWriter, corrupt_at: Optional[int]):
+    def __init__(self, writer: asyncio.StreamWriter, corrupt_at: int | None):
         self.writer = writer
         self.parts: list[bytes] = []
         self.size = 0
@@ -286,11 +296,11 @@ class _BodyWriter:
 class EmulatorServer:
     """The asyncio server. Use :meth:`start` inside a running loop, :meth:`close` to stop."""
 
-    def __init__(self, state: Optional[EmulatorState] = None, host: str = "127.0.0.1", port: int = 0):
+    def __init__(self, state: EmulatorState | None = None, host: str = "127.0.0.1", port: int = 0):
         self.state = state or EmulatorState()
         self.host = host
         self.port = port
-        self._server: Optional[asyncio.AbstractServer] = None
+        self._server: asyncio.AbstractServer | None = None
         self._conns: set[_Conn] = set()
 
     @property
@@ -302,7 +312,7 @@ class EmulatorServer:
             host = f"[{host}]"
         return f"http://{host}:{self.port}"
 
-    async def start(self) -> "EmulatorServer":
+    async def start(self) -> EmulatorServer:
         self._server = await asyncio.start_server(
             self._handle, self.host, self.port, backlog=2048, limit=1 << 20, reuse_address=True
         )
@@ -367,7 +377,12 @@ class EmulatorServer:
                 method, target, version, headers, body = req
                 conn_hdr = headers.get("connection", "").lower()
                 keep_alive = conn_hdr != "close" if version.upper() == "HTTP/1.1" else conn_hdr == "keep-alive"
+                conn.keep_alive = keep_alive
                 ok = await self._dispatch(conn, method, target, headers, body, keep_alive)
+                if conn.watcher is not None:
+                    # Let the cancelled EOF watcher unwind before reading the next request.
+                    await asyncio.wait((conn.watcher,))
+                    conn.watcher = None
                 if not ok or not keep_alive:
                     break
         except asyncio.CancelledError:
@@ -388,7 +403,7 @@ class EmulatorServer:
         status: int,
         payload: Any,
         keep_alive: bool = True,
-        extra: Optional[list[tuple[str, str]]] = None,
+        extra: list[tuple[str, str]] | None = None,
     ) -> bytes:
         body = json.dumps(payload, separators=(",", ":")).encode("utf-8")
         headers = [
@@ -486,10 +501,10 @@ class EmulatorServer:
         st.add_record(rec)
         writer = conn.writer
         sent_tokens: list[str] = []
-        watcher = asyncio.get_running_loop().create_task(conn.watch_eof())
+        watcher = conn.watcher = asyncio.get_running_loop().create_task(conn.watch_eof())
         conn.active = True
 
-        def fail(name: str, status: int, message: Optional[str] = None) -> bool:
+        def fail(name: str, status: int, message: str | None = None) -> bool:
             rec["http_status"] = status
             rec["error"] = name
             _close_record(rec, "failed", sent_tokens)
@@ -566,7 +581,7 @@ class EmulatorServer:
         sent: list[str],
     ) -> None:
         writer = conn.writer
-        writer.write(self._stream_head(request_id, True))
+        writer.write(self._stream_head(request_id, conn.keep_alive))
         rec["http_status"] = 200
         out = _BodyWriter(writer, sc.corrupt_crc_at)
         fam = plan.family
@@ -576,20 +591,25 @@ class EmulatorServer:
         merge_last = fam.merges_last and error_at is None and n > 0
         delay = sc.delay_ms / 1000.0
         sleep = asyncio.sleep
-        first_byte: Optional[int] = None
+        first_byte: int | None = None
         for m in fam.head(plan):
             out.add(m)
         add = out.add
         append = sent.append
         token = fam.token
+        monotonic = time.monotonic
+        t_first = 0.0
         for i in range(n):
             if i == error_at:
                 break
             if delay and i:
                 await out.flush()
-                await sleep(delay)
+                # Absolute schedule: token i goes out at t_first + i*delay, so per-token overhead
+                # (and a busy loop with many streams) does not stretch the stream.
+                await sleep(max(0.0, t_first + i * delay - monotonic()))
             if first_byte is None:
-                first_byte = int((time.monotonic() - t0) * 1000)
+                t_first = monotonic()
+                first_byte = int((t_first - t0) * 1000)
             tok = tokens[i]
             if merge_last and i == n - 1:
                 lat = int((time.monotonic() - t0) * 1000)
@@ -623,7 +643,7 @@ class EmulatorServer:
     async def _replay(self, conn: _Conn, rec: dict, path: Path, sc: Scenario, request_id: str, sent: list[str]) -> None:
         data = path.read_bytes()
         writer = conn.writer
-        writer.write(self._stream_head(request_id, True))
+        writer.write(self._stream_head(request_id, conn.keep_alive))
         rec["http_status"] = 200
         out = _BodyWriter(writer, sc.corrupt_crc_at)
         delay = sc.delay_ms / 1000.0
@@ -730,19 +750,19 @@ class BedrockEmulator:
         host: str = "127.0.0.1",
         port: int = 0,
         *,
-        replay_dir: Union[str, Path, None] = None,
+        replay_dir: str | Path | None = None,
         **scenario: Any,
     ):
         defaults = Scenario().merged(scenario)
         self.state = EmulatorState(defaults, replay_dir)
         self.host = host
         self.port = port
-        self._server: Optional[EmulatorServer] = None
-        self._loop: Optional[asyncio.AbstractEventLoop] = None
-        self._thread: Optional[threading.Thread] = None
+        self._server: EmulatorServer | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._thread: threading.Thread | None = None
 
     # lifecycle
-    def start(self) -> "BedrockEmulator":
+    def start(self) -> BedrockEmulator:
         if self._thread is not None:
             return self
         ready = threading.Event()
@@ -792,10 +812,10 @@ class BedrockEmulator:
         thread.join(5)
         self._thread = self._loop = self._server = None
 
-    def __enter__(self) -> "BedrockEmulator":
+    def __enter__(self) -> BedrockEmulator:
         return self.start()
 
-    def __exit__(self, *exc: Any) -> None:
+    def __exit__(self, *exc: object) -> None:
         self.stop()
 
     # API
@@ -819,7 +839,7 @@ class BedrockEmulator:
         return self.state.defaults
 
     @property
-    def replay_dir(self) -> Optional[Path]:
+    def replay_dir(self) -> Path | None:
         return self.state.replay_dir
 
     def reset(self) -> None:

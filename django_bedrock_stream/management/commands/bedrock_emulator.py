@@ -4,7 +4,11 @@ from __future__ import annotations
 
 from django.core.management.base import BaseCommand, CommandError
 
-from django_bedrock_stream.emulator.__main__ import add_arguments, run, scenario_from_options
+from django_bedrock_stream.emulator.__main__ import (
+    add_arguments,
+    run,
+    scenario_from_options,
+)
 from django_bedrock_stream.emulator.scenarios import ScenarioError
 
 
@@ -13,6 +17,8 @@ class Command(BaseCommand):
         "Run the built-in Amazon Bedrock Runtime emulator. Point boto3 at it with "
         "AWS_ENDPOINT_URL_BEDROCK_RUNTIME=http://127.0.0.1:PORT (any dummy credentials)."
     )
+    # The emulator does not touch the project; don't let unrelated check failures stop it.
+    requires_system_checks: list = []
 
     def add_arguments(self, parser):
         add_arguments(parser)

@@ -1,0 +1,642 @@
+"""The built-in Bedrock emulator, driven by real, unmodified boto3 over real HTTP."""
+
+from __future__ import annotations
+
+import http.client
+import json
+import os
+import subprocess
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import boto3
+import botocore.eventstream
+import pytest
+from botocore.config import Config
+from botocore.exceptions import ClientError, EventStreamError
+
+from django_bedrock_stream.emulator import BedrockEmulator, Scenario
+from django_bedrock_stream.emulator.scenarios import parse_markers, split_text
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+
+
+def make_client(attempts: int = 1, pool: int = 32):
+    # No endpoint_url: boto3 must find the emulator through AWS_ENDPOINT_URL_BEDROCK_RUNTIME.
+    return boto3.client(
+        "bedrock-runtime",
+        config=Config(
+            retries={"mode": "standard", "total_max_attempts": attempts},
+            max_pool_connections=pool,
+            read_timeout=30,
+            connect_timeout=5,
+        ),
+    )
+
+
+@pytest.fixture
+def client(bedrock_emulator):
+    return make_client()
+
+
+def decode_invoke_text(payload: dict) -> str | None:
+    """Text of one decoded invoke chunk, per the fixtures README's definition of expected_text."""
+    if payload.get("type") == "content_block_delta":
+        d = payload["delta"]
+        return d["text"] if d.get("type") == "text_delta" else None
+    if "type" in payload:
+        return None
+    for key in ("completion", "outputText", "generation", "text"):
+        if isinstance(payload.get(key), str):
+            return payload[key]
+    if "outputs" in payload:
+        return payload["outputs"][0]["text"]
+    if "contentBlockDelta" in payload:
+        return payload["contentBlockDelta"]["delta"].get("text")
+    return None
+
+
+def invoke_events(client, model_id, body):
+    resp = client.invoke_model_with_response_stream(modelId=model_id, body=json.dumps(body))
+    out = []
+    for event in resp["body"]:
+        assert set(event) == {"chunk"}
+        out.append(json.loads(event["chunk"]["bytes"]))
+    return resp, out
+
+
+FAMILIES = [
+    (
+        "anthropic.claude-3-haiku-20240307-v1:0",
+        {"anthropic_version": "bedrock-2023-05-31", "max_tokens": 200, "messages": [{"role": "user", "content": "Hi"}]},
+        "end_turn",
+    ),
+    ("anthropic.claude-v2:1", {"prompt": "\n\nHuman: Hi\n\nAssistant:", "max_tokens_to_sample": 200}, "stop_sequence"),
+    ("cohere.command-text-v14", {"prompt": "Hi", "max_tokens": 200}, "COMPLETE"),
+    ("meta.llama3-8b-instruct-v1:0", {"prompt": "Hi", "max_gen_len": 200}, "stop"),
+    ("mistral.mistral-7b-instruct-v0:2", {"prompt": "<s>[INST] Hi [/INST]", "max_tokens": 200}, "stop"),
+    ("amazon.titan-text-express-v1", {"inputText": "Hi", "textGenerationConfig": {"maxTokenCount": 200}}, "FINISH"),
+    ("us.meta.llama3-2-1b-instruct-v1:0", {"prompt": "Hi"}, "stop"),
+]
+
+
+def stop_reason_of(events):
+    last = events[-1]
+    for ev in events:
+        if ev.get("type") == "message_delta":
+            return ev["delta"]["stop_reason"]
+    for key in ("stop_reason", "finish_reason", "completionReason"):
+        if key in last:
+            return last[key]
+    return last["outputs"][0]["stop_reason"]
+
+
+@pytest.mark.parametrize("model_id,body,stop", FAMILIES, ids=[f[0] for f in FAMILIES])
+def test_invoke_stream_every_family(bedrock_emulator, client, model_id, body, stop):
+    resp, events = invoke_events(client, model_id, body)
+    assert resp["contentType"] == "application/json"
+    assert resp["ResponseMetadata"]["HTTPHeaders"]["content-type"] == "application/vnd.amazon.eventstream"
+    text = "".join(t for t in map(decode_invoke_text, events) if t)
+    [rec] = bedrock_emulator.requests
+    assert rec["status"] == "completed"
+    assert rec["operation"] == "invoke-with-response-stream"
+    assert rec["model_id"] == model_id
+    assert rec["body"] == body
+    assert rec["chunks_sent"] == 12
+    assert text == rec["text"]
+    assert len(split_text(text)) == 12
+    assert not text.startswith(" ") and text.count(" ") == 11
+    metrics = events[-1]["amazon-bedrock-invocationMetrics"]
+    assert set(metrics) == {"inputTokenCount", "outputTokenCount", "invocationLatency", "firstByteLatency"}
+    assert metrics["outputTokenCount"] == 12 and all(isinstance(v, int) for v in metrics.values())
+    assert all("amazon-bedrock-invocationMetrics" not in e for e in events[:-1])
+    assert stop_reason_of(events) == stop
+    assert rec["ended_at"] >= rec["started_at"]
+
+
+def test_padding_field_present_on_the_wire(bedrock_emulator):
+    import urllib.request
+
+    body = json.dumps({"prompt": "Hi"}).encode()
+    req = urllib.request.Request(
+        bedrock_emulator.url + "/model/meta.llama3-8b-instruct-v1%3A0/invoke-with-response-stream",
+        data=body,
+        method="POST",
+        headers={"Content-Type": "application/json", "Authorization": "AWS4-HMAC-SHA256 whatever"},
+    )
+    with urllib.request.urlopen(req) as r:
+        assert r.headers["Content-Type"] == "application/vnd.amazon.eventstream"
+        assert r.headers["x-amzn-bedrock-content-type"] == "application/json"
+        assert r.headers["x-amzn-requestid"]
+        assert r.headers["Transfer-Encoding"] == "chunked"
+        data = r.read()
+    buf = botocore.eventstream.EventStreamBuffer()
+    buf.add_data(data)
+    msgs = list(buf)
+    assert len(msgs) == 12
+    for m in msgs:
+        assert m.headers == {":event-type": "chunk", ":content-type": "application/json", ":message-type": "event"}
+        payload = json.loads(m.payload)
+        assert set(payload) == {"bytes", "p"} and payload["p"].isalnum()
+    assert bedrock_emulator.requests[0]["model_id"] == "meta.llama3-8b-instruct-v1:0"
+
+
+def test_deterministic_reply(bedrock_emulator, client):
+    body = {"prompt": "same prompt"}
+    a = invoke_events(client, "mistral.mistral-large-2402-v1:0", body)[1]
+    b = invoke_events(client, "mistral.mistral-large-2402-v1:0", body)[1]
+    assert [decode_invoke_text(e) for e in a] == [decode_invoke_text(e) for e in b]
+    other = invoke_events(client, "mistral.mistral-large-2402-v1:0", {"prompt": "another prompt"})[1]
+    assert [decode_invoke_text(e) for e in other] != [decode_invoke_text(e) for e in a]
+
+
+def test_anthropic_messages_shape(bedrock_emulator, client):
+    _, events = invoke_events(
+        client,
+        "us.anthropic.claude-3-5-sonnet-20240620-v1:0",
+        {"anthropic_version": "bedrock-2023-05-31", "max_tokens": 3, "messages": [{"role": "user", "content": [{"type": "text", "text": "one two three four"}]}]},
+    )
+    types = [e["type"] for e in events]
+    assert types == ["message_start", "content_block_start"] + ["content_block_delta"] * 3 + [
+        "content_block_stop",
+        "message_delta",
+        "message_stop",
+    ]
+    assert events[0]["message"]["usage"]["input_tokens"] == 4
+    assert events[-2] == {"type": "message_delta", "delta": {"stop_reason": "max_tokens", "stop_sequence": None}, "usage": {"output_tokens": 3}}
+    assert events[-1]["amazon-bedrock-invocationMetrics"]["inputTokenCount"] == 4
+
+
+@pytest.mark.parametrize(
+    "model_id,body,length_reason",
+    [
+        ("anthropic.claude-v2", {"prompt": "\n\nHuman: x\n\nAssistant:", "max_tokens_to_sample": 5}, "max_tokens"),
+        ("cohere.command-light-text-v14", {"prompt": "x", "max_tokens": 5}, "MAX_TOKENS"),
+        ("meta.llama2-13b-chat-v1", {"prompt": "x", "max_gen_len": 5}, "length"),
+        ("mistral.mixtral-8x7b-instruct-v0:1", {"prompt": "x", "max_tokens": 5}, "length"),
+        ("amazon.titan-text-lite-v1", {"inputText": "x", "textGenerationConfig": {"maxTokenCount": 5}}, "LENGTH"),
+    ],
+)
+def test_max_tokens_cut(bedrock_emulator, client, model_id, body, length_reason):
+    _, events = invoke_events(client, model_id, body)
+    assert stop_reason_of(events) == length_reason
+    assert bedrock_emulator.requests[0]["chunks_sent"] == 5
+    assert events[-1]["amazon-bedrock-invocationMetrics"]["outputTokenCount"] == 5
+
+
+def test_converse_stream(bedrock_emulator, client):
+    resp = client.converse_stream(
+        modelId="us.anthropic.claude-sonnet-4-20250514-v1:0",
+        messages=[{"role": "user", "content": [{"text": "Tell me [[emulator tokens=7]] a joke"}]}],
+        inferenceConfig={"maxTokens": 100},
+    )
+    events = list(resp["stream"])
+    names = [next(iter(e)) for e in events]
+    assert names == ["messageStart"] + ["contentBlockDelta"] * 7 + ["contentBlockStop", "messageStop", "metadata"]
+    assert events[0]["messageStart"] == {"role": "assistant"}
+    text = "".join(e["contentBlockDelta"]["delta"]["text"] for e in events if "contentBlockDelta" in e)
+    [rec] = bedrock_emulator.requests
+    assert rec["text"] == text and rec["operation"] == "converse-stream" and rec["status"] == "completed"
+    assert events[-2]["messageStop"]["stopReason"] == "end_turn"
+    usage = events[-1]["metadata"]["usage"]
+    assert usage["outputTokens"] == 7 and usage["totalTokens"] == usage["inputTokens"] + 7
+    assert "latencyMs" in events[-1]["metadata"]["metrics"]
+
+
+def test_converse_stream_max_tokens(bedrock_emulator, client):
+    resp = client.converse_stream(
+        modelId="amazon.nova-micro-v1:0",
+        messages=[{"role": "user", "content": [{"text": "hello"}]}],
+        inferenceConfig={"maxTokens": 4},
+    )
+    events = list(resp["stream"])
+    assert sum("contentBlockDelta" in e for e in events) == 4
+    assert events[-2]["messageStop"]["stopReason"] == "max_tokens"
+
+
+def test_non_streaming_invoke_and_converse(bedrock_emulator, client):
+    r = client.invoke_model(
+        modelId="anthropic.claude-3-haiku-20240307-v1:0",
+        body=json.dumps({"anthropic_version": "bedrock-2023-05-31", "max_tokens": 50, "messages": [{"role": "user", "content": "hi [[emulator text=\"Hello there, friend.\"]]"}]}),
+    )
+    out = json.loads(r["body"].read())
+    assert out["content"] == [{"type": "text", "text": "Hello there, friend."}]
+    assert out["stop_reason"] == "end_turn" and out["usage"]["output_tokens"] == 3
+    assert r["contentType"] == "application/json"
+    c = client.converse(modelId="meta.llama3-70b-instruct-v1:0", messages=[{"role": "user", "content": [{"text": "hi"}]}])
+    assert c["stopReason"] == "end_turn"
+    assert c["usage"]["outputTokens"] == 12
+    assert c["output"]["message"]["role"] == "assistant"
+    recs = bedrock_emulator.requests
+    assert [r["operation"] for r in recs] == ["invoke", "converse"]
+    assert recs[0]["text"] == "Hello there, friend."
+    assert recs[1]["text"] == c["output"]["message"]["content"][0]["text"]
+
+
+def test_titan_non_streaming_shape(bedrock_emulator, client):
+    r = client.invoke_model(modelId="amazon.titan-text-express-v1", body=json.dumps({"inputText": "a b c"}))
+    out = json.loads(r["body"].read())
+    assert out["inputTextTokenCount"] == 3
+    assert out["results"][0]["completionReason"] == "FINISH" and out["results"][0]["tokenCount"] == 12
+
+
+def test_invalid_model_id(bedrock_emulator, client):
+    with pytest.raises(ClientError) as e:
+        client.invoke_model_with_response_stream(modelId="amazon.nova-unknown", body=b'{"prompt":"x"}')
+    assert e.value.response["Error"]["Code"] == "ValidationException"
+    assert e.value.response["Error"]["Message"] == "The provided model identifier is invalid."
+    assert e.value.response["ResponseMetadata"]["HTTPStatusCode"] == 400
+    assert bedrock_emulator.requests[0]["status"] == "failed"
+
+
+def test_text_marker_and_json_escaping(bedrock_emulator, client):
+    text = 'He said "hi"\n  then  left. Ünïcode ✓'
+    prompt = f'[[emulator text={json.dumps(text)} delay_ms=0]]'
+    _, events = invoke_events(client, "cohere.command-r-v1:0", {"message": prompt})
+    got = "".join(t for t in map(decode_invoke_text, events) if t)
+    assert got == text
+    assert bedrock_emulator.requests[0]["text"] == text
+
+
+def test_parse_markers_unit():
+    raw = json.dumps({"prompt": 'x [[emulator tokens=5 text="a b" error=throttlingException]] y [[emulator tokens=7]]'})
+    assert parse_markers(raw) == {"tokens": "7", "text": "a b", "error": "throttlingException"}
+    sc = Scenario().merged(parse_markers(raw))
+    assert sc.tokens == 7 and sc.text == "a b"
+    with pytest.raises(ValueError):
+        Scenario().merged({"bogus": 1})
+    with pytest.raises(ValueError):
+        Scenario().merged({"fail": "NoSuchException"})
+    assert split_text("Hello  big world ") == ["Hello", "  big", " world", " "]
+
+
+def test_bad_marker_is_a_validation_error(bedrock_emulator, client):
+    with pytest.raises(ClientError) as e:
+        invoke_events(client, "meta.llama3-8b-instruct-v1:0", {"prompt": "[[emulator tokenz=3]]"})
+    assert e.value.response["Error"]["Code"] == "ValidationException"
+    assert "tokenz" in e.value.response["Error"]["Message"]
+
+
+# -- recorded captures -------------------------------------------------------------------------
+
+
+def _recorded_cases():
+    from django_bedrock_stream.testing import recorded_captures_dir
+
+    index = recorded_captures_dir() / "index.json"
+    if not index.exists():
+        return []
+    return json.loads(index.read_text())
+
+
+@pytest.mark.parametrize("case", _recorded_cases(), ids=lambda c: c["file"])
+def test_replay_recorded_capture(bedrock_emulator, client, recorded_dir, case):
+    marker = f"[[emulator replay={case['file']}]]"
+    if case["operation"] == "converse-stream":
+        resp = client.converse_stream(modelId=case["model_id"], messages=[{"role": "user", "content": [{"text": marker}]}])
+        events = list(resp["stream"])
+        text = "".join(
+            e["contentBlockDelta"]["delta"].get("text", "") for e in events if "contentBlockDelta" in e
+        )
+        assert events[-2]["messageStop"]["stopReason"] == case["stop_reason"]
+    else:
+        resp, payloads = invoke_events(client, case["model_id"], {"prompt": marker})
+        text = "".join(t for t in map(decode_invoke_text, payloads) if t)
+    assert text == case["expected_text"]
+    [rec] = bedrock_emulator.requests
+    assert rec["status"] == "completed"
+    assert rec["text"] == case["expected_text"]
+
+
+def test_replay_is_byte_for_byte(bedrock_emulator, recorded_dir):
+    name = "converse_llama32_1b_text.eventstream"
+    bedrock_emulator.set_scenario(replay=name)
+    conn = http.client.HTTPConnection("127.0.0.1", bedrock_emulator.port)
+    conn.request("POST", "/model/x.y/converse-stream", body=b"{}", headers={"Content-Type": "application/json"})
+    r = conn.getresponse()
+    assert r.status == 200
+    assert r.read() == (recorded_dir / name).read_bytes()
+    conn.close()
+
+
+def test_replay_with_delay_and_absolute_path(bedrock_emulator, client, recorded_dir):
+    path = recorded_dir / "invoke_cohere_command_light_text.eventstream"
+    resp = client.invoke_model_with_response_stream(
+        modelId="cohere.command-light-text-v14",
+        body=json.dumps({"prompt": f"[[emulator replay={path} delay_ms=20]]"}),
+    )
+    arrivals = []
+    for _ in resp["body"]:
+        arrivals.append(time.monotonic())
+    assert len(arrivals) == 11
+    assert arrivals[-1] - arrivals[0] > 0.4 * 10 * 0.020
+
+
+# -- errors ------------------------------------------------------------------------------------
+
+
+def test_corrupt_crc_rejected_by_botocore(bedrock_emulator, client):
+    resp = client.invoke_model_with_response_stream(
+        modelId="meta.llama3-8b-instruct-v1:0", body=json.dumps({"prompt": "[[emulator corrupt_crc_at=3]]"})
+    )
+    got = []
+    with pytest.raises(botocore.eventstream.ChecksumMismatch):
+        for event in resp["body"]:
+            got.append(event)
+    assert len(got) == 3
+
+
+@pytest.mark.parametrize(
+    "code", ["modelStreamErrorException", "throttlingException", "internalServerException", "validationException"]
+)
+def test_mid_stream_exception(bedrock_emulator, client, code):
+    resp = client.invoke_model_with_response_stream(
+        modelId="anthropic.claude-v2", body=json.dumps({"prompt": f"[[emulator tokens=10 error_at=4 error={code}]]"})
+    )
+    chunks = []
+    with pytest.raises(EventStreamError) as e:
+        for event in resp["body"]:
+            chunks.append(json.loads(event["chunk"]["bytes"]))
+    assert e.value.response["Error"]["Code"] == code
+    assert e.value.response["Error"]["Message"]
+    assert len(chunks) == 4
+    [rec] = bedrock_emulator.requests
+    assert rec["status"] == "error" and rec["chunks_sent"] == 4
+    assert rec["text"] == "".join(c["completion"] for c in chunks)
+
+
+def test_mid_stream_exception_default_code_converse(bedrock_emulator, client):
+    bedrock_emulator.set_scenario(error_at=2)
+    resp = client.converse_stream(modelId="mistral.mistral-large-2402-v1:0", messages=[{"role": "user", "content": [{"text": "x"}]}])
+    deltas = 0
+    with pytest.raises(EventStreamError) as e:
+        for event in resp["stream"]:
+            deltas += "contentBlockDelta" in event
+    assert e.value.response["Error"]["Code"] == "modelStreamErrorException"
+    assert deltas == 2
+
+
+@pytest.mark.parametrize(
+    "name,status",
+    [
+        ("ThrottlingException", 429),
+        ("AccessDeniedException", 403),
+        ("ValidationException", 400),
+        ("ResourceNotFoundException", 404),
+        ("ModelTimeoutException", 408),
+        ("ModelErrorException", 424),
+        ("InternalServerException", 500),
+        ("ServiceUnavailableException", 503),
+        ("ModelNotReadyException", 429),
+    ],
+)
+def test_pre_stream_failures(bedrock_emulator, client, name, status):
+    with pytest.raises(ClientError) as e:
+        client.invoke_model_with_response_stream(
+            modelId="meta.llama3-8b-instruct-v1:0", body=json.dumps({"prompt": f"[[emulator fail={name}]]"})
+        )
+    assert e.value.response["Error"]["Code"] == name
+    assert e.value.response["ResponseMetadata"]["HTTPStatusCode"] == status
+    assert e.value.response["Error"]["Message"]
+    with pytest.raises(ClientError) as e2:
+        client.converse_stream(
+            modelId="meta.llama3-8b-instruct-v1:0", messages=[{"role": "user", "content": [{"text": f"[[emulator fail={name}]]"}]}]
+        )
+    assert e2.value.response["Error"]["Code"] == name
+    assert [r["status"] for r in bedrock_emulator.requests] == ["failed", "failed"]
+    assert bedrock_emulator.requests[0]["http_status"] == status
+
+
+def test_throttle_then_success_with_standard_retries(bedrock_emulator, monkeypatch):
+    # Keep boto3's jittered backoff short; everything else is standard retry mode as shipped.
+    from botocore.retries import standard
+
+    monkeypatch.setattr(standard.ExponentialBackoff, "delay_amount", lambda self, context: 0.01)
+    client = make_client(attempts=3)
+    resp = client.invoke_model_with_response_stream(
+        modelId="meta.llama3-8b-instruct-v1:0", body=json.dumps({"prompt": "[[emulator throttle=2 tokens=3]]"})
+    )
+    assert resp["ResponseMetadata"]["RetryAttempts"] == 2
+    assert len(list(resp["body"])) == 3
+    assert [r["status"] for r in bedrock_emulator.requests] == ["failed", "failed", "completed"]
+    # A fresh client with no retries: the counter for this body is spent, so it succeeds at once.
+    resp = make_client(attempts=1).invoke_model_with_response_stream(
+        modelId="meta.llama3-8b-instruct-v1:0", body=json.dumps({"prompt": "[[emulator throttle=2 tokens=3]]"})
+    )
+    assert len(list(resp["body"])) == 3
+
+
+def test_throttle_exhausts_retries(bedrock_emulator):
+    with pytest.raises(ClientError) as e:
+        make_client(attempts=1).converse(
+            modelId="meta.llama3-8b-instruct-v1:0", messages=[{"role": "user", "content": [{"text": "[[emulator throttle=5]]"}]}]
+        )
+    assert e.value.response["Error"]["Code"] == "ThrottlingException"
+
+
+# -- timing, disconnects, concurrency ----------------------------------------------------------
+
+
+def test_pacing(bedrock_emulator, client):
+    resp = client.converse_stream(
+        modelId="amazon.titan-text-express-v1",
+        messages=[{"role": "user", "content": [{"text": "[[emulator tokens=10 delay_ms=50]]"}]}],
+    )
+    arrivals = [time.monotonic() for e in resp["stream"] if "contentBlockDelta" in e]
+    assert len(arrivals) == 10
+    assert arrivals[-1] - arrivals[0] > 0.4 * 9 * 0.050
+
+
+def test_ttfb(bedrock_emulator, client):
+    t = time.monotonic()
+    resp = client.invoke_model_with_response_stream(
+        modelId="meta.llama3-8b-instruct-v1:0", body=json.dumps({"prompt": "[[emulator ttfb_ms=200 tokens=2]]"})
+    )
+    assert time.monotonic() - t > 0.15
+    assert len(list(resp["body"])) == 2
+
+
+def test_disconnect_mid_stream(bedrock_emulator, client):
+    resp = client.invoke_model_with_response_stream(
+        modelId="anthropic.claude-3-haiku-20240307-v1:0",
+        body=json.dumps({"anthropic_version": "bedrock-2023-05-31", "max_tokens": 500, "messages": [{"role": "user", "content": "[[emulator tokens=200 delay_ms=100]]"}]}),
+    )
+    it = iter(resp["body"])
+    for _ in range(5):  # message_start, content_block_start, 3 deltas
+        next(it)
+    t = time.monotonic()
+    resp["body"].close()
+    [rec] = bedrock_emulator.wait_for(lambda reqs: reqs and reqs[0]["status"] != "streaming", timeout=5)
+    assert time.monotonic() - t < 2  # noticed while sleeping between tokens, not at the next write
+    assert rec["status"] == "disconnected"
+    assert 3 <= rec["chunks_sent"] < 200
+    assert rec["ended_at"] is not None
+    assert len(split_text(rec["text"])) == rec["chunks_sent"]
+
+
+def test_disconnect_during_ttfb(bedrock_emulator):
+    conn = http.client.HTTPConnection("127.0.0.1", bedrock_emulator.port)
+    conn.request("POST", "/model/meta.llama3-8b-instruct-v1%3A0/invoke-with-response-stream", body=b'{"prompt":"[[emulator ttfb_ms=3000]]"}')
+    bedrock_emulator.wait_for(lambda reqs: len(reqs) == 1)
+    conn.sock.close()
+    [rec] = bedrock_emulator.wait_for(lambda reqs: reqs[0]["status"] == "disconnected", timeout=2)
+    assert rec["chunks_sent"] == 0
+
+
+def test_200_concurrent_streams(bedrock_emulator):
+    client = make_client(pool=256)
+    n = 200
+
+    def one(i):
+        resp = client.invoke_model_with_response_stream(
+            modelId="meta.llama3-8b-instruct-v1:0",
+            body=json.dumps({"prompt": f"request {i} [[emulator tokens=20 delay_ms=5]]"}),
+        )
+        return i, "".join(json.loads(e["chunk"]["bytes"])["generation"] for e in resp["body"])
+
+    with ThreadPoolExecutor(n) as pool:
+        results = dict(pool.map(one, range(n)))
+    recs = bedrock_emulator.requests
+    assert len(recs) == n
+    by_prompt = {r["body"]["prompt"]: r for r in recs}
+    for i, text in results.items():
+        rec = by_prompt[f"request {i} [[emulator tokens=20 delay_ms=5]]"]
+        assert rec["status"] == "completed" and rec["chunks_sent"] == 20
+        assert rec["text"] == text
+
+
+def test_large_stream_full_speed(bedrock_emulator, client):
+    t = time.monotonic()
+    resp = client.invoke_model_with_response_stream(
+        modelId="mistral.mistral-7b-instruct-v0:2", body=json.dumps({"prompt": "[[emulator tokens=20000]]"})
+    )
+    count = sum(1 for _ in resp["body"])
+    assert count == 20000
+    rec = bedrock_emulator.requests[0]
+    assert rec["chunks_sent"] == 20000 and rec["status"] == "completed"
+    assert time.monotonic() - t < 15  # botocore's decoding dominates; the emulator side is ~0.2 s
+
+
+# -- control API, lifecycle ---------------------------------------------------------------------
+
+
+def _http(emu, method, path, body=None):
+    conn = http.client.HTTPConnection("127.0.0.1", emu.port)
+    conn.request(method, path, body=json.dumps(body).encode() if body is not None else None)
+    r = conn.getresponse()
+    data = r.read()
+    conn.close()
+    return r.status, dict(r.getheaders()), json.loads(data) if data else None
+
+
+def test_control_api(bedrock_emulator, client):
+    status, _, health = _http(bedrock_emulator, "GET", "/_emulator/health")
+    assert status == 200 and health["status"] == "ok"
+    status, _, sc = _http(bedrock_emulator, "POST", "/_emulator/scenario", {"tokens": 3})
+    assert status == 200 and sc["tokens"] == 3
+    assert bedrock_emulator.scenario.tokens == 3
+    _, events = invoke_events(client, "meta.llama3-8b-instruct-v1:0", {"prompt": "x"})
+    assert len(events) == 3
+    status, _, reqs = _http(bedrock_emulator, "GET", "/_emulator/requests")
+    assert status == 200 and len(reqs) == 1 and reqs[0]["chunks_sent"] == 3
+    status, _, _ = _http(bedrock_emulator, "POST", "/_emulator/scenario", {"nope": 1})
+    assert status == 400
+    status, _, _ = _http(bedrock_emulator, "POST", "/_emulator/reset")
+    assert status == 200
+    assert bedrock_emulator.requests == [] and bedrock_emulator.scenario == Scenario()
+
+
+def test_unknown_path_404(bedrock_emulator):
+    status, headers, body = _http(bedrock_emulator, "GET", "/foo")
+    assert status == 404
+    assert headers["x-amzn-ErrorType"] == "UnknownOperationException"
+    assert bedrock_emulator.requests == []
+
+
+def test_keep_alive_reuses_connection(bedrock_emulator):
+    conn = http.client.HTTPConnection("127.0.0.1", bedrock_emulator.port)
+    for _ in range(3):
+        conn.request("POST", "/model/cohere.command-text-v14/invoke-with-response-stream", body=b'{"prompt":"x"}')
+        r = conn.getresponse()
+        assert r.status == 200
+        r.read()
+    sock = conn.sock
+    conn.request("POST", "/model/cohere.command-text-v14/invoke", body=b'{"prompt":"x"}')
+    r = conn.getresponse()
+    assert json.loads(r.read())["generations"][0]["finish_reason"] == "COMPLETE"
+    assert conn.sock is sock
+    conn.close()
+    assert len(bedrock_emulator.requests) == 4
+
+
+def test_fixture_environment(bedrock_emulator):
+    assert os.environ["AWS_ENDPOINT_URL_BEDROCK_RUNTIME"] == bedrock_emulator.url
+    assert os.environ["AWS_ACCESS_KEY_ID"] == "testing"
+    assert os.environ["AWS_DEFAULT_REGION"] == "us-east-1"
+
+
+def test_context_manager_and_constructor_defaults():
+    with BedrockEmulator(port=0, tokens=2) as emu:
+        c = boto3.client(
+            "bedrock-runtime", endpoint_url=emu.url, region_name="eu-west-1", aws_access_key_id="a", aws_secret_access_key="b"
+        )
+        r = c.invoke_model_with_response_stream(modelId="meta.llama3-8b-instruct-v1:0", body=b'{"prompt":"x"}')
+        assert len(list(r["body"])) == 2
+        emu.set_scenario(tokens=4)
+        emu.reset()
+        assert emu.scenario.tokens == 2
+        with pytest.raises(TimeoutError):
+            emu.wait_for(lambda reqs: len(reqs) > 5, timeout=0.1)
+    # stopped: the port no longer accepts connections
+    with pytest.raises(OSError):
+        http.client.HTTPConnection("127.0.0.1", emu.port, timeout=1).request("GET", "/_emulator/health")
+
+
+def test_emulator_does_not_import_django():
+    code = (
+        "import sys; import django_bedrock_stream.emulator as e; "
+        "assert not any(m == 'django' or m.startswith('django.') for m in sys.modules), 'django imported'"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True, cwd=REPO_ROOT, env=dict(os.environ, PYTHONPATH=str(REPO_ROOT)))
+
+
+def test_cli_runs_and_serves(tmp_path):
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "django_bedrock_stream.emulator", "--port", "0", "--tokens", "3"],
+        cwd=REPO_ROOT,
+        env=dict(os.environ, PYTHONPATH=str(REPO_ROOT)),
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        line = proc.stdout.readline()
+        assert "listening on http://127.0.0.1:" in line
+        url = line.strip().rsplit(" ", 1)[-1]
+        c = boto3.client("bedrock-runtime", endpoint_url=url, region_name="us-east-1", aws_access_key_id="a", aws_secret_access_key="b")
+        r = c.invoke_model_with_response_stream(modelId="meta.llama3-8b-instruct-v1:0", body=b'{"prompt":"x"}')
+        assert len(list(r["body"])) == 3
+    finally:
+        proc.terminate()
+        proc.wait(5)
+
+
+def test_management_command_runs_and_serves():
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "django", "bedrock_emulator", "--port", "0", "--tokens", "2", "--delay-ms", "1"],
+        cwd=REPO_ROOT,
+        env=dict(os.environ, PYTHONPATH=str(REPO_ROOT), DJANGO_SETTINGS_MODULE="tests.settings"),
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        line = proc.stdout.readline()
+        assert "listening on http://127.0.0.1:" in line, line
+        url = line.strip().rsplit(" ", 1)[-1]
+        c = boto3.client("bedrock-runtime", endpoint_url=url, region_name="us-east-1", aws_access_key_id="a", aws_secret_access_key="b")
+        r = c.converse_stream(modelId="meta.llama3-8b-instruct-v1:0", messages=[{"role": "user", "content": [{"text": "x"}]}])
+        assert sum("contentBlockDelta" in e for e in r["stream"]) == 2
+    finally:
+        proc.terminate()
+        proc.wait(5)
