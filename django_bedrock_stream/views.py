@@ -192,16 +192,7 @@ class BedrockStreamMixin:
     def prepare(self, request: HttpRequest) -> None:
         """Parse, validate and build the upstream request; raise :class:`RequestRejected` on bad input."""
         self.family = self.get_family()
-        try:
-            raw = request.body
-        except RequestDataTooBig:
-            raise RequestRejected(413, "payload_too_large", "The request body is too large.") from None
-        try:
-            data = json.loads(raw or b"null")
-        except (ValueError, UnicodeDecodeError):
-            raise RequestRejected(400, "invalid_json", "The request body must be JSON.") from None
-        if not isinstance(data, dict):
-            raise RequestRejected(400, "invalid_request", "The request body must be a JSON object.")
+        data = self.get_request_data(request)
         serializer = ChatRequestSerializer(
             data=data,
             context={"allowed_models": self.get_allowed_models(), "max_tokens_cap": self.get_max_tokens_cap()},
@@ -226,6 +217,22 @@ class BedrockStreamMixin:
     def reject(self, rejection: RequestRejected) -> HttpResponse:
         """Should not need overriding: the JSON answer to a refused or invalid request."""
         return rejection.response()
+
+    def get_request_data(self, request: HttpRequest) -> dict[str, Any]:
+        """Should not need overriding: the JSON body, or for GET the query string."""
+        if request.method == "GET":
+            return _query_data(request)
+        try:
+            raw = request.body
+        except RequestDataTooBig:
+            raise RequestRejected(413, "payload_too_large", "The request body is too large.") from None
+        try:
+            data = json.loads(raw or b"null")
+        except (ValueError, UnicodeDecodeError):
+            raise RequestRejected(400, "invalid_json", "The request body must be JSON.") from None
+        if not isinstance(data, dict):
+            raise RequestRejected(400, "invalid_request", "The request body must be a JSON object.")
+        return data
 
     def new_completion(self, request: HttpRequest) -> Completion:
         user = getattr(request, "user", None)
@@ -312,7 +319,21 @@ class BedrockStreamView(BedrockStreamMixin, View):
     #: DRF throttle classes; None: ``REST_FRAMEWORK["DEFAULT_THROTTLE_CLASSES"]``.
     throttle_classes: Sequence[type[BaseThrottle]] | None = None
 
-    http_method_names = ["post", "options"]
+    #: Also accept ``GET ?prompt=…`` (or ``?messages=<json>``), for browsers' ``EventSource``, which
+    #: cannot POST. Off by default: a GET is not CSRF-protected, so only enable it behind
+    #: authentication (Django's default ``SameSite=Lax`` session cookie is not sent on cross-site
+    #: ``EventSource`` requests) or for endpoints that are fine to be triggered by any page.
+    allow_get: bool = False
+
+    http_method_names = ["get", "post", "options"]
+
+    def setup(self, request: HttpRequest, *args: Any, **kwargs: Any) -> None:
+        super().setup(request, *args, **kwargs)
+        if not self.allow_get:
+            self.http_method_names = ["post", "options"]
+
+    async def get(self, request: HttpRequest, *args: Any, **kwargs: Any) -> HttpResponse:
+        return await self.post(request, *args, **kwargs)
 
     @classonlymethod
     def as_view(cls, **initkwargs: Any) -> Any:
@@ -369,6 +390,24 @@ class BedrockStreamView(BedrockStreamMixin, View):
             if wait is not None:
                 headers["Retry-After"] = str(math.ceil(wait))
             raise RequestRejected(status, str(exc.default_code), str(exc.detail), headers=headers) from None
+
+
+def _query_data(request: HttpRequest) -> dict[str, Any]:
+    """``?prompt=text`` or ``?messages=<json list>``, plus optional ``model`` and ``max_tokens``."""
+    query = request.GET
+    data: dict[str, Any] = {}
+    if "messages" in query:
+        try:
+            data["messages"] = json.loads(query["messages"])
+        except ValueError:
+            raise RequestRejected(400, "invalid_json", "The messages parameter must be JSON.") from None
+    elif "prompt" in query:
+        data["messages"] = [{"role": "user", "content": query["prompt"]}]
+    if "model" in query:
+        data["model"] = query["model"]
+    if "max_tokens" in query:
+        data["max_tokens"] = query["max_tokens"]
+    return data
 
 
 def _first_error(errors: Any, path: str = "") -> str:
