@@ -117,3 +117,13 @@ def reset_clients() -> None:
     """Forget cached clients (called when ``BEDROCK_STREAM`` changes)."""
     _sync_clients.clear()
     _async_clients.clear()
+
+
+async def aclose_clients() -> None:
+    """Close the running loop's aiobotocore clients (for an ASGI lifespan shutdown, or tests)."""
+    try:
+        loop = asyncio.get_running_loop()
+    except RuntimeError:
+        return
+    for client in _async_clients.pop(loop, {}).values():
+        await client.__aexit__(None, None, None)

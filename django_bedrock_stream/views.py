@@ -228,7 +228,7 @@ class BedrockStreamMixin:
             raise RequestRejected(413, "payload_too_large", "The request body is too large.") from None
         try:
             data = json.loads(raw or b"null")
-        except (ValueError, UnicodeDecodeError):
+        except (ValueError, UnicodeDecodeError, RecursionError):  # RecursionError: absurdly nested JSON
             raise RequestRejected(400, "invalid_json", "The request body must be JSON.") from None
         if not isinstance(data, dict):
             raise RequestRejected(400, "invalid_request", "The request body must be a JSON object.")
@@ -399,7 +399,7 @@ def _query_data(request: HttpRequest) -> dict[str, Any]:
     if "messages" in query:
         try:
             data["messages"] = json.loads(query["messages"])
-        except ValueError:
+        except (ValueError, RecursionError):
             raise RequestRejected(400, "invalid_json", "The messages parameter must be JSON.") from None
     elif "prompt" in query:
         data["messages"] = [{"role": "user", "content": query["prompt"]}]
