@@ -1,15 +1,124 @@
+"""A read-only admin for :class:`~django_bedrock_stream.models.Completion`.
+
+Rows are written by the stream views (through signals), never by hand: there is no add view, the
+change view is read-only for everyone (superusers included), and deleting stays governed by the
+usual ``delete_completion`` permission so old rows can be purged. The changelist shows token totals
+of the rows currently filtered (template ``admin/django_bedrock_stream/completion/change_list.html``).
+"""
+
+from __future__ import annotations
+
+import json
+from typing import TYPE_CHECKING, Any
+
 from django.contrib import admin
+from django.contrib.auth import get_user_model
+from django.db.models import Count, Q, QuerySet, Sum
+from django.db.models.functions import Coalesce
+from django.http import HttpRequest, HttpResponse
+from django.template.response import TemplateResponse
+from django.utils.html import format_html
 
 from .models import Completion
 
+if TYPE_CHECKING:
+    _ModelAdmin = admin.ModelAdmin[Completion]
+else:
+    _ModelAdmin = admin.ModelAdmin
+
+
+def usage_totals(queryset: QuerySet[Completion]) -> dict[str, int]:
+    """Count and token sums of ``queryset`` (one aggregate query)."""
+    totals = queryset.aggregate(
+        completions=Count("id"),
+        input_tokens=Coalesce(Sum("input_tokens"), 0),
+        output_tokens=Coalesce(Sum("output_tokens"), 0),
+        failed=Count("id", filter=Q(status=Completion.Status.FAILED)),
+        cancelled=Count("id", filter=Q(status=Completion.Status.CANCELLED)),
+    )
+    totals["total_tokens"] = totals["input_tokens"] + totals["output_tokens"]
+    return totals
+
+
+def _pre(text: str) -> str:
+    return format_html('<pre style="white-space: pre-wrap; margin: 0;">{}</pre>', text)
+
 
 @admin.register(Completion)
-class CompletionAdmin(admin.ModelAdmin):
-    list_display = ("created_at", "model_id", "status", "user", "input_tokens", "output_tokens", "stop_reason")
-    list_filter = ("status", "model_id", "family", "created_at")
-    search_fields = ("text", "model_id", "error")
+class CompletionAdmin(_ModelAdmin):
+    list_display = (
+        "created_at",
+        "model_id",
+        "family",
+        "status",
+        "user",
+        "input_tokens",
+        "output_tokens",
+        "stop_reason",
+        "time_to_first_token",
+    )
+    list_filter = (
+        "status",
+        "model_id",
+        "family",
+        ("user", admin.RelatedOnlyFieldListFilter),
+        "created_at",
+    )
+    list_select_related = ("user",)
     date_hierarchy = "created_at"
-    readonly_fields = [f.name for f in Completion._meta.fields]
+    fieldsets = (
+        (None, {"fields": ("model_id", "family", "user", "status", "stop_reason", "created_at", "finished_at")}),
+        ("Usage", {"fields": ("input_tokens", "output_tokens", "total_tokens", "time_to_first_token")}),
+        ("Conversation", {"fields": ("messages_display", "text_display")}),
+        ("Error", {"fields": ("error_code", "error_display"), "classes": ("collapse",)}),
+    )
+    readonly_fields = (
+        *(field.name for field in Completion._meta.fields),
+        "total_tokens",
+        "messages_display",
+        "text_display",
+        "error_display",
+    )
 
-    def has_add_permission(self, request):  # type: ignore[no-untyped-def]
+    def get_search_fields(self, request: HttpRequest) -> list[str]:
+        username = get_user_model().USERNAME_FIELD
+        return ["model_id", "text", "error", f"user__{username}"]
+
+    # -- read-only ------------------------------------------------------------------------------
+    def has_add_permission(self, request: HttpRequest) -> bool:
         return False
+
+    def has_change_permission(self, request: HttpRequest, obj: Completion | None = None) -> bool:
+        # Viewing needs "view" or "change" permission (ModelAdmin.has_view_permission); editing, never.
+        return False
+
+    # -- read-only displays ---------------------------------------------------------------------
+    @admin.display(description="Total tokens")
+    def total_tokens(self, obj: Completion) -> int | None:
+        return obj.total_tokens
+
+    @admin.display(description="Messages")
+    def messages_display(self, obj: Completion) -> str:
+        parts = []
+        for message in obj.messages or []:
+            if isinstance(message, dict):
+                parts.append(f"[{message.get('role', '?')}]\n{message.get('content', '')}")
+            else:
+                parts.append(json.dumps(message, ensure_ascii=False, indent=2))
+        return _pre("\n\n".join(parts))
+
+    @admin.display(description="Text")
+    def text_display(self, obj: Completion) -> str:
+        return _pre(obj.text)
+
+    @admin.display(description="Error")
+    def error_display(self, obj: Completion) -> str:
+        return _pre(obj.error)
+
+    # -- usage totals ---------------------------------------------------------------------------
+    def changelist_view(self, request: HttpRequest, extra_context: dict[str, Any] | None = None) -> HttpResponse:
+        response = super().changelist_view(request, extra_context)
+        if isinstance(response, TemplateResponse) and response.context_data and "cl" in response.context_data:
+            # cl.queryset is the filtered and searched queryset, before pagination.
+            response.context_data["usage_totals"] = usage_totals(response.context_data["cl"].queryset)
+        return response

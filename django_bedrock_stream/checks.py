@@ -1,30 +1,413 @@
-"""System checks, one function per concern, with stable ids ``bedrock_stream.<E|W>NNN``."""
+"""System checks, one function per concern, with stable ids ``bedrock_stream.<E|W>NNN``.
+
+=====================  =======================================================================
+Id                     Meaning
+=====================  =======================================================================
+``E001``               ``BEDROCK_STREAM`` is not a dict.
+``E002``               ``ASYNC_TRANSPORT = "aiobotocore"`` but aiobotocore is not installed.
+``E003``               A ``BEDROCK_STREAM`` value is invalid (type, range, or a ``CLIENT_CONFIG``
+                       that ``botocore.config.Config`` rejects). One error per key.
+``W001``               Unknown ``BEDROCK_STREAM`` key (a typo is otherwise silently ignored).
+``W002``               No AWS credentials and/or region can be found, and no endpoint override
+                       (``ENDPOINT_URL``, ``AWS_ENDPOINT_URL_BEDROCK_RUNTIME``, ``AWS_ENDPOINT_URL``)
+                       points somewhere else such as the built-in emulator.
+``W003``               A Converse view is routed with neither a pinned ``model_id`` nor any allowed
+                       models: it serves only the library's built-in default model, and requests
+                       that name a model get a 400.
+``W004``               A middleware that holds back streamed output is installed.
+``W005``               ``ASYNC_TRANSPORT = "aiobotocore"`` in a WSGI-only project, where the async
+                       path (the only user of aiobotocore) never runs.
+=====================  =======================================================================
+
+Silence one with ``SILENCED_SYSTEM_CHECKS = ["bedrock_stream.W003"]``. Every check is tagged
+``bedrock_stream`` (``manage.py check --tag bedrock_stream``) besides Django's own tag. Checks
+never touch the network: W002 resolves credentials only from environment variables and config
+files (see :func:`check_credentials`).
+"""
 
 from __future__ import annotations
 
+import importlib.util
+import os
+from collections.abc import Iterator
 from typing import Any
 
 from django.conf import settings
-from django.core.checks import Error, Tags, Warning, register as register_check
+from django.core.checks import CheckMessage, Error, Tags, Warning
+from django.core.checks import register as register_check
+from django.utils.module_loading import import_string
 
 from .conf import DEFAULTS
 
+TAG = "bedrock_stream"
+ASYNC_TRANSPORTS = ("auto", "aiobotocore", "thread")
+ENDPOINT_ENV = ("AWS_ENDPOINT_URL_BEDROCK_RUNTIME", "AWS_ENDPOINT_URL")
 
-def check_settings_keys(app_configs: Any = None, **kwargs: Any) -> list[Any]:
+#: Middleware that delays or buffers a ``StreamingHttpResponse``, with the reason shown in W004.
+#: Only entries verified against the middleware's source belong here. Deliberately absent:
+#: ``ConditionalGetMiddleware`` (returns early for non-GET requests and never computes an ETag of
+#: streaming content), ``UpdateCacheMiddleware`` (skips streaming responses), and
+#: ``debug_toolbar``/``silk`` (current releases leave ``streaming_content`` alone).
+BUFFERING_MIDDLEWARE: dict[str, str] = {
+    "django.middleware.gzip.GZipMiddleware": (
+        "under WSGI it feeds the stream through one zlib compressor that is never flushed between "
+        "chunks (django.utils.text.compress_sequence), so clients receive nothing until the "
+        "compressor's buffer fills or the reply ends"
+    ),
+}
+
+
+def _user_settings() -> dict[str, Any] | None:
+    user = getattr(settings, "BEDROCK_STREAM", None)
+    return user if isinstance(user, dict) else None
+
+
+# -- E001 / W001 -------------------------------------------------------------------------------
+
+
+def check_settings_keys(app_configs: Any = None, **kwargs: Any) -> list[CheckMessage]:
+    """E001: ``BEDROCK_STREAM`` is not a dict. W001: unknown keys."""
     user = getattr(settings, "BEDROCK_STREAM", None)
     if user is None:
         return []
     if not isinstance(user, dict):
-        return [Error("BEDROCK_STREAM must be a dict.", id="bedrock_stream.E001")]
+        return [
+            Error(
+                f"BEDROCK_STREAM must be a dict, not {type(user).__name__}.",
+                hint="Set BEDROCK_STREAM = {...} with the keys listed in the README's settings table.",
+                id="bedrock_stream.E001",
+            )
+        ]
     return [
         Warning(
             f"Unknown BEDROCK_STREAM key {key!r}.",
             hint=f"Valid keys: {', '.join(sorted(DEFAULTS))}.",
             id="bedrock_stream.W001",
         )
-        for key in sorted(set(user) - set(DEFAULTS))
+        for key in sorted(set(user) - set(DEFAULTS), key=str)
     ]
 
 
+# -- E003 --------------------------------------------------------------------------------------
+
+
+def _positive_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value > 0
+
+
+def _invalid_value(key: str, value: Any) -> str | None:
+    """Why ``value`` is not acceptable for ``key``, or ``None`` when it is."""
+    if key in ("MAX_TOKENS", "THREAD_POOL_SIZE", "MAX_MESSAGES", "MAX_INPUT_CHARS"):
+        return None if _positive_int(value) else f"must be a positive integer, not {value!r}"
+    if key == "ASYNC_TRANSPORT":
+        return None if value in ASYNC_TRANSPORTS else f"must be one of {', '.join(map(repr, ASYNC_TRANSPORTS))}"
+    if key in ("REGION", "ENDPOINT_URL"):
+        return None if value is None or (isinstance(value, str) and value) else "must be a non-empty string or None"
+    if key in ("PERSIST", "ALLOW_ANONYMOUS"):
+        return None if isinstance(value, bool) else f"must be True or False, not {value!r}"
+    if key == "ALLOWED_MODELS":
+        if isinstance(value, (list, tuple)) and all(isinstance(m, str) and m for m in value):
+            return None
+        return "must be a list of model id strings"
+    if key == "CLIENT_CONFIG":
+        if value is None:
+            return None
+        if not isinstance(value, dict):
+            return f"must be a dict of botocore.config.Config arguments, not {type(value).__name__}"
+        from botocore.config import Config
+
+        try:
+            Config(**{**DEFAULTS["CLIENT_CONFIG"], **value})
+        except Exception as err:  # botocore raises TypeError or its own validation errors
+            return f"is rejected by botocore.config.Config: {err}"
+    return None
+
+
+def check_settings_values(app_configs: Any = None, **kwargs: Any) -> list[CheckMessage]:
+    """E003: one error per ``BEDROCK_STREAM`` value of the wrong type or range."""
+    user = _user_settings()
+    if not user:
+        return []
+    errors: list[CheckMessage] = []
+    for key in sorted(set(user) & set(DEFAULTS)):
+        problem = _invalid_value(key, user[key])
+        if problem:
+            errors.append(
+                Error(
+                    f"BEDROCK_STREAM[{key!r}] {problem}.",
+                    hint=f"Default: {DEFAULTS[key]!r}.",
+                    obj=key,
+                    id="bedrock_stream.E003",
+                )
+            )
+    return errors
+
+
+# -- W002 --------------------------------------------------------------------------------------
+
+#: botocore credential providers that only read environment variables and local files.
+_LOCAL_PROVIDERS = ("env", "shared-credentials-file", "config-file", "ec2-credentials-file", "boto-config")
+#: Providers that would run a process or call the network, recognised by their configuration only.
+_PROFILE_KEYS = (
+    "role_arn",
+    "credential_process",
+    "sso_start_url",
+    "sso_session",
+    "web_identity_token_file",
+    "login_session",
+)
+_ENV_SIGNALS = (
+    "AWS_WEB_IDENTITY_TOKEN_FILE",
+    "AWS_CONTAINER_CREDENTIALS_RELATIVE_URI",
+    "AWS_CONTAINER_CREDENTIALS_FULL_URI",
+)
+
+
+def _endpoint_override() -> str | None:
+    user = _user_settings() or {}
+    endpoint = user.get("ENDPOINT_URL")
+    if endpoint:
+        return str(endpoint)
+    for name in ENDPOINT_ENV:
+        if os.environ.get(name):
+            return os.environ[name]
+    return None
+
+
+def _find_credentials(session: Any) -> bool:
+    """Whether boto3 will find credentials, without running processes or calling the network.
+
+    Static keys (environment, ``~/.aws/credentials``, ``~/.aws/config``) are loaded for real; a
+    profile that assumes a role, runs a ``credential_process`` or uses SSO, and the web-identity and
+    container variables, count as configured. EC2 instance roles cannot be detected offline, so the
+    warning's hint mentions them.
+    """
+    if any(os.environ.get(name) for name in _ENV_SIGNALS):
+        return True
+    scoped = session.get_scoped_config()  # raises ProfileNotFound for a bad AWS_PROFILE
+    if any(scoped.get(key) for key in _PROFILE_KEYS):
+        return True
+    resolver = session.get_component("credential_provider")
+    for provider in resolver.providers:
+        if getattr(provider, "METHOD", None) in _LOCAL_PROVIDERS and provider.load() is not None:
+            return True
+    return False
+
+
+def check_credentials(app_configs: Any = None, **kwargs: Any) -> list[CheckMessage]:
+    """W002: no credentials and/or no region, and no endpoint override (emulator) configured."""
+    if _endpoint_override():
+        return []
+    import botocore.exceptions
+    import botocore.session
+
+    session = botocore.session.Session()
+    missing: list[str] = []
+    try:
+        if not _find_credentials(session):
+            missing.append("credentials")
+    except botocore.exceptions.ProfileNotFound as err:
+        missing.append(f"credentials ({err})")
+    user = _user_settings() or {}
+    region = user.get("REGION") or os.environ.get("AWS_REGION")
+    if not region:
+        try:
+            region = session.get_config_variable("region")
+        except botocore.exceptions.ProfileNotFound:
+            region = None
+    if not region:
+        missing.append("region (requests would go to us-east-1)")
+    if not missing:
+        return []
+    return [
+        Warning(
+            f"No AWS {' and no '.join(missing)} found for Bedrock, and no endpoint override is set.",
+            hint=(
+                "Set AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY or AWS_PROFILE, and AWS_REGION or "
+                "BEDROCK_STREAM['REGION']; on EC2 with an instance role, set the region and silence "
+                "this check. For local work run the emulator (manage.py bedrock_emulator) and set "
+                "AWS_ENDPOINT_URL_BEDROCK_RUNTIME or BEDROCK_STREAM['ENDPOINT_URL'] to its URL."
+            ),
+            id="bedrock_stream.W002",
+        )
+    ]
+
+
+# -- W003 --------------------------------------------------------------------------------------
+
+
+def _routed_views(patterns: Any, prefix: str = "") -> Iterator[tuple[str, Any, dict[str, Any]]]:
+    """``(route, view_class, initkwargs)`` for every class-based view in a URLconf."""
+    for entry in patterns:
+        route = prefix + str(entry.pattern)
+        if hasattr(entry, "url_patterns"):
+            yield from _routed_views(entry.url_patterns, route)
+            continue
+        view_class = getattr(entry.callback, "view_class", None) or getattr(entry.callback, "cls", None)
+        if view_class is not None:
+            yield route, view_class, dict(getattr(entry.callback, "view_initkwargs", None) or {})
+
+
+def check_converse_models(app_configs: Any = None, **kwargs: Any) -> list[CheckMessage]:
+    """W003: a routed Converse view that serves only the built-in default model.
+
+    The Converse view always allows its own model id, so an empty ``ALLOWED_MODELS`` is not an
+    error in itself. It is flagged only when the project chose no model at all for a routed
+    Converse view (no ``model_id`` on the class or in ``as_view()``, no ``allowed_models``, empty
+    ``ALLOWED_MODELS``): clients then get the library's default model and a 400 for any ``model``
+    they pick, which is rarely what someone routing the model-agnostic endpoint expects.
+    """
+    from django.urls import get_resolver
+
+    from .families import ConverseFamily
+
+    user = _user_settings() or {}
+    setting_models = user.get("ALLOWED_MODELS") or []
+    try:
+        routes = list(_routed_views(get_resolver().url_patterns))
+    except Exception:  # a broken URLconf is reported by Django's own url checks
+        return []
+    warnings: list[CheckMessage] = []
+    for route, view_class, initkwargs in routes:
+        family = getattr(view_class, "family_class", None)
+        if not (isinstance(family, type) and issubclass(family, ConverseFamily)):
+            continue
+        model_id = initkwargs.get("model_id", getattr(view_class, "model_id", None))
+        allowed = initkwargs.get("allowed_models", getattr(view_class, "allowed_models", None))
+        if allowed is None:
+            allowed = setting_models
+        if model_id or allowed:
+            continue
+        warnings.append(
+            Warning(
+                f"{view_class.__name__} at '/{route}' serves only the default model "
+                f"{family.default_model_id!r}; requests that pick a \"model\" are rejected.",
+                hint=(
+                    "List the models clients may choose in BEDROCK_STREAM['ALLOWED_MODELS'] (or the view's "
+                    "allowed_models), or pin one with as_view(model_id=...)."
+                ),
+                obj=view_class,
+                id="bedrock_stream.W003",
+            )
+        )
+    return warnings
+
+
+# -- W004 --------------------------------------------------------------------------------------
+
+
+def check_middleware(app_configs: Any = None, **kwargs: Any) -> list[CheckMessage]:
+    """W004: a middleware known to hold back streamed output (or a subclass of one) is installed."""
+    warnings: list[CheckMessage] = []
+    known: list[tuple[type, str, str]] = []
+    for path, reason in BUFFERING_MIDDLEWARE.items():
+        try:
+            known.append((import_string(path), path, reason))
+        except ImportError:
+            continue
+    for entry in getattr(settings, "MIDDLEWARE", None) or []:
+        try:
+            cls = import_string(entry)
+        except ImportError:
+            continue  # Django reports middleware that cannot be imported
+        for base, path, reason in known:
+            if isinstance(cls, type) and issubclass(cls, base):
+                via = "" if entry == path else f" (a subclass of {path})"
+                warnings.append(
+                    Warning(
+                        f"{entry}{via} delays Bedrock streams: {reason}.",
+                        hint="Remove it from MIDDLEWARE and let the front proxy (nginx, a CDN) compress instead.",
+                        obj=entry,
+                        id="bedrock_stream.W004",
+                    )
+                )
+    return warnings
+
+
+# -- E002 / W005 -------------------------------------------------------------------------------
+
+
+def _aiobotocore_installed() -> bool:
+    try:
+        import aiobotocore  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def check_aiobotocore_installed(app_configs: Any = None, **kwargs: Any) -> list[CheckMessage]:
+    """E002: ``ASYNC_TRANSPORT = "aiobotocore"`` without aiobotocore installed."""
+    user = _user_settings() or {}
+    if user.get("ASYNC_TRANSPORT") != "aiobotocore" or _aiobotocore_installed():
+        return []
+    return [
+        Error(
+            "BEDROCK_STREAM['ASYNC_TRANSPORT'] is 'aiobotocore' but aiobotocore is not installed.",
+            hint='pip install "django-bedrock-stream[async]", or set ASYNC_TRANSPORT to "auto" or "thread".',
+            id="bedrock_stream.E002",
+        )
+    ]
+
+
+def _module_exists(name: str) -> bool:
+    try:
+        return importlib.util.find_spec(name) is not None
+    except (ImportError, ValueError):
+        return False
+
+
+def is_wsgi_only() -> bool:
+    """Heuristic: the project cannot be served by an ASGI server.
+
+    True only when every ASGI signal is missing: no ``ASGI_APPLICATION`` setting, no ASGI server app
+    (daphne, channels) in ``INSTALLED_APPS``, and no ``asgi`` module beside the ``WSGI_APPLICATION``
+    module (``startproject`` creates one, so a project that deleted it is WSGI-only). Conservative
+    on purpose: an unknown layout counts as possibly ASGI.
+    """
+    if getattr(settings, "ASGI_APPLICATION", None):
+        return False
+    if any(app.split(".")[0] in ("daphne", "channels") for app in settings.INSTALLED_APPS):
+        return False
+    wsgi = getattr(settings, "WSGI_APPLICATION", None)
+    if not wsgi or "." not in wsgi:
+        return False
+    module = wsgi.rsplit(".", 1)[0]
+    package = module.rsplit(".", 1)[0] if "." in module else ""
+    sibling = f"{package}.asgi" if package else "asgi"
+    return _module_exists(module) and not _module_exists(sibling)
+
+
+def check_async_transport_deployment(app_configs: Any = None, **kwargs: Any) -> list[CheckMessage]:
+    """W005: aiobotocore asked for in a WSGI-only project (see :func:`is_wsgi_only`)."""
+    user = _user_settings() or {}
+    if user.get("ASYNC_TRANSPORT") != "aiobotocore" or not is_wsgi_only():
+        return []
+    return [
+        Warning(
+            "BEDROCK_STREAM['ASYNC_TRANSPORT'] is 'aiobotocore' but this project looks WSGI-only "
+            f"(no ASGI_APPLICATION and no asgi module beside {settings.WSGI_APPLICATION!r}).",
+            hint=(
+                "Under WSGI every stream uses boto3 on the request's thread; aiobotocore is never used. "
+                "Serve the project with an ASGI server (uvicorn/daphne) to get async streams, or drop the setting."
+            ),
+            id="bedrock_stream.W005",
+        )
+    ]
+
+
+#: Every check, in id order of first appearance. ``register()`` adds them all.
+CHECKS = (
+    (check_settings_keys, (Tags.compatibility,)),
+    (check_settings_values, (Tags.compatibility,)),
+    (check_aiobotocore_installed, (Tags.compatibility,)),
+    (check_credentials, (Tags.compatibility,)),
+    (check_converse_models, (Tags.urls,)),
+    (check_middleware, (Tags.compatibility,)),
+    (check_async_transport_deployment, (Tags.compatibility,)),
+)
+
+
 def register() -> None:
-    register_check(check_settings_keys, Tags.compatibility)
+    """The single entry point, called from ``AppConfig.ready()``."""
+    for check, tags in CHECKS:
+        register_check(check, TAG, *tags)

@@ -1,0 +1,136 @@
+"""``manage.py bedrock_usage``: completions and token totals per model, user or day.
+
+    manage.py bedrock_usage                       # per model, all time, aligned table
+    manage.py bedrock_usage --by day --since 7d   # last 7 days, one row per day (current time zone)
+    manage.py bedrock_usage --by user --format csv > usage.csv
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import datetime as dt
+import io
+import re
+from collections.abc import Sequence
+from typing import Any
+
+from django.contrib.auth import get_user_model
+from django.core.management.base import BaseCommand, CommandParser
+from django.db.models import Count, Q, Sum
+from django.db.models.functions import Coalesce, TruncDate
+from django.utils import timezone
+from django.utils.dateparse import parse_date, parse_datetime
+
+from ...models import Completion
+
+COLUMNS = ("completions", "input_tokens", "output_tokens", "total_tokens", "failed", "cancelled")
+_RELATIVE = re.compile(r"^\s*(\d+)\s*([mhdw])\s*$", re.IGNORECASE)
+_UNITS = {"m": "minutes", "h": "hours", "d": "days", "w": "weeks"}
+
+
+def parse_since(value: str) -> dt.datetime:
+    """``30m``, ``12h``, ``7d``, ``2w`` (ago), or an ISO date / datetime (in the current time zone)."""
+    match = _RELATIVE.match(value)
+    if match:
+        amount, unit = int(match.group(1)), match.group(2).lower()
+        return timezone.now() - dt.timedelta(**{_UNITS[unit]: amount})
+    moment = parse_datetime(value)
+    if moment is None:
+        day = parse_date(value)
+        if day is None:
+            raise argparse.ArgumentTypeError(
+                f"{value!r} is neither a duration (30m, 12h, 7d, 2w) nor a date (YYYY-MM-DD)"
+            )
+        moment = dt.datetime.combine(day, dt.time.min)
+    if timezone.is_naive(moment):
+        moment = timezone.make_aware(moment)
+    return moment
+
+
+class Command(BaseCommand):
+    help = "Show completion counts and token totals grouped by model, user or day."
+    requires_system_checks: list[str] = []
+
+    def add_arguments(self, parser: CommandParser) -> None:
+        parser.add_argument(
+            "--by", choices=("model", "user", "day"), default="model", help="Grouping (default: model)."
+        )
+        parser.add_argument(
+            "--since", type=parse_since, help="Only completions created since: 30m, 12h, 7d, 2w, or YYYY-MM-DD."
+        )
+        parser.add_argument(
+            "--format", choices=("table", "csv"), default="table", help="Output format (default: table)."
+        )
+
+    def handle(self, *args: Any, **options: Any) -> None:
+        rows = usage_rows(options["by"], options["since"])
+        header = (options["by"], *COLUMNS)
+        if options["format"] == "csv":
+            buffer = io.StringIO()
+            writer = csv.writer(buffer, lineterminator="\n")
+            writer.writerow(header)
+            writer.writerows(rows)
+            self.stdout.write(buffer.getvalue(), ending="")
+            return
+        if not rows:
+            self.stdout.write("No completions.")
+            return
+        totals = ("TOTAL", *(sum(int(row[i]) for row in rows) for i in range(1, len(header))))
+        self.stdout.write(render_table(header, [*rows, totals], footer=True))
+
+
+def usage_rows(by: str, since: dt.datetime | None = None) -> list[tuple[Any, ...]]:
+    """``(key, completions, input, output, total, failed, cancelled)`` per group, keys in order."""
+    queryset = Completion.objects.all()
+    if since is not None:
+        queryset = queryset.filter(created_at__gte=since)
+    grouped: Any  # a values() queryset whose row shape depends on the grouping
+    if by == "model":
+        keys: Sequence[str] = ("model_id",)
+        grouped = queryset.values("model_id")
+    elif by == "user":
+        keys = ("user_id", f"user__{get_user_model().USERNAME_FIELD}")
+        grouped = queryset.values(*keys)
+    elif by == "day":
+        keys = ("day",)
+        grouped = queryset.annotate(day=TruncDate("created_at")).values("day")
+    else:
+        raise ValueError(f"unknown grouping {by!r}")
+    aggregated = grouped.annotate(
+        completions=Count("id"),
+        input_tokens=Coalesce(Sum("input_tokens"), 0),
+        output_tokens=Coalesce(Sum("output_tokens"), 0),
+        failed=Count("id", filter=Q(status=Completion.Status.FAILED)),
+        cancelled=Count("id", filter=Q(status=Completion.Status.CANCELLED)),
+    )
+    records: list[dict[str, Any]] = list(aggregated.order_by(*keys))
+    rows = []
+    for record in records:
+        if by == "user":
+            key = "(anonymous)" if record["user_id"] is None else str(record[keys[1]])
+        else:
+            key = str(record[keys[0]])
+        inp, out = int(record["input_tokens"]), int(record["output_tokens"])
+        rows.append(
+            (key, int(record["completions"]), inp, out, inp + out, int(record["failed"]), int(record["cancelled"]))
+        )
+    return rows
+
+
+def render_table(header: Sequence[str], rows: Sequence[Sequence[Any]], *, footer: bool = False) -> str:
+    """Left-align the first column and right-align the numbers; a rule under the header (and above
+    the last row when ``footer``)."""
+    cells = [[str(value) for value in row] for row in [header, *rows]]
+    widths = [max(len(row[i]) for row in cells) for i in range(len(header))]
+
+    def line(row: Sequence[str]) -> str:
+        first = row[0].ljust(widths[0])
+        rest = (value.rjust(width) for value, width in zip(row[1:], widths[1:]))
+        return "  ".join([first, *rest]).rstrip()
+
+    rule = "  ".join("-" * width for width in widths)
+    lines = [line(cells[0]), rule, *(line(row) for row in cells[1:])]
+    if footer:
+        lines.insert(len(lines) - 1, rule)
+    return "\n".join(lines)
