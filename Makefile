@@ -1,0 +1,73 @@
+# django-bedrock-stream: `make demo` runs the example site on the built-in Bedrock emulator,
+# `make test` runs the test suite. Both create .venv and install the package on first use.
+
+PYTHON ?= python3
+VENV ?= .venv
+HOST ?= 127.0.0.1
+PORT ?= 8000
+EMULATOR_PORT ?= 8787
+# Pace the emulator's generated replies so the demo visibly streams.
+EMULATOR_ARGS ?= --tokens 60 --delay-ms 40
+PYTEST_ARGS ?=
+
+BIN := $(VENV)/bin
+PY := $(BIN)/python
+STAMP := $(VENV)/.installed
+
+.PHONY: demo demo-asgi test test-postgres lint bench venv
+
+# (Re)install when the package metadata changes; otherwise a no-op.
+$(STAMP): setup.cfg pyproject.toml
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	@$(PY) -m pip install --quiet --disable-pip-version-check -e ".[test]"
+	@touch $@
+
+venv: $(STAMP)
+
+# The AI SDK client tests (tests/js) need node + npm; without them those tests are skipped.
+JS_STAMP := $(if $(wildcard tests/js/package-lock.json),tests/js/node_modules/.installed)
+
+tests/js/node_modules/.installed: tests/js/package.json tests/js/package-lock.json
+	@if command -v npm >/dev/null 2>&1; then \
+		npm ci --prefix tests/js --silent --no-audit --no-fund && touch $@; \
+	else echo "npm not found: the JS client tests (tests/test_clients.py) will be skipped"; fi
+
+# One shell for the whole recipe: the trap stops the emulator when the server exits (or on Ctrl-C).
+define run_with_emulator
+	@$(PY) manage.py migrate --noinput -v 0
+	@set -e; \
+	$(PY) manage.py bedrock_emulator --port $(EMULATOR_PORT) $(EMULATOR_ARGS) & emulator=$$!; \
+	trap 'kill $$emulator 2>/dev/null; wait $$emulator 2>/dev/null || true' EXIT; trap 'exit 130' INT TERM; \
+	for i in $$(seq 50); do $(PY) -c "import urllib.request as u; u.urlopen('http://127.0.0.1:$(EMULATOR_PORT)/_emulator/health', timeout=1)" 2>/dev/null && break; sleep 0.2; done; \
+	echo ""; echo "  Demo: http://$(HOST):$(PORT)/   (Bedrock emulator on port $(EMULATOR_PORT); Ctrl-C stops both)"; echo ""; \
+	BEDROCK_EMULATOR_URL=$${BEDROCK_EMULATOR_URL:-http://127.0.0.1:$(EMULATOR_PORT)} $(1)
+endef
+
+demo: $(STAMP)
+	$(call run_with_emulator,$(PY) manage.py runserver $(HOST):$(PORT))
+
+demo-asgi: $(STAMP)
+	$(call run_with_emulator,$(BIN)/uvicorn example_project.asgi:application --host $(HOST) --port $(PORT))
+
+# pytest exits 5 when it collects no tests; that must fail the target, like any non-zero code.
+test: $(STAMP) $(JS_STAMP)
+	@$(PY) -m pytest $(PYTEST_ARGS); status=$$?; \
+	if [ $$status -eq 5 ]; then echo "make test: pytest collected no tests" >&2; fi; \
+	exit $$status
+
+test-postgres: $(STAMP) $(JS_STAMP)
+	@BEDROCK_TEST_DB=postgres $(PY) -m pytest $(PYTEST_ARGS); status=$$?; \
+	if [ $$status -eq 5 ]; then echo "make test-postgres: pytest collected no tests" >&2; fi; \
+	exit $$status
+
+# Both tools run even when the first fails; a tool that is not installed is skipped with a note.
+lint: $(STAMP)
+	@status=0; \
+	if $(PY) -m ruff --version >/dev/null 2>&1; then $(PY) -m ruff check django_bedrock_stream tests example_project || status=1; \
+	else echo "ruff not installed (pip install -e '.[dev]'); skipped"; fi; \
+	if $(PY) -m mypy --version >/dev/null 2>&1; then $(PY) -m mypy django_bedrock_stream example_project || status=1; \
+	else echo "mypy not installed (pip install -e '.[dev]'); skipped"; fi; \
+	exit $$status
+
+bench: $(STAMP)
+	@$(PY) benchmarks/run.py

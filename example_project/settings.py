@@ -1,0 +1,106 @@
+"""Settings for the example site (``python manage.py runserver`` or ``uvicorn example_project.asgi:application``).
+
+Without AWS credentials (and unless ``BEDROCK_STREAM_USE_AWS=1``) the site talks to the built-in Bedrock
+emulator at ``$BEDROCK_EMULATOR_URL`` (default ``http://127.0.0.1:8787``); ``make demo`` starts it.
+With credentials, or ``BEDROCK_STREAM_USE_AWS=1``, it calls real Amazon Bedrock.
+
+A local demo for one person: do not deploy these settings.
+"""
+
+import os
+from pathlib import Path
+
+import boto3
+
+BASE_DIR = Path(__file__).resolve().parent
+
+SECRET_KEY = os.environ.get("DJANGO_SECRET_KEY", "example-project-insecure-key-for-local-demo-only")
+DEBUG = os.environ.get("DJANGO_DEBUG", "1") == "1"
+ALLOWED_HOSTS = ["127.0.0.1", "localhost", "[::1]"]
+
+INSTALLED_APPS = [
+    "django.contrib.admin",
+    "django.contrib.auth",
+    "django.contrib.contenttypes",
+    "django.contrib.sessions",
+    "django.contrib.messages",
+    "django.contrib.staticfiles",
+    "rest_framework",
+    "django_bedrock_stream",
+    "example_project",
+]
+
+MIDDLEWARE = [
+    "django.middleware.security.SecurityMiddleware",
+    "django.contrib.sessions.middleware.SessionMiddleware",
+    "django.middleware.common.CommonMiddleware",
+    "django.middleware.csrf.CsrfViewMiddleware",
+    "django.contrib.auth.middleware.AuthenticationMiddleware",
+    "django.contrib.messages.middleware.MessageMiddleware",
+    "django.middleware.clickjacking.XFrameOptionsMiddleware",
+]
+
+ROOT_URLCONF = "example_project.urls"
+WSGI_APPLICATION = "example_project.wsgi.application"
+ASGI_APPLICATION = "example_project.asgi.application"
+
+TEMPLATES = [
+    {
+        "BACKEND": "django.template.backends.django.DjangoTemplates",
+        "DIRS": [],
+        "APP_DIRS": True,
+        "OPTIONS": {
+            "context_processors": [
+                "django.template.context_processors.request",
+                "django.contrib.auth.context_processors.auth",
+                "django.contrib.messages.context_processors.messages",
+            ],
+        },
+    },
+]
+
+DATABASES = {
+    "default": {
+        "ENGINE": "django.db.backends.sqlite3",
+        "NAME": BASE_DIR / "db.sqlite3",
+    }
+}
+DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
+
+LANGUAGE_CODE = "en-us"
+TIME_ZONE = "UTC"
+USE_I18N = True
+USE_TZ = True
+
+STATIC_URL = "static/"
+LOGIN_URL = "login"
+LOGIN_REDIRECT_URL = "chat"
+LOGOUT_REDIRECT_URL = "chat"
+
+# --- Bedrock ---------------------------------------------------------------------------------------
+
+#: True when the site streams from the built-in emulator instead of real Bedrock (shown on the page).
+#: The marker variable covers runserver's autoreloader: its child process inherits the dummy
+#: credentials set below and must not mistake them for real ones.
+EXAMPLE_USES_EMULATOR = os.environ.get("BEDROCK_STREAM_USE_AWS") != "1" and (
+    os.environ.get("EXAMPLE_DUMMY_AWS_CREDENTIALS") == "1" or boto3.Session().get_credentials() is None
+)
+#: Where the emulator listens (``make demo`` starts it there).
+EXAMPLE_EMULATOR_URL = os.environ.get("BEDROCK_EMULATOR_URL", "http://127.0.0.1:8787").rstrip("/")
+
+BEDROCK_STREAM: dict[str, object] = {
+    # A one-person demo on localhost: anyone may stream. History stays per user (or per session).
+    "ALLOW_ANONYMOUS": True,
+    "MAX_TOKENS": 512,
+}
+
+if EXAMPLE_USES_EMULATOR:
+    BEDROCK_STREAM["ENDPOINT_URL"] = EXAMPLE_EMULATOR_URL
+    # The emulator accepts any SigV4 signature; boto3 only needs something to sign with.
+    os.environ["EXAMPLE_DUMMY_AWS_CREDENTIALS"] = "1"
+    os.environ.setdefault("AWS_ACCESS_KEY_ID", "emulator")
+    os.environ.setdefault("AWS_SECRET_ACCESS_KEY", "emulator")
+    os.environ.setdefault("AWS_DEFAULT_REGION", "us-east-1")
+
+# The chat page never sends "model", so the Converse endpoint serving only its default model is fine here.
+SILENCED_SYSTEM_CHECKS = ["bedrock_stream.W003"]

@@ -1,0 +1,20 @@
+from django.conf import settings
+from django.contrib import admin
+from django.contrib.auth import views as auth_views
+from django.urls import include, path, re_path
+
+from . import views
+
+urlpatterns = [
+    path("", views.chat, name="chat"),
+    path("history/", views.history, name="history"),
+    path("history/latest.json", views.latest, name="history-latest"),
+    path("admin/", admin.site.urls),
+    path("accounts/login/", auth_views.LoginView.as_view(template_name="example/login.html"), name="login"),
+    path("accounts/logout/", auth_views.LogoutView.as_view(), name="logout"),
+    path("bedrock/", include("django_bedrock_stream.urls")),
+]
+
+if settings.DEBUG:
+    # runserver serves static files before URL routing; uvicorn needs this route.
+    urlpatterns.append(re_path(r"^static/(?P<path>.+)$", views.static_file))

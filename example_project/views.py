@@ -1,0 +1,133 @@
+"""The example site's pages: the chat page, the history of past completions, and a JSON summary of the
+newest one (what the chat script shows after a stream ends)."""
+
+from __future__ import annotations
+
+import json
+import mimetypes
+import urllib.error
+import urllib.request
+from typing import Any
+
+from django.conf import settings
+from django.contrib.staticfiles import finders
+from django.db.models import QuerySet
+from django.http import Http404, HttpRequest, HttpResponse, JsonResponse
+from django.shortcuts import render
+from django.views.decorators.csrf import ensure_csrf_cookie
+from django.views.decorators.http import require_GET
+
+from django_bedrock_stream import urls as stream_urls
+from django_bedrock_stream.models import Completion
+
+#: Session key holding the ids of the completions an anonymous visitor started (newest first).
+SESSION_KEY = "completion_ids"
+SESSION_LIMIT = 200
+
+
+def remember_completion(sender: type, request: HttpRequest, completion: Completion, **kwargs: Any) -> None:
+    """``stream_started`` receiver: remember the completion in the visitor's session."""
+    session = getattr(request, "session", None)
+    if completion.pk is None or session is None:  # PERSIST off, or no session middleware
+        return
+    ids = [completion.pk, *[pk for pk in session.get(SESSION_KEY, []) if pk != completion.pk]]
+    session[SESSION_KEY] = ids[:SESSION_LIMIT]
+
+
+def visible_completions(request: HttpRequest) -> QuerySet[Completion]:
+    """Staff see every row; a logged-in user their own; an anonymous visitor this session's."""
+    rows = Completion.objects.select_related("user")
+    user = request.user
+    if user.is_authenticated:
+        return rows if getattr(user, "is_staff", False) else rows.filter(user=user)
+    return rows.filter(pk__in=request.session.get(SESSION_KEY, []), user__isnull=True)
+
+
+def families() -> list[dict[str, str]]:
+    """Every endpoint of ``django_bedrock_stream.urls`` with its default model id."""
+    out = []
+    for pattern in stream_urls.urlpatterns:
+        view_class = pattern.callback.view_class
+        out.append(
+            {
+                "name": pattern.name,
+                "path": f"/bedrock/{pattern.pattern}",
+                "model_id": view_class.model_id or view_class.family_class.default_model_id,
+            }
+        )
+    return out
+
+
+def emulator_reachable(url: str) -> bool:
+    try:
+        with urllib.request.urlopen(f"{url}/_emulator/health", timeout=1) as response:
+            return response.status == 200
+    except (OSError, urllib.error.URLError, ValueError):
+        return False
+
+
+@ensure_csrf_cookie
+@require_GET
+def chat(request: HttpRequest) -> HttpResponse:
+    uses_emulator = getattr(settings, "EXAMPLE_USES_EMULATOR", False)
+    emulator_url = getattr(settings, "EXAMPLE_EMULATOR_URL", "")
+    context = {
+        "families": families(),
+        "families_json": json.dumps(families()),
+        "uses_emulator": uses_emulator,
+        "emulator_url": emulator_url,
+        "emulator_down": uses_emulator and not emulator_reachable(emulator_url),
+        "emulator_port": emulator_url.rsplit(":", 1)[-1] if emulator_url.count(":") == 2 else "8787",
+    }
+    return render(request, "example/chat.html", context)
+
+
+@require_GET
+def history(request: HttpRequest) -> HttpResponse:
+    completions = visible_completions(request)[:100]
+    return render(request, "example/history.html", {"completions": completions})
+
+
+def summary(completion: Completion) -> dict[str, Any]:
+    ttft = completion.time_to_first_token
+    return {
+        "id": completion.pk,
+        "model_id": completion.model_id,
+        "family": completion.family,
+        "status": completion.status,
+        "stop_reason": completion.stop_reason,
+        "input_tokens": completion.input_tokens,
+        "output_tokens": completion.output_tokens,
+        "time_to_first_token_ms": round(ttft.total_seconds() * 1000) if ttft is not None else None,
+        "error": completion.error,
+        "error_code": completion.error_code,
+        "created_at": completion.created_at.isoformat(),
+        "finished_at": completion.finished_at.isoformat() if completion.finished_at else None,
+    }
+
+
+@require_GET
+def latest(request: HttpRequest) -> JsonResponse:
+    """The newest completion this visitor may see (staff: their own newest, not everyone's)."""
+    rows = visible_completions(request)
+    if request.user.is_authenticated and getattr(request.user, "is_staff", False):
+        rows = rows.filter(user=request.user)
+    completion = rows.first()
+    if completion is None:
+        return JsonResponse({"error": {"type": "not_found", "message": "No completion yet."}}, status=404)
+    return JsonResponse(summary(completion))
+
+
+def static_file(request: HttpRequest, path: str) -> HttpResponse:
+    """Serve the demo's static files under uvicorn (``runserver`` serves them itself).
+
+    A plain response, not ``django.views.static.serve``'s ``FileResponse``: under ASGI a sync file
+    iterator would be consumed through a thread with a warning. Only wired in when ``DEBUG``.
+    """
+    found = finders.find(path)
+    if not found or isinstance(found, list):
+        raise Http404(path)
+    content_type = mimetypes.guess_type(found)[0] or "application/octet-stream"
+    with open(found, "rb") as fh:
+        return HttpResponse(fh.read(), content_type=content_type)
+
