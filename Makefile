@@ -14,7 +14,7 @@ BIN := $(VENV)/bin
 PY := $(BIN)/python
 STAMP := $(VENV)/.installed
 
-.PHONY: demo demo-asgi test test-postgres lint bench venv
+.PHONY: demo demo-asgi test test-postgres test-matrix lint bench venv
 
 # (Re)install when the package metadata changes; otherwise a no-op.
 $(STAMP): setup.cfg pyproject.toml
@@ -60,8 +60,30 @@ test-postgres: $(STAMP) $(JS_STAMP)
 	if [ $$status -eq 5 ]; then echo "make test-postgres: pytest collected no tests" >&2; fi; \
 	exit $$status
 
+# The supported-versions matrix' ends: the oldest pair (Python 3.10 + Django 4.2 LTS) and the newest
+# (Python 3.13 + Django 6.x), each in its own venv. Interpreters come from pyenv or PATH.
+PYTHON_OLDEST ?= $(firstword $(wildcard $(HOME)/.pyenv/versions/3.10.*/bin/python) $(shell command -v python3.10))
+PYTHON_NEWEST ?= $(firstword $(wildcard $(HOME)/.pyenv/versions/3.13.*/bin/python) $(shell command -v python3.13))
+
+define run_matrix_leg
+	@test -n "$(1)" || { echo "no interpreter for $(2) (set PYTHON_OLDEST / PYTHON_NEWEST)" >&2; exit 1; }
+	@test -x $(2)/bin/python || $(1) -m venv $(2)
+	@$(2)/bin/python -m pip install --quiet --disable-pip-version-check -e ".[test]" "$(3)"
+	@$(2)/bin/python -c "import sys, django; print('matrix leg: Python', sys.version.split()[0], '+ Django', django.__version__)"
+	@$(2)/bin/python -m pytest $(PYTEST_ARGS); status=$$?; \
+	if [ $$status -eq 5 ]; then echo "$(2): pytest collected no tests" >&2; fi; exit $$status
+endef
+
+OLDEST_DJANGO := django>=4.2,<5
+NEWEST_DJANGO := django>=6,<7
+
+test-matrix: $(JS_STAMP)
+	$(call run_matrix_leg,$(PYTHON_OLDEST),.venv-oldest,$(OLDEST_DJANGO))
+	$(call run_matrix_leg,$(PYTHON_NEWEST),.venv-newest,$(NEWEST_DJANGO))
+
 # Both tools run even when the first fails; a tool that is not installed is skipped with a note.
 lint: $(STAMP)
+	@$(PY) -m pip install --quiet --disable-pip-version-check -e ".[dev]"
 	@status=0; \
 	if $(PY) -m ruff --version >/dev/null 2>&1; then $(PY) -m ruff check django_bedrock_stream tests example_project || status=1; \
 	else echo "ruff not installed (pip install -e '.[dev]'); skipped"; fi; \

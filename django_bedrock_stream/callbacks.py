@@ -5,11 +5,11 @@ from __future__ import annotations
 import inspect
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any, Union
+from typing import Any
 
 from asgiref.sync import async_to_sync
 
-Callback = Callable[..., Union[None, Awaitable[None]]]
+Callback = Callable[..., None | Awaitable[None]]
 
 
 @dataclass

@@ -14,7 +14,8 @@ from typing import Any
 
 from asgiref.sync import sync_to_async
 from django.core.handlers.asgi import ASGIRequest
-from django.http import HttpRequest, HttpResponse
+from django.http import HttpRequest
+from django.http.response import HttpResponseBase
 from django.utils.decorators import classonlymethod
 from rest_framework import exceptions
 from rest_framework.renderers import BaseRenderer, JSONRenderer
@@ -71,14 +72,14 @@ class BedrockStreamAPIMixin(BedrockStreamMixin):
         kwargs.setdefault("context", {"allowed_models": [], "max_tokens_cap": 1})
         return self.serializer_class(*args, **kwargs)
 
-    def reject(self, rejection: RequestRejected) -> HttpResponse:
+    def reject(self, rejection: RequestRejected) -> HttpResponseBase:
         if rejection.details is not None:
             raise exceptions.ValidationError(rejection.details)
         if rejection.status == 413:
             raise exceptions.APIException(rejection.message, code=rejection.error_type)
         raise exceptions.ParseError(rejection.message, code=rejection.error_type)
 
-    def error_response(self, error: BedrockStreamError) -> HttpResponse:
+    def error_response(self, error: BedrockStreamError) -> HttpResponseBase:
         raise BedrockUpstreamError(error)
 
 
@@ -92,7 +93,7 @@ class BedrockStreamAPIView(BedrockStreamAPIMixin, APIView):
     def as_view(cls, **initkwargs: Any) -> Any:
         return keep_async(super().as_view(**initkwargs))
 
-    async def dispatch(self, request: HttpRequest, *args: Any, **kwargs: Any) -> HttpResponse:  # type: ignore[override]
+    async def dispatch(self, request: HttpRequest, *args: Any, **kwargs: Any) -> HttpResponseBase:
         if not isinstance(request, ASGIRequest):
             return await sync_to_async(self.dispatch_sync)(request, *args, **kwargs)
         self.args, self.kwargs = args, kwargs
@@ -110,7 +111,7 @@ class BedrockStreamAPIView(BedrockStreamAPIMixin, APIView):
         self.response = self.finalize_response(drf_request, response, *args, **kwargs)
         return self.response
 
-    def dispatch_sync(self, request: HttpRequest, *args: Any, **kwargs: Any) -> HttpResponse:
+    def dispatch_sync(self, request: HttpRequest, *args: Any, **kwargs: Any) -> HttpResponseBase:
         """WSGI: DRF's own sync ``dispatch``, with the handlers bound to their blocking forms."""
         self.post = self.handle_sync  # type: ignore[method-assign,assignment]
         self.options = functools.partial(APIView.options, self)  # type: ignore[method-assign]
@@ -122,10 +123,10 @@ class BedrockStreamAPIView(BedrockStreamAPIMixin, APIView):
             return self.http_method_not_allowed(request, *args, **kwargs)
         return handler(self, request, *args, **kwargs)
 
-    async def post(self, request: Any, *args: Any, **kwargs: Any) -> HttpResponse:
+    async def post(self, request: Any, *args: Any, **kwargs: Any) -> HttpResponseBase:
         return await self.handle_async(request)
 
-    async def options(self, request: Any, *args: Any, **kwargs: Any) -> HttpResponse:  # type: ignore[override]
+    async def options(self, request: Any, *args: Any, **kwargs: Any) -> HttpResponseBase:
         return await sync_to_async(APIView.options)(self, request, *args, **kwargs)
 
 

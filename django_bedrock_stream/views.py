@@ -34,7 +34,8 @@ from typing import Any, ClassVar
 from asgiref.sync import iscoroutinefunction, markcoroutinefunction, sync_to_async
 from django.core.exceptions import RequestDataTooBig
 from django.core.handlers.asgi import ASGIRequest
-from django.http import HttpRequest, HttpResponse, JsonResponse
+from django.http import HttpRequest, JsonResponse, StreamingHttpResponse
+from django.http.response import HttpResponseBase
 from django.utils.decorators import classonlymethod
 from django.views import View
 from django.views.decorators.csrf import csrf_exempt
@@ -148,7 +149,7 @@ class BedrockStreamMixin:
         return dict(STREAM_HEADERS)
 
     # -- the flow -------------------------------------------------------------------------------
-    async def handle_async(self, request: HttpRequest) -> HttpResponse:
+    async def handle_async(self, request: HttpRequest) -> HttpResponseBase:
         """The ASGI path: nothing here blocks the event loop or holds Django's shared thread
         while Bedrock works (only the access checks, which may query the database, hop to it)."""
         try:
@@ -169,7 +170,7 @@ class BedrockStreamMixin:
         runner = self.make_runner(request, self.make_stream(source), completion, started_at)
         return self.make_response(AsyncBody(runner), runner)
 
-    def handle_sync(self, request: HttpRequest) -> HttpResponse:
+    def handle_sync(self, request: HttpRequest) -> HttpResponseBase:
         """The WSGI path; the same steps as :meth:`handle_async`, blocking."""
         try:
             self.check_access(request)
@@ -214,7 +215,7 @@ class BedrockStreamMixin:
             raise RequestRejected(400, "invalid_request", str(err)) from None
         self.resolved_model_id = self.get_model_id()
 
-    def reject(self, rejection: RequestRejected) -> HttpResponse:
+    def reject(self, rejection: RequestRejected) -> HttpResponseBase:
         """Should not need overriding: the JSON answer to a refused or invalid request."""
         return rejection.response()
 
@@ -262,7 +263,9 @@ class BedrockStreamMixin:
     def make_stream(self, source: Any) -> BedrockStream:
         return BedrockStream(source, self.family.parse_event, self.get_callbacks(), model_id=self.resolved_model_id)
 
-    def make_runner(self, request: HttpRequest, stream: BedrockStream, completion: Completion, started_at: float) -> StreamRunner:
+    def make_runner(
+        self, request: HttpRequest, stream: BedrockStream, completion: Completion, started_at: float
+    ) -> StreamRunner:
         return StreamRunner(
             sender=type(self),
             request=request,
@@ -272,15 +275,13 @@ class BedrockStreamMixin:
             started_at=started_at,
         )
 
-    def make_response(self, body: SyncBody | AsyncBody, runner: StreamRunner) -> HttpResponse:
-        from django.http import StreamingHttpResponse
-
+    def make_response(self, body: SyncBody | AsyncBody, runner: StreamRunner) -> StreamingHttpResponse:
         headers = {**self.get_response_headers(), **self.protocol.headers()}
         response = StreamingHttpResponse(body, content_type=self.protocol.content_type, headers=headers)
         response.completion = runner.completion  # type: ignore[attr-defined]
         return response
 
-    def error_response(self, error: BedrockStreamError) -> HttpResponse:
+    def error_response(self, error: BedrockStreamError) -> HttpResponseBase:
         """Should not need overriding: the answer to a Bedrock error before the first byte."""
         response = JsonResponse(error.as_json(), status=error.status_code)
         if error.retry_after is not None:
@@ -332,7 +333,7 @@ class BedrockStreamView(BedrockStreamMixin, View):
         if not self.allow_get:
             self.http_method_names = ["post", "options"]
 
-    async def get(self, request: HttpRequest, *args: Any, **kwargs: Any) -> HttpResponse:
+    async def get(self, request: HttpRequest, *args: Any, **kwargs: Any) -> HttpResponseBase:
         return await self.post(request, *args, **kwargs)
 
     @classonlymethod
@@ -340,7 +341,7 @@ class BedrockStreamView(BedrockStreamMixin, View):
         # Like DRF's APIView: CSRF is checked by SessionAuthentication, only for session users.
         return keep_async(csrf_exempt(super().as_view(**initkwargs)))
 
-    async def post(self, request: HttpRequest, *args: Any, **kwargs: Any) -> HttpResponse:
+    async def post(self, request: HttpRequest, *args: Any, **kwargs: Any) -> HttpResponseBase:
         if isinstance(request, ASGIRequest):
             return await self.handle_async(request)
         # WSGI: Django awaited us through async_to_sync; thread_sensitive=True runs the sync path
@@ -352,7 +353,9 @@ class BedrockStreamView(BedrockStreamMixin, View):
         return [auth() for auth in (api_settings.DEFAULT_AUTHENTICATION_CLASSES if classes is None else classes)]
 
     def get_permissions(self) -> list[BasePermission]:
-        classes = list(api_settings.DEFAULT_PERMISSION_CLASSES if self.permission_classes is None else self.permission_classes)
+        classes = list(
+            api_settings.DEFAULT_PERMISSION_CLASSES if self.permission_classes is None else self.permission_classes
+        )
         if not stream_settings.ALLOW_ANONYMOUS:
             classes.insert(0, IsAuthenticated)
         return [permission() for permission in classes]
@@ -370,11 +373,11 @@ class BedrockStreamView(BedrockStreamMixin, View):
         try:
             request.user = drf_request.user
             for permission in self.get_permissions():
-                if not permission.has_permission(drf_request, self):  # type: ignore[arg-type]
+                if not permission.has_permission(drf_request, self):
                     if drf_request.authenticators and not drf_request.successful_authenticator:
                         raise exceptions.NotAuthenticated()
                     raise exceptions.PermissionDenied(getattr(permission, "message", None))
-            waits = [t.wait() for t in self.get_throttles() if not t.allow_request(drf_request, self)]  # type: ignore[arg-type]
+            waits = [t.wait() for t in self.get_throttles() if not t.allow_request(drf_request, self)]
             if waits:
                 raise exceptions.Throttled(max((w for w in waits if w is not None), default=None))
         except exceptions.APIException as exc:

@@ -1,6 +1,7 @@
 """Settings for the test suite. DATABASE_URL-style switch: BEDROCK_TEST_DB=postgres uses the local server."""
 
 import os
+from typing import Any
 
 SECRET_KEY = "tests-only-not-secret"
 DEBUG = False
@@ -36,6 +37,7 @@ TEMPLATES = [
         },
     }
 ]
+DATABASES: dict[str, dict[str, Any]]
 if os.environ.get("BEDROCK_TEST_DB") == "postgres":
     DATABASES = {
         "default": {
