@@ -8,10 +8,14 @@ async paths share it.
 from __future__ import annotations
 
 import asyncio
+import json
 import socket
 import time
-from collections.abc import AsyncIterator, Callable, Iterator, Mapping
+from base64 import b64decode
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping
 from typing import Any
+
+from botocore.eventstream import EventStream, EventStreamBuffer
 
 from .callbacks import StreamCallbacks
 from .client import get_executor
@@ -30,7 +34,6 @@ from .families import (
 )
 
 Parser = Callable[[Mapping[str, Any]], "Delta | None"]
-_DONE = object()
 
 
 class BedrockStream:
@@ -108,70 +111,98 @@ class BedrockStream:
         return self._iter()
 
     def _iter(self) -> Iterator[str]:
+        for texts in self.iter_batches():
+            yield from texts
+
+    def iter_batches(self, each: Callable[[str], Any] | None = None) -> Iterator[list[str]]:
+        """Like ``for``, but yields a list of the text deltas that arrived in one network read.
+
+        A lone delta comes alone, as soon as it is read; deltas that were already buffered together
+        come together, so the caller can forward them in one write. Callbacks still run per delta,
+        each followed by ``each(text)`` when given (the runner's per-token signal).
+        """
+        if not hasattr(self.source, "__iter__") or _is_async_only(self.source):
+            raise TypeError("This stream reads an async source: iterate it with `async for`.")
         callbacks = self.callbacks
         callbacks.call("on_start")
-        events = iter(self.source)
-        parse = self.parse
+        on_token = callbacks.on_token is not None
+        fold = self._fold
+        batches = _sync_event_batches(self.source)
         while True:
             try:
-                event = next(events, _DONE)
+                events = next(batches, None)
             except Exception as err:
                 raise self._fail(err) from err
-            if event is _DONE:
+            if events is None:
                 break
-            delta = parse(event)
-            if delta is None:
-                continue
-            text = self.apply(delta)
-            if text:
-                if callbacks.on_token is not None:
-                    callbacks.call("on_token", text)
-                yield text
+            texts = fold(events)
+            if texts:
+                if on_token or each is not None:
+                    for text in texts:
+                        if on_token:
+                            callbacks.call("on_token", text)
+                        if each is not None:
+                            each(text)
+                yield texts
         self.finished = True
         callbacks.call("on_completion", self.text)
         callbacks.call("on_final", self.text)
+
+    def _fold(self, events: list[Any]) -> list[str]:
+        """Parse and apply a batch of events; return their non-empty texts."""
+        parse, apply = self.parse, self.apply
+        texts = []
+        for event in events:
+            delta = parse(event)
+            if delta is not None:
+                text = apply(delta)
+                if text:
+                    texts.append(text)
+        return texts
 
     # -- async ----------------------------------------------------------------------------------
     def __aiter__(self) -> AsyncIterator[str]:
         return self._aiter()
 
     async def _aiter(self) -> AsyncIterator[str]:
+        async for texts in self.aiter_batches():
+            for text in texts:
+                yield text
+
+    async def aiter_batches(
+        self, each: Callable[[str], Awaitable[Any]] | None = None
+    ) -> AsyncIterator[list[str]]:
+        """``async for`` flavour of :meth:`iter_batches` (``each`` is awaited)."""
         callbacks = self.callbacks
         await callbacks.acall("on_start")
-        parse = self.parse
-        events = self._aevents()
+        on_token = callbacks.on_token is not None
+        fold = self._fold
+        batches = self._aevent_batches()
         while True:
             try:
-                event = await events.__anext__()
+                events = await batches.__anext__()
             except StopAsyncIteration:
                 break
             except Exception as err:
                 raise self._fail(err) from err
-            delta = parse(event)
-            if delta is None:
-                continue
-            text = self.apply(delta)
-            if text:
-                if callbacks.on_token is not None:
-                    await callbacks.acall("on_token", text)
-                yield text
+            texts = fold(events)
+            if texts:
+                if on_token or each is not None:
+                    for text in texts:
+                        if on_token:
+                            await callbacks.acall("on_token", text)
+                        if each is not None:
+                            await each(text)
+                yield texts
         self.finished = True
         await callbacks.acall("on_completion", self.text)
         await callbacks.acall("on_final", self.text)
 
-    async def _aevents(self) -> AsyncIterator[Any]:
-        if hasattr(self.source, "__aiter__"):
-            async for event in self.source:
-                yield event
-            return
-        loop = asyncio.get_running_loop()
-        executor = get_executor()
-        events = iter(self.source)
-        while True:
-            event = await loop.run_in_executor(executor, next, events, _DONE)
-            if event is _DONE:
-                return
-            yield event
+    def _aevent_batches(self) -> AsyncIterator[list[Any]]:
+        source = self.source
+        if hasattr(source, "__aiter__"):
+            return _async_event_batches(source)
+        return _threaded_event_batches(source)
 
     # -- cancellation ---------------------------------------------------------------------------
     def close(self) -> None:
@@ -181,6 +212,108 @@ class BedrockStream:
         from another thread does not interrupt a blocked ``recv`` on Linux).
         """
         close_upstream(self.source)
+
+
+# -- reading event streams in batches ---------------------------------------------------------------
+# botocore's EventStream decodes one event per ``next()`` and runs the generic response parser on each
+# (shape lookups, and under aiobotocore an ``await`` per event). For the hot case, an invoke ``chunk``
+# event, the parsed result is just ``{"chunk": {"bytes": base64decode(payload["bytes"])}}``; we build it
+# directly, after botocore's own EventStreamBuffer has framed the message and checked both CRCs. Every
+# other message (exceptions, Converse events, anything unexpected) goes through the stream's own
+# ``_parse_event``, so errors raise exactly the ``EventStreamError`` boto3 would. All messages decoded
+# from one network read form one batch.
+
+_SLICE = 8192  # EventStreamBuffer copies its remaining buffer per message: feed it in bounded slices
+
+
+def _is_botocore_stream(source: Any) -> bool:
+    return (
+        isinstance(source, EventStream)
+        and hasattr(source, "_raw_stream")
+        and callable(getattr(source, "_parse_event", None))
+    )
+
+
+def _chunk_event(message: Any) -> dict[str, Any] | None:
+    headers = message.headers
+    if headers.get(":event-type") != "chunk" or headers.get(":message-type") != "event":
+        return None
+    try:
+        return {"chunk": {"bytes": b64decode(json.loads(message.payload)["bytes"])}}
+    except (ValueError, KeyError, TypeError):
+        return None
+
+
+def _messages(buffer: EventStreamBuffer, data: bytes) -> Iterator[Any]:
+    for start in range(0, len(data), _SLICE):
+        buffer.add_data(data[start : start + _SLICE])
+        yield from buffer
+
+
+def _sync_event_batches(source: Any) -> Iterator[list[Any]]:
+    if not _is_botocore_stream(source) or not hasattr(source._raw_stream, "stream"):
+        for event in source:
+            yield [event]
+        return
+    buffer = EventStreamBuffer()
+    parse_event = source._parse_event
+    for data in source._raw_stream.stream():
+        batch: list[Any] = []
+        try:
+            for message in _messages(buffer, data):
+                event = _chunk_event(message)
+                if event is None:
+                    event = parse_event(message)
+                    if not event:
+                        continue
+                batch.append(event)
+        except Exception as err:
+            if batch:  # deliver what arrived before the error, then raise it
+                yield batch
+            raise err
+        if batch:
+            yield batch
+
+
+async def _async_event_batches(source: Any) -> AsyncIterator[list[Any]]:
+    content = getattr(getattr(source, "_raw_stream", None), "content", None)
+    if not _is_botocore_stream(source) or not hasattr(content, "readany"):
+        async for event in source:
+            yield [event]
+        return
+    buffer = EventStreamBuffer()
+    parse_event = source._parse_event
+    while True:
+        data = await content.readany()  # everything buffered so far, or waits for the next bytes
+        if not data:
+            return
+        batch: list[Any] = []
+        try:
+            for message in _messages(buffer, data):
+                event = _chunk_event(message)
+                if event is None:
+                    event = await parse_event(message)
+                    if not event:
+                        continue
+                batch.append(event)
+        except Exception as err:
+            if batch:
+                yield batch
+            raise err
+        if batch:
+            yield batch
+
+
+async def _threaded_event_batches(source: Any) -> AsyncIterator[list[Any]]:
+    """A sync source read on the dedicated pool: one hop per network read, not one per event."""
+    loop = asyncio.get_running_loop()
+    executor = get_executor()
+    batches = _sync_event_batches(source)
+    while True:
+        batch = await loop.run_in_executor(executor, next, batches, None)
+        if batch is None:
+            return
+        yield batch
 
 
 def close_upstream(source: Any) -> None:

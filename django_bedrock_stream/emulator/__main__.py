@@ -6,10 +6,18 @@ import argparse
 import asyncio
 import sys
 from collections.abc import Sequence
-from typing import Any, TextIO
+from typing import Any, Protocol
 
 from .scenarios import Scenario, ScenarioError
 from .server import EmulatorServer, EmulatorState
+
+
+class TextSink(Protocol):
+    """Where the emulator prints its banner: ``sys.stdout`` or anything with ``write``/``flush``."""
+
+    def write(self, s: str, /) -> object: ...
+
+    def flush(self) -> object: ...
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -30,7 +38,7 @@ def scenario_from_options(options: dict[str, Any]) -> Scenario:
     return Scenario().merged(values)
 
 
-async def _serve(host: str, port: int, scenario: Scenario, replay_dir: str | None, out: TextIO) -> None:
+async def _serve(host: str, port: int, scenario: Scenario, replay_dir: str | None, out: TextSink) -> None:
     server = EmulatorServer(EmulatorState(scenario, replay_dir), host, port)
     await server.start()
     print(f"Bedrock emulator listening on {server.url}", file=out)
@@ -49,7 +57,7 @@ def run(
     port: int = 8787,
     scenario: Scenario | None = None,
     replay_dir: str | None = None,
-    out: TextIO = sys.stdout,
+    out: TextSink = sys.stdout,
 ) -> None:
     """Run the emulator in the foreground until Ctrl-C."""
     try:

@@ -23,7 +23,7 @@ import struct
 import uuid as _uuid
 import zlib
 from collections.abc import Iterator, Mapping
-from typing import Any, Union
+from typing import Any
 
 __all__ = [
     "HeaderValue",
@@ -55,7 +55,7 @@ TYPE_STRING = 7
 TYPE_TIMESTAMP = 8
 TYPE_UUID = 9
 
-HeaderValue = Union[str, bytes, bool, int, _dt.datetime, _uuid.UUID]
+HeaderValue = str | bytes | bool | int | _dt.datetime | _uuid.UUID
 
 
 class Int8(int):

@@ -205,7 +205,14 @@ def parse_markers(body_text: str) -> dict[str, Any]:
 # ----------------------------------------------------------------------------------------------
 # Replies
 
-WORDS = ["the", "quick", "brown", "fox", "jumps", "over", "lazy", "dog", "stream", "token", "river", "cloud", "model", "answer", "bedrock", "emulator", "django", "python", "signal", "packet", "frame", "window", "garden", "lantern", "harbor", "meadow", "silver", "copper", "orbit", "velvet", "ember", "thunder", "canyon", "prairie", "summit", "echo", "pebble", "willow", "maple", "cedar", "falcon", "otter", "badger", "heron", "comet", "nebula", "quartz", "marble", "cobalt", "saffron", "amber", "indigo", "violet", "crimson", "azure", "coral", "ivory", "onyx", "jade", "topaz", "opal"]
+WORDS = [
+    "the", "quick", "brown", "fox", "jumps", "over", "lazy", "dog", "stream", "token", "river", "cloud", "model",
+    "answer", "bedrock", "emulator", "django", "python", "signal", "packet", "frame", "window", "garden", "lantern",
+    "harbor", "meadow", "silver", "copper", "orbit", "velvet", "ember", "thunder", "canyon", "prairie", "summit",
+    "echo", "pebble", "willow", "maple", "cedar", "falcon", "otter", "badger", "heron", "comet", "nebula", "quartz",
+    "marble", "cobalt", "saffron", "amber", "indigo", "violet", "crimson", "azure", "coral", "ivory", "onyx", "jade",
+    "topaz", "opal",
+]
 
 _TOKEN_RE = re.compile(r"\s*\S+|\s+$")
 _PAD = (string.ascii_letters + string.digits).encode()
@@ -316,23 +323,23 @@ class Family:
     merges_last = False
     max_tokens_path: tuple[str, ...] = ("max_tokens",)
 
-    def prompt_text(self, body: dict) -> str:
+    def prompt_text(self, body: dict[str, Any]) -> str:
         p = body.get("prompt")
         return p if isinstance(p, str) else json.dumps(body, sort_keys=True)
 
-    def max_tokens(self, body: dict) -> int | None:
+    def max_tokens(self, body: dict[str, Any]) -> int | None:
         return _int_or_none(_dig(body, *self.max_tokens_path))
 
     def head(self, plan: Plan) -> list[bytes]:
         return []
 
-    def token(self, plan: Plan, tok: str, i: int, final_metrics: dict | None) -> bytes:
+    def token(self, plan: Plan, tok: str, i: int, final_metrics: dict[str, Any] | None) -> bytes:
         raise NotImplementedError
 
-    def tail(self, plan: Plan, sent: int, merged: bool, metrics: dict) -> list[bytes]:
+    def tail(self, plan: Plan, sent: int, merged: bool, metrics: dict[str, Any]) -> list[bytes]:
         raise NotImplementedError
 
-    def invoke_body(self, plan: Plan, latency_ms: int) -> dict:
+    def invoke_body(self, plan: Plan, latency_ms: int) -> dict[str, Any]:
         raise NotImplementedError
 
 
@@ -345,7 +352,7 @@ class AnthropicMessages(Family):
     normal_stop = "end_turn"
     length_stop = "max_tokens"
 
-    def prompt_text(self, body: dict) -> str:
+    def prompt_text(self, body: dict[str, Any]) -> str:
         return _messages_text(body)
 
     @staticmethod
@@ -371,7 +378,7 @@ class AnthropicMessages(Family):
         block = {"type": "content_block_start", "index": 0, "content_block": {"type": "text", "text": ""}}
         return [_model_json(start), _model_json(block)]
 
-    def token(self, plan, tok, i, final_metrics):
+    def token(self, plan: Plan, tok: str, i: int, final_metrics: dict[str, Any] | None) -> bytes:
         return encode_chunk(
             b'{"type":"content_block_delta","index":0,"delta":{"type":"text_delta","text":'
             + _dumps(tok)
@@ -379,7 +386,7 @@ class AnthropicMessages(Family):
             padding(),
         )
 
-    def tail(self, plan, sent, merged, metrics):
+    def tail(self, plan: Plan, sent: int, merged: bool, metrics: dict[str, Any]) -> list[bytes]:
         return [
             _model_json({"type": "content_block_stop", "index": 0}),
             _model_json(
@@ -392,7 +399,7 @@ class AnthropicMessages(Family):
             _model_json({"type": "message_stop", "amazon-bedrock-invocationMetrics": metrics}),
         ]
 
-    def invoke_body(self, plan, latency_ms):
+    def invoke_body(self, plan: Plan, latency_ms: int) -> dict[str, Any]:
         return {
             "id": "msg_bdrk_" + hashlib.sha1(plan.text.encode()).hexdigest()[:24],
             "type": "message",
@@ -411,13 +418,13 @@ class AnthropicCompletions(Family):
     length_stop = "max_tokens"
     max_tokens_path = ("max_tokens_to_sample",)
 
-    def token(self, plan, tok, i, final_metrics):
+    def token(self, plan: Plan, tok: str, i: int, final_metrics: dict[str, Any] | None) -> bytes:
         return encode_chunk(b'{"completion":' + _dumps(tok) + b',"stop_reason":null,"stop":null}', padding())
 
-    def _stop(self, plan):
+    def _stop(self, plan: Plan) -> str | None:
         return "\n\nHuman:" if not plan.length_stop else None
 
-    def tail(self, plan, sent, merged, metrics):
+    def tail(self, plan: Plan, sent: int, merged: bool, metrics: dict[str, Any]) -> list[bytes]:
         return [
             _model_json(
                 {
@@ -429,8 +436,13 @@ class AnthropicCompletions(Family):
             )
         ]
 
-    def invoke_body(self, plan, latency_ms):
-        return {"type": "completion", "completion": plan.text, "stop_reason": plan.stop_reason, "stop": self._stop(plan)}
+    def invoke_body(self, plan: Plan, latency_ms: int) -> dict[str, Any]:
+        return {
+            "type": "completion",
+            "completion": plan.text,
+            "stop_reason": plan.stop_reason,
+            "stop": self._stop(plan),
+        }
 
 
 class Cohere(Family):
@@ -438,21 +450,21 @@ class Cohere(Family):
     normal_stop = "COMPLETE"
     length_stop = "MAX_TOKENS"
 
-    def prompt_text(self, body):
+    def prompt_text(self, body: dict[str, Any]) -> str:
         p = body.get("prompt", body.get("message"))
         return p if isinstance(p, str) else json.dumps(body, sort_keys=True)
 
-    def token(self, plan, tok, i, final_metrics):
+    def token(self, plan: Plan, tok: str, i: int, final_metrics: dict[str, Any] | None) -> bytes:
         return encode_chunk(b'{"text":' + _dumps(tok) + b',"is_finished":false}', padding())
 
-    def tail(self, plan, sent, merged, metrics):
+    def tail(self, plan: Plan, sent: int, merged: bool, metrics: dict[str, Any]) -> list[bytes]:
         return [
             _model_json(
                 {"is_finished": True, "finish_reason": plan.stop_reason, "amazon-bedrock-invocationMetrics": metrics}
             )
         ]
 
-    def invoke_body(self, plan, latency_ms):
+    def invoke_body(self, plan: Plan, latency_ms: int) -> dict[str, Any]:
         gen_id = hashlib.sha1(plan.text.encode()).hexdigest()
         return {
             "id": gen_id[:8] + "-" + gen_id[8:12] + "-" + gen_id[12:16] + "-" + gen_id[16:20] + "-" + gen_id[20:32],
@@ -470,8 +482,8 @@ class Llama(Family):
     merges_last = True
     max_tokens_path = ("max_gen_len",)
 
-    def token(self, plan, tok, i, final_metrics):
-        obj = {
+    def token(self, plan: Plan, tok: str, i: int, final_metrics: dict[str, Any] | None) -> bytes:
+        obj: dict[str, Any] = {
             "generation": tok,
             "prompt_token_count": plan.input_tokens if i == 0 else None,
             "generation_token_count": i + 1,
@@ -481,7 +493,7 @@ class Llama(Family):
             obj["amazon-bedrock-invocationMetrics"] = final_metrics
         return _model_json(obj)
 
-    def tail(self, plan, sent, merged, metrics):
+    def tail(self, plan: Plan, sent: int, merged: bool, metrics: dict[str, Any]) -> list[bytes]:
         if merged:
             return []
         return [
@@ -496,7 +508,7 @@ class Llama(Family):
             )
         ]
 
-    def invoke_body(self, plan, latency_ms):
+    def invoke_body(self, plan: Plan, latency_ms: int) -> dict[str, Any]:
         return {
             "generation": plan.text,
             "prompt_token_count": plan.input_tokens,
@@ -511,7 +523,7 @@ class Mistral(Family):
     length_stop = "length"
     merges_last = True
 
-    def token(self, plan, tok, i, final_metrics):
+    def token(self, plan: Plan, tok: str, i: int, final_metrics: dict[str, Any] | None) -> bytes:
         if final_metrics is None:
             return encode_chunk(b'{"outputs":[{"text":' + _dumps(tok) + b',"stop_reason":null}]}', padding())
         return _model_json(
@@ -521,16 +533,19 @@ class Mistral(Family):
             }
         )
 
-    def tail(self, plan, sent, merged, metrics):
+    def tail(self, plan: Plan, sent: int, merged: bool, metrics: dict[str, Any]) -> list[bytes]:
         if merged:
             return []
         return [
             _model_json(
-                {"outputs": [{"text": "", "stop_reason": plan.stop_reason}], "amazon-bedrock-invocationMetrics": metrics}
+                {
+                    "outputs": [{"text": "", "stop_reason": plan.stop_reason}],
+                    "amazon-bedrock-invocationMetrics": metrics,
+                }
             )
         ]
 
-    def invoke_body(self, plan, latency_ms):
+    def invoke_body(self, plan: Plan, latency_ms: int) -> dict[str, Any]:
         return {"outputs": [{"text": plan.text, "stop_reason": plan.stop_reason}]}
 
 
@@ -541,12 +556,12 @@ class Titan(Family):
     merges_last = True
     max_tokens_path = ("textGenerationConfig", "maxTokenCount")
 
-    def prompt_text(self, body):
+    def prompt_text(self, body: dict[str, Any]) -> str:
         p = body.get("inputText")
         return p if isinstance(p, str) else json.dumps(body, sort_keys=True)
 
-    def token(self, plan, tok, i, final_metrics):
-        obj = {
+    def token(self, plan: Plan, tok: str, i: int, final_metrics: dict[str, Any] | None) -> bytes:
+        obj: dict[str, Any] = {
             "outputText": tok,
             "index": 0,
             "totalOutputTextTokenCount": i + 1,
@@ -557,7 +572,7 @@ class Titan(Family):
             obj["amazon-bedrock-invocationMetrics"] = final_metrics
         return _model_json(obj)
 
-    def tail(self, plan, sent, merged, metrics):
+    def tail(self, plan: Plan, sent: int, merged: bool, metrics: dict[str, Any]) -> list[bytes]:
         if merged:
             return []
         return [
@@ -573,7 +588,7 @@ class Titan(Family):
             )
         ]
 
-    def invoke_body(self, plan, latency_ms):
+    def invoke_body(self, plan: Plan, latency_ms: int) -> dict[str, Any]:
         return {
             "inputTextTokenCount": plan.input_tokens,
             "results": [
@@ -590,7 +605,7 @@ class Converse(Family):
     length_stop = "max_tokens"
     max_tokens_path = ("inferenceConfig", "maxTokens")
 
-    def prompt_text(self, body):
+    def prompt_text(self, body: dict[str, Any]) -> str:
         return _messages_text(body)
 
     @staticmethod
@@ -598,16 +613,16 @@ class Converse(Family):
         # body is a compact JSON object; append the padding field.
         return body[:-1] + b',"p":"' + padding() + b'"}'
 
-    def head(self, plan):
+    def head(self, plan: Plan) -> list[bytes]:
         return [encode_event("messageStart", self._with_p(b'{"role":"assistant"}'))]
 
-    def token(self, plan, tok, i, final_metrics):
+    def token(self, plan: Plan, tok: str, i: int, final_metrics: dict[str, Any] | None) -> bytes:
         return encode_event(
             "contentBlockDelta",
             b'{"contentBlockIndex":0,"delta":{"text":' + _dumps(tok) + b'},"p":"' + padding() + b'"}',
         )
 
-    def tail(self, plan, sent, merged, metrics):
+    def tail(self, plan: Plan, sent: int, merged: bool, metrics: dict[str, Any]) -> list[bytes]:
         usage = {
             "inputTokens": plan.input_tokens,
             "outputTokens": sent,
@@ -622,7 +637,7 @@ class Converse(Family):
             ),
         ]
 
-    def invoke_body(self, plan, latency_ms):
+    def invoke_body(self, plan: Plan, latency_ms: int) -> dict[str, Any]:
         n = len(plan.tokens)
         return {
             "output": {"message": {"role": "assistant", "content": [{"text": plan.text}]}},
@@ -671,7 +686,9 @@ def invoke_family(model_id: str, body: Any) -> Family:
             return ANTHROPIC_MESSAGES
         if "prompt" in body:
             return ANTHROPIC_COMPLETIONS
-        raise InvalidRequest("Malformed input request: required key [messages] not found, please reformat your input and try again.")
+        raise InvalidRequest(
+            "Malformed input request: required key [messages] not found, please reformat your input and try again."
+        )
     if mid.startswith("cohere.command"):
         return COHERE
     if mid.startswith("meta.llama"):

@@ -421,7 +421,9 @@ class EmulatorServer:
             status, {"message": message}, keep_alive, [("x-amzn-ErrorType", name + _ERROR_TYPE_SUFFIX)]
         )
 
-    async def _dispatch(self, conn: _Conn, method: str, target: str, headers: dict, body: bytes, keep_alive: bool) -> bool:
+    async def _dispatch(
+        self, conn: _Conn, method: str, target: str, headers: dict, body: bytes, keep_alive: bool
+    ) -> bool:
         path = target.split("?", 1)[0]
         if path.startswith("http://") or path.startswith("https://"):
             path = "/" + path.split("/", 3)[-1]
@@ -688,9 +690,8 @@ class EmulatorServer:
             rec["http_status"] = HTTP_ERRORS.get(http_name, 500)
             rec["error"] = http_name
             _close_record(rec, "failed", sent)
-            conn.writer.write(
-                self._error_response(http_name, HTTP_ERRORS.get(http_name, 500), ERROR_MESSAGES.get(name, name), keep_alive)
-            )
+            http_status = HTTP_ERRORS.get(http_name, 500)
+            conn.writer.write(self._error_response(http_name, http_status, ERROR_MESSAGES.get(name, name), keep_alive))
             return
         lat = int((time.monotonic() - t0) * 1000)
         payload = plan.family.invoke_body(plan, lat)

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from django.core.management.base import BaseCommand, CommandError
+from typing import Any
+
+from django.core.management.base import BaseCommand, CommandError, CommandParser, OutputWrapper
 
 from django_bedrock_stream.emulator.__main__ import (
     add_arguments,
@@ -20,10 +22,10 @@ class Command(BaseCommand):
     # The emulator does not touch the project; don't let unrelated check failures stop it.
     requires_system_checks: list = []
 
-    def add_arguments(self, parser):
+    def add_arguments(self, parser: CommandParser) -> None:
         add_arguments(parser)
 
-    def handle(self, *args, **options):
+    def handle(self, *args: Any, **options: Any) -> None:
         try:
             scenario = scenario_from_options(options)
         except ScenarioError as e:
@@ -34,7 +36,7 @@ class Command(BaseCommand):
 class _Out:
     """print()-friendly view of the command's OutputWrapper (which would add its own newlines)."""
 
-    def __init__(self, wrapper):
+    def __init__(self, wrapper: OutputWrapper) -> None:
         self._wrapper = wrapper
 
     def write(self, s: str) -> None:
