@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Generator, Iterator
 from datetime import timedelta
 from typing import Any
 
@@ -120,7 +120,7 @@ class StreamRunner:
         await asend(signals.token_received, self.sender, request=self.request, token=text)
 
     # -- WSGI -----------------------------------------------------------------------------------
-    def sync_body(self) -> Iterator[bytes]:
+    def sync_body(self) -> Generator[bytes, None, None]:
         protocol, stream = self.protocol, self.stream
         delta = protocol.delta
         listened = self._tokens_listened()

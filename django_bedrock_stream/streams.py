@@ -276,7 +276,7 @@ def _sync_event_batches(source: Any) -> Iterator[list[Any]]:
 
 
 async def _async_event_batches(source: Any) -> AsyncIterator[list[Any]]:
-    content = getattr(getattr(source, "_raw_stream", None), "content", None)
+    content: Any = getattr(getattr(source, "_raw_stream", None), "content", None)
     if not _is_botocore_stream(source) or not hasattr(content, "readany"):
         async for event in source:
             yield [event]
@@ -388,7 +388,7 @@ def converse_stream(response: Any, callbacks: StreamCallbacks | None = None) -> 
 
 def bedrock_stream(
     response: Any,
-    extract: Callable[[Mapping[str, Any]], "str | Delta | None"],
+    extract: Callable[[Mapping[str, Any]], str | Delta | None],
     callbacks: StreamCallbacks | None = None,
 ) -> BedrockStream:
     """A stream for any invoke model: ``extract`` maps the decoded chunk JSON to text (or a Delta).
