@@ -169,7 +169,14 @@ class StreamRunner:
                 outcome, error = Status.FAILED, err
             else:
                 outcome = Status.COMPLETED
-            tail = await self._end_async(outcome, error)
+            end = asyncio.ensure_future(self._end_async(outcome, error))
+            try:
+                tail = await asyncio.shield(end)
+            except asyncio.CancelledError:
+                # The client left while the end signals ran (Django cancels us): they must all still
+                # run -- stream_finished stores the row -- and before Django ends the request.
+                await asyncio.shield(end)
+                raise
             if tail:
                 yield tail.encode()
         finally:

@@ -102,6 +102,9 @@ class BedrockStream:
             if isinstance(err, BedrockStreamError)
             else wrap_botocore_error(err, model_id=self.model_id, started=True)
         )
+        # A read timeout leaves the HTTP connection open (aiohttp keeps it) and Bedrock would keep
+        # generating into it: drop it now. Harmless after an in-stream exception event.
+        self.close()
         return self.error
 
     # -- sync -----------------------------------------------------------------------------------

@@ -24,7 +24,6 @@ The request lifecycle, and the hooks to override:
 from __future__ import annotations
 
 import asyncio
-import functools
 import json
 import math
 import time
@@ -34,6 +33,7 @@ from typing import Any, ClassVar
 from asgiref.sync import iscoroutinefunction, markcoroutinefunction, sync_to_async
 from django.core.exceptions import RequestDataTooBig
 from django.core.handlers.asgi import ASGIRequest
+from django.db import close_old_connections
 from django.http import HttpRequest, JsonResponse, StreamingHttpResponse
 from django.http.response import HttpResponseBase
 from django.utils.decorators import classonlymethod
@@ -68,7 +68,7 @@ from .responses import STREAM_HEADERS
 from .runner import AsyncBody, StreamRunner, SyncBody, asend, send, upstream_error
 from .serializers import ChatRequestSerializer
 from .signals import stream_started
-from .streams import BedrockStream
+from .streams import BedrockStream, close_upstream
 
 
 class RequestRejected(Exception):
@@ -158,14 +158,27 @@ class BedrockStreamMixin:
         except RequestRejected as rejection:
             return self.reject(rejection)
         completion = self.new_completion(request)
-        await asend(stream_started, type(self), request=request, model_id=completion.model_id, completion=completion)
-        started_at = time.monotonic()
+        # Settles the row when no stream starts: Bedrock refused, or the client left first.
+        empty = BedrockStream([], self.family.parse_event)
+        unstarted = self.make_runner(request, empty, completion, time.monotonic())
         try:
+            await asend(
+                stream_started, type(self), request=request, model_id=completion.model_id, completion=completion
+            )
+            # Under ASGI each request runs its sync code (the INSERT above) on a thread of its own,
+            # with a database connection of its own: give it back now rather than hold it for the
+            # whole stream (300 open streams would hold 300 connections; PostgreSQL allows 100).
+            await sync_to_async(close_old_connections)()
+            started_at = time.monotonic()
             source = await self.open_stream_async()
+        except asyncio.CancelledError:
+            # The client left while Bedrock was still thinking (Django cancels the view); the
+            # upstream call is abandoned (see open_stream_async). Settle the row, then re-raise.
+            await asyncio.shield(unstarted._end_async(Completion.Status.CANCELLED, None))
+            raise
         except Exception as err:
             error = upstream_error(err, completion.model_id)
-            runner = self.make_runner(request, BedrockStream([], self.family.parse_event), completion, started_at)
-            await runner._end_async(Completion.Status.FAILED, error)
+            await asyncio.shield(unstarted._end_async(Completion.Status.FAILED, error))
             return self.error_response(error)
         runner = self.make_runner(request, self.make_stream(source), completion, started_at)
         return self.make_response(AsyncBody(runner), runner)
@@ -257,8 +270,14 @@ class BedrockStreamMixin:
             client = await clients.get_async_client()
             response = await getattr(client, self.family.operation)(**kwargs)
             return response[self.family.stream_key]
-        loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(clients.get_executor(), functools.partial(self.open_stream))
+        future = clients.get_executor().submit(self.open_stream)
+        try:
+            return await asyncio.wrap_future(future)
+        except asyncio.CancelledError:
+            # A pool thread waiting for Bedrock's first byte cannot be interrupted: close the event
+            # stream it gets as soon as it gets it, so Bedrock stops generating.
+            future.add_done_callback(_close_abandoned_stream)
+            raise
 
     def make_stream(self, source: Any) -> BedrockStream:
         return BedrockStream(source, self.family.parse_event, self.get_callbacks(), model_id=self.resolved_model_id)
@@ -411,6 +430,11 @@ def _query_data(request: HttpRequest) -> dict[str, Any]:
     if "max_tokens" in query:
         data["max_tokens"] = query["max_tokens"]
     return data
+
+
+def _close_abandoned_stream(future: Any) -> None:
+    if not future.cancelled() and future.exception() is None:
+        close_upstream(future.result())
 
 
 def _first_error(errors: Any, path: str = "") -> str:

@@ -1,0 +1,77 @@
+"""``python manage.py bedrock_reap --older-than 10m``: settle rows a dead worker left ``streaming``.
+
+A ``Completion`` row is inserted when a stream starts and updated once when it ends. If the worker
+process is killed in between (OOM, deploy, ``SIGKILL``), nothing ends it: the row stays
+``streaming`` forever. Run this command from cron (or a periodic task) with a threshold longer than
+your longest legitimate stream; every ``streaming`` row created before the threshold becomes
+``failed`` (or ``cancelled`` with ``--status cancelled``) with ``error_code="Reaped"``, in one
+``UPDATE``.
+"""
+
+from __future__ import annotations
+
+import re
+from datetime import timedelta
+from typing import Any
+
+from django.core.management.base import BaseCommand, CommandError, CommandParser
+from django.db import DEFAULT_DB_ALIAS
+from django.utils import timezone
+
+from django_bedrock_stream.models import Completion
+
+REAPED_CODE = "Reaped"
+REAPED_MESSAGE = "Reaped: the worker stopped before the stream finished"
+
+_UNITS = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days"}
+_DURATION_RE = re.compile(r"^\s*(\d+)\s*([smhd])\s*$", re.IGNORECASE)
+
+
+def parse_duration(value: str) -> timedelta:
+    """``"30s"``, ``"10m"``, ``"2h"``, ``"1d"`` -> ``timedelta``; anything else raises ``ValueError``."""
+    match = _DURATION_RE.match(value or "")
+    if match is None:
+        raise ValueError(f"{value!r} is not a duration; use a whole number and a unit: 30s, 10m, 2h, 1d")
+    amount, unit = int(match.group(1)), match.group(2).lower()
+    return timedelta(**{_UNITS[unit]: amount})
+
+
+class Command(BaseCommand):
+    help = (
+        "Mark Bedrock completions still 'streaming' after a threshold as failed (or cancelled): "
+        "their worker stopped before the stream finished."
+    )
+
+    def add_arguments(self, parser: CommandParser) -> None:
+        parser.add_argument(
+            "--older-than",
+            required=True,
+            metavar="DURATION",
+            help="Reap rows created longer ago than this: 30s, 10m, 2h, 1d. Pick more than your longest stream.",
+        )
+        parser.add_argument(
+            "--status",
+            choices=[Completion.Status.FAILED, Completion.Status.CANCELLED],
+            default=Completion.Status.FAILED,
+            help="Terminal status to give reaped rows (default: failed).",
+        )
+        parser.add_argument("--dry-run", action="store_true", help="Only count the rows that would be reaped.")
+        parser.add_argument("--database", default=DEFAULT_DB_ALIAS, help="Database alias (default: default).")
+
+    def handle(self, *args: Any, **options: Any) -> None:
+        try:
+            age = parse_duration(options["older_than"])
+        except ValueError as err:
+            raise CommandError(str(err)) from None
+        now = timezone.now()
+        stale = Completion.objects.using(options["database"]).filter(
+            status=Completion.Status.STREAMING, created_at__lt=now - age
+        )
+        status = options["status"]
+        if options["dry_run"]:
+            count = stale.count()
+            age_text = options["older_than"]
+            self.stdout.write(f"Would reap {count} streaming completion(s) older than {age_text} (as {status}).")
+            return
+        count = stale.update(status=status, error=REAPED_MESSAGE, error_code=REAPED_CODE, finished_at=now)
+        self.stdout.write(f"Reaped {count} streaming completion(s) older than {options['older_than']} (as {status}).")
