@@ -14,7 +14,7 @@ BIN := $(VENV)/bin
 PY := $(BIN)/python
 STAMP := $(VENV)/.installed
 
-.PHONY: demo demo-asgi test test-postgres test-matrix lint bench venv
+.PHONY: demo demo-asgi test test-postgres test-matrix test-oldest test-newest lint bench venv
 
 # (Re)install when the package metadata changes; otherwise a no-op.
 $(STAMP): setup.cfg pyproject.toml
@@ -77,8 +77,12 @@ endef
 OLDEST_DJANGO := django>=4.2,<5
 NEWEST_DJANGO := django>=6,<7
 
-test-matrix: $(JS_STAMP)
+test-matrix: test-oldest test-newest
+
+test-oldest: $(JS_STAMP)
 	$(call run_matrix_leg,$(PYTHON_OLDEST),.venv-oldest,$(OLDEST_DJANGO))
+
+test-newest: $(JS_STAMP)
 	$(call run_matrix_leg,$(PYTHON_NEWEST),.venv-newest,$(NEWEST_DJANGO))
 
 # Both tools run even when the first fails; a tool that is not installed is skipped with a note.
