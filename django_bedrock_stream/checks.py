@@ -49,12 +49,26 @@ ENDPOINT_ENV = ("AWS_ENDPOINT_URL_BEDROCK_RUNTIME", "AWS_ENDPOINT_URL")
 #: streaming content), ``UpdateCacheMiddleware`` (skips streaming responses), and
 #: ``debug_toolbar``/``silk`` (current releases leave ``streaming_content`` alone).
 BUFFERING_MIDDLEWARE: dict[str, str] = {
-    "django.middleware.gzip.GZipMiddleware": (
+    "django.middleware.gzip.GZipMiddleware": (  # Django <= 5.2 only, see gzip_holds_back_streams()
         "under WSGI it feeds the stream through one zlib compressor that is never flushed between "
         "chunks (django.utils.text.compress_sequence), so clients receive nothing until the "
         "compressor's buffer fills or the reply ends"
     ),
 }
+
+
+GZIP_MIDDLEWARE = "django.middleware.gzip.GZipMiddleware"
+
+
+def gzip_holds_back_streams() -> bool:
+    """Whether this Django's sync gzip path buffers a stream (up to 5.2) or flushes each part (6.0+).
+
+    Probed rather than version-matched: two parts in, anything but "header, then everything at the
+    end" means the compressor is flushed per part.
+    """
+    from django.utils.text import compress_sequence
+
+    return len(list(compress_sequence(iter([b"a" * 64, b"b" * 64])))) <= 2
 
 
 def _user_settings() -> dict[str, Any] | None:
@@ -301,6 +315,8 @@ def check_middleware(app_configs: Any = None, **kwargs: Any) -> list[CheckMessag
     warnings: list[CheckMessage] = []
     known: list[tuple[type, str, str]] = []
     for path, reason in BUFFERING_MIDDLEWARE.items():
+        if path == GZIP_MIDDLEWARE and not gzip_holds_back_streams():
+            continue
         try:
             known.append((import_string(path), path, reason))
         except ImportError:
