@@ -5,6 +5,8 @@ from django.urls import include, path
 from django_bedrock_stream.drf import api_view_for
 from django_bedrock_stream.views import Llama2StreamView
 
+from . import user_views
+
 EVENTSOURCE_PAGE = """<!doctype html><meta charset="utf-8"><title>sse</title><script>
 window.result = new Promise((resolve) => {
   const tokens = []; const ids = [];
@@ -27,4 +29,6 @@ urlpatterns = [
     path("api/converse/", api_view_for("converse").as_view(), name="api-converse"),
     path("get/llama2/", Llama2StreamView.as_view(allow_get=True), name="get-llama2"),
     path("sse-page/", eventsource_page),
+    path("user/sync-llama2/", user_views.sync_llama2),
+    path("user/async-llama2/", user_views.async_llama2),
 ]

@@ -1,0 +1,164 @@
+"""The stream functions over real boto3 / aiobotocore responses from the emulator, and over the recorded
+Bedrock captures replayed byte for byte."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from typing import Any
+
+import boto3
+import pytest
+
+from django_bedrock_stream import streams
+from django_bedrock_stream.callbacks import StreamCallbacks
+from django_bedrock_stream.exceptions import BedrockStreamInterrupted
+from django_bedrock_stream.families import FAMILIES
+
+from .recorded import FAMILY_OF, RECORDED_DIR, expected_usage, load_index
+
+STREAM_FUNCTIONS = {
+    "anthropic": streams.anthropic_stream,
+    "anthropic-messages": streams.anthropic_messages_stream,
+    "cohere": streams.cohere_stream,
+    "llama2": streams.llama2_stream,
+    "llama3": streams.llama3_stream,
+    "mistral": streams.mistral_stream,
+    "titan": streams.titan_stream,
+    "converse": streams.converse_stream,
+}
+MESSAGES = [{"role": "user", "content": "[[emulator tokens=7]] Hello there"}]
+
+
+def boto3_client() -> Any:
+    return boto3.client("bedrock-runtime")
+
+
+def call(client: Any, family_name: str, messages: list[dict[str, str]] = MESSAGES, model_id: str | None = None) -> Any:
+    family = FAMILIES[family_name]()
+    body = family.build_body(messages, max_tokens=100)
+    kwargs = family.request_kwargs(model_id or family.default_model_id, body)
+    return getattr(client, family.operation)(**kwargs)
+
+
+@pytest.mark.parametrize("family", sorted(STREAM_FUNCTIONS))
+def test_stream_functions_over_boto3(bedrock_emulator: Any, family: str) -> None:
+    stream = STREAM_FUNCTIONS[family](call(boto3_client(), family))
+    deltas = list(stream)
+    record = bedrock_emulator.requests[-1]
+    assert len(deltas) == 7 and all(isinstance(d, str) for d in deltas)
+    assert stream.text == "".join(deltas) == record["text"]
+    assert stream.stop_reason and stream.finished
+    assert stream.usage["output_tokens"] == 7 and stream.usage["input_tokens"] > 0
+
+
+@pytest.mark.parametrize("family", ["llama2", "converse", "anthropic-messages"])
+async def test_async_for_over_boto3_reads_on_the_pool(bedrock_emulator: Any, family: str) -> None:
+    stream = STREAM_FUNCTIONS[family](call(boto3_client(), family))
+    deltas = [delta async for delta in stream]
+    assert "".join(deltas) == stream.text == bedrock_emulator.requests[-1]["text"]
+
+
+@pytest.mark.parametrize("family", sorted(STREAM_FUNCTIONS))
+async def test_async_for_over_aiobotocore(bedrock_emulator: Any, family: str) -> None:
+    from aiobotocore.session import get_session
+
+    async with get_session().create_client("bedrock-runtime") as client:
+        family_obj = FAMILIES[family]()
+        kwargs = family_obj.request_kwargs(family_obj.default_model_id, family_obj.build_body(MESSAGES, max_tokens=100))
+        response = await getattr(client, family_obj.operation)(**kwargs)
+        stream = STREAM_FUNCTIONS[family](response)
+        deltas = [delta async for delta in stream]
+        with pytest.raises(TypeError, match="async for"):
+            iter(stream)
+    assert "".join(deltas) == stream.text == bedrock_emulator.requests[-1]["text"]
+    assert stream.usage["output_tokens"] == 7
+
+
+def test_callbacks_fire_in_order_sync_and_async_callables(bedrock_emulator: Any) -> None:
+    events: list[tuple[str, Any]] = []
+
+    async def on_token(token: str) -> None:
+        events.append(("token", token))
+
+    callbacks = StreamCallbacks(
+        on_start=lambda: events.append(("start", None)),
+        on_token=on_token,
+        on_completion=lambda text: events.append(("completion", text)),
+        on_final=lambda text: events.append(("final", text)),
+    )
+    stream = streams.mistral_stream(call(boto3_client(), "mistral"), callbacks=callbacks)
+    text = "".join(stream)
+    names = [name for name, _ in events]
+    assert names == ["start"] + ["token"] * 7 + ["completion", "final"]
+    assert events[-1] == ("final", text) and events[-2] == ("completion", text)
+
+
+async def test_async_callbacks_under_async_for(bedrock_emulator: Any) -> None:
+    events: list[str] = []
+
+    async def note(*args: Any) -> None:
+        await asyncio.sleep(0)
+        events.append("x")
+
+    stream = streams.titan_stream(call(boto3_client(), "titan"), StreamCallbacks(note, note, note, note))
+    async for _ in stream:
+        pass
+    assert len(events) == 1 + 7 + 2
+
+
+def test_generic_bedrock_stream_with_a_one_line_extractor(bedrock_emulator: Any) -> None:
+    stream = streams.bedrock_stream(call(boto3_client(), "llama3"), lambda chunk: chunk.get("generation"))
+    assert "".join(stream) == bedrock_emulator.requests[-1]["text"]
+    # usage comes from amazon-bedrock-invocationMetrics on the last chunk
+    assert stream.usage["output_tokens"] == 7
+
+
+def test_mid_stream_exception_raises_our_error_after_the_text_so_far(bedrock_emulator: Any) -> None:
+    messages = [{"role": "user", "content": "[[emulator tokens=9 error_at=4 error=throttlingException]] hi"}]
+    stream = streams.cohere_stream(call(boto3_client(), "cohere", messages))
+    received = []
+    with pytest.raises(BedrockStreamInterrupted) as info:
+        for delta in stream:
+            received.append(delta)
+    assert info.value.code == "throttlingException" and info.value.status_code == 429
+    assert info.value.__cause__ is info.value.upstream
+    assert "".join(received) == stream.text == bedrock_emulator.requests[-1]["text"]
+    assert stream.error is info.value and not stream.finished
+
+
+def test_close_stops_the_upstream_generation(bedrock_emulator: Any) -> None:
+    messages = [{"role": "user", "content": "[[emulator tokens=50 delay_ms=30]] long"}]
+    stream = streams.llama2_stream(call(boto3_client(), "llama2", messages))
+    iterator = iter(stream)
+    next(iterator)
+    stream.close()
+    bedrock_emulator.wait_for(lambda records: records[-1]["status"] == "disconnected")
+    assert bedrock_emulator.requests[-1]["chunks_sent"] < 50
+
+
+INDEX = [entry for entry in load_index() if entry["payload_family"] in FAMILY_OF]
+FUNCTION_FOR = {
+    "converse": streams.converse_stream,
+    "anthropic-messages": streams.anthropic_messages_stream,
+    "anthropic-text-completions": streams.anthropic_stream,
+    "amazon-titan-text": streams.titan_stream,
+    "meta-llama": streams.llama2_stream,
+    "cohere-command": streams.cohere_stream,
+}
+
+
+@pytest.mark.skipif(not INDEX, reason=f"recorded Bedrock captures not found at {RECORDED_DIR}")
+@pytest.mark.parametrize("entry", INDEX, ids=[e["file"] for e in INDEX])
+def test_recorded_captures_replayed_through_boto3(bedrock_emulator: Any, entry: dict[str, Any]) -> None:
+    """Real Bedrock bytes, sent byte for byte by the emulator, decoded by unmodified boto3."""
+    bedrock_emulator.set_scenario(replay=str(RECORDED_DIR / entry["file"]))
+    client = boto3_client()
+    if entry["operation"] == "converse-stream":
+        response = client.converse_stream(modelId=entry["model_id"], messages=[{"role": "user", "content": [{"text": "x"}]}])
+    else:
+        response = client.invoke_model_with_response_stream(modelId=entry["model_id"], body=json.dumps(entry["request_body"]))
+    stream = FUNCTION_FOR[entry["payload_family"]](response)
+    assert "".join(stream) == entry["expected_text"]
+    assert stream.stop_reason == entry["stop_reason"]
+    assert stream.usage == expected_usage(entry)
