@@ -18,6 +18,7 @@ from django.http import HttpRequest
 from django.http.response import HttpResponseBase
 from django.utils.decorators import classonlymethod
 from rest_framework import exceptions
+from rest_framework.parsers import JSONParser
 from rest_framework.renderers import BaseRenderer, JSONRenderer
 from rest_framework.response import Response
 from rest_framework.views import APIView
@@ -65,6 +66,7 @@ class BedrockStreamAPIMixin(BedrockStreamMixin):
     :class:`BedrockStreamAPIView` does) and set ``family_class``."""
 
     renderer_classes = [JSONRenderer, EventStreamRenderer, PlainTextStreamRenderer]
+    parser_classes = [JSONParser]
     #: For drf-spectacular and the browsable API: the request body schema.
     serializer_class = ChatRequestSerializer
 
@@ -128,6 +130,22 @@ class BedrockStreamAPIView(BedrockStreamAPIMixin, APIView):
 
     async def options(self, request: Any, *args: Any, **kwargs: Any) -> HttpResponseBase:
         return await sync_to_async(APIView.options)(self, request, *args, **kwargs)
+
+
+def _describe_for_drf_spectacular() -> None:
+    """With drf-spectacular installed, describe the 200 response as a stream, not as the request body."""
+    try:
+        from drf_spectacular.types import OpenApiTypes
+        from drf_spectacular.utils import extend_schema
+    except ImportError:
+        return
+    stream = {(200, media_type): OpenApiTypes.STR for media_type in ("text/plain", "text/event-stream")}
+    BedrockStreamAPIView.post = extend_schema(  # type: ignore[method-assign]
+        request=ChatRequestSerializer, responses=stream, description="Streams the model's reply."
+    )(BedrockStreamAPIView.post)
+
+
+_describe_for_drf_spectacular()
 
 
 def api_view_for(family: str) -> type[BedrockStreamAPIView]:

@@ -1,5 +1,6 @@
 """Settings for the test suite. DATABASE_URL-style switch: BEDROCK_TEST_DB=postgres uses the local server."""
 
+import importlib.util
 import os
 from typing import Any
 
@@ -56,6 +57,9 @@ else:
             "TEST": {"NAME": os.environ.get("BEDROCK_TEST_SQLITE") or None},
         }
     }
+if importlib.util.find_spec("drf_spectacular"):  # the OpenAPI schema test (tests/test_drf.py)
+    INSTALLED_APPS.append("drf_spectacular")
+    REST_FRAMEWORK = {"DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema"}
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 BEDROCK_STREAM = {"ALLOW_ANONYMOUS": True}
 LOGGING = {"version": 1, "disable_existing_loggers": False}

@@ -121,3 +121,16 @@ async def test_drf_view_streams_under_asgi(bedrock_emulator: Any) -> None:
         content_type="application/json",
     )
     assert throttled.status_code == 429 and throttled.json()["detail"]
+
+
+def test_openapi_schema_with_drf_spectacular() -> None:
+    pytest.importorskip("drf_spectacular", reason="pip install drf-spectacular")
+    from drf_spectacular.generators import SchemaGenerator
+
+    schema = SchemaGenerator().get_schema(request=None, public=True)  # tests/settings.py enables it
+    operation = schema["paths"]["/api/llama2/"]["post"]
+    assert list(operation["requestBody"]["content"]) == ["application/json"]
+    assert operation["requestBody"]["content"]["application/json"]["schema"] == {"$ref": "#/components/schemas/ChatRequest"}
+    assert operation["responses"]["200"]["content"]["text/event-stream"]["schema"] == {"type": "string"}
+    message = schema["components"]["schemas"]["Message"]
+    assert set(message["properties"]) == {"role", "content", "parts"} and message["required"] == ["role"]
