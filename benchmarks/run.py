@@ -430,7 +430,7 @@ def main(argv: list[str] | None = None) -> int:
     results: dict[str, Any] = {
         "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "machine": {"cpus": os.cpu_count(), "python": platform.python_version(), "platform": platform.platform(),
-                    "uvicorn": " ".join(uvicorn_flags())},
+                    "uvicorn": " ".join(uvicorn_flags()), "gc": os.environ.get("BENCH_GC", "default")},
         "command": " ".join([Path(PY).name, "benchmarks/run.py", *(argv if argv is not None else sys.argv[1:])]),
     }
     with ExitStack() as stack:

@@ -76,3 +76,63 @@ class ChatRequestSerializer(serializers.Serializer):
         if value > cap:
             raise serializers.ValidationError(f"max_tokens may be at most {cap}.")
         return value
+
+
+def fast_validated_data(data: Any, allowed_models: Any, max_tokens_cap: int) -> dict[str, Any] | None:
+    """What ``ChatRequestSerializer(data=data, context=...).validated_data`` would be, for the plain,
+    common request only; ``None`` for anything else, and the caller then runs the serializer, which
+    stays the one definition of what is valid and the only source of error messages.
+
+    It accepts only exact JSON types (``dict``, ``list``, ``str``, ``int``), messages with ``role``
+    and ``content`` and no ``parts``, and values every field and ``validate_*`` method passes as they
+    are (no whitespace to trim, no NUL or surrogate characters). ``tests/test_performance_paths.py``
+    checks, with generated inputs, that it never accepts what the serializer rejects and that it
+    returns equal data of the same types.
+    """
+    if type(data) is not dict:
+        return None
+    messages = data.get("messages")
+    if type(messages) is not list or not messages or len(messages) > stream_settings.MAX_MESSAGES:
+        return None
+    validated: list[dict[str, str]] = []
+    chars = 0
+    has_user_text = False
+    for message in messages:
+        if type(message) is not dict or "parts" in message:
+            return None
+        role, content = message.get("role"), message.get("content")
+        if type(role) is not str or role not in ROLES or type(content) is not str or not _plain_text(content):
+            return None
+        chars += len(content)
+        if role == "user" and not has_user_text and content.strip():
+            has_user_text = True
+        validated.append({"role": role, "content": content})
+    if chars > stream_settings.MAX_INPUT_CHARS or not has_user_text:
+        return None
+    result: dict[str, Any] = {"messages": validated}
+    if "model" in data:
+        model = data["model"]
+        if type(model) is not str or not model or model != model.strip() or not _plain_text(model):
+            return None
+        if model not in allowed_models:
+            return None
+        result["model"] = model
+    if "max_tokens" in data:
+        max_tokens = data["max_tokens"]
+        if type(max_tokens) is not int or not 1 <= max_tokens <= max_tokens_cap or max_tokens.bit_length() > 62:
+            return None
+        result["max_tokens"] = max_tokens
+    return result
+
+
+def _plain_text(text: str) -> bool:
+    """No NUL and no lone surrogate: what DRF's CharField validators require."""
+    if "\x00" in text:
+        return False
+    if text.isascii():
+        return True
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True

@@ -15,7 +15,7 @@ from base64 import b64decode
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping
 from typing import Any
 
-from botocore.eventstream import EventStream, EventStreamBuffer
+from botocore.eventstream import _PRELUDE_LENGTH, EventStream, EventStreamBuffer
 
 from .callbacks import StreamCallbacks
 from .client import get_executor
@@ -247,6 +247,24 @@ def _chunk_event(message: Any) -> dict[str, Any] | None:
         return None
 
 
+class _Buffer(EventStreamBuffer):
+    """botocore's buffer (framing, both CRC checks, its errors), with the header block's parse
+    memoised by its bytes: a stream repeats the same few header blocks (``:event-type chunk``…) for
+    every message, and parsing them is a pure function of those bytes."""
+
+    def _parse_headers(self) -> dict[str, Any]:
+        header_bytes = self._data[_PRELUDE_LENGTH : self._prelude.headers_end]
+        headers = _HEADERS.get(header_bytes)
+        if headers is None:
+            headers = self._header_parser.parse(header_bytes)
+            if len(_HEADERS) < 64 and len(header_bytes) <= 512:
+                _HEADERS[header_bytes] = headers
+        return dict(headers)  # a copy: the values are immutable (str, bytes, int, bool)
+
+
+_HEADERS: dict[bytes, dict[str, Any]] = {}
+
+
 def _messages(buffer: EventStreamBuffer, data: bytes) -> Iterator[Any]:
     for start in range(0, len(data), _SLICE):
         buffer.add_data(data[start : start + _SLICE])
@@ -258,7 +276,7 @@ def _sync_event_batches(source: Any) -> Iterator[list[Any]]:
         for event in source:
             yield [event]
         return
-    buffer = EventStreamBuffer()
+    buffer = _Buffer()
     parse_event = source._parse_event
     for data in source._raw_stream.stream():
         batch: list[Any] = []
@@ -284,7 +302,7 @@ async def _async_event_batches(source: Any) -> AsyncIterator[list[Any]]:
         async for event in source:
             yield [event]
         return
-    buffer = EventStreamBuffer()
+    buffer = _Buffer()
     parse_event = source._parse_event
     while True:
         data = await content.readany()  # everything buffered so far, or waits for the next bytes

@@ -65,8 +65,8 @@ from .families import (
 from .models import Completion
 from .protocols import get_protocol, negotiate_protocol
 from .responses import STREAM_HEADERS
-from .runner import AsyncBody, StreamRunner, SyncBody, asend, send, upstream_error
-from .serializers import ChatRequestSerializer
+from .runner import AsyncBody, StreamRunner, SyncBody, asend_all, send, upstream_error
+from .serializers import ChatRequestSerializer, fast_validated_data
 from .signals import stream_started
 from .streams import BedrockStream, close_upstream
 
@@ -115,6 +115,12 @@ class BedrockStreamMixin:
     def check_access(self, request: HttpRequest) -> None:
         """May override: refuse the request by raising :class:`RequestRejected`. Runs in sync code."""
 
+    def _access_check_is_io_free(self, request: HttpRequest) -> bool:
+        """True when :meth:`check_access` provably does no I/O (no database, no cache) for this
+        request, so the ASGI path may run it on the event loop instead of hopping to the request's
+        thread. Here: only when it is this class's no-op (DRF's ``APIView`` checks access itself)."""
+        return type(self).check_access is BedrockStreamMixin.check_access
+
     def get_messages(self, request: HttpRequest) -> list[dict[str, str]]:
         """May override: the chat messages to send (default: the validated request messages)."""
         return list(self.validated_data["messages"])
@@ -153,7 +159,10 @@ class BedrockStreamMixin:
         """The ASGI path: nothing here blocks the event loop or holds Django's shared thread
         while Bedrock works (only the access checks, which may query the database, hop to it)."""
         try:
-            await sync_to_async(self.check_access)(request)
+            if self._access_check_is_io_free(request):
+                self.check_access(request)  # provably no database or cache: skip the thread hop
+            else:
+                await sync_to_async(self.check_access)(request)
             self.prepare(request)
         except RequestRejected as rejection:
             return self.reject(rejection)
@@ -162,13 +171,12 @@ class BedrockStreamMixin:
         empty = BedrockStream([], self.family.parse_event)
         unstarted = self.make_runner(request, empty, completion, time.monotonic())
         try:
-            await asend(
-                stream_started, type(self), request=request, model_id=completion.model_id, completion=completion
-            )
-            # Under ASGI each request runs its sync code (the INSERT above) on a thread of its own,
-            # with a database connection of its own: give it back now rather than hold it for the
-            # whole stream (300 open streams would hold 300 connections; PostgreSQL allows 100).
-            await sync_to_async(close_old_connections)()
+            # Under ASGI each request runs its sync code (the INSERT of stream_started) on a thread of
+            # its own, with a database connection of its own: give it back right after, rather than
+            # hold it for the whole stream (300 open streams would hold 300 connections; PostgreSQL
+            # allows 100). With only sync receivers, both happen in one hop to that thread.
+            started = {"request": request, "model_id": completion.model_id, "completion": completion}
+            await asend_all([(stream_started, started)], type(self), then=close_old_connections)
             started_at = time.monotonic()
             source = await self.open_stream_async()
         except asyncio.CancelledError:
@@ -207,13 +215,17 @@ class BedrockStreamMixin:
         """Parse, validate and build the upstream request; raise :class:`RequestRejected` on bad input."""
         self.family = self.get_family()
         data = self.get_request_data(request)
-        serializer = ChatRequestSerializer(
-            data=data,
-            context={"allowed_models": self.get_allowed_models(), "max_tokens_cap": self.get_max_tokens_cap()},
-        )
-        if not serializer.is_valid():
-            raise RequestRejected(400, "invalid_request", _first_error(serializer.errors), serializer.errors)
-        self.validated_data = serializer.validated_data
+        allowed_models, cap = self.get_allowed_models(), self.get_max_tokens_cap()
+        # The common request is checked without building DRF's field tree; anything else (and every
+        # error) goes through the serializer.
+        validated = fast_validated_data(data, allowed_models, cap)
+        if validated is None:
+            context = {"allowed_models": allowed_models, "max_tokens_cap": cap}
+            serializer = ChatRequestSerializer(data=data, context=context)
+            if not serializer.is_valid():
+                raise RequestRejected(400, "invalid_request", _first_error(serializer.errors), serializer.errors)
+            validated = serializer.validated_data
+        self.validated_data = validated
         try:
             self.protocol_name = negotiate_protocol(
                 request.GET.get("protocol"), request.headers.get("Accept"), self.stream_protocol
