@@ -13,13 +13,12 @@ from typing import TYPE_CHECKING, Any
 
 from django.contrib import admin
 from django.contrib.auth import get_user_model
-from django.db.models import Count, Q, QuerySet, Sum
-from django.db.models.functions import Coalesce
+from django.db.models import QuerySet
 from django.http import HttpRequest, HttpResponse
 from django.template.response import TemplateResponse
 from django.utils.html import format_html
 
-from .models import Completion
+from .models import Completion, usage_aggregates
 
 if TYPE_CHECKING:
     _ModelAdmin = admin.ModelAdmin[Completion]
@@ -29,13 +28,7 @@ else:
 
 def usage_totals(queryset: QuerySet[Completion]) -> dict[str, int]:
     """Count and token sums of ``queryset`` (one aggregate query)."""
-    totals = queryset.aggregate(
-        completions=Count("id"),
-        input_tokens=Coalesce(Sum("input_tokens"), 0),
-        output_tokens=Coalesce(Sum("output_tokens"), 0),
-        failed=Count("id", filter=Q(status=Completion.Status.FAILED)),
-        cancelled=Count("id", filter=Q(status=Completion.Status.CANCELLED)),
-    )
+    totals = queryset.aggregate(**usage_aggregates())
     totals["total_tokens"] = totals["input_tokens"] + totals["output_tokens"]
     return totals
 

@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from django.conf import settings
 from django.db import models
+from django.db.models import Count, Q, Sum
+from django.db.models.functions import Coalesce
 
 
 class Completion(models.Model):
@@ -50,3 +54,17 @@ class Completion(models.Model):
         if self.input_tokens is None and self.output_tokens is None:
             return None
         return (self.input_tokens or 0) + (self.output_tokens or 0)
+
+
+def usage_aggregates() -> dict[str, Any]:
+    """Count, token sums and failure counts of completions, for ``aggregate()`` or ``annotate()``.
+
+    One definition shared by the admin totals and ``bedrock_usage``.
+    """
+    return {
+        "completions": Count("id"),
+        "input_tokens": Coalesce(Sum("input_tokens"), 0),
+        "output_tokens": Coalesce(Sum("output_tokens"), 0),
+        "failed": Count("id", filter=Q(status=Completion.Status.FAILED)),
+        "cancelled": Count("id", filter=Q(status=Completion.Status.CANCELLED)),
+    }

@@ -293,6 +293,15 @@ class _BodyWriter:
 # Server
 
 
+def base_url(host: str, port: int) -> str:
+    """The URL clients use for a listening address (a wildcard host is reached on loopback)."""
+    if host in ("0.0.0.0", ""):
+        host = "127.0.0.1"
+    elif ":" in host:
+        host = f"[{host}]"
+    return f"http://{host}:{port}"
+
+
 class EmulatorServer:
     """The asyncio server. Use :meth:`start` inside a running loop, :meth:`close` to stop."""
 
@@ -305,12 +314,7 @@ class EmulatorServer:
 
     @property
     def url(self) -> str:
-        host = self.host
-        if host in ("0.0.0.0", ""):
-            host = "127.0.0.1"
-        elif ":" in host:
-            host = f"[{host}]"
-        return f"http://{host}:{self.port}"
+        return base_url(self.host, self.port)
 
     async def start(self) -> EmulatorServer:
         self._server = await asyncio.start_server(
@@ -822,12 +826,7 @@ class BedrockEmulator:
     # API
     @property
     def url(self) -> str:
-        host = self.host
-        if host in ("0.0.0.0", ""):
-            host = "127.0.0.1"
-        elif ":" in host:
-            host = f"[{host}]"
-        return f"http://{host}:{self.port}"
+        return base_url(self.host, self.port)
 
     @property
     def requests(self) -> list[dict[str, Any]]:

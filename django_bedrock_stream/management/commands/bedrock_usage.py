@@ -17,12 +17,11 @@ from typing import Any
 
 from django.contrib.auth import get_user_model
 from django.core.management.base import BaseCommand, CommandParser
-from django.db.models import Count, Q, Sum
-from django.db.models.functions import Coalesce, TruncDate
+from django.db.models.functions import TruncDate
 from django.utils import timezone
 from django.utils.dateparse import parse_date, parse_datetime
 
-from ...models import Completion
+from ...models import Completion, usage_aggregates
 
 COLUMNS = ("completions", "input_tokens", "output_tokens", "total_tokens", "failed", "cancelled")
 _RELATIVE = re.compile(r"^\s*(\d+)\s*([mhdw])\s*$", re.IGNORECASE)
@@ -97,13 +96,7 @@ def usage_rows(by: str, since: dt.datetime | None = None) -> list[tuple[Any, ...
         grouped = queryset.annotate(day=TruncDate("created_at")).values("day")
     else:
         raise ValueError(f"unknown grouping {by!r}")
-    aggregated = grouped.annotate(
-        completions=Count("id"),
-        input_tokens=Coalesce(Sum("input_tokens"), 0),
-        output_tokens=Coalesce(Sum("output_tokens"), 0),
-        failed=Count("id", filter=Q(status=Completion.Status.FAILED)),
-        cancelled=Count("id", filter=Q(status=Completion.Status.CANCELLED)),
-    )
+    aggregated = grouped.annotate(**usage_aggregates())
     records: list[dict[str, Any]] = list(aggregated.order_by(*keys))
     rows = []
     for record in records:
