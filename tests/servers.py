@@ -70,6 +70,9 @@ class UvicornThread:
             except BaseException as err:  # pragma: no cover - surfaced by wait_started
                 self._errors.append(err)
             finally:
+                from django_bedrock_stream.client import aclose_clients
+
+                loop.run_until_complete(aclose_clients())  # this loop's aiobotocore clients
                 loop.run_until_complete(loop.shutdown_asyncgens())
                 loop.close()
 

@@ -5,7 +5,8 @@
 //   data : processDataStream from @ai-sdk/ui-utils (AI SDK 3.x-4.x data stream v1) over fetch
 // Prints {"text", "finishReason", "usage", "status", "error", "sentBody"} as JSON.
 import { processDataStream } from '@ai-sdk/ui-utils';
-import { AbstractChat, DefaultChatTransport, TextStreamChatTransport } from 'ai';
+import { DefaultChatTransport, TextStreamChatTransport } from 'ai';
+import { MemoryChat } from './memory-chat.mjs';
 
 const [url, mode, prompt] = process.argv.slice(2);
 let sentBody = null;
@@ -13,22 +14,6 @@ const recordingFetch = async (input, init) => {
   sentBody = init?.body ? JSON.parse(init.body) : null;
   return fetch(input, init);
 };
-
-class MemoryChatState {
-  status = 'ready';
-  error = undefined;
-  messages = [];
-  pushMessage = (message) => void this.messages.push(message);
-  popMessage = () => void this.messages.pop();
-  replaceMessage = (index, message) => void (this.messages[index] = message);
-  snapshot = (thing) => structuredClone(thing);
-}
-
-class MemoryChat extends AbstractChat {
-  constructor(options) {
-    super({ ...options, state: new MemoryChatState() });
-  }
-}
 
 async function viaChat(Transport) {
   let finished = null;

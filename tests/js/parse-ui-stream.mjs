@@ -5,7 +5,6 @@
 // Prints {"text","finishReason","metadata","usage","messageId","status","error","textState",
 //         "readUIMessageStreamText"} as JSON.
 import {
-  AbstractChat,
   DefaultChatTransport,
   UI_MESSAGE_STREAM_HEADERS,
   parseJsonEventStream,
@@ -13,25 +12,9 @@ import {
   uiMessageChunkSchema,
 } from 'ai';
 import { bodyStream, printJson, readBodyFromArgs } from './read-body.mjs';
+import { MemoryChat } from './memory-chat.mjs';
 
 const { body, chunkSize } = await readBodyFromArgs();
-
-/** The smallest ChatState: plain arrays (useChat's React state does the same with re-renders). */
-class MemoryChatState {
-  status = 'ready';
-  error = undefined;
-  messages = [];
-  pushMessage = (message) => void this.messages.push(message);
-  popMessage = () => void this.messages.pop();
-  replaceMessage = (index, message) => void (this.messages[index] = message);
-  snapshot = (thing) => structuredClone(thing);
-}
-
-class MemoryChat extends AbstractChat {
-  constructor(options) {
-    super({ ...options, state: new MemoryChatState() });
-  }
-}
 
 let finished = null;
 const chat = new MemoryChat({
