@@ -7,7 +7,6 @@ from typing import Any
 
 import boto3
 from django.http import HttpRequest
-from django.views.decorators.csrf import csrf_exempt
 
 from django_bedrock_stream.callbacks import StreamCallbacks
 from django_bedrock_stream.prompts import build_llama2_prompt
@@ -22,7 +21,6 @@ def _body(request: HttpRequest) -> str:
     return json.dumps({"prompt": build_llama2_prompt(messages), "max_gen_len": 64})
 
 
-@csrf_exempt
 def sync_llama2(request: HttpRequest) -> StreamingTextResponse:
     response = boto3.client("bedrock-runtime").invoke_model_with_response_stream(
         modelId="meta.llama2-13b-chat-v1", body=_body(request)
@@ -30,7 +28,6 @@ def sync_llama2(request: HttpRequest) -> StreamingTextResponse:
     return StreamingTextResponse(llama2_stream(response, StreamCallbacks(on_completion=COMPLETIONS.append)))
 
 
-@csrf_exempt
 async def async_llama2(request: HttpRequest) -> StreamingTextResponse:
     from aiobotocore.session import get_session
 
