@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -14,6 +15,16 @@ pytestmark = [
     pytest.mark.urls("example_project.urls"),
 ]
 EXAMPLE = modify_settings(INSTALLED_APPS={"append": ["django.contrib.staticfiles", "example_project"]})
+
+
+@pytest.fixture(autouse=True)
+def _disconnect_example_receiver() -> Iterator[None]:
+    """Installing the example app connects its session-writing stream_started receiver; it must not
+    outlive these tests (every later request would save a session row)."""
+    yield
+    from django_bedrock_stream.signals import stream_started
+
+    stream_started.disconnect(dispatch_uid="example_remember_completion")
 
 
 def ask(client: Client, prompt: str) -> str:

@@ -537,7 +537,6 @@ from pathlib import Path  # noqa: E402
 from django.db import connection  # noqa: E402
 
 LOAD_STREAMS = 240
-LOAD_IN_PROCESS = "BEDROCK_LOAD_IN_PROCESS"
 LOAD_RAMP = 2.4  # seconds over which the clients start; each stream lasts 1.8-3.6 s
 LOAD_SEED = 20240611
 
@@ -649,12 +648,7 @@ def _run_on_postgresql() -> None:
     except Exception as err:  # noqa: BLE001 - any failure means "no PostgreSQL here"
         pytest.skip(f"the load test needs PostgreSQL at {os.environ.get('PGHOST', '127.0.0.1')}: {err}")
     root = Path(__file__).resolve().parent.parent
-    env = {
-        **os.environ,
-        "BEDROCK_TEST_DB": "postgres",
-        "PGDATABASE": f"bedrock_load_{os.getpid()}",
-        LOAD_IN_PROCESS: "1",
-    }
+    env = {**os.environ, "BEDROCK_TEST_DB": "postgres", "PGDATABASE": f"bedrock_load_{os.getpid()}"}
     result = subprocess.run(
         [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-rs",
          f"{Path(__file__).relative_to(root)}::test_load_without_loss"],
@@ -671,9 +665,7 @@ def test_load_without_loss(bedrock_emulator: Any, uvicorn_server: UvicornThread)
     mid-stream errors. Every request ends with exactly one terminal row whose text is exactly what
     the emulator produced for it (for a cancelled one: what was read before the client left), and
     no open stream holds a database connection."""
-    if connection.vendor != "postgresql" or not os.environ.get(LOAD_IN_PROCESS):
-        # A fresh process (its own uvicorn, its own test database): a load test should not inherit
-        # the threads, caches and settings of the hundreds of tests that ran before it.
+    if connection.vendor != "postgresql":
         _run_on_postgresql()
         return
     planned = plan_load(LOAD_STREAMS, LOAD_SEED)
