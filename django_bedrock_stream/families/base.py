@@ -82,7 +82,3 @@ class BedrockFamily:
 def _int(value: Any) -> int | None:
     """Token counts arrive as ints, floats (Titan: ``28.0``) or null."""
     return None if value is None else int(value)
-
-
-def text_of(messages: Sequence[Message], role: str) -> str:
-    return "\n\n".join(m["content"] for m in messages if m["role"] == role)
