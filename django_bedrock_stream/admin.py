@@ -39,16 +39,18 @@ def _pre(text: str) -> str:
 
 @admin.register(Completion)
 class CompletionAdmin(_ModelAdmin):
+    # Usage first after the model: the columns past the fold of a laptop-wide changelist (with the
+    # sidebar and the filters open) are the ones that may need a horizontal scroll.
     list_display = (
         "created_at",
         "model_id",
-        "family",
         "status",
-        "user",
         "input_tokens",
         "output_tokens",
+        "first_token",
+        "user",
         "stop_reason",
-        "time_to_first_token",
+        "family",
     )
     list_filter = (
         "status",
@@ -89,6 +91,12 @@ class CompletionAdmin(_ModelAdmin):
     @admin.display(description="Total tokens")
     def total_tokens(self, obj: Completion) -> int | None:
         return obj.total_tokens
+
+    @admin.display(description="First token", ordering="time_to_first_token")
+    def first_token(self, obj: Completion) -> str:
+        """Time to first token in milliseconds: narrower than the duration's ``0:00:00.412000``."""
+        ttft = obj.time_to_first_token
+        return "-" if ttft is None else f"{round(ttft.total_seconds() * 1000)} ms"
 
     @admin.display(description="Messages")
     def messages_display(self, obj: Completion) -> str:

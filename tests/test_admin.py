@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import datetime as dt
 import re
+import shutil
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
 from django.contrib.auth.models import Permission, User
-from django.test import Client
+from django.test import Client, modify_settings, override_settings
 from django.urls import reverse
 from django.utils import timezone
 
@@ -18,6 +20,7 @@ from django_bedrock_stream.models import Completion
 pytestmark = pytest.mark.django_db
 
 CHANGELIST = "admin:django_bedrock_stream_completion_changelist"
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 
 
 def make(**fields: Any) -> Completion:
@@ -175,3 +178,77 @@ def test_usage_totals_helper_handles_nulls() -> None:
         "failed": 0,
         "cancelled": 0,
     }
+
+
+def column_cells(html: str, field: str) -> list[str]:
+    return re.findall(rf'<td class="field-{field}[^"]*">([^<]*)</td>', html)
+
+
+def test_changelist_columns_show_usage_right_after_the_model(admin_client: Client, rows: list[Completion]) -> None:
+    Completion.objects.filter(pk=rows[0].pk).update(time_to_first_token=dt.timedelta(milliseconds=412.4))
+    html = admin_client.get(reverse(CHANGELIST)).content.decode()
+    headers = re.findall(r'<th scope="col" class="[^"]*column-(\w+)', html)
+    assert headers == [
+        "created_at", "model_id", "status", "input_tokens", "output_tokens", "first_token", "user", "stop_reason",
+        "family",
+    ]
+    assert re.search(r"column-output_tokens.*?<a [^>]*>Output tokens</a>", html, re.S)
+    assert sorted(column_cells(html, "output_tokens")) == ["100", "2", "200", "5"]
+    assert sorted(column_cells(html, "input_tokens")) == ["-", "1", "10", "20"]
+    assert sorted(column_cells(html, "first_token")) == ["-", "-", "-", "412 ms"]
+
+
+@pytest.fixture
+def admin_over_http(transactional_db: None) -> Iterator[tuple[str, str]]:
+    """The admin with its stylesheets, behind a real server: its URL and a superuser's session cookie."""
+    from django.contrib.staticfiles.handlers import StaticFilesHandler
+    from django.core.handlers.wsgi import WSGIHandler
+
+    from tests.servers import WSGIThread
+
+    root = User.objects.create_superuser("root", password="pw")
+    client = Client()
+    client.force_login(root)
+    with (
+        modify_settings(INSTALLED_APPS={"append": "django.contrib.staticfiles"}),
+        override_settings(STATIC_URL="/static/"),
+        WSGIThread(StaticFilesHandler(WSGIHandler())) as server,
+    ):
+        yield server.url, client.cookies["sessionid"].value
+
+
+@pytest.mark.skipif(CHROMIUM is None, reason="Debian's chromium is needed (apt-get install chromium)")
+def test_usage_columns_fit_a_laptop_wide_changelist(admin_over_http: tuple[str, str]) -> None:
+    """At 1280 px, with the navigation sidebar and the filters open, the token columns are on screen
+    (they used to be past the right edge of the scrolling results box)."""
+    playwright = pytest.importorskip("playwright.sync_api", reason="pip install playwright (no browser download needed)")
+    url, session = admin_over_http
+    for n in range(3):
+        make(model_id="anthropic.claude-3-5-sonnet-20240620-v1:0", family="anthropic_messages",
+             input_tokens=1234, output_tokens=5678 + n, stop_reason="end_turn",
+             time_to_first_token=dt.timedelta(milliseconds=412))
+    with playwright.sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox", "--disable-gpu"])
+        try:
+            context = browser.new_context(viewport={"width": 1280, "height": 800})
+            context.add_cookies([{"name": "sessionid", "value": session, "url": url}])
+            page = context.new_page()
+            page.goto(url + reverse(CHANGELIST))
+            assert page.locator("#nav-sidebar").is_visible() and page.locator("#changelist-filter").is_visible()
+            layout = page.evaluate(
+                """() => {
+                  const box = document.querySelector('#changelist-form .results').getBoundingClientRect();
+                  const seen = (el) => el.getBoundingClientRect().right <= box.right + 1;
+                  const cells = (name) => [...document.querySelectorAll(`#result_list .${name}`)];
+                  return Object.fromEntries(['input_tokens', 'output_tokens', 'first_token'].map((f) => [f, {
+                    header: cells(`column-${f}`).map((el) => [el.innerText.replace(/\\s+/g, ' ').trim(), seen(el)]),
+                    values: cells(`field-${f}`).map((el) => [el.innerText.trim(), seen(el)]),
+                  }]));
+                }"""
+            )
+        finally:
+            browser.close()
+    assert layout["output_tokens"]["header"] == [["OUTPUT TOKENS", True]]
+    assert layout["output_tokens"]["values"] == [["5680", True], ["5679", True], ["5678", True]]
+    assert layout["input_tokens"]["values"] == [["1234", True]] * 3
+    assert layout["first_token"]["values"] == [["412 ms", True]] * 3
