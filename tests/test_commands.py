@@ -112,6 +112,28 @@ def test_once_error_mid_stream_keeps_the_partial_text(bedrock_emulator: BedrockE
     assert out.getvalue().endswith("\n") and len(out.getvalue().split()) == 3
 
 
+@pytest.mark.parametrize(
+    ("prompt", "message"),
+    [
+        ("[[emulator fail=ThrottlingException]] hi", "error: ThrottlingException: "),
+        ("[[emulator tokens=8 error_at=3]] hi", "error: modelStreamErrorException: "),
+    ],
+    ids=["before-the-stream", "mid-stream"],
+)
+def test_once_on_the_command_line_prints_the_error_once(
+    bedrock_emulator: BedrockEmulator, prompt: str, message: str
+) -> None:
+    env = {**os.environ, "DJANGO_SETTINGS_MODULE": "tests.settings", "PYTHONPATH": str(REPO)}
+    done = subprocess.run(
+        [sys.executable, "-m", "django", "bedrock_chat", "--once", prompt],
+        capture_output=True, text=True, env=env, cwd=REPO, timeout=60, check=False,
+    )
+    assert done.returncode == 1
+    code = message.split(": ")[1]
+    assert done.stderr.count(code) == 1, done.stderr
+    assert message in done.stderr and "CommandError" not in done.stderr
+
+
 def test_once_rejects_an_empty_prompt_and_bad_options(bedrock_emulator: BedrockEmulator) -> None:
     with pytest.raises(CommandError):
         chat("--once", "   ")

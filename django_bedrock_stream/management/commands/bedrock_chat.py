@@ -15,7 +15,7 @@ import sys
 import threading
 import time
 import unicodedata
-from typing import IO, Any
+from typing import IO, Any, NoReturn
 
 from django.core.management.base import BaseCommand, CommandError, CommandParser, OutputWrapper
 
@@ -142,6 +142,8 @@ class Command(BaseCommand):
     stealth_options = ("stdin",)
     # A terminal tool: keep its screen for the conversation (run `manage.py check` for the checks).
     requires_system_checks: list[str] = []
+    #: Set when run as ``manage.py bedrock_chat`` rather than through ``call_command``.
+    from_command_line = False
 
     def add_arguments(self, parser: CommandParser) -> None:
         parser.add_argument(
@@ -160,6 +162,10 @@ class Command(BaseCommand):
             "--no-status", action="store_true", help="Do not draw the live token counter even on a terminal."
         )
 
+    def run_from_argv(self, argv: list[str]) -> None:
+        self.from_command_line = True
+        super().run_from_argv(argv)
+
     def handle(self, *args: Any, **options: Any) -> None:
         # BaseCommand paints all of stderr red on a terminal; only errors should be.
         self.stderr.style_func = None
@@ -177,11 +183,19 @@ class Command(BaseCommand):
                 raise CommandError("--once needs a non-empty prompt.")
             outcome = self.turn(prompt)
             if isinstance(outcome, BedrockStreamError):
-                raise CommandError(_describe(outcome), returncode=1)
+                self.fail(_describe(outcome), returncode=1)
             if outcome == "cancelled":
-                raise CommandError("cancelled", returncode=130)
+                self.fail("cancelled", returncode=130)
             return
         self.repl(options.get("stdin"))
+
+    def fail(self, message: str, returncode: int) -> NoReturn:
+        """End ``--once`` unsuccessfully. :meth:`turn` has already printed why on stderr, so the command
+        line just exits (Django would print the :class:`CommandError` a second time);
+        ``call_command`` callers get the :class:`CommandError`."""
+        if self.from_command_line:
+            sys.exit(returncode)
+        raise CommandError(message, returncode=returncode)
 
     # -- the interactive loop -------------------------------------------------------------------
     def repl(self, stdin: IO[str] | None) -> None:
