@@ -5,6 +5,7 @@ from __future__ import annotations
 import http.client
 import json
 import os
+import socket
 import subprocess
 import sys
 import time
@@ -620,6 +621,29 @@ def test_cli_runs_and_serves(tmp_path):
     finally:
         proc.terminate()
         proc.wait(5)
+
+
+@pytest.mark.parametrize(
+    "command",
+    [["-m", "django_bedrock_stream.emulator"], ["-m", "django", "bedrock_emulator"]],
+    ids=["python -m", "manage.py"],
+)
+def test_busy_port_is_one_line_and_exit_code_2(command):
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        done = subprocess.run(
+            [sys.executable, *command, "--port", str(port)],
+            cwd=REPO_ROOT,
+            env=dict(os.environ, PYTHONPATH=str(REPO_ROOT), DJANGO_SETTINGS_MODULE="tests.settings"),
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+    assert done.returncode == 2
+    assert done.stderr == f"bedrock_emulator: port {port} is already in use (try --port {port + 1}, or --port 0 for a free one)\n"
+    assert done.stdout == ""
 
 
 def test_management_command_runs_and_serves():

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import errno
 import sys
 from collections.abc import Sequence
 from typing import Any, Protocol
@@ -38,9 +39,22 @@ def scenario_from_options(options: dict[str, Any]) -> Scenario:
     return Scenario().merged(values)
 
 
+class CannotListen(Exception):
+    """The emulator could not open its port; the message is one line for the terminal."""
+
+
+def _cannot_listen(host: str, port: int, err: OSError) -> CannotListen:
+    if err.errno == errno.EADDRINUSE:
+        return CannotListen(f"port {port} is already in use (try --port {port + 1}, or --port 0 for a free one)")
+    return CannotListen(f"cannot listen on {host}:{port}: {err.strerror or err}")
+
+
 async def _serve(host: str, port: int, scenario: Scenario, replay_dir: str | None, out: TextSink) -> None:
     server = EmulatorServer(EmulatorState(scenario, replay_dir), host, port)
-    await server.start()
+    try:
+        await server.start()
+    except OSError as err:
+        raise _cannot_listen(host, port, err) from err
     print(f"Bedrock emulator listening on {server.url}", file=out)
     print(f"  export AWS_ENDPOINT_URL_BEDROCK_RUNTIME={server.url}", file=out)
     if server.state.replay_dir:
@@ -58,12 +72,20 @@ def run(
     scenario: Scenario | None = None,
     replay_dir: str | None = None,
     out: TextSink = sys.stdout,
+    err: TextSink | None = None,
 ) -> None:
-    """Run the emulator in the foreground until Ctrl-C."""
+    """Run the emulator in the foreground until Ctrl-C.
+
+    A port that cannot be opened (already in use, say) is one line on ``err`` (default stderr) and
+    exit status 2, not a traceback.
+    """
     try:
         asyncio.run(_serve(host, port, scenario or Scenario(), replay_dir, out))
     except KeyboardInterrupt:
         print("Bedrock emulator stopped.", file=out)
+    except CannotListen as problem:
+        print(f"bedrock_emulator: {problem}", file=err or sys.stderr, flush=True)
+        raise SystemExit(2) from None
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -30,7 +30,14 @@ class Command(BaseCommand):
             scenario = scenario_from_options(options)
         except ScenarioError as e:
             raise CommandError(str(e)) from e
-        run(options["host"], options["port"], scenario, options.get("replay_dir"), out=_Out(self.stdout))
+        run(
+            options["host"],
+            options["port"],
+            scenario,
+            options.get("replay_dir"),
+            out=_Out(self.stdout),
+            err=_Out(self.stderr),
+        )
 
 
 class _Out:
