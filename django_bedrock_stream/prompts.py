@@ -17,7 +17,7 @@ Shared rules (one place each, so the families cannot drift apart):
   assistant turn (its trailing whitespace removed) so the model continues it,
   instead of opening a new, empty assistant turn.
 * Text formats strip each turn's content, as Meta's reference chat formatters
-  do; the Messages API keeps content verbatim.
+  do; the structured APIs (Claude Messages, Converse) keep content verbatim.
 * Role markers inside any content (system text included) are neutralised by
   :func:`neutralise_markers` so user text cannot forge a turn.  The rule is
   the same for every family: a zero-width space (U+200B) is inserted after
@@ -37,6 +37,7 @@ __all__ = [
     "build_anthropic_messages",
     "build_anthropic_prompt",
     "build_cohere_prompt",
+    "build_converse_messages",
     "build_llama2_prompt",
     "build_llama3_prompt",
     "build_mistral_prompt",
@@ -225,10 +226,31 @@ def build_anthropic_messages(messages: Sequence[Mapping[str, str]]) -> list[dict
     neutralise.  A trailing assistant message (prefill) loses its trailing
     whitespace, which the API rejects.
     """
+    return [{"role": t.role, "content": [{"type": "text", "text": t.text}]} for t in _structured_turns(messages)]
+
+
+def _structured_turns(messages: Sequence[Mapping[str, str]]) -> list[_Turn]:
+    """The turns of the structured APIs: verbatim, except that a prefill loses its trailing whitespace."""
     turns = _turns(messages)
     if turns[-1].role == "assistant":
         turns[-1] = _Turn("assistant", turns[-1].text.rstrip(), turns[-1].index)
-    return [{"role": t.role, "content": [{"type": "text", "text": t.text}]} for t in turns]
+    return turns
+
+
+# --------------------------------------------------------------------------
+# Converse API (any model)
+# --------------------------------------------------------------------------
+
+
+def build_converse_messages(messages: Sequence[Mapping[str, str]]) -> list[dict[str, Any]]:
+    """Converse API ``messages`` list (send system via :func:`extract_system`).
+
+    The same turns as :func:`build_anthropic_messages`, in Converse's content
+    block shape ``{"text": ...}``: Bedrock rejects an opening assistant turn, a
+    blank text block and a prefill ending in whitespace, so the first raises
+    ``ValueError`` and the others never reach it (skipped, stripped).
+    """
+    return [{"role": t.role, "content": [{"text": t.text}]} for t in _structured_turns(messages)]
 
 
 # --------------------------------------------------------------------------

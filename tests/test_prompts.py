@@ -13,6 +13,7 @@ from django_bedrock_stream.prompts import (
     build_anthropic_messages,
     build_anthropic_prompt,
     build_cohere_prompt,
+    build_converse_messages,
     build_llama2_prompt,
     build_llama3_prompt,
     build_mistral_prompt,
@@ -40,7 +41,7 @@ TEXT_BUILDERS = [
     build_titan_prompt,
     build_cohere_prompt,
 ]
-ALL_BUILDERS = [*TEXT_BUILDERS, build_anthropic_messages]
+ALL_BUILDERS = [*TEXT_BUILDERS, build_anthropic_messages, build_converse_messages]
 
 
 # --------------------------------------------------------------------------
@@ -91,6 +92,30 @@ class TestAnthropicMessages:
     def test_starting_with_assistant_raises(self):
         with pytest.raises(ValueError, match=r"messages\[1\].*start with a user"):
             build_anthropic_messages([S, A("hi"), U("x")])
+
+
+class TestConverseMessages:
+    """Bedrock's Converse API refuses what the other families never send: an opening assistant turn,
+    a blank text block, a prefill ending in whitespace. The same rules apply (issue 9, defect 9)."""
+
+    def test_alternates_with_text_blocks(self):
+        assert build_converse_messages([S, U("Hi"), A("Hello"), U("Bye")]) == [
+            {"role": "user", "content": [{"text": "Hi"}]},
+            {"role": "assistant", "content": [{"text": "Hello"}]},
+            {"role": "user", "content": [{"text": "Bye"}]},
+        ]
+
+    def test_blank_messages_are_skipped_not_sent_as_blank_blocks(self):
+        out = build_converse_messages([U("Hi"), U(" \n "), A(""), A("\t"), U("there")])
+        assert out == [{"role": "user", "content": [{"text": "Hi\n\nthere"}]}]
+
+    def test_prefill_trailing_whitespace_removed(self):
+        out = build_converse_messages([U("x"), A("The answer is ")])
+        assert out[-1] == {"role": "assistant", "content": [{"text": "The answer is"}]}
+
+    def test_starting_with_assistant_raises(self):
+        with pytest.raises(ValueError, match=r"messages\[1\].*start with a user"):
+            build_converse_messages([S, A("hi"), U("x")])
 
 
 class TestExtractSystem:
@@ -339,6 +364,14 @@ def test_anthropic_messages_structure(messages):
     assert [m["role"] for m in out] == expected_roles(messages)
     assert all(m["content"][0]["text"].strip() for m in out)
     assert not out[-1]["content"][0]["text"].endswith((" ", "\n")) or out[-1]["role"] == "user"
+
+
+@given(conversations)
+def test_converse_messages_are_the_anthropic_messages_turns(messages):
+    anthropic = build_anthropic_messages(messages)
+    assert build_converse_messages(messages) == [
+        {"role": m["role"], "content": [{"text": m["content"][0]["text"]}]} for m in anthropic
+    ]
 
 
 @given(conversations)

@@ -305,3 +305,85 @@ def test_ai_sdk_message_shapes_are_accepted(bedrock_emulator: Any) -> None:
     response = Client().post(reverse("django_bedrock_stream:converse"), json.dumps(body), content_type="application/json")
     read(response)
     assert Completion.objects.get().messages == [{"role": "user", "content": "Hi from useChat"}]
+
+
+# -- issue 9, defect 9: Converse validates conversations like every other family ------------------------
+#: The plain Converse view and the DRF flavour, ``api_view_for("converse")`` (tests/urls.py).
+CONVERSE_VIEWS = ["django_bedrock_stream:converse", "api-converse"]
+
+
+def user(text: str) -> dict[str, str]:
+    return {"role": "user", "content": text}
+
+
+def assistant(text: str) -> dict[str, str]:
+    return {"role": "assistant", "content": text}
+
+
+def converse_post(view: str, server: str, messages: list[dict[str, str]]) -> tuple[Any, str]:
+    """POST ``messages`` to a Converse view through Django's Client (WSGI) or AsyncClient (ASGI);
+    return the response and its whole body."""
+    body = json.dumps({"messages": messages})
+
+    async def asgi() -> tuple[Any, str]:
+        response = await AsyncClient().post(reverse(view), body, content_type="application/json")
+        text = await aread(response) if response.streaming else response.content.decode()
+        await clients.aclose_clients()  # made on this call's own loop
+        return response, text
+
+    if server == "asgi":
+        return async_to_sync(asgi)()
+    response = Client().post(reverse(view), body, content_type="application/json")
+    return response, (read(response) if response.streaming else response.content.decode())
+
+
+@pytest.mark.django_db(transaction=True)
+@pytest.mark.parametrize("server", ["wsgi", "asgi"])
+@pytest.mark.parametrize("view", CONVERSE_VIEWS)
+@pytest.mark.parametrize(
+    "messages",
+    [
+        [assistant("Hello! How can I help?"), user("Tell me a joke")],
+        [{"role": "system", "content": "Be brief."}, assistant("Hi"), user("x")],
+        [user("   "), assistant("I opened"), user("then the user spoke")],  # blank user turns do not count
+    ],
+    ids=["assistant-first", "after-system", "after-blank-user"],
+)
+def test_converse_refuses_an_assistant_first_conversation_before_calling_bedrock(
+    bedrock_emulator: Any, server: str, view: str, messages: list[dict[str, str]]
+) -> None:
+    response, body = converse_post(view, server, messages)
+    assert response.status_code == 400, body
+    assert "start with a user message" in body and "non_field_errors" not in body
+    assert bedrock_emulator.requests == []
+    assert not Completion.objects.exists()
+
+
+@pytest.mark.django_db(transaction=True)
+@pytest.mark.parametrize("server", ["wsgi", "asgi"])
+@pytest.mark.parametrize("view", CONVERSE_VIEWS)
+def test_converse_never_sends_blank_blocks_or_a_trailing_space_prefill(
+    bedrock_emulator: Any, server: str, view: str
+) -> None:
+    """Bedrock's Converse API refuses blank text blocks and a prefill ending in whitespace; like the other
+    families, blank messages are skipped and the prefill's trailing whitespace is removed."""
+    messages = [
+        {"role": "system", "content": " "},
+        user("Hi"),
+        user(" \n\t"),
+        assistant(""),
+        assistant("Hello!"),
+        assistant("   "),
+        user("Tell me a joke"),
+        assistant("Sure: "),
+    ]
+    response, text = converse_post(view, server, messages)
+    assert response.status_code == 200 and text
+    sent = bedrock_emulator.requests[-1]["body"]
+    assert sent["messages"] == [
+        {"role": "user", "content": [{"text": "Hi"}]},
+        {"role": "assistant", "content": [{"text": "Hello!"}]},
+        {"role": "user", "content": [{"text": "Tell me a joke"}]},
+        {"role": "assistant", "content": [{"text": "Sure:"}]},
+    ]
+    assert "system" not in sent and len(bedrock_emulator.requests) == 1

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from ..prompts import extract_system
+from ..prompts import build_converse_messages, extract_system
 from .base import BedrockFamily, Delta, Message
 
 
@@ -16,15 +16,10 @@ class ConverseFamily(BedrockFamily):
     stream_key = "stream"
 
     def build_body(self, messages: Sequence[Message], *, max_tokens: int) -> dict[str, Any]:
-        turns: list[dict[str, Any]] = []
-        for message in messages:
-            if message["role"] == "system":
-                continue
-            if turns and turns[-1]["role"] == message["role"]:
-                turns[-1]["content"].append({"text": message["content"]})
-            else:
-                turns.append({"role": message["role"], "content": [{"text": message["content"]}]})
-        body: dict[str, Any] = {"messages": turns, "inferenceConfig": {"maxTokens": max_tokens}}
+        body: dict[str, Any] = {
+            "messages": build_converse_messages(messages),
+            "inferenceConfig": {"maxTokens": max_tokens},
+        }
         system = extract_system(messages)
         if system:
             body["system"] = [{"text": system}]
