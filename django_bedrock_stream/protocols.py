@@ -6,7 +6,7 @@ keep an idle connection open, writing each returned ``str`` (UTF-8) to the clien
 "nothing to send". Keeping the wire formats here, apart from Bedrock and Django, lets them be tested byte by
 byte and against the AI SDK's own parsers (``tests/js``).
 
-Formats (see ``/work/shared/PROTOCOLS.md``, "What our clients read"):
+Formats (each one's wire format is in the README, "Output protocols"):
 
 - ``"text"``: the bare text (AI SDK ``TextStreamChatTransport`` / ``streamProtocol: 'text'``).
 - ``"data"``: AI SDK data stream v1 (AI SDK 3.x-4.x, ``processDataStream`` in ``@ai-sdk/ui-utils``).

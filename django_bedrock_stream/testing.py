@@ -11,15 +11,15 @@ Fixtures:
   ``os.environ`` for the session (restored afterwards).
 * ``bedrock_emulator`` (function): the same emulator after ``reset()`` (request log, throttle
   counters and scenario defaults cleared).
-* ``recorded_dir``: ``Path`` of the recorded Bedrock captures (``../shared/fixtures/recorded`` beside
-  the repo); skips the test when they are absent.
+
+Named ``replay=`` captures are looked up in ``$BEDROCK_EMULATOR_REPLAY_DIR`` (read when the session's
+emulator starts); a path works anywhere.
 """
 
 from __future__ import annotations
 
 import os
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 
@@ -33,14 +33,6 @@ _ENV = {
 # Variables that would make boto3 look elsewhere for credentials/config.
 _UNSET = ("AWS_SESSION_TOKEN", "AWS_SECURITY_TOKEN", "AWS_PROFILE", "AWS_DEFAULT_PROFILE")
 
-
-def _repo_root() -> Path:
-    return Path(__file__).resolve().parent.parent
-
-
-def recorded_captures_dir() -> Path:
-    """Where the recorded Bedrock captures live: ``../shared/fixtures/recorded`` beside the repo."""
-    return _repo_root().parent / "shared" / "fixtures" / "recorded"
 
 
 @pytest.fixture(scope="session")
@@ -69,13 +61,3 @@ def bedrock_emulator(bedrock_emulator_server: BedrockEmulator) -> Iterator[Bedro
     yield bedrock_emulator_server
     bedrock_emulator_server.reset()
 
-
-@pytest.fixture
-def recorded_dir() -> Path:
-    path = recorded_captures_dir()
-    if not path.is_dir():
-        pytest.skip(
-            f"recorded Bedrock captures not found at {path} "
-            "(they live in ../shared/fixtures/recorded beside the repo)"
-        )
-    return path

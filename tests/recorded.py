@@ -19,6 +19,7 @@ from django_bedrock_stream.families import (
     TitanFamily,
 )
 
+#: The one place that knows where the captures are (tests/conftest.py's ``recorded_dir`` fixture uses it).
 RECORDED_DIR = Path(__file__).resolve().parents[1].parent / "shared" / "fixtures" / "recorded"
 
 #: index.json's payload_family -> our family. amazon-nova (native invoke) has no family of its own.

@@ -20,6 +20,9 @@ from botocore.exceptions import ClientError, EventStreamError
 
 from django_bedrock_stream.emulator import BedrockEmulator, Scenario
 from django_bedrock_stream.emulator.scenarios import parse_markers, split_text
+from django_bedrock_stream.emulator.server import default_replay_dir
+
+from .recorded import load_index
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
@@ -283,18 +286,9 @@ def test_bad_marker_is_a_validation_error(bedrock_emulator, client):
 # -- recorded captures -------------------------------------------------------------------------
 
 
-def _recorded_cases():
-    from django_bedrock_stream.testing import recorded_captures_dir
-
-    index = recorded_captures_dir() / "index.json"
-    if not index.exists():
-        return []
-    return json.loads(index.read_text())
-
-
-@pytest.mark.parametrize("case", _recorded_cases(), ids=lambda c: c["file"])
+@pytest.mark.parametrize("case", load_index(), ids=lambda c: c["file"])
 def test_replay_recorded_capture(bedrock_emulator, client, recorded_dir, case):
-    marker = f"[[emulator replay={case['file']}]]"
+    marker = f"[[emulator replay={recorded_dir / case['file']}]]"
     if case["operation"] == "converse-stream":
         resp = client.converse_stream(modelId=case["model_id"], messages=[{"role": "user", "content": [{"text": marker}]}])
         events = list(resp["stream"])
@@ -311,15 +305,69 @@ def test_replay_recorded_capture(bedrock_emulator, client, recorded_dir, case):
     assert rec["text"] == case["expected_text"]
 
 
-def test_replay_is_byte_for_byte(bedrock_emulator, recorded_dir):
+def post_replay(port: int, name: str) -> tuple[int, bytes]:
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+    body = json.dumps({"messages": [{"role": "user", "content": [{"text": f"[[emulator replay={name}]]"}]}]})
+    try:
+        conn.request("POST", "/model/x.y/converse-stream", body=body, headers={"Content-Type": "application/json"})
+        r = conn.getresponse()
+        return r.status, r.read()
+    finally:
+        conn.close()
+
+
+def test_replay_by_name_is_byte_for_byte(recorded_dir):
     name = "converse_llama32_1b_text.eventstream"
-    bedrock_emulator.set_scenario(replay=name)
-    conn = http.client.HTTPConnection("127.0.0.1", bedrock_emulator.port)
-    conn.request("POST", "/model/x.y/converse-stream", body=b"{}", headers={"Content-Type": "application/json"})
-    r = conn.getresponse()
-    assert r.status == 200
-    assert r.read() == (recorded_dir / name).read_bytes()
-    conn.close()
+    with BedrockEmulator(port=0, replay_dir=recorded_dir) as emu:
+        assert post_replay(emu.port, name) == (200, (recorded_dir / name).read_bytes())
+        assert post_replay(emu.port, name.removesuffix(".eventstream"))[0] == 200
+
+
+def test_replay_dir_comes_only_from_the_argument_or_the_environment(recorded_dir, monkeypatch):
+    """The installed package never looks outside itself (it used to find ../shared beside the checkout)."""
+    monkeypatch.delenv("BEDROCK_EMULATOR_REPLAY_DIR", raising=False)
+    assert default_replay_dir() is None and BedrockEmulator().replay_dir is None
+    with BedrockEmulator(port=0) as emu:
+        status, body = post_replay(emu.port, "converse_llama32_1b_text.eventstream")
+    assert status == 400 and b"replay file not found" in body
+    monkeypatch.setenv("BEDROCK_EMULATOR_REPLAY_DIR", str(recorded_dir))
+    assert BedrockEmulator().replay_dir == recorded_dir
+    assert BedrockEmulator(replay_dir="/elsewhere").replay_dir == Path("/elsewhere")
+
+
+@pytest.mark.parametrize(
+    ("command", "env"),
+    [
+        (["-m", "django_bedrock_stream.emulator"], {"BEDROCK_EMULATOR_REPLAY_DIR": "{dir}"}),
+        (["-m", "django", "bedrock_emulator", "--replay-dir", "{dir}"], {}),
+    ],
+    ids=["python -m with the variable", "manage.py with the option"],
+)
+def test_command_line_replay_dir(recorded_dir, command, env):
+    environ = dict(os.environ, PYTHONPATH=str(REPO_ROOT), DJANGO_SETTINGS_MODULE="tests.settings")
+    environ.pop("BEDROCK_EMULATOR_REPLAY_DIR", None)
+    environ.update({key: value.format(dir=recorded_dir) for key, value in env.items()})
+    proc = subprocess.Popen(
+        [sys.executable, *(arg.format(dir=recorded_dir) for arg in command), "--port", "0"],
+        cwd=REPO_ROOT, env=environ, stdout=subprocess.PIPE, text=True,
+    )
+    try:
+        banner = [proc.stdout.readline() for _ in range(3)]
+        assert banner[2].strip() == f"replay dir: {recorded_dir}", banner
+        port = int(banner[0].strip().rsplit(":", 1)[-1])
+        name = "converse_llama32_1b_text.eventstream"
+        assert post_replay(port, name) == (200, (recorded_dir / name).read_bytes())
+    finally:
+        proc.terminate()
+        proc.wait(5)
+
+
+def test_package_source_names_no_path_outside_itself():
+    package = REPO_ROOT / "django_bedrock_stream"
+    for path in package.rglob("*.py"):
+        source = path.read_text()
+        for needle in ("fixtures/recorded", '"shared"', "/work/", "parent.parent", "parents["):
+            assert needle not in source, f"{path.relative_to(REPO_ROOT)} mentions {needle!r}"
 
 
 def test_replay_with_delay_and_absolute_path(bedrock_emulator, client, recorded_dir):

@@ -49,13 +49,9 @@ _MAX_HEADER_BYTES = 64 * 1024
 
 
 def default_replay_dir() -> Path | None:
-    """``$BEDROCK_EMULATOR_REPLAY_DIR``, else ``../shared/fixtures/recorded`` beside the repo if present."""
+    """``$BEDROCK_EMULATOR_REPLAY_DIR``, else none: an installed package never looks outside itself."""
     env = os.environ.get("BEDROCK_EMULATOR_REPLAY_DIR")
-    if env:
-        return Path(env)
-    repo_root = Path(__file__).resolve().parent.parent.parent
-    candidate = repo_root.parent / "shared" / "fixtures" / "recorded"
-    return candidate if candidate.is_dir() else None
+    return Path(env) if env else None
 
 
 class _BadRequest(Exception):
