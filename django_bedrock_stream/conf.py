@@ -34,6 +34,11 @@ DEFAULTS: dict[str, Any] = {
     "MAX_TOKENS": 1024,
     # Store a Completion row per stream through the built-in signal receivers.
     "PERSIST": True,
+    # Seconds a streaming response may wait for the server to start reading it. A response that
+    # middleware replaced is abandoned as soon as the server closes the one it sent instead; this is
+    # the backstop for one never read at all: its Bedrock stream is then closed and its row settles
+    # "cancelled". Keep it well above the worst delay between a view's return and its first byte.
+    "RESPONSE_START_TIMEOUT": 10.0,
     # Let anonymous users call the stream views.
     "ALLOW_ANONYMOUS": False,
     # How the async (ASGI) path reaches Bedrock: "auto" (aiobotocore when installed, else threads),
@@ -44,6 +49,9 @@ DEFAULTS: dict[str, Any] = {
     # Request limits enforced before anything is sent upstream.
     "MAX_MESSAGES": 100,
     "MAX_INPUT_CHARS": 100_000,
+    # Most AI SDK message parts (any type) in one request, counted before validating them, so that a
+    # body of many tiny parts is refused at once instead of holding the worker while it is validated.
+    "MAX_PARTS": 1000,
 }
 
 

@@ -36,6 +36,9 @@ class Completion(models.Model):
     stop_reason = models.CharField(max_length=64, blank=True)
     input_tokens = models.PositiveIntegerField(null=True, blank=True)
     output_tokens = models.PositiveIntegerField(null=True, blank=True)
+    #: True when Bedrock never reported the counts (a stream that failed or was cancelled before
+    #: the final usage event) and they were estimated from the text (about 4 characters a token).
+    usage_estimated = models.BooleanField(default=False)
     error = models.TextField(blank=True)
     error_code = models.CharField(max_length=64, blank=True)
     time_to_first_token = models.DurationField(null=True, blank=True)

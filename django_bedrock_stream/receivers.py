@@ -2,14 +2,33 @@
 
 Connected in ``AppConfig.ready()``. Two writes per stream: an INSERT when it starts and one UPDATE
 when it ends, so a crash mid-stream leaves a ``streaming`` row for ``bedrock_reap`` to settle.
+
+Both writes survive a connection that died while the stream ran (a database restart, PostgreSQL's
+``idle_session_timeout``, a proxy cutting idle connections): they reconnect and retry. An INSERT
+that still fails leaves ``completion.pk`` unset, and the view answers 503 before calling Bedrock.
+An UPDATE that still fails is logged at ERROR with the whole completion after the stable marker
+:data:`UNSAVED_MARKER`, so it can be recovered from the logs; the row stays for ``bedrock_reap``.
 """
 
 from __future__ import annotations
 
+import contextlib
+import json
+import logging
+import time
 from typing import Any
+
+from django.db import DatabaseError, connections, router
 
 from .conf import stream_settings
 from .models import Completion
+
+logger = logging.getLogger("django_bedrock_stream")
+
+#: Starts the ERROR log line of a final write that failed after every retry; JSON follows it.
+UNSAVED_MARKER = "bedrock_stream.unsaved_completion"
+#: Seconds to wait before each retry of the final write (so three attempts in about two seconds).
+FINAL_WRITE_BACKOFF = (0.25, 1.5)
 
 FINAL_FIELDS = [
     "text",
@@ -17,6 +36,7 @@ FINAL_FIELDS = [
     "stop_reason",
     "input_tokens",
     "output_tokens",
+    "usage_estimated",
     "error",
     "error_code",
     "time_to_first_token",
@@ -25,10 +45,52 @@ FINAL_FIELDS = [
 
 
 def create_completion(*, completion: Completion, **kwargs: Any) -> None:
-    if stream_settings.PERSIST and completion.pk is None:
-        completion.save(force_insert=True)
+    if not stream_settings.PERSIST or completion.pk is not None:
+        return
+    try:
+        _save_retrying(completion, (0.0,), force_insert=True)
+    except DatabaseError:
+        # The view sees ``pk is None`` and answers 503 without calling Bedrock.
+        logger.exception("Could not store the start of a Bedrock stream for %s", completion.model_id)
 
 
 def finish_completion(*, completion: Completion, **kwargs: Any) -> None:
-    if stream_settings.PERSIST and completion.pk is not None:
-        completion.save(update_fields=FINAL_FIELDS)
+    if not stream_settings.PERSIST or completion.pk is None:
+        return
+    try:
+        _save_retrying(completion, FINAL_WRITE_BACKOFF, update_fields=FINAL_FIELDS)
+    except DatabaseError:
+        logger.exception("%s %s", UNSAVED_MARKER, json.dumps(completion_record(completion), ensure_ascii=True))
+
+
+def _save_retrying(completion: Completion, backoff: tuple[float, ...], **save_kwargs: Any) -> None:
+    """``completion.save(**save_kwargs)``; after a database error, wait each delay of ``backoff`` in
+    turn and try again on a fresh connection (a dead connection is what usually failed)."""
+    alias = router.db_for_write(Completion, instance=completion)
+    for attempt in range(len(backoff) + 1):
+        try:
+            completion.save(using=alias, **save_kwargs)
+            return
+        except DatabaseError:
+            connection = connections[alias]
+            if attempt == len(backoff) or connection.in_atomic_block:  # no reconnecting mid-transaction
+                raise
+            logger.warning("Retrying a Completion write after a database error", exc_info=True)
+            with contextlib.suppress(DatabaseError):
+                connection.close()
+            time.sleep(backoff[attempt])
+
+
+def completion_record(completion: Completion) -> dict[str, Any]:
+    """Everything needed to recreate the final state of a row, as JSON-safe values."""
+    return {
+        "id": completion.pk,
+        "user_id": completion.user_id,
+        "model_id": completion.model_id,
+        "family": completion.family,
+        **{field: getattr(completion, field) for field in FINAL_FIELDS},
+        "time_to_first_token": (
+            completion.time_to_first_token.total_seconds() if completion.time_to_first_token else None
+        ),
+        "finished_at": completion.finished_at.isoformat() if completion.finished_at else None,
+    }

@@ -8,18 +8,25 @@ signals for it are sent, then ``stream_finished``.
 from __future__ import annotations
 
 import asyncio
+import heapq
+import itertools
 import logging
-from collections.abc import AsyncIterator, Callable, Generator, Iterator
+import math
+import threading
+import time
+import weakref
+from collections.abc import AsyncIterator, Callable, Generator, Iterator, Mapping, Sequence
 from datetime import timedelta
 from typing import Any
 
 from asgiref.sync import sync_to_async
+from django.db import DatabaseError, close_old_connections, connections
 from django.http import HttpRequest
 from django.utils import timezone
 
 from . import receivers, signals
 from .conf import stream_settings
-from .exceptions import BedrockStreamError, wrap_botocore_error
+from .exceptions import BedrockStreamError, ResponseDiscarded, wrap_botocore_error
 from .models import Completion
 from .protocols import StreamProtocol
 from .streams import BedrockStream
@@ -113,6 +120,10 @@ class StreamRunner:
         self.started_at = started_at
         self.settled = False
         self.stream.model_id = completion.model_id
+        #: The loop of an ASGI body, where its upstream stream must be closed.
+        self.loop: asyncio.AbstractEventLoop | None = None
+        self._lock = threading.Lock()
+        self._state = "new"  # -> "read" (the server started the body) or "abandoned" (it never will)
 
     # -- the one place where a stream's end is decided ------------------------------------------
     def settle(self, status: str, error: BedrockStreamError | None = None) -> list[tuple[Any, dict[str, Any]]]:
@@ -125,6 +136,9 @@ class StreamRunner:
         completion.status = status
         completion.stop_reason = stream.stop_reason or ""
         usage = stream.usage
+        if status != Status.COMPLETED and not usage["output_tokens"] and completion.text:
+            usage = estimate_usage(completion.messages, completion.text, usage)
+            completion.usage_estimated = True
         completion.input_tokens = usage["input_tokens"]
         completion.output_tokens = usage["output_tokens"]
         if stream.first_token_at is not None:
@@ -139,6 +153,8 @@ class StreamRunner:
             completion.error_code = error.code
             first = (signals.stream_failed, {**common, "error": error})
         else:
+            if error is not None:  # why it was cancelled, when it was not the client (a discarded response)
+                completion.error, completion.error_code = error.message, error.code
             first = (signals.stream_cancelled, common)
         first[1]["completion"] = completion
         return [first, (signals.stream_finished, {**common, "status": status, "completion": completion})]
@@ -154,6 +170,8 @@ class StreamRunner:
 
     # -- WSGI -----------------------------------------------------------------------------------
     def sync_body(self) -> Generator[bytes, None, None]:
+        if not self._begin():
+            return
         protocol, stream = self.protocol, self.stream
         delta = protocol.delta
         listened = self._tokens_listened()
@@ -186,6 +204,8 @@ class StreamRunner:
 
     # -- ASGI -----------------------------------------------------------------------------------
     async def async_body(self) -> AsyncIterator[bytes]:
+        if not self._begin():
+            return
         protocol, stream = self.protocol, self.stream
         delta = protocol.delta
         listened = self._tokens_listened()
@@ -217,23 +237,157 @@ class StreamRunner:
                 stream.close()
                 await asyncio.shield(self._end_async(Status.CANCELLED, None))
 
-    async def _end_async(self, status: str, error: BedrockStreamError | None) -> str:
-        await asend_all(self.settle(status, error), self.sender)
+    async def _end_async(
+        self, status: str, error: BedrockStreamError | None, then: Callable[[], Any] | None = None
+    ) -> str:
+        await asend_all(self.settle(status, error), self.sender, then=then)
         return self._tail(status, error)
 
     def _tail(self, status: str, error: BedrockStreamError | None) -> str:
         if status == Status.COMPLETED:
             return self.protocol.finish(self.stream.stop_reason, self.stream.usage)
         if status == Status.FAILED and error is not None:
-            logger.warning("Bedrock stream for %s failed: %s (%s)", self.completion.model_id, error.message, error.code)
+            logger.warning("Bedrock stream for %s failed: %s (%s)", self.completion.model_id, error.detail, error.code)
             return self.protocol.error(error.message)
         return ""
 
     def close_unstarted(self) -> None:
         """Response closed before its body was read: the client is gone, settle as cancelled."""
-        if not self.settled:
+        with self._lock:
+            if self.settled or self._state == "abandoned":
+                return
+            self._state = "abandoned"
+        self.stream.close()
+        self._end_sync(Status.CANCELLED, None)
+
+    # -- a response nobody reads ------------------------------------------------------------------
+    # Bedrock is called inside the view, but the row settles (and the upstream closes) only when the
+    # server reads or closes the body. Django never closes a response that middleware threw away
+    # (SessionMiddleware's 400 after a session was deleted, a 500 from a failed session save), so
+    # Bedrock would generate the whole answer unread and the row would stay "streaming". The server
+    # does close the response it sent instead, and with it the request (Django's handlers register
+    # ``request.close`` on the final response): that is where an unread stream is abandoned. A
+    # deadline for the server to start reading is the backstop (say, a client gone mid-middleware).
+    def watch(self, request: HttpRequest) -> None:
+        """Abandon this stream when ``request`` is closed, or after ``RESPONSE_START_TIMEOUT``,
+        unless the server has started reading the body by then."""
+        request = getattr(request, "_request", request)  # DRF's Request wraps Django's
+        close_request = request.close
+
+        def close() -> None:
+            request.__dict__.pop("close", None)  # breaks the cycle request -> close -> runner -> request
+            try:
+                close_request()
+            finally:
+                self.abandon()
+
+        request.close = close  # type: ignore[method-assign]
+        _deadlines.add(float(stream_settings.RESPONSE_START_TIMEOUT), self)
+
+    def _begin(self) -> bool:
+        """The server started reading the body; False when the stream was abandoned first."""
+        with self._lock:
+            if self._state == "new":
+                self._state = "read"
+            return self._state == "read"
+
+    def abandon(self) -> None:
+        """Close the upstream and settle as ``cancelled`` unless the body was started. Any thread."""
+        with self._lock:
+            if self._state != "new" or self.settled:
+                return
+            self._state = "abandoned"
+        logger.warning(
+            "The response of a Bedrock stream for %s was never read (replaced by a middleware?): closing it",
+            self.completion.model_id,
+        )
+        error = ResponseDiscarded(model_id=self.completion.model_id)
+        if self.loop is not None and self.loop.is_running():
+            try:
+                self.loop.call_soon_threadsafe(self._abandon_on_loop, error)
+                return
+            except RuntimeError:  # the loop is closed: nothing async is left to close on it
+                pass
+        threading.Thread(target=self._abandon_in_thread, args=(error,), name="bedrock-stream-abandon").start()
+
+    def _abandon_on_loop(self, error: BedrockStreamError) -> None:
+        self.stream.close()  # an aiobotocore stream belongs to its loop
+        task = asyncio.ensure_future(self._end_async(Status.CANCELLED, error, then=release_connections))
+        _background.add(task)
+        task.add_done_callback(_background.discard)
+
+    def _abandon_in_thread(self, error: BedrockStreamError) -> None:
+        try:
             self.stream.close()
-            self._end_sync(Status.CANCELLED, None)
+            self._end_sync(Status.CANCELLED, error)
+        finally:
+            connections.close_all()  # this thread's own connections
+
+
+_background: set[asyncio.Future[Any]] = set()
+
+
+class _Deadlines:
+    """One daemon thread that abandons the streams whose response was not read in time.
+
+    With one timeout for all, deadlines arrive in order: adding one is a heap push under a lock, and
+    the thread is woken only when the heap was empty. It holds weak references, so a finished
+    stream is not kept alive by it.
+    """
+
+    def __init__(self) -> None:
+        self._heap: list[tuple[float, int, weakref.ref[StreamRunner]]] = []
+        self._ready = threading.Condition()
+        self._order = itertools.count()
+        self._thread: threading.Thread | None = None
+
+    def add(self, delay: float, runner: StreamRunner) -> None:
+        order = next(self._order)
+        with self._ready:
+            heapq.heappush(self._heap, (time.monotonic() + delay, order, weakref.ref(runner)))
+            if self._thread is None or not self._thread.is_alive():
+                self._thread = threading.Thread(target=self._run, name="bedrock-stream-deadlines", daemon=True)
+                self._thread.start()
+            elif self._heap[0][1] == order:  # the new deadline comes first: wake the thread to wait less
+                self._ready.notify()
+
+    def _run(self) -> None:
+        while True:
+            with self._ready:
+                while not self._heap:
+                    self._ready.wait()
+                due, _, ref = self._heap[0]
+                wait = due - time.monotonic()
+                if wait > 0:
+                    self._ready.wait(wait)
+                    continue
+                heapq.heappop(self._heap)
+            runner = ref()
+            if runner is not None:
+                try:
+                    runner.abandon()
+                except Exception:  # the deadline thread must survive anything one stream does
+                    logger.exception("Abandoning an unread Bedrock stream failed")
+
+
+_deadlines = _Deadlines()
+
+#: Characters per token assumed by :func:`estimate_usage`.
+CHARS_PER_TOKEN = 4
+
+
+def estimate_usage(messages: Sequence[Mapping[str, Any]], text: str, known: Mapping[str, int]) -> dict[str, int]:
+    """Token counts for a stream that ended before Bedrock reported them: about four characters a
+    token (the usual rule of thumb for these models), keeping any count that Bedrock did report."""
+    def tokens(chars: int) -> int:
+        return max(1, math.ceil(chars / CHARS_PER_TOKEN))
+
+    input_chars = sum(len(str(message.get("content", ""))) for message in messages)
+    return {
+        "input_tokens": known["input_tokens"] or tokens(input_chars),
+        "output_tokens": known["output_tokens"] or tokens(len(text)),
+    }
+
 
 
 class SyncBody:
@@ -256,12 +410,21 @@ class AsyncBody:
 
     def __init__(self, runner: StreamRunner) -> None:
         self.runner = runner
+        runner.loop = asyncio.get_running_loop()
 
     def __aiter__(self) -> AsyncIterator[bytes]:
         return self.runner.async_body()
 
     def close(self) -> None:
         self.runner.close_unstarted()
+
+
+def release_connections() -> None:
+    """Give back this thread's database connections (per ``CONN_MAX_AGE``) before a long stream."""
+    try:
+        close_old_connections()
+    except DatabaseError:  # closing a connection that already broke: it is gone either way
+        pass
 
 
 def upstream_error(err: BaseException, model_id: str) -> BedrockStreamError:

@@ -33,7 +33,6 @@ from typing import Any, ClassVar
 from asgiref.sync import iscoroutinefunction, markcoroutinefunction, sync_to_async
 from django.core.exceptions import RequestDataTooBig
 from django.core.handlers.asgi import ASGIRequest
-from django.db import close_old_connections
 from django.http import HttpRequest, JsonResponse, StreamingHttpResponse
 from django.http.response import HttpResponseBase
 from django.utils.decorators import classonlymethod
@@ -50,7 +49,7 @@ from rest_framework.throttling import BaseThrottle
 from . import client as clients
 from .callbacks import StreamCallbacks
 from .conf import stream_settings
-from .exceptions import BedrockStreamError
+from .exceptions import BedrockStreamError, StorageUnavailable
 from .families import (
     AnthropicFamily,
     AnthropicMessagesFamily,
@@ -65,7 +64,7 @@ from .families import (
 from .models import Completion
 from .protocols import get_protocol, negotiate_protocol
 from .responses import STREAM_HEADERS
-from .runner import AsyncBody, StreamRunner, SyncBody, asend_all, send, upstream_error
+from .runner import AsyncBody, StreamRunner, SyncBody, asend_all, release_connections, send, upstream_error
 from .serializers import ChatRequestSerializer, fast_validated_data
 from .signals import stream_started
 from .streams import BedrockStream, close_upstream
@@ -159,11 +158,13 @@ class BedrockStreamMixin:
         """The ASGI path: nothing here blocks the event loop or holds Django's shared thread
         while Bedrock works (only the access checks, which may query the database, hop to it)."""
         try:
-            if self._access_check_is_io_free(request):
+            if self._access_check_is_io_free(request) and _request_size(request) <= PREPARE_ON_LOOP_MAX_BYTES:
                 self.check_access(request)  # provably no database or cache: skip the thread hop
+                self.prepare(request)
             else:
-                await sync_to_async(self.check_access)(request)
-            self.prepare(request)
+                # The access checks may query the database, and validating a large body is CPU work
+                # that would freeze every other stream of this worker: both go to the request's thread.
+                await sync_to_async(self._check_and_prepare)(request)
         except RequestRejected as rejection:
             return self.reject(rejection)
         completion = self.new_completion(request)
@@ -176,7 +177,11 @@ class BedrockStreamMixin:
             # hold it for the whole stream (300 open streams would hold 300 connections; PostgreSQL
             # allows 100). With only sync receivers, both happen in one hop to that thread.
             started = {"request": request, "model_id": completion.model_id, "completion": completion}
-            await asend_all([(stream_started, started)], type(self), then=close_old_connections)
+            await asend_all([(stream_started, started)], type(self), then=release_connections)
+            if not self.start_was_stored(completion):
+                error: BedrockStreamError = StorageUnavailable(model_id=completion.model_id)
+                await asyncio.shield(unstarted._end_async(Completion.Status.FAILED, error))
+                return self.error_response(error)
             started_at = time.monotonic()
             source = await self.open_stream_async()
         except asyncio.CancelledError:
@@ -200,16 +205,30 @@ class BedrockStreamMixin:
             return self.reject(rejection)
         completion = self.new_completion(request)
         send(stream_started, type(self), request=request, model_id=completion.model_id, completion=completion)
+        release_connections()  # as under ASGI: no connection held for the length of the stream
         started_at = time.monotonic()
+        unstarted = self.make_runner(request, BedrockStream([], self.family.parse_event), completion, started_at)
+        if not self.start_was_stored(completion):
+            error: BedrockStreamError = StorageUnavailable(model_id=completion.model_id)
+            unstarted._end_sync(Completion.Status.FAILED, error)
+            return self.error_response(error)
         try:
             source = self.open_stream()
         except Exception as err:
             error = upstream_error(err, completion.model_id)
-            runner = self.make_runner(request, BedrockStream([], self.family.parse_event), completion, started_at)
-            runner._end_sync(Completion.Status.FAILED, error)
+            unstarted._end_sync(Completion.Status.FAILED, error)
             return self.error_response(error)
         runner = self.make_runner(request, self.make_stream(source), completion, started_at)
         return self.make_response(SyncBody(runner), runner)
+
+    def _check_and_prepare(self, request: HttpRequest) -> None:
+        self.check_access(request)
+        self.prepare(request)
+
+    def start_was_stored(self, completion: Completion) -> bool:
+        """Should not need overriding: False when persistence is on but the start row could not be
+        written (the database is unreachable); the view then answers 503 without calling Bedrock."""
+        return not stream_settings.PERSIST or completion.pk is not None
 
     def prepare(self, request: HttpRequest) -> None:
         """Parse, validate and build the upstream request; raise :class:`RequestRejected` on bad input."""
@@ -310,6 +329,7 @@ class BedrockStreamMixin:
         headers = {**self.get_response_headers(), **self.protocol.headers()}
         response = StreamingHttpResponse(body, content_type=self.protocol.content_type, headers=headers)
         response.completion = runner.completion  # type: ignore[attr-defined]
+        runner.watch(runner.request)
         return response
 
     def error_response(self, error: BedrockStreamError) -> HttpResponseBase:
@@ -384,12 +404,7 @@ class BedrockStreamView(BedrockStreamMixin, View):
         return [auth() for auth in (api_settings.DEFAULT_AUTHENTICATION_CLASSES if classes is None else classes)]
 
     def get_permissions(self) -> list[BasePermission]:
-        classes = list(
-            api_settings.DEFAULT_PERMISSION_CLASSES if self.permission_classes is None else self.permission_classes
-        )
-        if not stream_settings.ALLOW_ANONYMOUS:
-            classes.insert(0, IsAuthenticated)
-        return [permission() for permission in classes]
+        return [permission() for permission in stream_permission_classes(self.permission_classes)]
 
     def get_throttles(self) -> list[BaseThrottle]:
         classes = self.throttle_classes
@@ -408,6 +423,12 @@ class BedrockStreamView(BedrockStreamMixin, View):
                     if drf_request.authenticators and not drf_request.successful_authenticator:
                         raise exceptions.NotAuthenticated()
                     raise exceptions.PermissionDenied(getattr(permission, "message", None))
+            # A GET runs the query's prompt only if it proves it came from this site (see access.py);
+            # checked before throttles, so a refused cross-site visit uses none of the user's quota.
+            from .access import CROSS_SITE_GET_MESSAGE, is_get_allowed  # access.py imports this module
+
+            if request.method == "GET" and not is_get_allowed(request, drf_request.successful_authenticator):
+                raise RequestRejected(403, "cross_site_get", CROSS_SITE_GET_MESSAGE)
             waits = [t.wait() for t in self.get_throttles() if not t.allow_request(drf_request, self)]
             if waits:
                 raise exceptions.Throttled(max((w for w in waits if w is not None), default=None))
@@ -426,6 +447,16 @@ class BedrockStreamView(BedrockStreamMixin, View):
             raise RequestRejected(status, str(exc.default_code), str(exc.detail), headers=headers) from None
 
 
+def stream_permission_classes(classes: Sequence[type[BasePermission]] | None) -> list[type[BasePermission]]:
+    """What a stream view enforces by default: ``classes`` (``None``: the project's
+    ``DEFAULT_PERMISSION_CLASSES``), with ``IsAuthenticated`` first unless ``ALLOW_ANONYMOUS``.
+    Shared by both flavours so that neither is ever more permissive than the other."""
+    result = list(api_settings.DEFAULT_PERMISSION_CLASSES if classes is None else classes)
+    if not stream_settings.ALLOW_ANONYMOUS:
+        result.insert(0, IsAuthenticated)
+    return result
+
+
 def _query_data(request: HttpRequest) -> dict[str, Any]:
     """``?prompt=text`` or ``?messages=<json list>``, plus optional ``model`` and ``max_tokens``."""
     query = request.GET
@@ -442,6 +473,19 @@ def _query_data(request: HttpRequest) -> dict[str, Any]:
     if "max_tokens" in query:
         data["max_tokens"] = query["max_tokens"]
     return data
+
+
+#: Bodies (or GET query strings) larger than this are validated on the request's thread, not on
+#: the event loop.
+PREPARE_ON_LOOP_MAX_BYTES = 64 * 1024
+
+
+def _request_size(request: HttpRequest) -> int:
+    try:
+        length = int(request.META.get("CONTENT_LENGTH") or 0)
+    except ValueError:
+        length = 0
+    return length + len(request.META.get("QUERY_STRING", ""))
 
 
 def _close_abandoned_stream(future: Any) -> None:

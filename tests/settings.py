@@ -47,6 +47,8 @@ if os.environ.get("BEDROCK_TEST_DB") == "postgres":
             "USER": os.environ.get("PGUSER", "postgres"),
             "HOST": os.environ.get("PGHOST", "127.0.0.1"),
             "PORT": os.environ.get("PGPORT", "5432"),
+            # Parallel runs on one server need distinct test databases.
+            "TEST": {"NAME": os.environ.get("BEDROCK_TEST_PG_NAME") or None},
         }
     }
 else:
