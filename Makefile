@@ -32,15 +32,17 @@ tests/js/node_modules/.installed: tests/js/package.json tests/js/package-lock.js
 		npm ci --prefix tests/js --silent --no-audit --no-fund && touch $@; \
 	else echo "npm not found: the JS client tests (tests/test_clients.py) will be skipped"; fi
 
-# One shell for the whole recipe: the trap stops the emulator when the server exits (or on Ctrl-C).
+# One shell for the whole recipe: the EXIT trap stops the emulator when the server exits. In a terminal,
+# job control (set -m) hands the terminal to the server, so Ctrl-C reaches the server alone (not make,
+# which would die of it and report "Error 130"); a server stopped by Ctrl-C (130) is a clean stop, exit 0.
 define run_with_emulator
 	@$(PY) manage.py migrate --noinput -v 0
-	@set -e; \
+	@set -e; if [ -t 0 ]; then set -m; fi; \
 	$(PY) manage.py bedrock_emulator --port $(EMULATOR_PORT) $(EMULATOR_ARGS) & emulator=$$!; \
-	trap 'kill $$emulator 2>/dev/null; wait $$emulator 2>/dev/null || true' EXIT; trap 'exit 130' INT TERM; \
+	trap 'kill $$emulator 2>/dev/null; wait $$emulator 2>/dev/null || true' EXIT; trap 'exit 0' INT TERM; \
 	for i in $$(seq 50); do $(PY) -c "import urllib.request as u; u.urlopen('http://127.0.0.1:$(EMULATOR_PORT)/_emulator/health', timeout=1)" 2>/dev/null && break; sleep 0.2; done; \
 	echo ""; echo "  Demo: http://$(HOST):$(PORT)/   (Bedrock emulator on port $(EMULATOR_PORT); Ctrl-C stops both)"; echo ""; \
-	BEDROCK_EMULATOR_URL=$${BEDROCK_EMULATOR_URL:-http://127.0.0.1:$(EMULATOR_PORT)} $(1)
+	BEDROCK_EMULATOR_URL=$${BEDROCK_EMULATOR_URL:-http://127.0.0.1:$(EMULATOR_PORT)} $(1) || [ $$? -eq 130 ]
 endef
 
 demo: $(STAMP)

@@ -3,7 +3,16 @@
 from __future__ import annotations
 
 import json
+import os
+import select
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -14,6 +23,7 @@ pytestmark = [
     pytest.mark.django_db,
     pytest.mark.urls("example_project.urls"),
 ]
+REPO = Path(__file__).resolve().parent.parent
 EXAMPLE = modify_settings(INSTALLED_APPS={"append": ["django.contrib.staticfiles", "example_project"]})
 
 
@@ -71,3 +81,100 @@ def test_chat_page_says_it_uses_the_emulator(bedrock_emulator: Any) -> None:
     with override_settings(EXAMPLE_EMULATOR_URL=bedrock_emulator.url):
         page = Client().get("/").content.decode()
     assert "built-in Bedrock emulator" in page and "llama3" in page
+
+
+# -- make demo ---------------------------------------------------------------------------------
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def _listening(port: int) -> bool:
+    with socket.socket() as sock:
+        return sock.connect_ex(("127.0.0.1", port)) == 0
+
+
+def _session_processes(sid: int) -> list[str]:
+    """Command lines of the live processes in session ``sid`` (Linux /proc)."""
+    found = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+            cmdline = (stat.parent / "cmdline").read_bytes().replace(b"\0", b" ").decode()
+        except (OSError, IndexError):
+            continue
+        if fields[0] != "Z" and int(fields[3]) == sid:
+            found.append(cmdline)
+    return found
+
+
+@pytest.mark.skipif(
+    not Path("/proc/self/stat").exists() or shutil.which("make") is None,
+    reason="needs make, a POSIX pseudo-terminal and /proc",
+)
+@pytest.mark.parametrize("target", ["demo", "demo-asgi"])
+def test_make_demo_stops_cleanly_on_ctrl_c(tmp_path: Path, target: str) -> None:
+    """Ctrl-C in the terminal stops the site and the emulator, and make exits 0 (no "Error 130")."""
+    import fcntl
+    import pty
+    import termios
+
+    # The demo's own settings with a database of its own: the checkout's example DB is left alone.
+    (tmp_path / "demo_settings.py").write_text(
+        "from example_project.settings import *  # noqa: F403\n"
+        f"DATABASES = {{'default': {{'ENGINE': 'django.db.backends.sqlite3', 'NAME': {str(tmp_path / 'db.sqlite3')!r}}}}}\n"
+    )
+    port, emulator_port = _free_port(), _free_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("AWS_", "BEDROCK_", "DJANGO_", "MAKE"))}
+    env.update(DJANGO_SETTINGS_MODULE="demo_settings", PYTHONPATH=f"{tmp_path}{os.pathsep}{REPO}", TERM="dumb")
+    venv = Path(sys.executable).parent.parent
+    main, child = pty.openpty()
+    process = subprocess.Popen(
+        # -o: never (re)install the package from a test, whatever the stamp's age.
+        ["make", "--no-print-directory", "-o", f"{venv}/.installed", target, f"VENV={venv}", f"PORT={port}",
+         f"EMULATOR_PORT={emulator_port}", "EMULATOR_ARGS=--tokens 3"],
+        stdin=child, stdout=child, stderr=child, cwd=REPO, env=env, close_fds=True,
+        start_new_session=True,
+        preexec_fn=lambda: fcntl.ioctl(0, termios.TIOCSCTTY, 0),  # the pty is make's terminal, as in a shell
+    )
+    os.close(child)
+    screen = bytearray()
+
+    def read(timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if select.select([main], [], [], 0.1)[0]:
+                try:
+                    chunk = os.read(main, 65536)
+                except OSError:  # the terminal is gone: every process left
+                    return
+                if not chunk:
+                    return
+                screen.extend(chunk)
+            elif process.poll() is not None:
+                return
+
+    try:
+        deadline = time.monotonic() + 120
+        while not _listening(port):
+            assert process.poll() is None and time.monotonic() < deadline, screen.decode(errors="replace")
+            read(0.2)
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=30) as page:
+            assert page.status == 200 and b"built-in Bedrock emulator" in page.read()
+        assert _listening(emulator_port)
+        os.write(main, b"\x03")  # Ctrl-C
+        read(30)
+        status = process.wait(timeout=30)
+    finally:
+        if process.poll() is None:
+            os.killpg(process.pid, 9)
+            process.wait()
+        os.close(main)
+    text = screen.decode(errors="replace")
+    assert status == 0, text
+    assert "Error" not in text and "Traceback" not in text, text
+    assert not _listening(port) and not _listening(emulator_port)
+    assert _session_processes(process.pid) == []
