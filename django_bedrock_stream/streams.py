@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 import socket
 import time
 from base64 import b64decode
@@ -34,6 +35,8 @@ from .families import (
 )
 
 Parser = Callable[[Mapping[str, Any]], "Delta | None"]
+
+_SURROGATE = re.compile("[\ud800-\udfff]")
 
 
 class BedrockStream:
@@ -62,6 +65,7 @@ class BedrockStream:
         self.finished = False
         self.first_token_at: float | None = None
         self._parts: list[str] = []
+        self._high = ""  # a high surrogate held back until the next text brings its low half
         self._input_tokens: int | None = None
         self._output_tokens: int | None = None
         self._metrics: Mapping[str, Any] = {}
@@ -90,11 +94,36 @@ class BedrockStream:
             self._output_tokens = delta.output_tokens
         if delta.metrics:
             self._metrics = delta.metrics
-        if delta.text:
+        text = delta.text
+        if text and (self._high or not text.isascii()):  # isascii() is O(1): ASCII text costs nothing
+            text = self._join_surrogates(text)
+        if text:
             if self.first_token_at is None:
                 self.first_token_at = time.monotonic()
-            self._parts.append(delta.text)
-        return delta.text
+            self._parts.append(text)
+        return text
+
+    def _join_surrogates(self, text: str) -> str:
+        """Text free of lone surrogates, so it can be encoded and stored.
+
+        JSON's ``\\ud83d`` escapes let a model chunk end in the middle of a surrogate pair: hold a
+        trailing high surrogate back and prefix it to the next text, so the pair is joined into
+        one character. Any surrogate still alone becomes U+FFFD.
+        """
+        if self._high:
+            text, self._high = self._high + text, ""
+        if "\ud800" <= text[-1] <= "\udbff":
+            text, self._high = text[:-1], text[-1]
+        if _SURROGATE.search(text):
+            text = text.encode("utf-16-le", "surrogatepass").decode("utf-16-le", "replace")
+        return text
+
+    def _end_texts(self) -> list[str]:
+        """At the end of the stream, a high surrogate still held back never got its pair: U+FFFD."""
+        if not self._high:
+            return []
+        self._high = ""
+        return [self.apply(Delta("\ufffd"))]
 
     def _fail(self, err: BaseException) -> BedrockStreamError:
         self.error = (
@@ -136,9 +165,7 @@ class BedrockStream:
                 events = next(batches, None)
             except Exception as err:
                 raise self._fail(err) from err
-            if events is None:
-                break
-            texts = fold(events)
+            texts = fold(events) if events is not None else self._end_texts()
             if texts:
                 if on_token or each is not None:
                     for text in texts:
@@ -147,6 +174,8 @@ class BedrockStream:
                         if each is not None:
                             each(text)
                 yield texts
+            if events is None:
+                break
         self.finished = True
         callbacks.call("on_completion", self.text)
         callbacks.call("on_final", self.text)
@@ -182,13 +211,14 @@ class BedrockStream:
         fold = self._fold
         batches = self._aevent_batches()
         while True:
+            events: list[Any] | None
             try:
                 events = await batches.__anext__()
             except StopAsyncIteration:
-                break
+                events = None
             except Exception as err:
                 raise self._fail(err) from err
-            texts = fold(events)
+            texts = fold(events) if events is not None else self._end_texts()
             if texts:
                 if on_token or each is not None:
                     for text in texts:
@@ -197,6 +227,8 @@ class BedrockStream:
                         if each is not None:
                             await each(text)
                 yield texts
+            if events is None:
+                break
         self.finished = True
         await callbacks.acall("on_completion", self.text)
         await callbacks.acall("on_final", self.text)

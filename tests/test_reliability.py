@@ -739,3 +739,48 @@ def test_load_without_loss(bedrock_emulator: Any, uvicorn_server: UvicornThread)
     assert streaming >= len(planned) // 2, streaming  # the measurement below was taken mid-load
     assert held < 40, f"{held} database connections held by {streaming} open streams"
     assert outcomes.get("disconnect:cancelled", 0) >= outcomes.get("disconnect:completed", 0), outcomes
+
+
+# -- text split inside a character -------------------------------------------------------------
+
+#: (reply text, its token events, what the client and the row get): the emulator sends the emoji as
+#: two events, one per UTF-16 surrogate (``split_pairs``); a high surrogate never completed is U+FFFD.
+SPLIT_PAIRS = [
+    pytest.param("Hi \U0001F600 there", 4, "Hi \U0001F600 there", id="split-pair"),
+    pytest.param("Hi \ud83d", 2, "Hi \ufffd", id="lone-high-surrogate"),
+]
+
+
+def check_split_pair_stream(emulator: Any, body: bytes, events: int, expected: str) -> None:
+    record = settled_record(emulator)
+    assert record["chunks_sent"] == events, record  # "Hi", " \ud83d", "\ude00", " there"
+    assert body == expected.encode()
+    row = Completion.objects.get()
+    assert (row.status, row.text) == ("completed", expected)
+
+
+@pytest.mark.django_db
+@pytest.mark.parametrize("family", ["llama3", "converse"])
+@pytest.mark.parametrize(("text", "events", "expected"), SPLIT_PAIRS)
+def test_a_surrogate_pair_split_across_chunks_is_joined_under_wsgi(
+    bedrock_emulator: Any, family: str, text: str, events: int, expected: str
+) -> None:
+    bedrock_emulator.set_scenario(text=text, split_pairs=1)
+    response = Client().post(url(family) + "?protocol=text", chat("hi"), content_type="application/json")
+    check_split_pair_stream(bedrock_emulator, b"".join(response.streaming_content), events, expected)
+
+
+@pytest.mark.django_db(transaction=True)
+@pytest.mark.parametrize("transport", ["aiobotocore", "thread"])
+@pytest.mark.parametrize("family", ["llama3", "converse"])
+@pytest.mark.parametrize(("text", "events", "expected"), SPLIT_PAIRS)
+async def test_a_surrogate_pair_split_across_chunks_is_joined_under_asgi(
+    bedrock_emulator: Any, family: str, text: str, events: int, expected: str, transport: str
+) -> None:
+    bedrock_emulator.set_scenario(text=text, split_pairs=1)
+    with override_settings(BEDROCK_STREAM={"ALLOW_ANONYMOUS": True, "ASYNC_TRANSPORT": transport}):
+        response = await AsyncClient().post(url(family) + "?protocol=text", chat("hi"), content_type="application/json")
+        body = b"".join([part async for part in response.streaming_content])
+    from asgiref.sync import sync_to_async
+
+    await sync_to_async(check_split_pair_stream)(bedrock_emulator, body, events, expected)

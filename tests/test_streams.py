@@ -162,3 +162,66 @@ def test_recorded_captures_replayed_through_boto3(bedrock_emulator: Any, entry: 
     assert "".join(stream) == entry["expected_text"]
     assert stream.stop_reason == entry["stop_reason"]
     assert stream.usage == expected_usage(entry)
+
+
+# -- text split inside a character: surrogate pairs across chunks (I/O-free, plain event dicts) ------
+
+HIGH, LOW, EMOJI = "\ud83d", "\ude00", "\U0001F600"
+
+
+def llama_events(*texts: str) -> list[dict[str, Any]]:
+    """Invoke chunks as boto3 yields them; ``json.dumps`` escapes a lone surrogate as Bedrock does."""
+    return [{"chunk": {"bytes": json.dumps({"generation": text}).encode()}} for text in texts]
+
+
+def converse_events(*texts: str) -> list[dict[str, Any]]:
+    return [{"contentBlockDelta": {"contentBlockIndex": 0, "delta": {"text": text}}} for text in texts]
+
+
+def plain_stream(events: list[dict[str, Any]], family: str) -> tuple[streams.BedrockStream, list[str]]:
+    seen: list[str] = []
+    callbacks = StreamCallbacks(on_token=seen.append, on_completion=seen.append)
+    return streams.BedrockStream(events, FAMILIES[family]().parse_event, callbacks), seen
+
+
+JOINS = [
+    # (texts of consecutive chunks, deltas the stream yields)
+    ((f"Hi {HIGH}", f"{LOW}!"), ["Hi ", f"{EMOJI}!"]),  # the pair split between two chunks
+    ((HIGH, LOW, " ok"), [EMOJI, " ok"]),  # each half a chunk of its own
+    ((f"a{HIGH}",), ["a", "\ufffd"]),  # never completed: U+FFFD when the stream ends
+    ((HIGH, "b"), ["\ufffdb"]),  # followed by something else
+    ((HIGH, HIGH, LOW), ["\ufffd", EMOJI]),
+    ((f"{LOW}x",), ["\ufffdx"]),  # a lone low surrogate
+    ((f"a{HIGH}b{LOW}c",), ["a\ufffdb\ufffdc"]),  # lone ones inside a chunk
+    ((f"é{EMOJI}", "plain"), [f"é{EMOJI}", "plain"]),  # valid text is untouched
+]
+
+
+@pytest.mark.parametrize("family", ["llama3", "converse"])
+@pytest.mark.parametrize(("texts", "deltas"), JOINS)
+def test_surrogate_pairs_are_joined_across_chunks(family: str, texts: tuple[str, ...], deltas: list[str]) -> None:
+    events = llama_events(*texts) if family == "llama3" else converse_events(*texts)
+    stream, seen = plain_stream(events, family)
+    assert list(stream) == deltas
+    assert stream.text == "".join(deltas) and stream.text.encode("utf-8")
+    assert seen == [*deltas, stream.text]  # on_token and on_completion never see a lone surrogate
+
+
+@pytest.mark.parametrize(("texts", "deltas"), JOINS)
+async def test_surrogate_pairs_are_joined_across_chunks_under_async_for(texts: tuple[str, ...], deltas: list[str]) -> None:
+    stream, seen = plain_stream(converse_events(*texts), "converse")
+    assert [delta async for delta in stream] == deltas
+    assert stream.text == "".join(deltas) and seen == [*deltas, stream.text]
+
+
+def test_a_half_pair_left_when_the_stream_breaks_is_dropped() -> None:
+    def source() -> Any:
+        yield from llama_events(f"Hi {HIGH}")
+        raise ConnectionResetError("gone")
+
+    stream = streams.llama3_stream({"body": source()})
+    received = []
+    with pytest.raises(BedrockStreamInterrupted):
+        for delta in stream:
+            received.append(delta)
+    assert received == ["Hi "] and stream.text == "Hi "  # what the client got, nothing unencodable

@@ -7,6 +7,8 @@ marker anywhere in its body text::
     [[emulator tokens=50 delay_ms=20 ttfb_ms=100]]
     [[emulator error_at=3 error=throttlingException]]
     [[emulator text="Hello there, friend." stop=max_tokens]]
+    [[emulator text="Hi 😀" split_pairs=1]]            (the emoji arrives in two chunks, one per surrogate)
+    [[emulator fail=AccessDeniedException message="User: arn:aws:iam::123456789012:user/dev is not authorized"]]
 
 No Django imports here.
 """
@@ -95,9 +97,13 @@ class Scenario:
     stop: str | None = None  #: "max_tokens" forces the family's length stop reason
     replay: str | None = None  #: recorded .eventstream file (name in the replay dir, or a path)
     corrupt_crc_at: int | None = None  #: flip a bit in message N's CRC (0-based, all messages)
+    drop_at: int | None = None  #: hang up after this many token events (mid-body, no final chunk)
+    message: str | None = None  #: the error message for fail= / error= (default: the service's usual one)
+    split_pairs: int = 0  #: 1: send each character beyond U+FFFF as two token events, one per surrogate
 
-    _INT = ("tokens", "error_at", "throttle", "corrupt_crc_at")
+    _INT = ("tokens", "error_at", "throttle", "corrupt_crc_at", "drop_at", "split_pairs")
     _FLOAT = ("delay_ms", "ttfb_ms")
+    _NOT_NULL = ("tokens", "throttle", "delay_ms", "ttfb_ms", "split_pairs")  # "none" resets these to the default
 
     @classmethod
     def field_names(cls) -> tuple[str, ...]:
@@ -112,7 +118,7 @@ class Scenario:
             if key not in names:
                 raise ScenarioError(f"unknown emulator scenario key {key!r} (known: {', '.join(names)})")
             if value is None or (isinstance(value, str) and value.lower() in ("none", "null") and key != "text"):
-                out[key] = None if key not in ("tokens", "throttle", "delay_ms", "ttfb_ms") else getattr(cls, key)
+                out[key] = getattr(cls, key) if key in cls._NOT_NULL else None
                 continue
             try:
                 if key in cls._INT:
@@ -290,7 +296,25 @@ def _int_or_none(v: Any) -> int | None:
 
 
 def _dumps(obj: Any) -> bytes:
-    return json.dumps(obj, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
+    try:
+        return json.dumps(obj, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
+    except UnicodeEncodeError:  # a lone surrogate (split_pairs): Bedrock sends it as a \uXXXX escape
+        return json.dumps(obj, separators=(",", ":")).encode("utf-8")
+
+
+def split_pairs(token: str) -> list[str]:
+    """``token`` cut inside each character beyond U+FFFF, between its UTF-16 surrogates:
+    ``"a😀b"`` -> ``["a\\ud83d", "\\ude00b"]``."""
+    out, current = [], ""
+    for char in token:
+        code = ord(char) - 0x10000
+        if code >= 0:
+            out.append(current + chr(0xD800 + (code >> 10)))
+            current = chr(0xDC00 + (code & 0x3FF))
+        else:
+            current += char
+    out.append(current)
+    return out
 
 
 @dataclass
@@ -707,6 +731,8 @@ def make_plan(family: Family, model_id: str, body: Any, scenario: Scenario) -> P
         tokens = split_text(scenario.text)
     else:
         tokens = generated_tokens(prompt, scenario.tokens)
+    if scenario.split_pairs:
+        tokens = [part for token in tokens for part in split_pairs(token) if part]
     length_stop = scenario.stop == "max_tokens"
     limit = family.max_tokens(body_dict) if body_dict else None
     if limit is not None and 0 <= limit < len(tokens):

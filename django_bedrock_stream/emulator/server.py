@@ -527,7 +527,7 @@ class EmulatorServer:
             if bad_json:
                 fail("ValidationException", 400, "Malformed input request, please reformat your input and try again.")
             elif scenario.fail:
-                fail(scenario.fail, HTTP_ERRORS[scenario.fail])
+                fail(scenario.fail, HTTP_ERRORS[scenario.fail], scenario.message)
             elif scenario.throttle and st.throttle_attempt((op, model_id, raw)) <= scenario.throttle:
                 fail("ThrottlingException", 429)
             else:
@@ -604,6 +604,9 @@ class EmulatorServer:
         for i in range(n):
             if i == error_at:
                 break
+            if i == sc.drop_at:  # hang up mid-body
+                await out.flush()
+                raise _Disconnected()
             if delay and i:
                 await out.flush()
                 # Absolute schedule: token i goes out at t_first + i*delay, so per-token overhead
@@ -629,7 +632,7 @@ class EmulatorServer:
             if delay and error_at:
                 await sleep(delay)
             name = sc.error or "modelStreamErrorException"
-            out.add(encode_exception(name, ERROR_MESSAGES.get(name, name)))
+            out.add(encode_exception(name, sc.message or ERROR_MESSAGES.get(name, name)))
             rec["error"] = name
             status = "error"
         else:
