@@ -5,6 +5,10 @@ Bedrock works. :class:`BedrockStreamAPIView` keeps DRF's whole lifecycle (``init
 ``initial`` — content negotiation, authentication, permissions, throttles — ``handle_exception``,
 ``finalize_response``) but runs it from an async ``dispatch`` under ASGI, and DRF's own sync
 ``dispatch`` under WSGI. Errors are rendered the DRF way (``{"detail": ...}`` / serializer errors).
+
+Secure by default, like the plain views: unless the view sets its own ``permission_classes``, it
+enforces the project's ``DEFAULT_PERMISSION_CLASSES`` with ``IsAuthenticated`` first (dropped when
+``BEDROCK_STREAM["ALLOW_ANONYMOUS"]`` is true) rather than DRF's permissive ``AllowAny`` default.
 """
 
 from __future__ import annotations
@@ -19,6 +23,7 @@ from django.http.response import HttpResponseBase
 from django.utils.decorators import classonlymethod
 from rest_framework import exceptions
 from rest_framework.parsers import JSONParser
+from rest_framework.permissions import BasePermission
 from rest_framework.renderers import BaseRenderer, JSONRenderer
 from rest_framework.response import Response
 from rest_framework.views import APIView
@@ -26,20 +31,40 @@ from rest_framework.views import APIView
 from .exceptions import BedrockStreamError
 from .families import FAMILIES
 from .serializers import ChatRequestSerializer
-from .views import BedrockStreamMixin, RequestRejected, keep_async
+from .views import BedrockStreamMixin, RequestRejected, keep_async, stream_permission_classes
+
+
+class SafeJSONRenderer(JSONRenderer):
+    """DRF's ``JSONRenderer`` that never fails on text it cannot encode.
+
+    DRF echoes bad input into error messages (``'"\\ud800" is not a valid choice.'``), and with
+    ``UNICODE_JSON`` (the default) a lone surrogate then makes the UTF-8 encode raise: a 500 instead
+    of the 400. Such bodies are rendered ``\\u``-escaped (``ensure_ascii``) instead; others unchanged.
+    """
+
+    def render(self, data: Any, accepted_media_type: str | None = None, renderer_context: Any = None) -> bytes:
+        try:
+            return super().render(data, accepted_media_type, renderer_context)
+        except UnicodeEncodeError:
+            self.ensure_ascii = True
+            return super().render(data, accepted_media_type, renderer_context)
 
 
 class _StreamRenderer(BaseRenderer):
     """Lets ``Accept: text/event-stream`` / ``text/plain`` pass content negotiation (no 406).
 
     The stream itself is a ``StreamingHttpResponse`` that DRF passes through untouched; this renderer
-    only renders error bodies for such clients, as JSON text.
+    only renders error bodies for such clients: as JSON, labelled ``application/json`` (as the plain
+    views do), so that a client never tries to read an error as an event stream.
     """
 
     charset = "utf-8"
 
     def render(self, data: Any, accepted_media_type: str | None = None, renderer_context: Any = None) -> bytes:
-        return JSONRenderer().render(data)
+        response = (renderer_context or {}).get("response")
+        if response is not None:
+            response["Content-Type"] = SafeJSONRenderer.media_type
+        return SafeJSONRenderer().render(data)
 
 
 class EventStreamRenderer(_StreamRenderer):
@@ -61,11 +86,41 @@ class BedrockUpstreamError(exceptions.APIException):
         self.wait = error.retry_after
 
 
+class RejectedRequestError(exceptions.APIException):
+    """A refused request (e.g. 413 for an oversized body) as a DRF exception with its own status."""
+
+    def __init__(self, rejection: RequestRejected) -> None:
+        super().__init__(detail=rejection.message, code=rejection.error_type)
+        self.status_code = rejection.status
+
+
+def sets_own_permission_classes(view: Any) -> bool:
+    """Whether ``permission_classes`` was chosen for this view rather than inherited from ``APIView``.
+
+    Chosen means: passed to ``as_view()``, or assigned in the body of the view's class or of any
+    class that comes before ``APIView`` in its MRO (a project base class counts). ``APIView``'s own
+    value is DRF's ``DEFAULT_PERMISSION_CLASSES`` read once at import, which is ``AllowAny`` unless the
+    project says otherwise: exactly the default that must not open a stream view to everyone.
+    """
+    if "permission_classes" in vars(view):
+        return True
+    for klass in type(view).__mro__:
+        if klass is APIView:
+            return False
+        if "permission_classes" in vars(klass):
+            return True
+    return False
+
+
 class BedrockStreamAPIMixin(BedrockStreamMixin):
     """Adds the stream flow to an ``APIView``. Combine with ``APIView`` (as
     :class:`BedrockStreamAPIView` does) and set ``family_class``."""
 
-    renderer_classes = [JSONRenderer, EventStreamRenderer, PlainTextStreamRenderer]
+    #: Annotation only (no value): ``APIView``'s attribute must stay the inherited one, see
+    #: :func:`sets_own_permission_classes`.
+    permission_classes: Any
+
+    renderer_classes = [SafeJSONRenderer, EventStreamRenderer, PlainTextStreamRenderer]
     parser_classes = [JSONParser]
     #: For drf-spectacular and the browsable API: the request body schema.
     serializer_class = ChatRequestSerializer
@@ -74,12 +129,18 @@ class BedrockStreamAPIMixin(BedrockStreamMixin):
         kwargs.setdefault("context", {"allowed_models": [], "max_tokens_cap": 1})
         return self.serializer_class(*args, **kwargs)
 
+    def get_permissions(self) -> list[BasePermission]:
+        """The view's own ``permission_classes`` as given; otherwise what the plain views enforce
+        (the project's default, with ``IsAuthenticated`` first unless ``ALLOW_ANONYMOUS``)."""
+        classes = self.permission_classes if sets_own_permission_classes(self) else stream_permission_classes(None)
+        return [permission() for permission in classes]
+
     def reject(self, rejection: RequestRejected) -> HttpResponseBase:
         if rejection.details is not None:
             raise exceptions.ValidationError(rejection.details)
-        if rejection.status == 413:
-            raise exceptions.APIException(rejection.message, code=rejection.error_type)
-        raise exceptions.ParseError(rejection.message, code=rejection.error_type)
+        if rejection.status == 400:
+            raise exceptions.ParseError(rejection.message, code=rejection.error_type)
+        raise RejectedRequestError(rejection)
 
     def error_response(self, error: BedrockStreamError) -> HttpResponseBase:
         raise BedrockUpstreamError(error)

@@ -1,8 +1,11 @@
 """Bad input never reaches Bedrock: every malformed body is a 400/413 JSON error naming the problem.
 
-Hypothesis throws generated malformed bodies at all eight endpoints, through Django's ``Client``
-(WSGI) and ``AsyncClient`` (ASGI), and checks: the status is 400 or 413, the body is
-``{"error": {"type", "message"}}``, the emulator saw no request, no ``Completion`` row exists.
+Hypothesis throws generated malformed bodies (lone surrogates included) at all eight endpoints of
+both flavours (the plain views and the DRF ``APIView`` for each family, routed by this module's
+``urlpatterns``), through Django's ``Client`` (WSGI) and ``AsyncClient`` (ASGI), with any ``Accept``
+a stream client sends, and checks: the status is 400 or 413, the body is JSON labelled
+``application/json`` (``{"error": {"type", "message"}}`` from the plain views, DRF's ``{"detail"}``
+or per-field errors from the DRF flavour), the emulator saw no request, no ``Completion`` row exists.
 """
 
 from __future__ import annotations
@@ -14,14 +17,24 @@ from typing import Any
 import pytest
 from asgiref.sync import async_to_sync
 from django.test import AsyncClient, Client, override_settings
-from django.urls import reverse
+from django.urls import include, path, reverse
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from django_bedrock_stream.drf import api_view_for
 from django_bedrock_stream.models import Completion
 from django_bedrock_stream.serializers import ROLES
 
 FAMILIES = ["anthropic", "anthropic-messages", "cohere", "llama2", "llama3", "mistral", "titan", "converse"]
+#: URL names of every stream view: the plain views (the package's URLconf) and the DRF flavour.
+VIEWS = [f"django_bedrock_stream:{family}" for family in FAMILIES] + [f"api-{family}" for family in FAMILIES]
+#: What clients send: fetch() with no preference, JSON, the event-stream and text protocols.
+ACCEPTS = [None, "*/*", "application/json", "text/event-stream", "text/plain"]
+
+urlpatterns = [
+    path("bedrock/", include("django_bedrock_stream.urls")),
+    *[path(f"api/{family}/", api_view_for(family).as_view(), name=f"api-{family}") for family in FAMILIES],
+]
 MAX_MESSAGES = 4
 MAX_INPUT_CHARS = 200
 MAX_TOKENS = 512
@@ -44,7 +57,7 @@ def examples(n: int) -> settings:
         suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
     )
 
-pytestmark = [pytest.mark.django_db, pytest.mark.usefixtures("limits")]
+pytestmark = [pytest.mark.django_db, pytest.mark.usefixtures("limits"), pytest.mark.urls(__name__)]
 
 
 @pytest.fixture
@@ -55,7 +68,14 @@ def limits() -> Any:
 
 # -- building blocks -------------------------------------------------------------------------
 
-short_text = st.text(max_size=20)
+#: A string holding a lone surrogate, which JSON can carry (``"\ud800"``) but UTF-8 cannot encode.
+with_surrogate = st.builds(
+    lambda before, surrogate, after: before + surrogate + after,
+    st.text(max_size=5),
+    st.characters(min_codepoint=0xD800, max_codepoint=0xDFFF),
+    st.text(max_size=5),
+)
+short_text = st.text(max_size=20) | with_surrogate
 user_text = st.text(alphabet=st.characters(codec="utf-8", exclude_characters="\x00"), min_size=1, max_size=30).filter(
     lambda s: s.strip()
 )
@@ -109,6 +129,27 @@ def bad_message_lists(draw: st.DrawFn) -> list[Any]:
     return with_bad(good, bad, draw(st.integers(0, len(good))))
 
 
+@st.composite
+def surrogate_bodies(draw: st.DrawFn) -> str | bytes:
+    """A valid request but for one lone surrogate in one of the string fields the views read."""
+    text = draw(with_surrogate)
+    field = draw(st.sampled_from(["role", "content", "part type", "part text", "model", "max_tokens"]))
+    messages: list[Any] = [{"role": "user", "content": "hi"}]
+    extra = {field: text} if field in ("model", "max_tokens") else {}
+    if not extra:
+        bad = {
+            "role": {"role": text, "content": "hi"},
+            "content": {"role": draw(st.sampled_from(ROLES)), "content": text},
+            "part type": {"role": "user", "parts": [{"type": text, "text": "hi"}]},
+            "part text": {"role": "user", "parts": [{"type": "text", "text": text}]},
+        }[field]
+        messages = with_bad(messages, bad, draw(st.integers(0, 1)))
+    data = body(messages, **extra)
+    if draw(st.booleans()):
+        return json.dumps(data)  # escaped: "\ud800", valid JSON
+    return json.dumps(data, ensure_ascii=False).encode("utf-8", "surrogatepass")  # raw: not valid UTF-8
+
+
 no_user_turn = st.lists(
     st.one_of(
         st.builds(lambda role, text: {"role": role, "content": text}, st.sampled_from(["system", "assistant"]), user_text),
@@ -158,6 +199,7 @@ MALFORMED: dict[str, Any] = {
         good_message,
         st.sampled_from(["NaN", "Infinity", "-Infinity", "1e400"]),
     ),
+    "lone surrogate": surrogate_bodies(),
     "nested garbage": st.builds(
         lambda m, garbage: json.dumps(body([{**m, "content": garbage}])), good_message,
         st.recursive(st.lists(json_values, max_size=3),
@@ -173,21 +215,35 @@ def _is_json_object(raw: bytes) -> bool:
         return False
 
 
-def post(family: str, data: str | bytes, use_async: bool, **kwargs: Any) -> Any:
-    url = reverse(f"django_bedrock_stream:{family}")
+def post(view: str, data: str | bytes, use_async: bool, accept: str | None = None) -> Any:
+    url, headers = reverse(view), {"Accept": accept} if accept else {}
     if use_async:
-        return async_to_sync(AsyncClient().post)(url, data, content_type="application/json", **kwargs)
-    return Client().post(url, data, content_type="application/json", **kwargs)
+        return async_to_sync(AsyncClient().post)(url, data, content_type="application/json", headers=headers)
+    return Client().post(url, data, content_type="application/json", headers=headers)
+
+
+def _texts(value: Any) -> list[str]:
+    if isinstance(value, dict):
+        return [text for item in value.values() for text in _texts(item)]
+    if isinstance(value, list):
+        return [text for item in value for text in _texts(item)]
+    return [value] if isinstance(value, str) and value else []
 
 
 def assert_rejected(response: Any, emulator: Any, statuses: tuple[int, ...] = (400, 413)) -> dict[str, Any]:
+    """The refusal of bad input, in the flavour's format; returns the plain views' ``error`` object
+    (or DRF's whole body)."""
     assert response.status_code in statuses, (response.status_code, response.content[:500])
     assert response["Content-Type"] == "application/json", response["Content-Type"]
-    error = json.loads(response.content)["error"]
-    assert isinstance(error["type"], str) and error["type"]
-    assert isinstance(error["message"], str) and error["message"]
+    data = json.loads(response.content)
     assert emulator.requests == []
     assert not Completion.objects.exists()
+    if "error" not in data:  # the DRF flavour: {"detail": "..."} or per-field errors
+        assert isinstance(data, dict) and _texts(data), data
+        return data
+    error = data["error"]
+    assert isinstance(error["type"], str) and error["type"]
+    assert isinstance(error["message"], str) and error["message"]
     return error
 
 
@@ -196,36 +252,36 @@ def assert_rejected(response: Any, emulator: Any, statuses: tuple[int, ...] = (4
 
 @pytest.mark.parametrize("kind", sorted(MALFORMED))
 def test_malformed_bodies_are_rejected_at_every_endpoint(bedrock_emulator: Any, kind: str) -> None:
-    # 14 kinds x 40 examples = 560 generated bodies, each at a random endpoint, WSGI or ASGI.
+    # 15 kinds x 40 examples = 600 generated bodies, each at a random view of either flavour, WSGI or ASGI.
     @examples(40)
-    @given(data=MALFORMED[kind], family=st.sampled_from(FAMILIES), use_async=st.booleans())
-    def attack(data: str | bytes, family: str, use_async: bool) -> None:
-        assert_rejected(post(family, data, use_async), bedrock_emulator)
+    @given(data=MALFORMED[kind], view=st.sampled_from(VIEWS), use_async=st.booleans(), accept=st.sampled_from(ACCEPTS))
+    def attack(data: str | bytes, view: str, use_async: bool, accept: str | None) -> None:
+        assert_rejected(post(view, data, use_async, accept), bedrock_emulator)
 
     attack()
 
 
-@pytest.mark.parametrize("family", FAMILIES)
+@pytest.mark.parametrize("view", VIEWS)
 @pytest.mark.parametrize("use_async", [False, True], ids=["wsgi", "asgi"])
-def test_oversized_body_is_413(bedrock_emulator: Any, family: str, use_async: bool) -> None:
+def test_oversized_body_is_413(bedrock_emulator: Any, view: str, use_async: bool) -> None:
     with override_settings(DATA_UPLOAD_MAX_MEMORY_SIZE=1000):
         valid_but_big = json.dumps({"messages": [{"role": "user", "content": "y" * 2000}]})
-        error = assert_rejected(post(family, valid_but_big, use_async), bedrock_emulator, (413,))
-        assert error["type"] == "payload_too_large"
-        assert_rejected(post(family, b"\xff" * 5000, use_async), bedrock_emulator, (413,))
+        error = assert_rejected(post(view, valid_but_big, use_async), bedrock_emulator, (413,))
+        assert error.get("type") == "payload_too_large" or error.get("detail") == "The request body is too large."
+        assert_rejected(post(view, b"\xff" * 5000, use_async), bedrock_emulator, (413,))
 
 
 @examples(40)
-@given(size=st.integers(1001, 20_000), family=st.sampled_from(FAMILIES), use_async=st.booleans())
-def test_any_body_over_the_limit_is_413(bedrock_emulator: Any, size: int, family: str, use_async: bool) -> None:
+@given(size=st.integers(1001, 20_000), view=st.sampled_from(VIEWS), use_async=st.booleans())
+def test_any_body_over_the_limit_is_413(bedrock_emulator: Any, size: int, view: str, use_async: bool) -> None:
     with override_settings(DATA_UPLOAD_MAX_MEMORY_SIZE=1000):
-        assert_rejected(post(family, b"{" + b" " * (size - 2) + b"}", use_async), bedrock_emulator, (413,))
+        assert_rejected(post(view, b"{" + b" " * (size - 2) + b"}", use_async), bedrock_emulator, (413,))
 
 
-@pytest.mark.parametrize("family", FAMILIES)
+@pytest.mark.parametrize("view", VIEWS)
 @pytest.mark.parametrize("method", ["get", "put", "patch", "delete", "head"])
-def test_wrong_method_is_405(bedrock_emulator: Any, family: str, method: str) -> None:
-    url = reverse(f"django_bedrock_stream:{family}")
+def test_wrong_method_is_405(bedrock_emulator: Any, view: str, method: str) -> None:
+    url = reverse(view)
     response = getattr(Client(), method)(url)
     assert response.status_code == 405
     assert "POST" in response["Allow"]
@@ -248,7 +304,8 @@ def test_wrong_method_is_405(bedrock_emulator: Any, family: str, method: str) ->
     ids=["deep-array", "deep-messages", "deep-content"],
 )
 def test_deeply_nested_json_is_400_not_500(bedrock_emulator: Any, data: str, use_async: bool) -> None:
-    assert_rejected(post("llama2", data, use_async), bedrock_emulator, (400,))
+    for view in ("django_bedrock_stream:llama2", "api-llama2"):
+        assert_rejected(post(view, data, use_async), bedrock_emulator, (400,))
 
 
 @pytest.mark.parametrize("use_async", [False, True], ids=["wsgi", "asgi"])
@@ -262,8 +319,12 @@ def test_deeply_nested_json_is_400_not_500(bedrock_emulator: Any, data: str, use
         # PostgreSQL cannot store NUL in text/jsonb: refused up front, so no row is silently lost.
         b'{"messages": [{"role": "user", "content": "nul \\u0000 here"}]}',
         b'{"messages": [{"role": "user", "content": "lone \\udc00 surrogate"}]}',
+        b'{"messages": [{"role": "\\ud800", "content": "hi"}]}',  # DRF echoes the role into its message
     ],
-    ids=["latin-1", "bom-garbage", "huge-int", "lone-surrogate-model", "nul-content", "surrogate-content"],
+    ids=["latin-1", "bom-garbage", "huge-int", "lone-surrogate-model", "nul-content", "surrogate-content",
+         "surrogate-role"],
 )
-def test_odd_encodings_are_400(bedrock_emulator: Any, data: bytes, use_async: bool) -> None:
-    assert_rejected(post("converse", data, use_async), bedrock_emulator, (400,))
+@pytest.mark.parametrize("accept", [None, "text/event-stream"])
+def test_odd_encodings_are_400(bedrock_emulator: Any, data: bytes, use_async: bool, accept: str | None) -> None:
+    for view in ("django_bedrock_stream:converse", "api-converse"):
+        assert_rejected(post(view, data, use_async, accept), bedrock_emulator, (400,))

@@ -6,14 +6,17 @@ import json
 from typing import Any
 
 import pytest
-from asgiref.sync import async_to_sync
+from asgiref.sync import async_to_sync, sync_to_async
 from django.contrib.auth import get_user_model
 from django.core.cache import cache
 from django.test import AsyncClient, Client, RequestFactory, override_settings
 from rest_framework.authentication import BasicAuthentication, SessionAuthentication
-from rest_framework.permissions import IsAdminUser
+from rest_framework.permissions import AllowAny, IsAdminUser, IsAuthenticated
 from rest_framework.throttling import AnonRateThrottle
+from rest_framework.views import APIView
 
+from django_bedrock_stream.drf import BedrockStreamAPIView, api_view_for, sets_own_permission_classes
+from django_bedrock_stream.families import Llama2Family
 from django_bedrock_stream.models import Completion
 from django_bedrock_stream.views import Llama2StreamView
 
@@ -121,6 +124,107 @@ async def test_drf_view_streams_under_asgi(bedrock_emulator: Any) -> None:
         content_type="application/json",
     )
     assert throttled.status_code == 429 and throttled.json()["detail"]
+
+
+# -- the DRF flavour refuses anonymous users like the plain views --------------------------------
+
+ROUTES = ("/api/llama2/", "/api/converse/", "/bedrock/llama2/")  # two DRF views, one plain view
+
+
+def assert_refused(response: Any) -> None:
+    assert response.status_code == 403, (response.status_code, response.content[:300])
+    assert "credentials were not provided" in response.content.decode()
+
+
+@pytest.mark.django_db
+@override_settings(BEDROCK_STREAM={"ALLOW_ANONYMOUS": False})
+def test_drf_view_refuses_anonymous_users_under_wsgi(bedrock_emulator: Any) -> None:
+    for url in ROUTES:
+        assert_refused(Client().post(url, BODY, content_type="application/json"))
+    assert bedrock_emulator.requests == [] and not Completion.objects.exists()
+
+
+@pytest.mark.django_db(transaction=True)
+@override_settings(BEDROCK_STREAM={"ALLOW_ANONYMOUS": False})
+async def test_drf_view_refuses_anonymous_users_under_asgi(bedrock_emulator: Any) -> None:
+    for url in ROUTES:
+        assert_refused(await AsyncClient().post(url, BODY, content_type="application/json"))
+    assert bedrock_emulator.requests == [] and not await Completion.objects.aexists()
+
+
+@pytest.mark.django_db(transaction=True)
+@override_settings(BEDROCK_STREAM={"ALLOW_ANONYMOUS": False})
+async def test_drf_view_streams_for_a_signed_in_user_under_asgi(bedrock_emulator: Any) -> None:
+    user = await sync_to_async(get_user_model().objects.create_user)("ada", password="pw")
+    client = AsyncClient()
+    await sync_to_async(client.force_login)(user)
+    response = await client.post("/api/converse/", BODY, content_type="application/json")
+    assert response.status_code == 200
+    assert b"".join([part async for part in response.streaming_content])
+    assert (await Completion.objects.select_related("user").aget()).user == user
+
+
+@pytest.mark.django_db
+@override_settings(BEDROCK_STREAM={"ALLOW_ANONYMOUS": True})
+def test_drf_view_lets_anonymous_users_in_with_allow_anonymous(bedrock_emulator: Any) -> None:
+    response = Client().post("/api/llama2/", BODY, content_type="application/json")
+    assert response.status_code == 200
+    b"".join(response.streaming_content)
+    assert Completion.objects.get().user is None
+
+
+@pytest.mark.django_db
+@override_settings(
+    BEDROCK_STREAM={"ALLOW_ANONYMOUS": True},
+    REST_FRAMEWORK={"DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.IsAdminUser"]},
+)
+def test_drf_view_keeps_the_project_default_permissions(bedrock_emulator: Any) -> None:
+    user = get_user_model().objects.create_user("bob", password="pw")
+    client = Client()
+    client.force_login(user)
+    response = client.post("/api/llama2/", BODY, content_type="application/json")
+    assert response.status_code == 403 and bedrock_emulator.requests == []
+
+
+class PublicLlama2API(BedrockStreamAPIView):
+    family_class = Llama2Family
+    permission_classes = [AllowAny]
+
+
+class ProjectBaseAPIView(APIView):
+    permission_classes = [AllowAny]
+
+
+class ProjectLlama2API(BedrockStreamAPIView, ProjectBaseAPIView):
+    """``permission_classes`` chosen by a project base class that sits between the view and ``APIView``."""
+
+    family_class = Llama2Family
+
+
+@pytest.mark.django_db
+@override_settings(BEDROCK_STREAM={"ALLOW_ANONYMOUS": False})
+@pytest.mark.parametrize(
+    "view",
+    [
+        PublicLlama2API.as_view(),
+        ProjectLlama2API.as_view(),
+        api_view_for("llama2").as_view(permission_classes=[AllowAny]),
+    ],
+    ids=["class-attribute", "project-base-class", "as_view-argument"],
+)
+def test_drf_view_uses_its_own_permission_classes_as_given(bedrock_emulator: Any, view: Any) -> None:
+    response = call(view, RequestFactory().post("/", BODY, content_type="application/json"))
+    assert response.status_code == 200
+    b"".join(response.streaming_content)
+
+
+def test_sets_own_permission_classes() -> None:
+    inherited = api_view_for("llama2")
+    assert not sets_own_permission_classes(inherited())
+    assert inherited.permission_classes is APIView.permission_classes  # DRF's AllowAny stays untouched
+    assert sets_own_permission_classes(inherited(permission_classes=[IsAuthenticated]))
+    assert sets_own_permission_classes(PublicLlama2API())
+    assert sets_own_permission_classes(ProjectLlama2API())
 
 
 def test_openapi_schema_with_drf_spectacular() -> None:
