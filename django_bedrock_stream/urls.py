@@ -1,8 +1,10 @@
-"""``path("bedrock/", include("django_bedrock_stream.urls"))``: one endpoint per family."""
+"""``path("bedrock/", include("django_bedrock_stream.urls"))``: one endpoint per family, and
+``token/`` (name ``token``), which mints the tokens that GET streams (``allow_get``) accept."""
 
 from django.urls import path
 
 from . import views
+from .access import StreamTokenView
 
 app_name = "django_bedrock_stream"
 
@@ -15,4 +17,5 @@ urlpatterns = [
     path("mistral/", views.MistralStreamView.as_view(), name="mistral"),
     path("titan/", views.TitanStreamView.as_view(), name="titan"),
     path("converse/", views.ConverseStreamView.as_view(), name="converse"),
+    path("token/", StreamTokenView.as_view(), name="token"),
 ]

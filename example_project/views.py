@@ -48,6 +48,8 @@ def families() -> list[dict[str, str]]:
     out = []
     for pattern in stream_urls.urlpatterns:
         view_class = pattern.callback.view_class
+        if not hasattr(view_class, "family_class"):
+            continue  # token/ mints tokens for GET streams; it is not a model endpoint
         out.append(
             {
                 "name": pattern.name,
