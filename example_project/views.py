@@ -20,18 +20,23 @@ from django.views.decorators.http import require_GET
 from django_bedrock_stream import urls as stream_urls
 from django_bedrock_stream.models import Completion
 
-#: Session key holding the ids of the completions an anonymous visitor started (newest first).
-SESSION_KEY = "completion_ids"
-SESSION_LIMIT = 200
+from .models import SessionCompletion
+
+#: Set in an anonymous visitor's session by the chat page, the one time that session is written.
+HISTORY_FLAG = "example_history"
 
 
 def remember_completion(sender: type, request: HttpRequest, completion: Completion, **kwargs: Any) -> None:
-    """``stream_started`` receiver: remember the completion in the visitor's session."""
+    """``stream_started`` receiver: link an anonymous completion to the visitor's session.
+
+    Reads only the session key from the cookie (no session load, no session save): the chat page gave
+    the visitor a session; an API client without one has no history to keep.
+    """
     session = getattr(request, "session", None)
-    if completion.pk is None or session is None:  # PERSIST off, or no session middleware
+    key = session.session_key if session is not None else None
+    if completion.pk is None or completion.user_id is not None or not key:  # PERSIST off, a user's, no session
         return
-    ids = [completion.pk, *[pk for pk in session.get(SESSION_KEY, []) if pk != completion.pk]]
-    session[SESSION_KEY] = ids[:SESSION_LIMIT]
+    SessionCompletion.objects.create(completion=completion, session_key=key)
 
 
 def visible_completions(request: HttpRequest) -> QuerySet[Completion]:
@@ -40,7 +45,11 @@ def visible_completions(request: HttpRequest) -> QuerySet[Completion]:
     user = request.user
     if user.is_authenticated:
         return rows if getattr(user, "is_staff", False) else rows.filter(user=user)
-    return rows.filter(pk__in=request.session.get(SESSION_KEY, []), user__isnull=True)
+    # Loading the session drops a key the server does not know (expired, or made up in the cookie).
+    if not request.session.get(HISTORY_FLAG):
+        return rows.none()
+    started_here = SessionCompletion.objects.filter(session_key=request.session.session_key).values("completion")
+    return rows.filter(pk__in=started_here, user__isnull=True)
 
 
 def families() -> list[dict[str, str]]:
@@ -71,6 +80,8 @@ def emulator_reachable(url: str) -> bool:
 @ensure_csrf_cookie
 @require_GET
 def chat(request: HttpRequest) -> HttpResponse:
+    if not request.user.is_authenticated and not request.session.get(HISTORY_FLAG):
+        request.session[HISTORY_FLAG] = True  # the visitor's session, made once here rather than per stream
     uses_emulator = getattr(settings, "EXAMPLE_USES_EMULATOR", False)
     emulator_url = getattr(settings, "EXAMPLE_EMULATOR_URL", "")
     context = {

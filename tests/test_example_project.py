@@ -1,4 +1,5 @@
-"""The example site: each user sees only their own history; anonymous visitors only their session's."""
+"""The example site: each user sees only their own history; anonymous visitors only their session's,
+kept without writing the session during a stream. And ``make demo``, stopped with Ctrl-C."""
 
 from __future__ import annotations
 
@@ -16,8 +17,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from django.apps import apps
 from django.contrib.auth import get_user_model
-from django.test import Client, modify_settings, override_settings
+from django.contrib.sessions.backends.db import SessionStore
+from django.core.management import call_command
+from django.test import AsyncClient, Client, modify_settings, override_settings
+
+from django_bedrock_stream.signals import stream_started
 
 pytestmark = [
     pytest.mark.django_db,
@@ -25,30 +31,55 @@ pytestmark = [
 ]
 REPO = Path(__file__).resolve().parent.parent
 EXAMPLE = modify_settings(INSTALLED_APPS={"append": ["django.contrib.staticfiles", "example_project"]})
+SITE = override_settings(STATIC_URL="/static/", BEDROCK_STREAM={"ALLOW_ANONYMOUS": True})
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _example_app(django_db_setup: None, django_db_blocker: Any) -> Iterator[None]:
+    """The example app, installed with its table for this module (the suite's settings do not list it)."""
+    with EXAMPLE:
+        with django_db_blocker.unblock():
+            call_command("migrate", "example_project", verbosity=0)
+        yield
+        with django_db_blocker.unblock():
+            call_command("migrate", "example_project", "zero", verbosity=0)
 
 
 @pytest.fixture(autouse=True)
-def _disconnect_example_receiver() -> Iterator[None]:
-    """Installing the example app connects its session-writing stream_started receiver; it must not
-    outlive these tests (every later request would save a session row)."""
+def _example_receiver() -> Iterator[None]:
+    """The example app's stream_started receiver, connected by its ``ready()`` for each test only: it must
+    not outlive these tests (later streams would write to the example's table, which exists only here)."""
+    apps.get_app_config("example_project").ready()
     yield
-    from django_bedrock_stream.signals import stream_started
-
     stream_started.disconnect(dispatch_uid="example_remember_completion")
 
 
+@pytest.fixture
+def session_saves(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """The session key of every session save, in order (creating a session saves twice)."""
+    saves: list[str] = []
+    save = SessionStore.save
+
+    def counting_save(self: SessionStore, must_create: bool = False) -> None:
+        save(self, must_create)
+        saves.append(str(self.session_key))
+
+    monkeypatch.setattr(SessionStore, "save", counting_save)
+    return saves
+
+
+def body(prompt: str) -> str:
+    return json.dumps({"messages": [{"role": "user", "content": f"[[emulator tokens=3]] {prompt}"}]})
+
+
 def ask(client: Client, prompt: str) -> str:
-    response = client.post(
-        "/bedrock/llama3/",
-        json.dumps({"messages": [{"role": "user", "content": f"[[emulator tokens=3]] {prompt}"}]}),
-        content_type="application/json",
-    )
+    response = client.post("/bedrock/llama3/", body(prompt), content_type="application/json")
     assert response.status_code == 200
+    assert "sessionid" not in response.cookies  # the stream did not modify the session
     return b"".join(response.streaming_content).decode()
 
 
-@EXAMPLE
-@override_settings(STATIC_URL="/static/", BEDROCK_STREAM={"ALLOW_ANONYMOUS": True})
+@SITE
 def test_history_is_per_user_and_per_session(bedrock_emulator: Any) -> None:
     users = get_user_model().objects
     ada, bob = users.create_user("ada", password="pw"), users.create_user("bob", password="pw")
@@ -57,6 +88,8 @@ def test_history_is_per_user_and_per_session(bedrock_emulator: Any) -> None:
     clients["ada"].force_login(ada)
     clients["bob"].force_login(bob)
     clients["root"].force_login(admin)
+    for client in clients.values():
+        assert client.get("/").status_code == 200  # the chat page, where a visitor starts
     for name in ("ada", "bob", "anon1"):
         ask(clients[name], f"question from {name}")
 
@@ -72,11 +105,65 @@ def test_history_is_per_user_and_per_session(bedrock_emulator: Any) -> None:
     assert all(f"question from {n}" in history("root") for n in ("ada", "bob", "anon1"))
     latest = clients["ada"].get("/history/latest.json").json()
     assert latest["status"] == "completed" and latest["output_tokens"] == 3
+    assert clients["anon1"].get("/history/latest.json").json()["output_tokens"] == 3
     assert clients["anon2"].get("/history/latest.json").status_code == 404
 
 
-@EXAMPLE
-@override_settings(STATIC_URL="/static/", EXAMPLE_USES_EMULATOR=True)
+@SITE
+def test_a_stream_does_not_write_the_session(bedrock_emulator: Any, session_saves: list[str]) -> None:
+    """The session is made once, by the chat page; streams only read its key from the cookie (saving it
+    from a stream held a database connection per ASGI stream, and 500s under load)."""
+    from example_project.models import SessionCompletion
+
+    client = Client()
+    assert client.get("/").status_code == 200
+    key = client.cookies["sessionid"].value
+    assert set(session_saves) == {key}
+    saved = len(session_saves)
+    assert client.get("/").status_code == 200 and len(session_saves) == saved  # made once, not per page
+    for n in range(3):
+        ask(client, f"question {n}")
+    assert len(session_saves) == saved
+    assert SessionCompletion.objects.filter(session_key=key).count() == 3
+    page = client.get("/history/").content.decode()
+    assert all(f"question {n}" in page for n in range(3))
+
+
+@SITE
+def test_a_made_up_session_cookie_sees_no_history(bedrock_emulator: Any, session_saves: list[str]) -> None:
+    """A session key the server never issued (the stream may record it) never shows any history."""
+    client = Client()
+    client.cookies["sessionid"] = "x" * 32
+    response = client.post("/bedrock/llama3/", body("from a made-up session"), content_type="application/json")
+    assert response.status_code == 200 and b"".join(response.streaming_content)
+    client.cookies["sessionid"] = "x" * 32
+    assert "from a made-up session" not in client.get("/history/").content.decode()
+    assert client.get("/history/latest.json").status_code == 404
+    assert session_saves == []
+
+
+@pytest.mark.django_db(transaction=True)
+@SITE
+async def test_an_asgi_stream_does_not_write_the_session(bedrock_emulator: Any, session_saves: list[str]) -> None:
+    client = AsyncClient()
+    assert (await client.get("/")).status_code == 200
+    saved = len(session_saves)
+    assert saved and set(session_saves) == {client.cookies["sessionid"].value}
+    for n in range(2):
+        response = await client.post("/bedrock/llama3/", body(f"async question {n}"), content_type="application/json")
+        assert response.status_code == 200 and "sessionid" not in response.cookies
+        assert [chunk async for chunk in response.streaming_content]
+    assert len(session_saves) == saved
+    page = (await client.get("/history/")).content.decode()
+    assert "async question 0" in page and "async question 1" in page
+
+
+def test_example_migrations_match_the_models() -> None:
+    call_command("makemigrations", "example_project", "--check", "--dry-run", verbosity=0)
+
+
+@SITE
+@override_settings(EXAMPLE_USES_EMULATOR=True)
 def test_chat_page_says_it_uses_the_emulator(bedrock_emulator: Any) -> None:
     with override_settings(EXAMPLE_EMULATOR_URL=bedrock_emulator.url):
         page = Client().get("/").content.decode()
