@@ -11,12 +11,15 @@ Id                     Meaning
 ``W002``               No AWS credentials and/or region can be found, and no endpoint override
                        (``ENDPOINT_URL``, ``AWS_ENDPOINT_URL_BEDROCK_RUNTIME``, ``AWS_ENDPOINT_URL``)
                        points somewhere else such as the built-in emulator.
-``W003``               A Converse view is routed with neither a pinned ``model_id`` nor any allowed
-                       models: it serves only the library's built-in default model, and requests
-                       that name a model get a 400.
+``W003``               A Converse view routed by the project (not the package's own URLconf) has
+                       neither a pinned ``model_id`` nor any allowed models: it serves only the
+                       library's built-in default model, and requests that name a model get a 400.
 ``W004``               A middleware that holds back streamed output is installed.
 ``W005``               ``ASYNC_TRANSPORT = "aiobotocore"`` in a WSGI-only project, where the async
                        path (the only user of aiobotocore) never runs.
+``W006``               A routed stream view (either flavour) lets anonymous users stream:
+                       ``ALLOW_ANONYMOUS`` is true, or its permission classes (e.g. ``AllowAny``)
+                       let an anonymous request through.
 =====================  =======================================================================
 
 Silence one with ``SILENCED_SYSTEM_CHECKS = ["bedrock_stream.W003"]``. Every check is tagged
@@ -30,7 +33,7 @@ from __future__ import annotations
 import importlib.util
 import os
 from collections.abc import Iterator
-from typing import Any
+from typing import Any, NamedTuple
 
 from django.conf import settings
 from django.core.checks import CheckMessage, Error, Tags, Warning
@@ -40,6 +43,8 @@ from django.utils.module_loading import import_string
 from .conf import DEFAULTS
 
 TAG = "bedrock_stream"
+#: The package's own URLconf, ``include("django_bedrock_stream.urls")``.
+BUNDLED_URLCONF = "django_bedrock_stream.urls"
 ASYNC_TRANSPORTS = ("auto", "aiobotocore", "thread")
 ENDPOINT_ENV = ("AWS_ENDPOINT_URL_BEDROCK_RUNTIME", "AWS_ENDPOINT_URL")
 
@@ -247,44 +252,66 @@ def check_credentials(app_configs: Any = None, **kwargs: Any) -> list[CheckMessa
     ]
 
 
-# -- W003 --------------------------------------------------------------------------------------
+# -- routes (W003, W006) -------------------------------------------------------------------------
 
 
-def _routed_views(patterns: Any, prefix: str = "") -> Iterator[tuple[str, Any, dict[str, Any]]]:
-    """``(route, view_class, initkwargs)`` for every class-based view in a URLconf."""
+class Route(NamedTuple):
+    """A class-based view found in the URLconf."""
+
+    path: str
+    view_class: type
+    initkwargs: dict[str, Any]
+    #: Dotted name of the URLconf module whose ``urlpatterns`` hold the route.
+    urlconf: str
+
+
+def _routed_views(patterns: Any, prefix: str = "", urlconf: str = "") -> Iterator[Route]:
+    """Every class-based view in a URLconf, with the module that routes it."""
     for entry in patterns:
         route = prefix + str(entry.pattern)
         if hasattr(entry, "url_patterns"):
-            yield from _routed_views(entry.url_patterns, route)
+            # include("module") names its module; include([...]) lists belong to the includer.
+            module = getattr(entry.urlconf_module, "__name__", urlconf)
+            yield from _routed_views(entry.url_patterns, route, module)
             continue
         view_class = getattr(entry.callback, "view_class", None) or getattr(entry.callback, "cls", None)
         if view_class is not None:
-            yield route, view_class, dict(getattr(entry.callback, "view_initkwargs", None) or {})
+            yield Route(route, view_class, dict(getattr(entry.callback, "view_initkwargs", None) or {}), urlconf)
+
+
+def _routes() -> list[Route]:
+    """The project's class-based views; none when the URLconf is broken (Django's own url checks
+    report that)."""
+    from django.urls import get_resolver
+
+    try:
+        return list(_routed_views(get_resolver().url_patterns, urlconf=str(getattr(settings, "ROOT_URLCONF", ""))))
+    except Exception:
+        return []
+
+
+# -- W003 --------------------------------------------------------------------------------------
 
 
 def check_converse_models(app_configs: Any = None, **kwargs: Any) -> list[CheckMessage]:
-    """W003: a routed Converse view that serves only the built-in default model.
+    """W003: a Converse view the project routed that serves only the built-in default model.
 
     The Converse view always allows its own model id, so an empty ``ALLOWED_MODELS`` is not an
-    error in itself. It is flagged only when the project chose no model at all for a routed
-    Converse view (no ``model_id`` on the class or in ``as_view()``, no ``allowed_models``, empty
+    error in itself. It is flagged only when the project chose no model at all for a Converse view
+    it routed itself (no ``model_id`` on the class or in ``as_view()``, no ``allowed_models``, empty
     ``ALLOWED_MODELS``): clients then get the library's default model and a 400 for any ``model``
-    they pick, which is rarely what someone routing the model-agnostic endpoint expects.
+    they pick, which is rarely what someone routing the model-agnostic endpoint expects. The
+    package's own URLconf is exempt: like its seven other endpoints, its ``converse/`` serves its
+    documented default model (README, "Endpoints"), so the documented default setup checks clean.
     """
-    from django.urls import get_resolver
-
     from .families import ConverseFamily
 
     user = _user_settings() or {}
     setting_models = user.get("ALLOWED_MODELS") or []
-    try:
-        routes = list(_routed_views(get_resolver().url_patterns))
-    except Exception:  # a broken URLconf is reported by Django's own url checks
-        return []
     warnings: list[CheckMessage] = []
-    for route, view_class, initkwargs in routes:
+    for route, view_class, initkwargs, urlconf in _routes():
         family = getattr(view_class, "family_class", None)
-        if not (isinstance(family, type) and issubclass(family, ConverseFamily)):
+        if urlconf == BUNDLED_URLCONF or not (isinstance(family, type) and issubclass(family, ConverseFamily)):
             continue
         model_id = initkwargs.get("model_id", getattr(view_class, "model_id", None))
         allowed = initkwargs.get("allowed_models", getattr(view_class, "allowed_models", None))
@@ -411,6 +438,72 @@ def check_async_transport_deployment(app_configs: Any = None, **kwargs: Any) -> 
     ]
 
 
+# -- W006 --------------------------------------------------------------------------------------
+
+
+def anonymous_methods(view_class: type, initkwargs: dict[str, Any]) -> tuple[list[str], list[str]]:
+    """The stream methods (``POST``, and ``GET`` where enabled) an anonymous user may call on a
+    routed view, and the names of the permission classes it enforces.
+
+    Asks the view itself, as a request would: ``get_permissions()`` then each ``has_permission()``
+    with DRF's unauthenticated user, so ``ALLOW_ANONYMOUS``, the project's defaults, the DRF
+    flavour's own ``permission_classes`` and ``as_view()`` arguments all count as they do at run
+    time. A permission that cannot answer without a real request (it raises) counts as refusing:
+    the check reports only what it can show.
+    """
+    from django.http import HttpRequest
+    from rest_framework.request import Request
+
+    methods: list[str] = []
+    names: list[str] = []
+    for method in ("POST", "GET"):
+        request = HttpRequest()
+        request.method = method
+        try:
+            view = view_class(**initkwargs)
+            view.setup(request)
+            if method.lower() not in view.http_method_names or not hasattr(view, method.lower()):
+                continue
+            permissions = view.get_permissions()
+            anonymous = Request(request)  # no authenticators: DRF's UNAUTHENTICATED_USER
+            if all(permission.has_permission(anonymous, view) for permission in permissions):
+                methods.append(method)
+                names = [type(permission).__name__ for permission in permissions]
+        except Exception:
+            continue
+    return methods, names
+
+
+def check_anonymous_access(app_configs: Any = None, **kwargs: Any) -> list[CheckMessage]:
+    """W006: a routed stream view, plain or DRF, that lets anonymous users stream (and spend)."""
+    from .views import BedrockStreamMixin
+
+    allow_anonymous = (_user_settings() or {}).get("ALLOW_ANONYMOUS") is True
+    warnings: list[CheckMessage] = []
+    for route, view_class, initkwargs, _urlconf in _routes():
+        if not (isinstance(view_class, type) and issubclass(view_class, BedrockStreamMixin)):
+            continue
+        methods, names = anonymous_methods(view_class, initkwargs)
+        if not methods:
+            continue
+        permissions = f"its permission classes ({', '.join(names) or 'none'}) let them in"
+        reason = f"BEDROCK_STREAM['ALLOW_ANONYMOUS'] is true and {permissions}" if allow_anonymous else permissions
+        warnings.append(
+            Warning(
+                f"{view_class.__name__} at '/{route}' lets anonymous users stream ({' and '.join(methods)}): {reason}.",
+                hint=(
+                    "Anyone who can reach this URL spends your Bedrock quota. Require sign-in: leave "
+                    "ALLOW_ANONYMOUS False (the default) and use permission classes that need a user, such as "
+                    "IsAuthenticated. For an endpoint that is public on purpose, add throttle_classes and "
+                    "silence this check: SILENCED_SYSTEM_CHECKS = ['bedrock_stream.W006']."
+                ),
+                obj=view_class,
+                id="bedrock_stream.W006",
+            )
+        )
+    return warnings
+
+
 #: Every check, in id order of first appearance. ``register()`` adds them all.
 CHECKS = (
     (check_settings_keys, (Tags.compatibility,)),
@@ -420,6 +513,7 @@ CHECKS = (
     (check_converse_models, (Tags.urls,)),
     (check_middleware, (Tags.compatibility,)),
     (check_async_transport_deployment, (Tags.compatibility,)),
+    (check_anonymous_access, (Tags.security, Tags.urls)),
 )
 
 

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import re
+import subprocess
 import sys
 from pathlib import Path
 from typing import Any
@@ -12,9 +15,14 @@ from django.core import checks as django_checks
 from django.core.management import call_command
 from django.test import override_settings
 from django.urls import include, path
+from rest_framework.permissions import AllowAny, BasePermission, IsAuthenticatedOrReadOnly
 
 from django_bedrock_stream import checks
+from django_bedrock_stream.drf import BedrockStreamAPIView, api_view_for
+from django_bedrock_stream.families import ConverseFamily
 from django_bedrock_stream.views import ConverseStreamView, Llama2StreamView
+
+FAMILIES = ["anthropic", "anthropic-messages", "cohere", "llama2", "llama3", "mistral", "titan", "converse"]
 
 
 def ids(messages: list[django_checks.CheckMessage]) -> list[str]:
@@ -31,11 +39,65 @@ def test_every_check_is_registered_with_the_app_tag() -> None:
         assert checks.TAG in getattr(check, "tags", ())
 
 
+# -- the documented default configurations check clean --------------------------------------------
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def _isolated_env(tmp_path: Path, **extra: str) -> dict[str, str]:
+    """The environment of a fresh shell: no test settings, no checkout on the path, no AWS config."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("AWS_") and k not in ("DJANGO_SETTINGS_MODULE", "PYTHONPATH")}
+    missing = str(tmp_path / "no-such-aws-file")
+    return {**env, "AWS_CONFIG_FILE": missing, "AWS_SHARED_CREDENTIALS_FILE": missing, "AWS_EC2_METADATA_DISABLED": "true", **extra}
+
+
+def _run(args: list[str], cwd: Path, env: dict[str, str]) -> str:
+    result = subprocess.run([sys.executable, *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stdout + result.stderr
+    return result.stdout + result.stderr
+
+
+def readme_setup_blocks() -> dict[str, str]:
+    """``{file: code}`` for the python blocks of the README's "Setup" section; each names its file
+    on its first line (``# myproject/settings.py``) and is added to that file of a new project."""
+    readme = (REPO / "README.md").read_text(encoding="utf-8")
+    section = readme.split("\n## Setup\n", 1)[1].split("\n## ", 1)[0]
+    blocks = {}
+    for code in re.findall(r"^```python\n(.*?)^```", section, re.S | re.M):
+        label = re.match(r"#\s*(\S+\.py)\b", code)
+        assert label, f"a Setup block does not name its file:\n{code}"
+        blocks[label.group(1)] = code
+    return blocks
+
+
+def test_the_readme_default_setup_checks_clean(tmp_path: Path) -> None:
+    """``startproject``, then exactly what "Setup" says: ``manage.py check`` has nothing to say (no
+    W003 for the bundled Converse endpoint, no W006 for any view)."""
+    blocks = readme_setup_blocks()
+    project = next(iter(blocks)).split("/")[0]
+    assert set(blocks) == {f"{project}/settings.py", f"{project}/urls.py"}
+    env = _isolated_env(tmp_path, AWS_ACCESS_KEY_ID="AKIDEXAMPLE", AWS_SECRET_ACCESS_KEY="secret")  # a user with credentials
+    _run(["-m", "django", "startproject", project, str(tmp_path)], tmp_path, env)
+    for name, code in blocks.items():
+        with open(tmp_path / name, "a", encoding="utf-8") as file:
+            file.write("\n" + code)
+    assert "System check identified no issues (0 silenced)." in _run(["manage.py", "check"], tmp_path, env)
+
+
+def test_the_example_project_checks_clean_and_silences_only_its_anonymous_demo(tmp_path: Path) -> None:
+    assert "System check identified no issues" in _run(
+        ["-m", "django", "check", "--settings=example_project.settings"], REPO, _isolated_env(tmp_path)
+    )
+    (tmp_path / "unsilenced.py").write_text("from example_project.settings import *\nSILENCED_SYSTEM_CHECKS = []\n")
+    out = _run(["-m", "django", "check", "--settings=unsilenced"], REPO, _isolated_env(tmp_path, PYTHONPATH=str(tmp_path)))
+    assert set(re.findall(r"\((\w+\.[EW]\d+)\)", out)) == {"bedrock_stream.W006"}, out
+
+
 def test_manage_py_check_with_the_tag_runs(bedrock_emulator: object) -> None:
     import io
 
     out = io.StringIO()
-    with override_settings(BEDROCK_STREAM={"ALLOW_ANONYMOUS": True, "ALLOWED_MODELS": ["m"]}):
+    with override_settings(BEDROCK_STREAM={"ALLOWED_MODELS": ["m"]}):
         call_command("check", "--tag", checks.TAG, stdout=out, stderr=out)
     assert "System check identified no issues" in out.getvalue()
 
@@ -264,14 +326,31 @@ def _with_urls(*patterns: object) -> override_settings:
     return override_settings(ROOT_URLCONF=name)
 
 
-def test_w003_default_urls_with_no_models() -> None:
-    # tests.urls includes django_bedrock_stream.urls, which routes ConverseStreamView.
+def test_w003_spares_the_packages_own_urlconf_but_not_the_projects_routes() -> None:
+    # tests.urls includes django_bedrock_stream.urls (ConverseStreamView at bedrock/converse/, serving
+    # its documented default model like the other seven) and routes the DRF Converse view itself.
     with override_settings(BEDROCK_STREAM={"ALLOWED_MODELS": []}):
         result = checks.check_converse_models()
-    assert set(ids(result)) == {"bedrock_stream.W003"}
-    (warning,) = [m for m in result if m.obj is ConverseStreamView]
-    assert "'/bedrock/converse/'" in warning.msg
+    (warning,) = result
+    assert warning.id == "bedrock_stream.W003" and "ConverseStreamAPIView at '/api/converse/'" in warning.msg
     assert ConverseStreamView.family_class.default_model_id in warning.msg
+
+
+def test_w003_flags_the_bundled_view_when_the_project_routes_it() -> None:
+    with _with_urls(path("chat/", ConverseStreamView.as_view())):
+        with override_settings(BEDROCK_STREAM={}):
+            (warning,) = checks.check_converse_models()
+    assert "ConverseStreamView at '/chat/'" in warning.msg
+
+
+def test_routes_know_which_urlconf_routes_them() -> None:
+    routes = {route.path: route.urlconf for route in checks._routes()}
+    assert routes["bedrock/converse/"] == checks.BUNDLED_URLCONF
+    assert routes["api/converse/"] == "tests.urls"
+    with _with_urls(path("x/", include([path("c/", ConverseStreamView.as_view())]))):
+        from django.conf import settings
+
+        assert {r.path: r.urlconf for r in checks._routes()} == {"x/c/": settings.ROOT_URLCONF}
 
 
 def test_w003_silent_with_allowed_models_setting() -> None:
@@ -318,6 +397,91 @@ def test_w003_ignores_non_converse_views() -> None:
 def test_w003_broken_urlconf_is_left_to_django() -> None:
     with override_settings(ROOT_URLCONF="does.not.exist"):
         assert checks.check_converse_models() == []
+
+
+# -- W006 --------------------------------------------------------------------------------------
+
+
+class PublicConverseAPI(BedrockStreamAPIView):
+    family_class = ConverseFamily
+    permission_classes = [AllowAny]
+
+
+class NeedsARealRequest(BasePermission):
+    def has_permission(self, request: Any, view: Any) -> bool:
+        raise AssertionError("no queryset")
+
+
+def w006(**settings_values: Any) -> dict[str, str]:
+    """``{route: message}`` of the W006 warnings under these settings."""
+    with override_settings(**settings_values):
+        result = checks.check_anonymous_access()
+    assert set(ids(result)) <= {"bedrock_stream.W006"}
+    return {m.msg.split("'")[1]: m.msg for m in result}
+
+
+def test_w006_silent_by_default_for_both_flavours() -> None:
+    # tests.urls routes the eight plain views, two DRF views and a GET-enabled plain view.
+    assert w006(BEDROCK_STREAM={}) == {}
+
+
+def test_w006_every_stream_route_with_allow_anonymous() -> None:
+    warned = w006(BEDROCK_STREAM={"ALLOW_ANONYMOUS": True})
+    assert set(warned) == {
+        *(f"/bedrock/{family}/" for family in FAMILIES), "/api/llama2/", "/api/converse/", "/get/llama2/"
+    }
+    assert "ALLOW_ANONYMOUS'] is true and its permission classes (AllowAny)" in warned["/api/converse/"]
+    assert "(POST and GET)" in warned["/get/llama2/"] and "(POST)" in warned["/bedrock/llama2/"]
+
+
+def test_w006_silent_with_allow_anonymous_when_the_project_default_needs_a_user() -> None:
+    rest = {"DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.IsAuthenticated"]}
+    assert w006(BEDROCK_STREAM={"ALLOW_ANONYMOUS": True}, REST_FRAMEWORK=rest) == {}
+
+
+def test_w006_a_drf_view_with_its_own_allow_any() -> None:
+    with _with_urls(
+        path("public/", PublicConverseAPI.as_view()),
+        path("open/", api_view_for("llama2").as_view(permission_classes=[AllowAny])),
+        path("closed/", api_view_for("llama2").as_view()),
+        path("plain/", Llama2StreamView.as_view(permission_classes=[AllowAny])),  # IsAuthenticated still first
+    ):
+        warned = w006(BEDROCK_STREAM={})
+    assert set(warned) == {"/public/", "/open/"}
+    assert "PublicConverseAPI at '/public/' lets anonymous users stream (POST): its permission classes (AllowAny)" in (
+        warned["/public/"]
+    )
+
+
+def test_w006_read_only_permissions_open_get_streams() -> None:
+    read_only = [IsAuthenticatedOrReadOnly]
+    with _with_urls(
+        path("sse/", Llama2StreamView.as_view(allow_get=True, permission_classes=read_only)),
+        path("post-only/", Llama2StreamView.as_view(permission_classes=read_only)),
+    ):
+        warned = w006(BEDROCK_STREAM={"ALLOW_ANONYMOUS": True})
+    assert list(warned) == ["/sse/"] and "(GET)" in warned["/sse/"]
+
+
+def test_w006_a_permission_that_needs_a_real_request_counts_as_refusing() -> None:
+    with _with_urls(path("x/", api_view_for("llama2").as_view(permission_classes=[NeedsARealRequest]))):
+        assert w006(BEDROCK_STREAM={}) == {}
+
+
+@pytest.mark.django_db
+@override_settings(BEDROCK_STREAM={"ALLOW_ANONYMOUS": True})
+def test_w006_agrees_with_what_the_views_do(bedrock_emulator: object) -> None:
+    """Each route W006 names really streams for an anonymous client; each it spares refuses one."""
+    from django.test import Client
+
+    rest = {"DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.IsAuthenticated"]}
+    body = '{"messages": [{"role": "user", "content": "hi"}]}'
+    with _with_urls(path("public/", PublicConverseAPI.as_view()), path("closed/", api_view_for("llama2").as_view())):
+        warned = w006(REST_FRAMEWORK=rest)
+        with override_settings(REST_FRAMEWORK=rest):
+            statuses = {url: Client().post(url, body, content_type="application/json").status_code
+                        for url in ("/public/", "/closed/")}
+    assert set(warned) == {"/public/"} and statuses == {"/public/": 200, "/closed/": 403}
 
 
 # -- W004 --------------------------------------------------------------------------------------
