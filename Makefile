@@ -39,8 +39,11 @@ define run_with_emulator
 	@$(PY) manage.py migrate --noinput -v 0
 	@set -e; if [ -t 0 ]; then set -m; fi; \
 	$(PY) manage.py bedrock_emulator --port $(EMULATOR_PORT) $(EMULATOR_ARGS) & emulator=$$!; \
-	trap 'kill $$emulator 2>/dev/null; wait $$emulator 2>/dev/null || true' EXIT; trap 'exit 0' INT TERM; \
-	for i in $$(seq 50); do $(PY) -c "import urllib.request as u; u.urlopen('http://127.0.0.1:$(EMULATOR_PORT)/_emulator/health', timeout=1)" 2>/dev/null && break; sleep 0.2; done; \
+	trap 'kill $$emulator 2>/dev/null || true; wait $$emulator 2>/dev/null || true' EXIT; trap 'exit 0' INT TERM; \
+	for i in $$(seq 50); do \
+		kill -0 $$emulator 2>/dev/null || { echo "make $@: the emulator did not start; choose its port with make $@ EMULATOR_PORT=N" >&2; exit 2; }; \
+		$(PY) -c "import urllib.request as u; u.urlopen('http://127.0.0.1:$(EMULATOR_PORT)/_emulator/health', timeout=1)" 2>/dev/null && break; sleep 0.2; \
+	done; \
 	echo ""; echo "  Demo: http://$(HOST):$(PORT)/   (Bedrock emulator on port $(EMULATOR_PORT); Ctrl-C stops both)"; echo ""; \
 	BEDROCK_EMULATOR_URL=$${BEDROCK_EMULATOR_URL:-http://127.0.0.1:$(EMULATOR_PORT)} $(1) || [ $$? -eq 130 ]
 endef

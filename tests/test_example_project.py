@@ -198,10 +198,46 @@ def _session_processes(sid: int) -> list[str]:
     return found
 
 
-@pytest.mark.skipif(
+def make_demo(target: str, tmp_path: Path, port: int, emulator_port: int) -> dict[str, Any]:
+    """``subprocess`` arguments for ``make <target>`` on the given ports, with the demo's own settings
+    and a database of its own (the checkout's example DB is left alone)."""
+    (tmp_path / "demo_settings.py").write_text(
+        "from example_project.settings import *  # noqa: F403\n"
+        f"DATABASES = {{'default': {{'ENGINE': 'django.db.backends.sqlite3', 'NAME': {str(tmp_path / 'db.sqlite3')!r}}}}}\n"
+    )
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("AWS_", "BEDROCK_", "DJANGO_", "MAKE"))}
+    env.update(DJANGO_SETTINGS_MODULE="demo_settings", PYTHONPATH=f"{tmp_path}{os.pathsep}{REPO}", TERM="dumb")
+    venv = Path(sys.executable).parent.parent
+    # -o: never (re)install the package from a test, whatever the stamp's age.
+    args = ["make", "--no-print-directory", "-o", f"{venv}/.installed", target, f"VENV={venv}", f"PORT={port}",
+            f"EMULATOR_PORT={emulator_port}", "EMULATOR_ARGS=--tokens 3"]
+    return {"args": args, "cwd": REPO, "env": env}
+
+
+needs_make = pytest.mark.skipif(
     not Path("/proc/self/stat").exists() or shutil.which("make") is None,
     reason="needs make, a POSIX pseudo-terminal and /proc",
 )
+
+
+@needs_make
+def test_make_demo_stops_at_once_when_the_emulator_port_is_taken(tmp_path: Path) -> None:
+    port = _free_port()
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        emulator_port = busy.getsockname()[1]
+        done = subprocess.run(
+            **make_demo("demo", tmp_path, port, emulator_port),
+            stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=120, check=False,
+        )
+    assert done.returncode == 2, done.stderr
+    assert f"bedrock_emulator: port {emulator_port} is already in use" in done.stderr
+    assert "make demo EMULATOR_PORT=N" in done.stderr and "Traceback" not in done.stderr
+    assert "Demo:" not in done.stdout and not _listening(port)
+
+
+@needs_make
 @pytest.mark.parametrize("target", ["demo", "demo-asgi"])
 def test_make_demo_stops_cleanly_on_ctrl_c(tmp_path: Path, target: str) -> None:
     """Ctrl-C in the terminal stops the site and the emulator, and make exits 0 (no "Error 130")."""
@@ -209,21 +245,11 @@ def test_make_demo_stops_cleanly_on_ctrl_c(tmp_path: Path, target: str) -> None:
     import pty
     import termios
 
-    # The demo's own settings with a database of its own: the checkout's example DB is left alone.
-    (tmp_path / "demo_settings.py").write_text(
-        "from example_project.settings import *  # noqa: F403\n"
-        f"DATABASES = {{'default': {{'ENGINE': 'django.db.backends.sqlite3', 'NAME': {str(tmp_path / 'db.sqlite3')!r}}}}}\n"
-    )
     port, emulator_port = _free_port(), _free_port()
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("AWS_", "BEDROCK_", "DJANGO_", "MAKE"))}
-    env.update(DJANGO_SETTINGS_MODULE="demo_settings", PYTHONPATH=f"{tmp_path}{os.pathsep}{REPO}", TERM="dumb")
-    venv = Path(sys.executable).parent.parent
     main, child = pty.openpty()
     process = subprocess.Popen(
-        # -o: never (re)install the package from a test, whatever the stamp's age.
-        ["make", "--no-print-directory", "-o", f"{venv}/.installed", target, f"VENV={venv}", f"PORT={port}",
-         f"EMULATOR_PORT={emulator_port}", "EMULATOR_ARGS=--tokens 3"],
-        stdin=child, stdout=child, stderr=child, cwd=REPO, env=env, close_fds=True,
+        **make_demo(target, tmp_path, port, emulator_port),
+        stdin=child, stdout=child, stderr=child, close_fds=True,
         start_new_session=True,
         preexec_fn=lambda: fcntl.ioctl(0, termios.TIOCSCTTY, 0),  # the pty is make's terminal, as in a shell
     )
