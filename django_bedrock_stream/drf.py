@@ -22,7 +22,7 @@ from django.http import HttpRequest
 from django.http.response import HttpResponseBase
 from django.utils.decorators import classonlymethod
 from rest_framework import exceptions
-from rest_framework.parsers import JSONParser
+from rest_framework.parsers import BaseParser
 from rest_framework.permissions import BasePermission
 from rest_framework.renderers import BaseRenderer, JSONRenderer
 from rest_framework.response import Response
@@ -94,6 +94,35 @@ class RejectedRequestError(exceptions.APIException):
         self.status_code = rejection.status
 
 
+def api_exception(rejection: RequestRejected) -> exceptions.APIException:
+    """The DRF exception for a refused request: per-field errors, a parse error, or its own status."""
+    if rejection.details is not None:
+        return exceptions.ValidationError(rejection.details)
+    if rejection.status == 400:
+        return exceptions.ParseError(rejection.message, code=rejection.error_type)
+    return RejectedRequestError(rejection)
+
+
+class StreamJSONParser(BaseParser):
+    """JSON bodies, parsed exactly as the stream flow parses them (``get_request_data``).
+
+    DRF reads the body on its own whenever ``request.data`` or ``request.POST`` is touched, and
+    ``SessionAuthentication``'s CSRF check touches ``request.POST`` for every signed-in browser,
+    before the view runs. Through DRF's ``JSONParser`` that read has other limits and errors than
+    the stream's (an oversized body became Django's HTML 400, a deeply nested one a 500); through
+    this parser it gives the same 400/413 JSON, and ``request.data`` the same dict.
+    """
+
+    media_type = "application/json"
+
+    def parse(self, stream: Any, media_type: str | None = None, parser_context: Any = None) -> Any:
+        view, request = parser_context["view"], parser_context["request"]
+        try:
+            return view.get_request_data(request)
+        except RequestRejected as rejection:
+            raise api_exception(rejection) from None
+
+
 def sets_own_permission_classes(view: Any) -> bool:
     """Whether ``permission_classes`` was chosen for this view rather than inherited from ``APIView``.
 
@@ -121,7 +150,7 @@ class BedrockStreamAPIMixin(BedrockStreamMixin):
     permission_classes: Any
 
     renderer_classes = [SafeJSONRenderer, EventStreamRenderer, PlainTextStreamRenderer]
-    parser_classes = [JSONParser]
+    parser_classes = [StreamJSONParser]
     #: For drf-spectacular and the browsable API: the request body schema.
     serializer_class = ChatRequestSerializer
 
@@ -136,11 +165,7 @@ class BedrockStreamAPIMixin(BedrockStreamMixin):
         return [permission() for permission in classes]
 
     def reject(self, rejection: RequestRejected) -> HttpResponseBase:
-        if rejection.details is not None:
-            raise exceptions.ValidationError(rejection.details)
-        if rejection.status == 400:
-            raise exceptions.ParseError(rejection.message, code=rejection.error_type)
-        raise RejectedRequestError(rejection)
+        raise api_exception(rejection)
 
     def error_response(self, error: BedrockStreamError) -> HttpResponseBase:
         raise BedrockUpstreamError(error)

@@ -16,6 +16,9 @@ from typing import Any
 
 import pytest
 from asgiref.sync import async_to_sync
+from django.contrib.auth import get_user_model
+from django.http import HttpRequest, HttpResponse
+from django.middleware.csrf import get_token
 from django.test import AsyncClient, Client, override_settings
 from django.urls import include, path, reverse
 from hypothesis import HealthCheck, given, settings
@@ -31,7 +34,13 @@ VIEWS = [f"django_bedrock_stream:{family}" for family in FAMILIES] + [f"api-{fam
 #: What clients send: fetch() with no preference, JSON, the event-stream and text protocols.
 ACCEPTS = [None, "*/*", "application/json", "text/event-stream", "text/plain"]
 
+def csrf_token(request: HttpRequest) -> HttpResponse:
+    """Sets the CSRF cookie and answers the token, as a page with a form would."""
+    return HttpResponse(get_token(request))
+
+
 urlpatterns = [
+    path("csrf/", csrf_token),
     path("bedrock/", include("django_bedrock_stream.urls")),
     *[path(f"api/{family}/", api_view_for(family).as_view(), name=f"api-{family}") for family in FAMILIES],
 ]
@@ -276,6 +285,35 @@ def test_oversized_body_is_413(bedrock_emulator: Any, view: str, use_async: bool
 def test_any_body_over_the_limit_is_413(bedrock_emulator: Any, size: int, view: str, use_async: bool) -> None:
     with override_settings(DATA_UPLOAD_MAX_MEMORY_SIZE=1000):
         assert_rejected(post(view, b"{" + b" " * (size - 2) + b"}", use_async), bedrock_emulator, (413,))
+
+
+BROWSER_BODIES = {
+    "oversized": (json.dumps({"messages": [{"role": "user", "content": "y" * 20_000}]}), 413),
+    "not JSON": ("{nope", 400),
+    "deeply nested": ("[" * (sys.getrecursionlimit() + 10) + "]" * (sys.getrecursionlimit() + 10), 400),
+    "surrogate role": ('{"messages": [{"role": "\\ud800", "content": "hi"}]}', 400),
+}
+
+
+@pytest.mark.parametrize("kind", sorted(BROWSER_BODIES))
+@pytest.mark.parametrize("view", ["django_bedrock_stream:llama2", "api-llama2"])
+@pytest.mark.parametrize("use_async", [False, True], ids=["wsgi", "asgi"])
+@override_settings(BEDROCK_STREAM={**LIMITS, "ALLOW_ANONYMOUS": False}, DATA_UPLOAD_MAX_MEMORY_SIZE=10_000)
+def test_bad_input_from_a_signed_in_browser(bedrock_emulator: Any, kind: str, view: str, use_async: bool) -> None:
+    """A session user's request goes through ``SessionAuthentication``'s CSRF check first, which in
+    the DRF flavour makes DRF read and parse the body: still the same 4xx JSON, never Django's
+    HTML 400 or a 500."""
+    client = AsyncClient(enforce_csrf_checks=True) if use_async else Client(enforce_csrf_checks=True)
+    client.force_login(get_user_model().objects.create_user("eve", password="pw"))
+    as_sync = async_to_sync if use_async else (lambda call: call)
+    headers = {"X-CSRFToken": as_sync(client.get)("/csrf/").content.decode()}
+    data, status = BROWSER_BODIES[kind]
+    response = as_sync(client.post)(reverse(view), data, content_type="application/json", headers=headers)
+    assert_rejected(response, bedrock_emulator, (status,))
+    good = json.dumps({"messages": [{"role": "user", "content": "hi"}]})
+    assert as_sync(client.post)(reverse(view), good, content_type="application/json").status_code == 403  # no token
+    ok = as_sync(client.post)(reverse(view), good, content_type="application/json", headers=headers)
+    assert ok.status_code == 200
 
 
 @pytest.mark.parametrize("view", VIEWS)
