@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import heapq
+import inspect
 import itertools
 import logging
 import math
@@ -20,7 +21,7 @@ from datetime import timedelta
 from typing import Any
 
 from asgiref.sync import sync_to_async
-from django.db import DatabaseError, close_old_connections, connections
+from django.db import DatabaseError, connections
 from django.http import HttpRequest
 from django.utils import timezone
 
@@ -325,6 +326,8 @@ class StreamRunner:
 
 
 _background: set[asyncio.Future[Any]] = set()
+#: Django >= 4.1 can list only the connections this thread opened (cheaper than opening all).
+_INITIALIZED_ONLY = "initialized_only" in inspect.signature(connections.all).parameters
 
 
 class _Deadlines:
@@ -420,11 +423,16 @@ class AsyncBody:
 
 
 def release_connections() -> None:
-    """Give back this thread's database connections (per ``CONN_MAX_AGE``) before a long stream."""
-    try:
-        close_old_connections()
-    except DatabaseError:  # closing a connection that already broke: it is gone either way
-        pass
+    """Give back this thread's database connections (per ``CONN_MAX_AGE``) before a long stream,
+    as ``close_old_connections`` does at the end of a request; never one inside a transaction
+    (``ATOMIC_REQUESTS``, a test case): closing that would break its owner."""
+    for connection in connections.all(initialized_only=True) if _INITIALIZED_ONLY else connections.all():
+        if connection.in_atomic_block:
+            continue
+        try:
+            connection.close_if_unusable_or_obsolete()
+        except DatabaseError:  # closing a connection that already broke: it is gone either way
+            pass
 
 
 def upstream_error(err: BaseException, model_id: str) -> BedrockStreamError:

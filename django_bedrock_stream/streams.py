@@ -163,9 +163,10 @@ class BedrockStream:
         while True:
             try:
                 events = next(batches, None)
+                # An event the family cannot parse (bad JSON, a missing key) fails the stream too.
+                texts = fold(events) if events is not None else self._end_texts()
             except Exception as err:
                 raise self._fail(err) from err
-            texts = fold(events) if events is not None else self._end_texts()
             if texts:
                 if on_token or each is not None:
                     for text in texts:
@@ -218,7 +219,10 @@ class BedrockStream:
                 events = None
             except Exception as err:
                 raise self._fail(err) from err
-            texts = fold(events) if events is not None else self._end_texts()
+            try:
+                texts = fold(events) if events is not None else self._end_texts()
+            except Exception as err:  # an event the family cannot parse fails the stream too
+                raise self._fail(err) from err
             if texts:
                 if on_token or each is not None:
                     for text in texts:

@@ -111,37 +111,38 @@ async def test_a_final_write_that_keeps_failing_is_logged_in_full(
     assert saves.attempts["update"] == 3
 
 
-@pytest.mark.parametrize("flavour", ["wsgi", "asgi"])
-def test_no_database_connection_is_held_while_streaming(bedrock_emulator: Any, flavour: str) -> None:
-    """After the INSERT the request's connection is given back (CONN_MAX_AGE=0 closes it), so
-    hundreds of open streams do not hold hundreds of connections (tests/test_load.py does that)."""
-    from django.db import connection
-
-    if connection.vendor == "sqlite" and connection.is_in_memory_db():
-        pytest.skip("an in-memory SQLite connection is never closed (it would lose the database)")
-    from django.db import connections
+@pytest.fixture
+def connection_probe() -> Iterator[list[bool]]:
+    """Whether the request's thread had a database connection open at each token."""
+    from django.db import connection, connections
 
     from django_bedrock_stream import signals
 
+    if connection.vendor == "sqlite" and connection.is_in_memory_db():
+        pytest.skip("an in-memory SQLite connection is never closed (it would lose the database)")
     seen: list[bool] = []
 
     def during_the_stream(sender: Any, **kwargs: Any) -> None:
         seen.append(connections["default"].connection is not None)
 
     signals.token_received.connect(during_the_stream, dispatch_uid="connection-probe")
-    try:
-        body = chat("[[emulator tokens=3]] hi")
-        if flavour == "wsgi":
-            b"".join(Client().post(url("llama2"), body, content_type="application/json").streaming_content)
-        else:
-            from asgiref.sync import async_to_sync
+    yield seen
+    signals.token_received.disconnect(dispatch_uid="connection-probe")
 
-            async def stream() -> None:
-                response = await AsyncClient().post(url("llama2"), body, content_type="application/json")
-                [chunk async for chunk in response.streaming_content]
 
-            async_to_sync(stream)()
-    finally:
-        signals.token_received.disconnect(dispatch_uid="connection-probe")
-    assert seen == [False, False, False]
+def test_wsgi_holds_no_database_connection_while_streaming(bedrock_emulator: Any, connection_probe: list[bool]) -> None:
+    """After the INSERT the request's connection is given back (CONN_MAX_AGE=0 closes it), so
+    hundreds of open streams do not hold hundreds of connections (tests/test_load.py does that)."""
+    body = chat("[[emulator tokens=3]] hi")
+    b"".join(Client().post(url("llama2"), body, content_type="application/json").streaming_content)
+    assert connection_probe == [False, False, False]
     assert Completion.objects.get().status == "completed"
+
+
+async def test_asgi_holds_no_database_connection_while_streaming(
+    bedrock_emulator: Any, connection_probe: list[bool]
+) -> None:
+    response = await AsyncClient().post(url("llama2"), chat("[[emulator tokens=3]] hi"), content_type="application/json")
+    [chunk async for chunk in response.streaming_content]
+    assert connection_probe == [False, False, False]
+    assert (await sync_to_async(Completion.objects.get)()).status == "completed"

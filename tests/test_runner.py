@@ -21,7 +21,7 @@ from django_bedrock_stream import signals
 from django_bedrock_stream.models import Completion
 from django_bedrock_stream.runner import CHARS_PER_TOKEN, estimate_usage
 from tests.servers import UvicornThread, WSGIThread, raw_request, read_head
-from tests.test_reliability import chat, url, wait_until
+from tests.test_reliability import chat, close_server_connections, url, wait_until
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -54,6 +54,7 @@ REPLACING = modify_settings(MIDDLEWARE={"append": "tests.test_runner.replace_str
 def _forget_kept() -> Iterator[None]:
     yield
     KEPT.clear()
+    close_server_connections()  # where an abandoned ASGI stream settled its row
 
 
 def assert_abandoned(emulator: Any, within: float) -> Completion:
@@ -90,7 +91,11 @@ async def test_asgi_response_replaced_by_middleware_closes_upstream_and_settles(
 @REPLACING
 @pytest.mark.parametrize("server_class", [UvicornThread, WSGIThread], ids=["uvicorn", "wsgi"])
 def test_real_server_response_replaced_by_middleware(bedrock_emulator: Any, server_class: type) -> None:
-    with server_class() as server:
+    from django.core.handlers.asgi import ASGIHandler
+    from django.core.handlers.wsgi import WSGIHandler
+
+    app = ASGIHandler() if server_class is UvicornThread else WSGIHandler()  # with this test's middleware
+    with server_class(app=app) as server:
         sock = raw_request(server.url, url("anthropic-messages"), chat(LONG), headers={"X-Replace": "1"})
         try:
             status, _ = read_head(sock)
@@ -98,6 +103,7 @@ def test_real_server_response_replaced_by_middleware(bedrock_emulator: Any, serv
             sock.close()
         assert status == 500
         assert_abandoned(bedrock_emulator, within=1.0)
+    close_server_connections()
 
 
 @REPLACING

@@ -13,7 +13,8 @@ import pytest
 from django_bedrock_stream import streams
 from django_bedrock_stream.callbacks import StreamCallbacks
 from django_bedrock_stream.exceptions import BedrockStreamInterrupted
-from django_bedrock_stream.families import FAMILIES
+from django_bedrock_stream.families import FAMILIES, Llama2Family
+from django_bedrock_stream.streams import BedrockStream
 
 from .recorded import FAMILY_OF, RECORDED_DIR, expected_usage, load_index
 
@@ -225,3 +226,24 @@ def test_a_half_pair_left_when_the_stream_breaks_is_dropped() -> None:
         for delta in stream:
             received.append(delta)
     assert received == ["Hi "] and stream.text == "Hi "  # what the client got, nothing unencodable
+
+
+def _unparseable_stream() -> BedrockStream:
+    events = [{"chunk": {"bytes": b'{"generation": "Hi"}'}}, {"chunk": {"bytes": b"{not json"}}]
+    return BedrockStream(events, Llama2Family().parse_event)
+
+
+def test_an_event_the_family_cannot_parse_fails_the_stream() -> None:
+    """Not a raw ValueError escaping the runner (a row left ``cancelled``): a stream failure."""
+    stream = _unparseable_stream()
+    with pytest.raises(BedrockStreamInterrupted) as caught:
+        list(stream)
+    assert stream.text == "Hi" and stream.error is caught.value
+    assert caught.value.code == "JSONDecodeError" and "{not json" not in caught.value.message
+
+
+async def test_an_event_the_family_cannot_parse_fails_the_async_stream() -> None:
+    stream = _unparseable_stream()
+    with pytest.raises(BedrockStreamInterrupted):
+        [text async for text in stream]
+    assert stream.text == "Hi"
