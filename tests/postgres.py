@@ -75,12 +75,17 @@ def run_on_postgresql(test_file: str, tag: str) -> None:
         pytest.skip(f"{test_file} on PostgreSQL ran nothing:\n{result.stdout[-2000:]}")
 
 
-def database_connections() -> int:
-    """Connections to the test database other than the test's own."""
+def database_connections(idle_for: float = 0) -> int:
+    """Connections to the test database other than the test's own; with ``idle_for``, only those
+    idle (in a transaction or not) for longer than that many seconds: connections *held*, as
+    opposed to the ones open for a query right now."""
+    sql = "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() AND pid <> pg_backend_pid()"
+    params: list[float] = []
+    if idle_for:
+        sql += " AND state LIKE 'idle%%' AND clock_timestamp() - state_change > make_interval(secs => %s)"
+        params.append(idle_for)
     with connection.cursor() as cursor:
-        cursor.execute(
-            "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() AND pid <> pg_backend_pid()"
-        )
+        cursor.execute(sql, params)
         return cursor.fetchone()[0]
 
 
