@@ -52,6 +52,9 @@ DEFAULTS: dict[str, Any] = {
     # Most AI SDK message parts (any type) in one request, counted before validating them, so that a
     # body of many tiny parts is refused at once instead of holding the worker while it is validated.
     "MAX_PARTS": 1000,
+    # Most JSON objects and arrays in a request body (every "{" and "[" counts, also inside strings),
+    # counted before parsing it: parsing holds the GIL, and 2.5 MB of tiny objects would take 0.1-0.5 s.
+    "MAX_JSON_CONTAINERS": 20_000,
 }
 
 

@@ -65,7 +65,7 @@ from .models import Completion
 from .protocols import get_protocol, negotiate_protocol
 from .responses import STREAM_HEADERS
 from .runner import AsyncBody, StreamRunner, SyncBody, asend_all, release_connections, send, upstream_error
-from .serializers import ChatRequestSerializer, fast_validated_data
+from .serializers import BodyTooComplex, ChatRequestSerializer, fast_validated_data, load_json_body
 from .signals import stream_started
 from .streams import BedrockStream, close_upstream
 
@@ -272,7 +272,9 @@ class BedrockStreamMixin:
         except RequestDataTooBig:
             raise RequestRejected(413, "payload_too_large", "The request body is too large.") from None
         try:
-            data = json.loads(raw or b"null")
+            data = load_json_body(raw or b"null")
+        except BodyTooComplex as err:
+            raise RequestRejected(400, "invalid_request", str(err)) from None
         except (ValueError, UnicodeDecodeError, RecursionError):  # RecursionError: absurdly nested JSON
             raise RequestRejected(400, "invalid_json", "The request body must be JSON.") from None
         if not isinstance(data, dict):
