@@ -222,7 +222,6 @@ def test_database_down_before_the_stream_is_503_and_bedrock_is_not_called(
     assert_safe_error(response, 503, "storage_unavailable")
     assert response.headers.get("Retry-After", "").isdigit(), dict(response.headers)
     assert proxy.refused >= 1  # the server did try the database
-    time.sleep(0.3)  # a call made anyway would be in the log by now
     assert bedrock_emulator.requests == [], "Bedrock was called although the start row could not be written"
     proxy.restore()
     assert rows_for(key) == []
@@ -262,10 +261,10 @@ def test_database_down_mid_stream_and_back_before_the_end(
         time.sleep(0.5)
         proxy.restore()
 
-    with open_stream(server, key, "tokens=15 delay_ms=100") as response:
+    with open_stream(server, key, "tokens=12 delay_ms=100") as response:
         text = read_first_then(response, outage)
     record, row = settled_record(bedrock_emulator, key), settled_row(key)
-    assert record["status"] == "completed" and record["chunks_sent"] == 15, record
+    assert record["status"] == "completed" and record["chunks_sent"] == 12, record
     assert (row.status, row.text) == ("completed", record["text"]) and text == row.text
     assert row.finished_at is not None and row.output_tokens
     assert unsaved_completions(server, since) == []
@@ -363,13 +362,13 @@ def test_database_down_at_the_final_write_of_a_failed_stream_logs_it(
 def test_idle_session_timeout_shorter_than_the_stream(
     server: ServerProcess, bedrock_emulator: Any, idle_session_timeout: None
 ) -> None:
-    """``idle_session_timeout = 1s`` and streams of ~2.5 s: a connection held across the stream
-    would be gone by its final write."""
+    """``idle_session_timeout = 1s`` and streams of 2 s: a connection held across the stream would
+    be gone by its final write."""
     since, keys = server.log_size(), [new_key() for _ in range(3)]
     texts: dict[str, str] = {}
 
     def run(key: str) -> None:
-        with open_stream(server, key, "tokens=10 delay_ms=250") as response:
+        with open_stream(server, key, "tokens=8 delay_ms=250") as response:
             texts[key] = response.read().decode() if response.status_code == 200 else f"HTTP {response.status_code}"
 
     clients = [threading.Thread(target=run, args=(key,)) for key in keys]
