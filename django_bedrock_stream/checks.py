@@ -120,7 +120,7 @@ def _invalid_value(key: str, value: Any) -> str | None:
         return None if _positive_int(value) else f"must be a positive integer, not {value!r}"
     if key == "ASYNC_TRANSPORT":
         return None if value in ASYNC_TRANSPORTS else f"must be one of {', '.join(map(repr, ASYNC_TRANSPORTS))}"
-    if key in ("REGION", "ENDPOINT_URL"):
+    if key in ("REGION", "ENDPOINT_URL", "API_KEY"):
         return None if value is None or (isinstance(value, str) and value) else "must be a non-empty string or None"
     if key in ("PERSIST", "ALLOW_ANONYMOUS"):
         return None if isinstance(value, bool) else f"must be True or False, not {value!r}"
@@ -222,12 +222,13 @@ def check_credentials(app_configs: Any = None, **kwargs: Any) -> list[CheckMessa
 
     session = botocore.session.Session()
     missing: list[str] = []
+    user = _user_settings() or {}
     try:
-        if not _find_credentials(session):
+        # A Bedrock API key is credentials enough (it replaces SigV4).
+        if not (user.get("API_KEY") or os.environ.get("AWS_BEARER_TOKEN_BEDROCK") or _find_credentials(session)):
             missing.append("credentials")
     except botocore.exceptions.ProfileNotFound as err:
         missing.append(f"credentials ({err})")
-    user = _user_settings() or {}
     region = user.get("REGION") or os.environ.get("AWS_REGION")
     if not region:
         try:
@@ -242,7 +243,8 @@ def check_credentials(app_configs: Any = None, **kwargs: Any) -> list[CheckMessa
         Warning(
             f"No AWS {' and no '.join(missing)} found for Bedrock, and no endpoint override is set.",
             hint=(
-                "Set AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY or AWS_PROFILE, and AWS_REGION or "
+                "Set AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY or AWS_PROFILE (or a Bedrock API key: "
+                "AWS_BEARER_TOKEN_BEDROCK or BEDROCK_STREAM['API_KEY']), and AWS_REGION or "
                 "BEDROCK_STREAM['REGION']; on EC2 with an instance role, set the region and silence "
                 "this check. For local work run the emulator (manage.py bedrock_emulator) and set "
                 "AWS_ENDPOINT_URL_BEDROCK_RUNTIME or BEDROCK_STREAM['ENDPOINT_URL'] to its URL."

@@ -2,11 +2,16 @@
 
 boto3 clients are thread-safe, so one sync client serves every thread. aiobotocore clients belong to
 the event loop their aiohttp session was created on, so the async ones are cached per loop.
+
+A Bedrock API key (``BEDROCK_STREAM["API_KEY"]``, else ``$AWS_BEARER_TOKEN_BEDROCK``) goes through
+botocore's own bearer machinery: a token provider on the session and the ``"bearer"`` signature
+version, so the request carries ``Authorization: Bearer <key>`` instead of a SigV4 signature.
 """
 
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import os
 import threading
 import weakref
@@ -14,11 +19,15 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from botocore.config import Config
+from botocore.tokens import FrozenAuthToken
+from django.core.exceptions import ImproperlyConfigured
 
 from .conf import stream_settings
 from .exceptions import MissingExtraError
 
 SERVICE = "bedrock-runtime"
+#: The environment variable AWS defines for Bedrock API keys (read by botocore >= 1.39 too).
+API_KEY_ENV = "AWS_BEARER_TOKEN_BEDROCK"
 _lock = threading.Lock()
 _sync_clients: dict[tuple[Any, ...], Any] = {}
 _async_clients: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, dict[tuple[Any, ...], Any]] = (
@@ -38,13 +47,65 @@ def _client_kwargs() -> dict[str, Any]:
     return kwargs
 
 
+def _api_key() -> str | None:
+    """The Bedrock API key to send: ``BEDROCK_STREAM["API_KEY"]``, else ``$AWS_BEARER_TOKEN_BEDROCK``.
+
+    ``None`` means SigV4 with the usual AWS credentials.
+    """
+    key = stream_settings.API_KEY
+    if key is not None and not isinstance(key, str):
+        # Never echo the value: it is a secret even when it has the wrong type.
+        raise ImproperlyConfigured("BEDROCK_STREAM['API_KEY'] must be a string (a Bedrock API key) or None.")
+    return key or os.environ.get(API_KEY_ENV) or None
+
+
+class _ApiKeyToken:
+    """botocore's token interface over one API key: the session's ``token_provider`` component
+    (``load_token``) and the token the ``"bearer"`` signer reads (``get_frozen_token``).
+
+    Handing botocore a ``FrozenAuthToken`` directly would work on recent releases only; older botocore
+    and aiobotocore always call ``get_frozen_token()``. The repr never shows the key.
+    """
+
+    def __init__(self, key: str) -> None:
+        self._frozen = FrozenAuthToken(key)
+
+    def load_token(self, **kwargs: Any) -> _ApiKeyToken:
+        return self
+
+    def get_frozen_token(self) -> FrozenAuthToken:
+        return self._frozen
+
+    def __repr__(self) -> str:
+        return f"<{type(self).__name__} (hidden)>"
+
+
+class _AioApiKeyToken(_ApiKeyToken):
+    """The same for aiobotocore, whose signer awaits ``get_frozen_token()``."""
+
+    async def get_frozen_token(self) -> FrozenAuthToken:
+        return self._frozen
+
+
+def _config_for(session: Any, token_class: type[_ApiKeyToken]) -> dict[str, Any]:
+    """The ``Config`` kwargs for a new client of ``session``; with an API key, also installs it there."""
+    config = dict(stream_settings.CLIENT_CONFIG)
+    key = _api_key()
+    if key:
+        session.register_component("token_provider", token_class(key))
+        config["signature_version"] = "bearer"
+    return config
+
+
 def _cache_key() -> tuple[Any, ...]:
     # boto3 reads these environment variables when a client is created; a change must give a new one.
     env = tuple(os.environ.get(name) for name in (
         "AWS_ENDPOINT_URL_BEDROCK_RUNTIME", "AWS_ENDPOINT_URL", "AWS_REGION", "AWS_DEFAULT_REGION",
         "AWS_ACCESS_KEY_ID", "AWS_PROFILE",
     ))
-    return (repr(sorted(_client_kwargs().items())), repr(stream_settings.CLIENT_CONFIG), env)
+    key = _api_key()
+    key_id = hashlib.sha256(key.encode()).hexdigest() if key else None  # the key itself stays out
+    return (repr(sorted(_client_kwargs().items())), repr(stream_settings.CLIENT_CONFIG), env, key_id)
 
 
 def get_client() -> Any:
@@ -53,12 +114,14 @@ def get_client() -> Any:
     client = _sync_clients.get(key)
     if client is None:
         import boto3
+        import botocore.session
 
         with _lock:
             client = _sync_clients.get(key)
             if client is None:
-                client = boto3.session.Session().client(
-                    SERVICE, config=Config(**stream_settings.CLIENT_CONFIG), **_client_kwargs()
+                session = botocore.session.Session()
+                client = boto3.session.Session(botocore_session=session).client(
+                    SERVICE, config=Config(**_config_for(session, _ApiKeyToken)), **_client_kwargs()
                 )
                 _sync_clients[key] = client
     return client
@@ -92,9 +155,9 @@ async def get_async_client() -> Any:
         from aiobotocore.config import AioConfig
         from aiobotocore.session import get_session
 
-        context = get_session().create_client(
-            SERVICE, config=AioConfig(**stream_settings.CLIENT_CONFIG), **_client_kwargs()
-        )
+        session = get_session()
+        config = AioConfig(**_config_for(session, _AioApiKeyToken))
+        context = session.create_client(SERVICE, config=config, **_client_kwargs())
         client = await context.__aenter__()
         # Another request on this loop may have created one while we awaited; keep the first.
         client = per_loop.setdefault(key, client)

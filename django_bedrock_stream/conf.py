@@ -20,6 +20,9 @@ DEFAULTS: dict[str, Any] = {
     # Endpoint override (e.g. the built-in emulator). None keeps boto3's resolution, which honours
     # AWS_ENDPOINT_URL_BEDROCK_RUNTIME and AWS_ENDPOINT_URL.
     "ENDPOINT_URL": None,
+    # A Bedrock API key, sent as "Authorization: Bearer ..." instead of SigV4-signing with AWS
+    # credentials. None falls back to $AWS_BEARER_TOKEN_BEDROCK, then to SigV4.
+    "API_KEY": None,
     # botocore.config.Config kwargs, merged over these defaults. botocore's 60 s read timeout is too
     # short for long generations, and its pool of 10 connections would cap concurrent streams.
     "CLIENT_CONFIG": {

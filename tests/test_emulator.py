@@ -14,6 +14,7 @@ from pathlib import Path
 
 import boto3
 import botocore.eventstream
+import botocore.session
 import pytest
 from botocore.config import Config
 from botocore.exceptions import ClientError, EventStreamError
@@ -709,6 +710,140 @@ def test_management_command_runs_and_serves():
         c = boto3.client("bedrock-runtime", endpoint_url=url, region_name="us-east-1", aws_access_key_id="a", aws_secret_access_key="b")
         r = c.converse_stream(modelId="meta.llama3-8b-instruct-v1:0", messages=[{"role": "user", "content": [{"text": "x"}]}])
         assert sum("contentBlockDelta" in e for e in r["stream"]) == 2
+    finally:
+        proc.terminate()
+        proc.wait(5)
+
+
+# -- API keys (bearer auth) -----------------------------------------------------------------------
+
+API_KEY = "bedrock-api-key-emulator-test-0123456789"
+AUTH_SUFFIX = ":http://internal.amazon.com/coral/com.amazon.coral.service/"
+INVOKE_PATH = "/model/meta.llama3-8b-instruct-v1:0/invoke-with-response-stream"
+
+
+def _post_model(port: int, headers: dict[str, str], path: str = INVOKE_PATH) -> tuple[int, dict[str, str], bytes]:
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+    conn.request("POST", path, body=b'{"prompt":"x"}', headers=headers)
+    r = conn.getresponse()
+    data = r.read()
+    conn.close()
+    return r.status, dict(r.getheaders()), data
+
+
+@pytest.fixture(scope="module")
+def keyed_emulator():
+    with BedrockEmulator(port=0, tokens=3, api_key=API_KEY) as emu:
+        yield emu
+
+
+@pytest.mark.parametrize(
+    ("authorization", "error_type", "body"),
+    [
+        (f"Bearer {API_KEY}x", "AccessDeniedException", {"Message": "Authentication failed: Please make sure your API Key is valid."}),
+        ("Bearer ", "AccessDeniedException", {"Message": "Authentication failed: Please make sure your API Key is valid."}),
+        (None, "MissingAuthenticationTokenException", {"message": "Missing Authentication Token"}),
+        (
+            "AWS4-HMAC-SHA256 Credential=a/20260101/us-east-1/bedrock/aws4_request, SignedHeaders=host, Signature=00",
+            "UnrecognizedClientException",
+            {"message": "The security token included in the request is invalid."},
+        ),
+    ],
+    ids=["wrong key", "empty key", "no Authorization", "SigV4"],
+)
+def test_api_key_refusals_are_bedrocks(keyed_emulator, authorization, error_type, body):
+    keyed_emulator.reset()
+    headers = {"Authorization": authorization} if authorization is not None else {}
+    status, response_headers, data = _post_model(keyed_emulator.port, headers)
+    assert (status, response_headers["x-amzn-ErrorType"]) == (403, error_type + AUTH_SUFFIX)
+    assert response_headers["Content-Type"] == "application/json"
+    assert json.loads(data) == body
+    (record,) = keyed_emulator.requests
+    assert (record["status"], record["http_status"], record["error"], record["chunks_sent"]) == ("failed", 403, error_type, 0)
+    assert API_KEY not in json.dumps(record)
+
+
+def test_api_key_accepted_as_bearer(keyed_emulator):
+    keyed_emulator.reset()
+    status, headers, data = _post_model(keyed_emulator.port, {"Authorization": f"Bearer {API_KEY}"})
+    assert status == 200 and headers["Content-Type"] == "application/vnd.amazon.eventstream"
+    (record,) = keyed_emulator.requests
+    assert (record["status"], record["auth"], record["chunks_sent"]) == ("completed", "bearer", 3)
+    assert API_KEY not in json.dumps(record) and API_KEY not in repr(keyed_emulator)
+    # The control API is the emulator's own, not Bedrock's: no key needed.
+    assert _http(keyed_emulator, "GET", "/_emulator/health")[0] == 200
+
+
+def test_real_botocore_clients_against_a_keyed_emulator(keyed_emulator):
+    """boto3 signs with the key when it has one (its token provider and "bearer" signer); with
+    dummy SigV4 credentials it gets what Bedrock answers to unknown credentials."""
+    from botocore.tokens import FrozenAuthToken
+
+    class Token:
+        def __init__(self, key):
+            self.key = key
+
+        def load_token(self, **kwargs):
+            return self
+
+        def get_frozen_token(self):
+            return FrozenAuthToken(self.key)
+
+    def keyed_client(key):
+        core = botocore.session.Session()
+        core.register_component("token_provider", Token(key))
+        return boto3.session.Session(botocore_session=core, region_name="us-east-1").client(
+            "bedrock-runtime", endpoint_url=keyed_emulator.url, config=Config(signature_version="bearer")
+        )
+
+    keyed_emulator.reset()
+    r = keyed_client(API_KEY).converse_stream(
+        modelId="meta.llama3-8b-instruct-v1:0", messages=[{"role": "user", "content": [{"text": "x"}]}]
+    )
+    assert sum("contentBlockDelta" in e for e in r["stream"]) == 3
+    with pytest.raises(ClientError) as denied:
+        keyed_client("nope").invoke_model_with_response_stream(modelId="meta.llama3-8b-instruct-v1:0", body=b'{"prompt":"x"}')
+    assert denied.value.response["Error"]["Code"] == "AccessDeniedException"
+    assert denied.value.response["ResponseMetadata"]["HTTPStatusCode"] == 403
+    sigv4 = boto3.client(
+        "bedrock-runtime", endpoint_url=keyed_emulator.url, region_name="us-east-1", aws_access_key_id="a", aws_secret_access_key="b"
+    )
+    with pytest.raises(ClientError) as unknown:
+        sigv4.invoke_model_with_response_stream(modelId="meta.llama3-8b-instruct-v1:0", body=b'{"prompt":"x"}')
+    assert unknown.value.response["Error"]["Code"] == "UnrecognizedClientException"
+    assert [(r["auth"], r["error"]) for r in keyed_emulator.requests] == [
+        ("bearer", None), ("bearer", "AccessDeniedException"), ("sigv4", "UnrecognizedClientException")
+    ]
+
+
+def test_sigv4_still_accepted_without_a_key(bedrock_emulator, client):
+    _, events = invoke_events(client, "meta.llama3-8b-instruct-v1:0", {"prompt": "x"})
+    assert events
+    (record,) = bedrock_emulator.requests
+    assert (record["status"], record["auth"]) == ("completed", "sigv4")
+
+
+@pytest.mark.parametrize(
+    "command",
+    [["-m", "django_bedrock_stream.emulator"], ["-m", "django", "bedrock_emulator"]],
+    ids=["python -m", "manage.py"],
+)
+def test_command_line_api_key(command):
+    proc = subprocess.Popen(
+        [sys.executable, *command, "--port", "0", "--api-key", API_KEY],
+        cwd=REPO_ROOT,
+        env=dict(os.environ, PYTHONPATH=str(REPO_ROOT), DJANGO_SETTINGS_MODULE="tests.settings"),
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        banner = [proc.stdout.readline() for _ in range(4)]
+        assert "listening on http://127.0.0.1:" in banner[0], banner
+        assert "API key required" in "".join(banner) and API_KEY not in "".join(banner)
+        port = int(banner[0].strip().rsplit(":", 1)[-1])
+        assert _post_model(port, {"Authorization": f"Bearer {API_KEY}"})[0] == 200
+        status, headers, _ = _post_model(port, {"Authorization": "Bearer wrong"})
+        assert (status, headers["x-amzn-ErrorType"]) == (403, "AccessDeniedException" + AUTH_SUFFIX)
     finally:
         proc.terminate()
         proc.wait(5)

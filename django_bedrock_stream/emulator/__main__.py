@@ -29,6 +29,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--delay-ms", type=float, default=None, help="pause between token events")
     parser.add_argument("--ttfb-ms", type=float, default=None, help="pause before the response headers")
     parser.add_argument("--replay-dir", default=None, help="directory of recorded .eventstream files for replay=")
+    parser.add_argument(
+        "--api-key", default=None, help="require this Bedrock API key (Authorization: Bearer) on model requests"
+    )
 
 
 def scenario_from_options(options: dict[str, Any]) -> Scenario:
@@ -49,8 +52,10 @@ def _cannot_listen(host: str, port: int, err: OSError) -> CannotListen:
     return CannotListen(f"cannot listen on {host}:{port}: {err.strerror or err}")
 
 
-async def _serve(host: str, port: int, scenario: Scenario, replay_dir: str | None, out: TextSink) -> None:
-    server = EmulatorServer(EmulatorState(scenario, replay_dir), host, port)
+async def _serve(
+    host: str, port: int, scenario: Scenario, replay_dir: str | None, out: TextSink, api_key: str | None = None
+) -> None:
+    server = EmulatorServer(EmulatorState(scenario, replay_dir, api_key=api_key), host, port)
     try:
         await server.start()
     except OSError as err:
@@ -59,6 +64,8 @@ async def _serve(host: str, port: int, scenario: Scenario, replay_dir: str | Non
     print(f"  export AWS_ENDPOINT_URL_BEDROCK_RUNTIME={server.url}", file=out)
     if server.state.replay_dir:
         print(f"  replay dir: {server.state.replay_dir}", file=out)
+    if api_key is not None:
+        print("  API key required: export AWS_BEARER_TOKEN_BEDROCK=<the --api-key value>", file=out)
     print("  Ctrl-C to stop.", file=out, flush=True)
     try:
         await server.serve_forever()
@@ -73,14 +80,15 @@ def run(
     replay_dir: str | None = None,
     out: TextSink = sys.stdout,
     err: TextSink | None = None,
+    api_key: str | None = None,
 ) -> None:
     """Run the emulator in the foreground until Ctrl-C.
 
     A port that cannot be opened (already in use, say) is one line on ``err`` (default stderr) and
-    exit status 2, not a traceback.
+    exit status 2, not a traceback. ``api_key``: require ``Authorization: Bearer <api_key>``.
     """
     try:
-        asyncio.run(_serve(host, port, scenario or Scenario(), replay_dir, out))
+        asyncio.run(_serve(host, port, scenario or Scenario(), replay_dir, out, api_key))
     except KeyboardInterrupt:
         print("Bedrock emulator stopped.", file=out)
     except CannotListen as problem:
@@ -96,7 +104,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         scenario = scenario_from_options(vars(args))
     except ScenarioError as e:
         parser.error(str(e))
-    run(args.host, args.port, scenario, args.replay_dir)
+    run(args.host, args.port, scenario, args.replay_dir, api_key=args.api_key)
     return 0
 
 

@@ -1,7 +1,8 @@
 """The emulator's HTTP/1.1 server (asyncio, no third-party dependencies) and :class:`BedrockEmulator`.
 
 Point an unmodified boto3 ``bedrock-runtime`` client at it with
-``AWS_ENDPOINT_URL_BEDROCK_RUNTIME=http://127.0.0.1:PORT`` (dummy credentials, any region).
+``AWS_ENDPOINT_URL_BEDROCK_RUNTIME=http://127.0.0.1:PORT`` (dummy credentials, any region). Started with
+an API key, it requires ``Authorization: Bearer <key>`` and refuses anything else as Bedrock does.
 
 No Django imports here.
 """
@@ -11,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import email.utils
+import hmac
 import json
 import os
 import re
@@ -46,6 +48,14 @@ _STREAMING_OPS = ("invoke-with-response-stream", "converse-stream")
 _ERROR_TYPE_SUFFIX = ":http://internal.amazon.com/coral/com.amazon.bedrock/"
 _FLUSH_BYTES = 64 * 1024
 _MAX_HEADER_BYTES = 64 * 1024
+#: How Bedrock refuses a request its API key check does not pass: (x-amzn-ErrorType, JSON body).
+#: AWS's request layer answers these (hence the coral.service namespace); a bad bearer token gets
+#: AccessDeniedException with a capitalised "Message", a SigV4 signature from credentials it does not
+#: know UnrecognizedClientException, no Authorization header MissingAuthenticationTokenException.
+_AUTH_ERROR_SUFFIX = ":http://internal.amazon.com/coral/com.amazon.coral.service/"
+_BAD_API_KEY = ("AccessDeniedException", {"Message": "Authentication failed: Please make sure your API Key is valid."})
+_NOT_BEARER = ("UnrecognizedClientException", {"message": "The security token included in the request is invalid."})
+_NO_AUTH = ("MissingAuthenticationTokenException", {"message": "Missing Authentication Token"})
 
 
 def default_replay_dir() -> Path | None:
@@ -88,14 +98,17 @@ def _response_head(status: int, headers: list[tuple[str, str]]) -> bytes:
 
 
 class EmulatorState:
-    """Scenario defaults, the request log and the throttle counters."""
+    """Scenario defaults, the request log, the throttle counters and the API key model requests
+    must carry (``None``: any request is accepted, as SigV4 with dummy credentials)."""
 
     def __init__(
         self,
         defaults: Scenario | None = None,
         replay_dir: str | Path | None = None,
         log_limit: int | None = 100_000,
+        api_key: str | None = None,
     ):
+        self.api_key = api_key
         self.initial_defaults = defaults or Scenario()
         self.defaults = self.initial_defaults
         self.replay_dir = Path(replay_dir) if replay_dir else default_replay_dir()
@@ -447,7 +460,7 @@ class EmulatorServer:
             return True
         model_id = unquote(m.group(1))
         op = m.group(2)
-        return await self._model_request(conn, op, model_id, body, keep_alive)
+        return await self._model_request(conn, op, model_id, body, keep_alive, headers.get("authorization", ""))
 
     # -- control API --------------------------------------------------------------------------
 
@@ -476,7 +489,22 @@ class EmulatorServer:
 
     # -- model requests -----------------------------------------------------------------------
 
-    async def _model_request(self, conn: _Conn, op: str, model_id: str, raw: bytes, keep_alive: bool) -> bool:
+    def _auth_refusal(self, authorization: str) -> tuple[str, dict[str, str]] | None:
+        """Why Bedrock would refuse this ``Authorization`` header, or ``None`` to accept it."""
+        if self.state.api_key is None:
+            return None
+        scheme, _, credential = authorization.partition(" ")
+        if not authorization:
+            return _NO_AUTH
+        if scheme.lower() != "bearer":
+            return _NOT_BEARER
+        if hmac.compare_digest(credential.strip().encode(), self.state.api_key.encode()):
+            return None
+        return _BAD_API_KEY
+
+    async def _model_request(
+        self, conn: _Conn, op: str, model_id: str, raw: bytes, keep_alive: bool, authorization: str = ""
+    ) -> bool:
         st = self.state
         t0 = time.monotonic()
         request_id = str(uuid.uuid4())
@@ -499,6 +527,8 @@ class EmulatorServer:
             "ended_at": None,
             "scenario": None,
             "error": None,
+            # How the request authenticated (the scheme only, never the credential).
+            "auth": "bearer" if authorization[:7].lower() == "bearer " else "sigv4" if authorization else None,
         }
         st.add_record(rec)
         writer = conn.writer
@@ -514,6 +544,15 @@ class EmulatorServer:
             return True
 
         try:
+            refusal = self._auth_refusal(authorization)
+            if refusal is not None:
+                name, payload = refusal
+                rec["http_status"], rec["error"] = 403, name
+                _close_record(rec, "failed", sent_tokens)
+                suffix = [("x-amzn-ErrorType", name + _AUTH_ERROR_SUFFIX)]
+                writer.write(self._json_response(403, payload, keep_alive, suffix))
+                await writer.drain()
+                return True
             try:
                 overrides = Scenario.coerce(parse_markers(body_text))
                 scenario = st.defaults.merged(overrides)
@@ -755,10 +794,13 @@ class BedrockEmulator:
         port: int = 0,
         *,
         replay_dir: str | Path | None = None,
+        api_key: str | None = None,
         **scenario: Any,
     ):
+        """``api_key``: require ``Authorization: Bearer <api_key>`` on model requests (a wrong or
+        missing key gets Bedrock's 403); ``None`` accepts any request. ``scenario``: the defaults."""
         defaults = Scenario().merged(scenario)
-        self.state = EmulatorState(defaults, replay_dir)
+        self.state = EmulatorState(defaults, replay_dir, api_key=api_key)
         self.host = host
         self.port = port
         self._server: EmulatorServer | None = None

@@ -37,6 +37,7 @@ class Command(BaseCommand):
             options.get("replay_dir"),
             out=_Out(self.stdout),
             err=_Out(self.stderr),
+            api_key=options.get("api_key"),
         )
 
 
