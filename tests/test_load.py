@@ -225,11 +225,11 @@ def check_no_loss(emulator: Any, planned: list[Planned]) -> dict[str, int]:
         )
     except AssertionError:  # say which requests were lost
         kinds = {item.key: item for item in planned}
-        rows = {row.messages[0]["content"].split(" load ", 1)[1]: row.status for row in Completion.objects.all()}
-        missing = [kinds[key] for key in kinds if key not in rows]
-        stuck = [(kinds[key], status) for key, status in rows.items() if status == "streaming"]
+        row_status = {row.messages[0]["content"].split(" load ", 1)[1]: row.status for row in Completion.objects.all()}
+        missing = [kinds[key] for key in kinds if key not in row_status]
+        stuck = [(kinds[key], status) for key, status in row_status.items() if status == "streaming"]
         raise AssertionError(
-            f"{len(rows)} rows for {len(planned)} requests; no row: {missing[:5]} ({len(missing)} in all); "
+            f"{len(row_status)} rows for {len(planned)} requests; no row: {missing[:5]} ({len(missing)} in all); "
             f"still streaming: {stuck[:5]} ({len(stuck)} in all)"
         ) from None
     records: dict[str, dict[str, Any]] = {}
