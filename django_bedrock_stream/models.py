@@ -36,6 +36,13 @@ class Completion(models.Model):
     stop_reason = models.CharField(max_length=64, blank=True)
     input_tokens = models.PositiveIntegerField(null=True, blank=True)
     output_tokens = models.PositiveIntegerField(null=True, blank=True)
+    #: Prompt-cache reads and writes, counted apart from ``input_tokens`` (None: none reported).
+    cache_read_tokens = models.PositiveIntegerField(null=True, blank=True)
+    cache_write_tokens = models.PositiveIntegerField(null=True, blank=True)
+    #: Everything but the text: ``reasoning`` blocks (text, signature, redacted), ``sources``
+    #: (citations), ``files``, ``tool_calls``, ``guardrail`` (action and trace), ``attachments``
+    #: (the files the request sent: name, media type, size, sha256; never their bytes).
+    parts = models.JSONField(default=dict, blank=True)
     #: True when Bedrock never reported the counts (a stream that failed or was cancelled before
     #: the final usage event) and they were estimated from the text (about 4 characters a token).
     usage_estimated = models.BooleanField(default=False)

@@ -1,8 +1,9 @@
 """Wire encoders: turn one stream's life (start, deltas, finish or error) into text for a browser client.
 
 Each encoder is a small per-response object with no I/O: the response layer calls ``start()``, ``delta()``
-for every text delta, then exactly one of ``finish()`` or ``error()``, and ``ping()`` whenever it wants to
-keep an idle connection open, writing each returned ``str`` (UTF-8) to the client. An empty string means
+for every text delta and ``part()`` for every other typed part (:mod:`~django_bedrock_stream.parts`:
+reasoning, citations, files…), then exactly one of ``finish()`` or ``error()``, and ``ping()`` whenever it
+wants to keep an idle connection open, writing each returned ``str`` (UTF-8) to the client. An empty string means
 "nothing to send". Keeping the wire formats here, apart from Bedrock and Django, lets them be tested byte by
 byte and against the AI SDK's own parsers (``tests/js``).
 
@@ -23,6 +24,8 @@ from abc import ABC, abstractmethod
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, ClassVar
+
+from . import parts as p
 
 __all__ = [
     "FINISH_REASONS",
@@ -114,6 +117,24 @@ def _usage_counts(usage: Mapping[str, int]) -> tuple[int, int]:
     return int(usage.get("input_tokens") or 0), int(usage.get("output_tokens") or 0)
 
 
+def _cache_counts(usage: Mapping[str, int]) -> tuple[int, int]:
+    """(cache_read_tokens, cache_write_tokens) as ints, 0 when absent."""
+    return int(usage.get("cache_read_tokens") or 0), int(usage.get("cache_write_tokens") or 0)
+
+
+def _source_fields(source: p.Source) -> dict[str, Any]:
+    """A citation's details for the protocols that carry them as JSON (snake_case, no empty values)."""
+    fields = {
+        "id": source.id,
+        "title": source.title,
+        "url": source.url,
+        "cited_text": source.cited_text,
+        "document_index": source.document_index,
+        "location": dict(source.location),
+    }
+    return {key: value for key, value in fields.items() if value not in ("", None, {})}
+
+
 _LINE_BREAK = re.compile(r"\r\n|\r|\n")
 
 
@@ -194,6 +215,8 @@ class StreamProtocol(ABC):
         )
         self._started = False
         self._closed = False
+        #: What ``finish()`` was given besides the usage (model id, latency…), None values dropped.
+        self.metadata: dict[str, Any] = {}
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(message_id={self.message_id!r})"
@@ -220,13 +243,25 @@ class StreamProtocol(ABC):
             return ""
         return self.start() + self._encode_delta(text)
 
-    def finish(self, stop_reason: str | None, usage: Mapping[str, int]) -> str:
+    def part(self, part: p.Part) -> str:
+        """A typed part other than text; ``""`` where the protocol cannot carry it (``text``)."""
+        if self._closed:
+            return ""
+        encoded = self._encode_part(part)
+        return self.start() + encoded if encoded else ""
+
+    def finish(
+        self, stop_reason: str | None, usage: Mapping[str, int], metadata: Mapping[str, Any] | None = None
+    ) -> str:
         """The end of a successful stream; ``stop_reason`` is Bedrock's raw value, ``usage`` holds
-        ``input_tokens`` and ``output_tokens``."""
+        ``input_tokens`` and ``output_tokens`` (and ``cache_read_tokens``/``cache_write_tokens``),
+        ``metadata`` what else the client may show: ``model_id``, ``latency_ms``, ``service_tier``,
+        ``guardrail`` (the guardrail's action)."""
         if self._closed:
             return ""
         prefix = self.start()
         self._closed = True
+        self.metadata = {key: value for key, value in (metadata or {}).items() if value is not None}
         return prefix + self._encode_finish(stop_reason, usage)
 
     def error(self, message: str) -> str:
@@ -249,6 +284,9 @@ class StreamProtocol(ABC):
 
     @abstractmethod
     def _encode_delta(self, text: str) -> str: ...
+
+    def _encode_part(self, part: p.Part) -> str:
+        return ""
 
     def _encode_finish(self, stop_reason: str | None, usage: Mapping[str, int]) -> str:
         return ""
@@ -287,6 +325,23 @@ class DataStreamProtocol(StreamProtocol):
     def _encode_delta(self, text: str) -> str:
         return f"0:{_json(text)}\n"
 
+    def _encode_part(self, part: p.Part) -> str:
+        if isinstance(part, p.ReasoningDelta):
+            if part.text:
+                return f"g:{_json(part.text)}\n"
+            if part.signature:
+                return f"j:{_json({'signature': part.signature})}\n"
+            if part.redacted:
+                return f"i:{_json({'data': part.redacted})}\n"
+        elif isinstance(part, p.Source) and part.url:  # v1 sources are URLs only
+            source = {"sourceType": "url", "id": part.id, "url": part.url}
+            if part.title:
+                source["title"] = part.title
+            return f"h:{_json(source)}\n"
+        elif isinstance(part, p.File):
+            return f"k:{_json({'data': part.data, 'mimeType': part.media_type})}\n"
+        return ""
+
     def _encode_finish(self, stop_reason: str | None, usage: Mapping[str, int]) -> str:
         input_tokens, output_tokens = _usage_counts(usage)
         finish_reason = map_finish_reason(stop_reason)
@@ -302,11 +357,21 @@ class DataStreamProtocol(StreamProtocol):
 class UIMessageStreamProtocol(StreamProtocol):
     """AI SDK UI message stream v1 (AI SDK 5+ ``useChat``/``DefaultChatTransport``): SSE of JSON chunks.
 
-    The ``finish`` chunk carries ``messageMetadata: {finishReason, usage: {inputTokens, outputTokens}}``,
-    which every AI SDK 5+ client accepts (it lands on the assistant message's ``metadata``). A top-level
-    ``finishReason`` (what ``useChat``'s ``onFinish`` reports) is read by ``ai`` >= 5.0.92, 6.x and 7.x,
-    but ``ai`` 5.0.0-5.0.91 validate chunks strictly and fail the whole response on the unknown key, so it
-    is opt-in: subclass with ``top_level_finish_reason = True`` when every client is new enough.
+    One step (``start-step`` … ``finish-step``) per model turn. Text and reasoning are streamed as
+    blocks (``text-start``/``-delta``/``-end``, ``reasoning-start``/``-delta``/``-end``), opened when
+    their first piece arrives; a reasoning signature or redacted reasoning rides on a
+    ``reasoning-delta``'s ``providerMetadata.bedrock`` (``signature`` / ``redactedData``), where the AI
+    SDK keeps it on the message's reasoning part, to be sent back on the next turn. Citations are
+    ``source-url`` (web) or ``source-document`` parts with ``providerMetadata.bedrock`` holding the cited
+    text and location; model-made files are ``file`` parts with a data URL.
+
+    The ``finish`` chunk carries ``messageMetadata``: ``finishReason``, ``usage`` (``inputTokens``,
+    ``outputTokens``, ``cacheReadTokens``, ``cacheWriteTokens``) and, when known, ``modelId``,
+    ``latencyMs``, ``serviceTier`` and ``guardrail`` (the guardrail's action). It lands on the assistant
+    message's ``metadata``. A top-level ``finishReason`` (what ``useChat``'s ``onFinish`` reports) is read
+    by ``ai`` >= 5.0.92, 6.x and 7.x, but ``ai`` 5.0.0-5.0.91 validate chunks strictly and fail the whole
+    response on the unknown key, so it is opt-in: subclass with ``top_level_finish_reason = True`` when
+    every client is new enough.
     """
 
     name: ClassVar[str] = "ui"
@@ -315,7 +380,8 @@ class UIMessageStreamProtocol(StreamProtocol):
 
     def __init__(self, message_id: str | None = None) -> None:
         super().__init__(message_id)
-        self.text_id: str = f"{self.message_id}-text"
+        self._open: tuple[str, str] | None = None  # (kind, id) of the open text or reasoning block
+        self._blocks = 0
 
     def headers(self) -> dict[str, str]:
         return {"x-vercel-ai-ui-message-stream": "v1"}
@@ -324,25 +390,86 @@ class UIMessageStreamProtocol(StreamProtocol):
     def _chunk(chunk: Mapping[str, Any]) -> str:
         return f"data: {_json(chunk)}\n\n"
 
+    def _block(self, kind: str) -> tuple[str, str]:
+        """(chunks that close the open block and open a ``kind`` block, or "" if one is open; its id)."""
+        if self._open is not None and self._open[0] == kind:
+            return "", self._open[1]
+        self._blocks += 1
+        block_id = f"{self.message_id}-{kind}-{self._blocks}"
+        opening = self._close_block() + self._chunk({"type": f"{kind}-start", "id": block_id})
+        self._open = (kind, block_id)
+        return opening, block_id
+
+    def _close_block(self) -> str:
+        if self._open is None:
+            return ""
+        kind, block_id = self._open
+        self._open = None
+        return self._chunk({"type": f"{kind}-end", "id": block_id})
+
     def _encode_start(self) -> str:
-        start = self._chunk({"type": "start", "messageId": self.message_id})
-        return start + self._chunk({"type": "text-start", "id": self.text_id})
+        return self._chunk({"type": "start", "messageId": self.message_id}) + self._chunk({"type": "start-step"})
 
     def _encode_delta(self, text: str) -> str:
-        return self._chunk({"type": "text-delta", "id": self.text_id, "delta": text})
+        opening, block_id = self._block("text")
+        return opening + self._chunk({"type": "text-delta", "id": block_id, "delta": text})
+
+    def _encode_part(self, part: p.Part) -> str:
+        if isinstance(part, p.ReasoningDelta):
+            if part.redacted:  # a block of its own, with nothing to show
+                closing = self._close_block()
+                opening, block_id = self._block("reasoning")
+                opening = closing + opening
+                meta = {"bedrock": {"redactedData": part.redacted}}
+                chunk = {"type": "reasoning-delta", "id": block_id, "delta": "", "providerMetadata": meta}
+                return opening + self._chunk(chunk) + self._close_block()
+            opening, block_id = self._block("reasoning")
+            chunk = {"type": "reasoning-delta", "id": block_id, "delta": part.text}
+            if part.signature:
+                chunk["providerMetadata"] = {"bedrock": {"signature": part.signature}}
+            return opening + self._chunk(chunk)
+        if isinstance(part, p.Source):
+            details = {key: value for key, value in _source_fields(part).items() if key not in ("id", "title", "url")}
+            meta = {"bedrock": details}
+            if part.url:
+                source = {"type": "source-url", "sourceId": part.id, "url": part.url}
+                if part.title:
+                    source["title"] = part.title
+            else:
+                title = part.title or f"Document {(part.document_index or 0) + 1}"
+                source = {"type": "source-document", "sourceId": part.id, "mediaType": "text/plain", "title": title}
+            if meta["bedrock"]:
+                source["providerMetadata"] = meta
+            return self._chunk(source)
+        if isinstance(part, p.File):
+            url = f"data:{part.media_type};base64,{part.data}"
+            return self._chunk({"type": "file", "url": url, "mediaType": part.media_type})
+        return ""
 
     def _encode_finish(self, stop_reason: str | None, usage: Mapping[str, int]) -> str:
         input_tokens, output_tokens = _usage_counts(usage)
+        cache_read, cache_write = _cache_counts(usage)
         finish_reason = map_finish_reason(stop_reason)
         finish: dict[str, Any] = {"type": "finish"}
         if self.top_level_finish_reason:
             finish["finishReason"] = finish_reason
-        finish["messageMetadata"] = {
+        metadata = {
             "finishReason": finish_reason,
-            "usage": {"inputTokens": input_tokens, "outputTokens": output_tokens},
+            "usage": {
+                "inputTokens": input_tokens,
+                "outputTokens": output_tokens,
+                "cacheReadTokens": cache_read,
+                "cacheWriteTokens": cache_write,
+            },
         }
+        for key, name in (("model_id", "modelId"), ("latency_ms", "latencyMs"), ("service_tier", "serviceTier"),
+                          ("guardrail", "guardrail")):
+            if key in self.metadata:
+                metadata[name] = self.metadata[key]
+        finish["messageMetadata"] = metadata
         return (
-            self._chunk({"type": "text-end", "id": self.text_id})
+            self._close_block()
+            + self._chunk({"type": "finish-step"})
             + self._chunk(finish)
             + "data: [DONE]\n\n"
         )
@@ -379,14 +506,33 @@ class ServerSentEventsProtocol(StreamProtocol):
     def _encode_delta(self, text: str) -> str:
         return self._event("token", {"text": text})
 
+    def _encode_part(self, part: p.Part) -> str:
+        if isinstance(part, p.ReasoningDelta):
+            fields = {"text": part.text, "signature": part.signature, "redacted": part.redacted}
+            return self._event("reasoning", {key: value for key, value in fields.items() if value})
+        if isinstance(part, p.Source):
+            return self._event("source", _source_fields(part))
+        if isinstance(part, p.File):
+            return self._event("file", {"media_type": part.media_type, "data": part.data})
+        if isinstance(part, p.GuardrailTrace):
+            return self._event("guardrail", {"action": part.action, "trace": dict(part.trace)})
+        return ""
+
     def _encode_finish(self, stop_reason: str | None, usage: Mapping[str, int]) -> str:
         input_tokens, output_tokens = _usage_counts(usage)
+        cache_read, cache_write = _cache_counts(usage)
         return self._event(
             "done",
             {
                 "finish_reason": map_finish_reason(stop_reason),
                 "stop_reason": stop_reason,
-                "usage": {"input_tokens": input_tokens, "output_tokens": output_tokens},
+                "usage": {
+                    "input_tokens": input_tokens,
+                    "output_tokens": output_tokens,
+                    "cache_read_tokens": cache_read,
+                    "cache_write_tokens": cache_write,
+                },
+                **self.metadata,
             },
         )
 

@@ -29,6 +29,7 @@ from . import receivers, signals
 from .conf import stream_settings
 from .exceptions import BedrockStreamError, ResponseDiscarded, wrap_botocore_error
 from .models import Completion
+from .parts import Part, TextDelta
 from .protocols import StreamProtocol
 from .streams import BedrockStream
 
@@ -142,12 +143,18 @@ class StreamRunner:
             completion.usage_estimated = True
         completion.input_tokens = usage["input_tokens"]
         completion.output_tokens = usage["output_tokens"]
+        completion.cache_read_tokens = usage.get("cache_read_tokens") or None
+        completion.cache_write_tokens = usage.get("cache_write_tokens") or None
+        completion.parts = stream.summary()
         if stream.first_token_at is not None:
             completion.time_to_first_token = timedelta(seconds=stream.first_token_at - self.started_at)
         completion.finished_at = timezone.now()
         common = {"request": self.request, "model_id": completion.model_id, "text": completion.text}
         if status == Status.COMPLETED:
-            first = (signals.stream_completed, {**common, "usage": usage, "stop_reason": stream.stop_reason})
+            first = (
+                signals.stream_completed,
+                {**common, "usage": usage, "stop_reason": stream.stop_reason, "parts": completion.parts},
+            )
         elif status == Status.FAILED:
             assert error is not None
             completion.error = error.message
@@ -174,7 +181,7 @@ class StreamRunner:
         if not self._begin():
             return
         protocol, stream = self.protocol, self.stream
-        delta = protocol.delta
+        encode = self._encode
         listened = self._tokens_listened()
         outcome: str = Status.CANCELLED
         error: BedrockStreamError | None = None
@@ -183,9 +190,11 @@ class StreamRunner:
             if head:
                 yield head.encode()
             try:
-                # One write per network read: deltas that arrived together leave together.
-                for texts in stream.iter_batches(self._send_token if listened else None):
-                    yield delta(texts[0] if len(texts) == 1 else "".join(texts)).encode()
+                # One write per network read: parts that arrived together leave together.
+                for parts in stream.iter_part_batches(self._send_token if listened else None):
+                    data = encode(parts)
+                    if data:
+                        yield data.encode()
             except BedrockStreamError as err:
                 outcome, error = Status.FAILED, err
             else:
@@ -208,7 +217,7 @@ class StreamRunner:
         if not self._begin():
             return
         protocol, stream = self.protocol, self.stream
-        delta = protocol.delta
+        encode = self._encode
         listened = self._tokens_listened()
         outcome: str = Status.CANCELLED
         error: BedrockStreamError | None = None
@@ -217,8 +226,10 @@ class StreamRunner:
             if head:
                 yield head.encode()
             try:
-                async for texts in stream.aiter_batches(self._asend_token if listened else None):
-                    yield delta(texts[0] if len(texts) == 1 else "".join(texts)).encode()
+                async for parts in stream.aiter_part_batches(self._asend_token if listened else None):
+                    data = encode(parts)
+                    if data:
+                        yield data.encode()
             except BedrockStreamError as err:
                 outcome, error = Status.FAILED, err
             else:
@@ -244,9 +255,35 @@ class StreamRunner:
         await asend_all(self.settle(status, error), self.sender, then=then)
         return self._tail(status, error)
 
+    def _encode(self, parts: list[Part]) -> str:
+        """One write for a batch of parts: consecutive text joined into one delta."""
+        protocol = self.protocol
+        if len(parts) == 1 and type(parts[0]) is TextDelta:  # the usual batch: one token
+            return protocol.delta(parts[0].text)
+        out: list[str] = []
+        texts: list[str] = []
+        for part in parts:
+            if type(part) is TextDelta:
+                texts.append(part.text)  # type: ignore[union-attr]
+                continue
+            if texts:
+                out.append(protocol.delta("".join(texts)))
+                texts = []
+            out.append(protocol.part(part))
+        if texts:
+            out.append(protocol.delta("".join(texts)))
+        return "".join(out)
+
     def _tail(self, status: str, error: BedrockStreamError | None) -> str:
         if status == Status.COMPLETED:
-            return self.protocol.finish(self.stream.stop_reason, self.stream.usage)
+            stream = self.stream
+            metadata = {
+                "model_id": self.completion.model_id,
+                "latency_ms": stream.latency_ms,
+                "service_tier": stream.service_tier,
+                "guardrail": stream.guardrail.action if stream.guardrail is not None else None,
+            }
+            return self.protocol.finish(stream.stop_reason, stream.usage, metadata)
         if status == Status.FAILED and error is not None:
             logger.warning("Bedrock stream for %s failed: %s (%s)", self.completion.model_id, error.detail, error.code)
             return self.protocol.error(error.message)

@@ -17,8 +17,10 @@ stream_started = Signal()
 token_received = Signal()
 
 #: Sent when the model finished normally.
-#: kwargs: ``request``, ``model_id``, ``text``, ``usage`` (``{"input_tokens", "output_tokens"}``),
-#: ``stop_reason`` (Bedrock's raw value), ``completion``.
+#: kwargs: ``request``, ``model_id``, ``text``, ``usage`` (``{"input_tokens", "output_tokens",
+#: "cache_read_tokens", "cache_write_tokens"}``), ``stop_reason`` (Bedrock's raw value), ``parts``
+#: (everything but the text: ``{"reasoning", "sources", "files", "tool_calls", "guardrail"}``, as
+#: stored in ``Completion.parts``), ``completion``.
 stream_completed = Signal()
 
 #: Sent when Bedrock failed, before or during the stream.

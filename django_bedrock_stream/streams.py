@@ -7,19 +7,15 @@ async paths share it.
 
 from __future__ import annotations
 
-import asyncio
-import json
 import re
 import socket
 import time
-from base64 import b64decode
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping
 from typing import Any
 
-from botocore.eventstream import _PRELUDE_LENGTH, EventStream, EventStreamBuffer
-
+from . import parts as p
+from .batches import async_event_batches, sync_event_batches, threaded_event_batches
 from .callbacks import StreamCallbacks
-from .client import get_executor
 from .exceptions import BedrockStreamError, BedrockStreamInterrupted, wrap_botocore_error
 from .families import (
     AnthropicFamily,
@@ -64,10 +60,23 @@ class BedrockStream:
         self.error: BedrockStreamError | None = None
         self.finished = False
         self.first_token_at: float | None = None
+        #: Citations, files the model produced, complete tool calls, in stream order.
+        self.sources: list[p.Source] = []
+        self.files: list[p.File] = []
+        self.tool_calls: list[p.ToolCall] = []
+        #: The guardrail's verdict, when a guardrail with tracing ran.
+        self.guardrail: p.GuardrailTrace | None = None
+        #: Bedrock's reported latency (Converse ``metrics.latencyMs`` / ``invocationLatency``).
+        self.latency_ms: int | None = None
+        #: The service tier that served the request, when Bedrock says.
+        self.service_tier: str | None = None
         self._parts: list[str] = []
+        self._reasoning: dict[int, dict[str, str]] = {}
         self._high = ""  # a high surrogate held back until the next text brings its low half
         self._input_tokens: int | None = None
         self._output_tokens: int | None = None
+        self._cache_read_tokens: int | None = None
+        self._cache_write_tokens: int | None = None
         self._metrics: Mapping[str, Any] = {}
 
     # -- results --------------------------------------------------------------------------------
@@ -79,10 +88,48 @@ class BedrockStream:
 
     @property
     def usage(self) -> dict[str, int]:
-        """The family's own counts (what the model reports) first; invocation metrics fill the gaps."""
-        inp = self._input_tokens if self._input_tokens is not None else self._metrics.get("inputTokenCount")
-        out = self._output_tokens if self._output_tokens is not None else self._metrics.get("outputTokenCount")
-        return {"input_tokens": int(inp or 0), "output_tokens": int(out or 0)}
+        """``input_tokens``, ``output_tokens``, ``cache_read_tokens``, ``cache_write_tokens``: the
+        family's own counts (what the model reports) first; invocation metrics fill the gaps."""
+        return self.usage_detail.as_dict()
+
+    @property
+    def usage_detail(self) -> p.Usage:
+        metrics = self._metrics
+
+        def count(own: int | None, key: str) -> int:
+            return int((own if own is not None else metrics.get(key)) or 0)
+
+        return p.Usage(
+            input_tokens=count(self._input_tokens, "inputTokenCount"),
+            output_tokens=count(self._output_tokens, "outputTokenCount"),
+            cache_read_tokens=count(self._cache_read_tokens, "cacheReadInputTokenCount"),
+            cache_write_tokens=count(self._cache_write_tokens, "cacheWriteInputTokenCount"),
+        )
+
+    @property
+    def reasoning(self) -> str:
+        """The model's reasoning text, all blocks joined."""
+        return "".join(block["text"] for block in self._reasoning.values())
+
+    @property
+    def reasoning_blocks(self) -> list[dict[str, str]]:
+        """Each reasoning block: ``text``, and its ``signature`` or ``redacted`` data when complete.
+        Send them back unchanged on the next turn: models with extended thinking require it."""
+        return [dict(block) for block in self._reasoning.values()]
+
+    def finish_part(self) -> p.Finish:
+        """The :class:`~django_bedrock_stream.parts.Finish` part for what was read so far."""
+        return p.Finish(self.stop_reason, self.usage_detail, self.latency_ms, self.service_tier)
+
+    def summary(self) -> dict[str, Any]:
+        """Everything but the text, JSON-safe: what the ``Completion`` row stores in ``parts``."""
+        return {
+            "reasoning": self.reasoning_blocks,
+            "sources": [_as_dict(source) for source in self.sources],
+            "files": [{"media_type": file.media_type, "bytes": len(file.data) * 3 // 4} for file in self.files],
+            "tool_calls": [_as_dict(call) for call in self.tool_calls],
+            "guardrail": _as_dict(self.guardrail) if self.guardrail is not None else None,
+        }
 
     def apply(self, delta: Delta) -> str:
         """Fold one delta into the totals; return its text ("" when it carries none)."""
@@ -94,6 +141,19 @@ class BedrockStream:
             self._output_tokens = delta.output_tokens
         if delta.metrics:
             self._metrics = delta.metrics
+            if self.latency_ms is None and delta.metrics.get("invocationLatency") is not None:
+                self.latency_ms = int(delta.metrics["invocationLatency"])
+        if delta.parts:
+            for part in delta.parts:
+                self._record(part)
+        if delta.cache_read_tokens is not None:
+            self._cache_read_tokens = delta.cache_read_tokens
+        if delta.cache_write_tokens is not None:
+            self._cache_write_tokens = delta.cache_write_tokens
+        if delta.latency_ms is not None:
+            self.latency_ms = delta.latency_ms
+        if delta.service_tier is not None:
+            self.service_tier = delta.service_tier
         text = delta.text
         if text and (self._high or not text.isascii()):  # isascii() is O(1): ASCII text costs nothing
             text = self._join_surrogates(text)
@@ -102,6 +162,25 @@ class BedrockStream:
                 self.first_token_at = time.monotonic()
             self._parts.append(text)
         return text
+
+    def _record(self, part: p.Part) -> None:
+        kind = type(part)
+        if kind is p.ReasoningDelta:
+            assert isinstance(part, p.ReasoningDelta)
+            block = self._reasoning.setdefault(part.index, {"text": "", "signature": "", "redacted": ""})
+            block["text"] += part.text
+            block["signature"] += part.signature
+            block["redacted"] += part.redacted
+            if part.text and self.first_token_at is None:
+                self.first_token_at = time.monotonic()
+        elif kind is p.Source:
+            self.sources.append(part)  # type: ignore[arg-type]
+        elif kind is p.File:
+            self.files.append(part)  # type: ignore[arg-type]
+        elif kind is p.ToolCall:
+            self.tool_calls.append(part)  # type: ignore[arg-type]
+        elif kind is p.GuardrailTrace:
+            self.guardrail = part  # type: ignore[assignment]
 
     def _join_surrogates(self, text: str) -> str:
         """Text free of lone surrogates, so it can be encoded and stored.
@@ -118,12 +197,12 @@ class BedrockStream:
             text = text.encode("utf-16-le", "surrogatepass").decode("utf-16-le", "replace")
         return text
 
-    def _end_texts(self) -> list[str]:
+    def _end_parts(self) -> list[p.Part]:
         """At the end of the stream, a high surrogate still held back never got its pair: U+FFFD."""
         if not self._high:
             return []
         self._high = ""
-        return [self.apply(Delta("\ufffd"))]
+        return [p.TextDelta(self.apply(Delta("\ufffd")))]
 
     def _fail(self, err: BaseException) -> BedrockStreamError:
         self.error = (
@@ -153,45 +232,62 @@ class BedrockStream:
         come together, so the caller can forward them in one write. Callbacks still run per delta,
         each followed by ``each(text)`` when given (the runner's per-token signal).
         """
+        for parts in self.iter_part_batches(each):
+            texts = [part.text for part in parts if type(part) is p.TextDelta]  # type: ignore[union-attr]
+            if texts:
+                yield texts
+
+    def parts(self) -> Iterator[p.Part]:
+        """Every part, in order: text, reasoning, citations, files, tool calls…, then a
+        :class:`~django_bedrock_stream.parts.Finish` part."""
+        for batch in self.iter_part_batches():
+            yield from batch
+        yield self.finish_part()
+
+    def iter_part_batches(self, each: Callable[[str], Any] | None = None) -> Iterator[list[p.Part]]:
+        """The parts that arrived in one network read (see :meth:`iter_batches`); no Finish part."""
         if not hasattr(self.source, "__iter__") or _is_async_only(self.source):
             raise TypeError("This stream reads an async source: iterate it with `async for`.")
         callbacks = self.callbacks
         callbacks.call("on_start")
         on_token = callbacks.on_token is not None
         fold = self._fold
-        batches = _sync_event_batches(self.source)
+        batches = sync_event_batches(self.source)
         while True:
             try:
                 events = next(batches, None)
                 # An event the family cannot parse (bad JSON, a missing key) fails the stream too.
-                texts = fold(events) if events is not None else self._end_texts()
+                parts = fold(events) if events is not None else self._end_parts()
             except Exception as err:
                 raise self._fail(err) from err
-            if texts:
+            if parts:
                 if on_token or each is not None:
-                    for text in texts:
-                        if on_token:
-                            callbacks.call("on_token", text)
-                        if each is not None:
-                            each(text)
-                yield texts
+                    for part in parts:
+                        if type(part) is p.TextDelta:
+                            if on_token:
+                                callbacks.call("on_token", part.text)  # type: ignore[union-attr]
+                            if each is not None:
+                                each(part.text)  # type: ignore[union-attr]
+                yield parts
             if events is None:
                 break
         self.finished = True
         callbacks.call("on_completion", self.text)
         callbacks.call("on_final", self.text)
 
-    def _fold(self, events: list[Any]) -> list[str]:
-        """Parse and apply a batch of events; return their non-empty texts."""
+    def _fold(self, events: list[Any]) -> list[p.Part]:
+        """Parse and apply a batch of events; return their parts (non-empty text as TextDelta)."""
         parse, apply = self.parse, self.apply
-        texts = []
+        out: list[p.Part] = []
         for event in events:
             delta = parse(event)
             if delta is not None:
                 text = apply(delta)
+                if delta.parts:
+                    out.extend(delta.parts)
                 if text:
-                    texts.append(text)
-        return texts
+                    out.append(p.TextDelta(text, delta.index))
+        return out
 
     # -- async ----------------------------------------------------------------------------------
     def __aiter__(self) -> AsyncIterator[str]:
@@ -206,6 +302,22 @@ class BedrockStream:
         self, each: Callable[[str], Awaitable[Any]] | None = None
     ) -> AsyncIterator[list[str]]:
         """``async for`` flavour of :meth:`iter_batches` (``each`` is awaited)."""
+        async for parts in self.aiter_part_batches(each):
+            texts = [part.text for part in parts if type(part) is p.TextDelta]  # type: ignore[union-attr]
+            if texts:
+                yield texts
+
+    async def aparts(self) -> AsyncIterator[p.Part]:
+        """``async for`` flavour of :meth:`parts`."""
+        async for batch in self.aiter_part_batches():
+            for part in batch:
+                yield part
+        yield self.finish_part()
+
+    async def aiter_part_batches(
+        self, each: Callable[[str], Awaitable[Any]] | None = None
+    ) -> AsyncIterator[list[p.Part]]:
+        """``async for`` flavour of :meth:`iter_part_batches` (``each`` is awaited)."""
         callbacks = self.callbacks
         await callbacks.acall("on_start")
         on_token = callbacks.on_token is not None
@@ -220,17 +332,18 @@ class BedrockStream:
             except Exception as err:
                 raise self._fail(err) from err
             try:
-                texts = fold(events) if events is not None else self._end_texts()
+                parts = fold(events) if events is not None else self._end_parts()
             except Exception as err:  # an event the family cannot parse fails the stream too
                 raise self._fail(err) from err
-            if texts:
+            if parts:
                 if on_token or each is not None:
-                    for text in texts:
-                        if on_token:
-                            await callbacks.acall("on_token", text)
-                        if each is not None:
-                            await each(text)
-                yield texts
+                    for part in parts:
+                        if type(part) is p.TextDelta:
+                            if on_token:
+                                await callbacks.acall("on_token", part.text)  # type: ignore[union-attr]
+                            if each is not None:
+                                await each(part.text)  # type: ignore[union-attr]
+                yield parts
             if events is None:
                 break
         self.finished = True
@@ -240,8 +353,8 @@ class BedrockStream:
     def _aevent_batches(self) -> AsyncIterator[list[Any]]:
         source = self.source
         if hasattr(source, "__aiter__"):
-            return _async_event_batches(source)
-        return _threaded_event_batches(source)
+            return async_event_batches(source)
+        return threaded_event_batches(source)
 
     # -- cancellation ---------------------------------------------------------------------------
     def close(self) -> None:
@@ -251,126 +364,6 @@ class BedrockStream:
         from another thread does not interrupt a blocked ``recv`` on Linux).
         """
         close_upstream(self.source)
-
-
-# -- reading event streams in batches ---------------------------------------------------------------
-# botocore's EventStream decodes one event per ``next()`` and runs the generic response parser on each
-# (shape lookups, and under aiobotocore an ``await`` per event). For the hot case, an invoke ``chunk``
-# event, the parsed result is just ``{"chunk": {"bytes": base64decode(payload["bytes"])}}``; we build it
-# directly, after botocore's own EventStreamBuffer has framed the message and checked both CRCs. Every
-# other message (exceptions, Converse events, anything unexpected) goes through the stream's own
-# ``_parse_event``, so errors raise exactly the ``EventStreamError`` boto3 would. All messages decoded
-# from one network read form one batch.
-
-_SLICE = 8192  # EventStreamBuffer copies its remaining buffer per message: feed it in bounded slices
-
-
-def _is_botocore_stream(source: Any) -> bool:
-    return (
-        isinstance(source, EventStream)
-        and hasattr(source, "_raw_stream")
-        and callable(getattr(source, "_parse_event", None))
-    )
-
-
-def _chunk_event(message: Any) -> dict[str, Any] | None:
-    headers = message.headers
-    if headers.get(":event-type") != "chunk" or headers.get(":message-type") != "event":
-        return None
-    try:
-        return {"chunk": {"bytes": b64decode(json.loads(message.payload)["bytes"])}}
-    except (ValueError, KeyError, TypeError):
-        return None
-
-
-class _Buffer(EventStreamBuffer):
-    """botocore's buffer (framing, both CRC checks, its errors), with the header block's parse
-    memoised by its bytes: a stream repeats the same few header blocks (``:event-type chunk``…) for
-    every message, and parsing them is a pure function of those bytes."""
-
-    def _parse_headers(self) -> dict[str, Any]:
-        header_bytes = self._data[_PRELUDE_LENGTH : self._prelude.headers_end]
-        headers = _HEADERS.get(header_bytes)
-        if headers is None:
-            headers = self._header_parser.parse(header_bytes)
-            if len(_HEADERS) < 64 and len(header_bytes) <= 512:
-                _HEADERS[header_bytes] = headers
-        return dict(headers)  # a copy: the values are immutable (str, bytes, int, bool)
-
-
-_HEADERS: dict[bytes, dict[str, Any]] = {}
-
-
-def _messages(buffer: EventStreamBuffer, data: bytes) -> Iterator[Any]:
-    for start in range(0, len(data), _SLICE):
-        buffer.add_data(data[start : start + _SLICE])
-        yield from buffer
-
-
-def _sync_event_batches(source: Any) -> Iterator[list[Any]]:
-    if not _is_botocore_stream(source) or not hasattr(source._raw_stream, "stream"):
-        for event in source:
-            yield [event]
-        return
-    buffer = _Buffer()
-    parse_event = source._parse_event
-    for data in source._raw_stream.stream():
-        batch: list[Any] = []
-        try:
-            for message in _messages(buffer, data):
-                event = _chunk_event(message)
-                if event is None:
-                    event = parse_event(message)
-                    if not event:
-                        continue
-                batch.append(event)
-        except Exception as err:
-            if batch:  # deliver what arrived before the error, then raise it
-                yield batch
-            raise err
-        if batch:
-            yield batch
-
-
-async def _async_event_batches(source: Any) -> AsyncIterator[list[Any]]:
-    content: Any = getattr(getattr(source, "_raw_stream", None), "content", None)
-    if not _is_botocore_stream(source) or not hasattr(content, "readany"):
-        async for event in source:
-            yield [event]
-        return
-    buffer = _Buffer()
-    parse_event = source._parse_event
-    while True:
-        data = await content.readany()  # everything buffered so far, or waits for the next bytes
-        if not data:
-            return
-        batch: list[Any] = []
-        try:
-            for message in _messages(buffer, data):
-                event = _chunk_event(message)
-                if event is None:
-                    event = await parse_event(message)
-                    if not event:
-                        continue
-                batch.append(event)
-        except Exception as err:
-            if batch:
-                yield batch
-            raise err
-        if batch:
-            yield batch
-
-
-async def _threaded_event_batches(source: Any) -> AsyncIterator[list[Any]]:
-    """A sync source read on the dedicated pool: one hop per network read, not one per event."""
-    loop = asyncio.get_running_loop()
-    executor = get_executor()
-    batches = _sync_event_batches(source)
-    while True:
-        batch = await loop.run_in_executor(executor, next, batches, None)
-        if batch is None:
-            return
-        yield batch
 
 
 def close_upstream(source: Any) -> None:
@@ -388,6 +381,10 @@ def close_upstream(source: Any) -> None:
             close()
         except Exception:  # closing a broken connection must not mask the original outcome
             pass
+
+
+def _as_dict(part: Any) -> dict[str, Any]:
+    return {name: getattr(part, name) for name in part.__dataclass_fields__ if name != "index"}
 
 
 def _is_async_only(source: Any) -> bool:

@@ -389,6 +389,17 @@ class BedrockStreamView(BedrockStreamMixin, View):
     async def get(self, request: HttpRequest, *args: Any, **kwargs: Any) -> HttpResponseBase:
         return await self.post(request, *args, **kwargs)
 
+    def http_method_not_allowed(self, request: HttpRequest, *args: Any, **kwargs: Any) -> Any:
+        """405 as JSON, like every other refusal (Django's own is an empty HTML page)."""
+        allowed = ", ".join(self._allowed_methods())
+        message = f"Method {request.method} is not allowed; use {allowed}."
+        response = RequestRejected(405, "method_not_allowed", message, headers={"Allow": allowed}).response()
+
+        async def respond() -> HttpResponseBase:  # the handlers are async, so Django awaits this
+            return response
+
+        return respond()
+
     @classonlymethod
     def as_view(cls, **initkwargs: Any) -> Any:
         # Like DRF's APIView: CSRF is checked by SessionAuthentication, only for session users.

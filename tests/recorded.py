@@ -56,7 +56,8 @@ def boto3_events(path: Path) -> list[dict[str, Any]]:
 
 
 def expected_usage(entry: dict[str, Any]) -> dict[str, int]:
-    """The usage our rule yields: the family's own counts first, invocation metrics for the gaps."""
+    """The usage our rule yields: the family's own counts first, invocation metrics for the gaps;
+    cache reads and writes from the model's usage (each API names them its own way), else the metrics."""
     usage = entry.get("usage") or {}
     metrics = entry.get("invocation_metrics") or {}
     pairs = [
@@ -65,7 +66,16 @@ def expected_usage(entry: dict[str, Any]) -> dict[str, int]:
         ("prompt_token_count", "generation_token_count"),
         ("inputTextTokenCount", "totalOutputTextTokenCount"),
     ]
+    counts = {"input_tokens": metrics.get("inputTokenCount"), "output_tokens": metrics.get("outputTokenCount")}
     for inp, out in pairs:
         if inp in usage:
-            return {"input_tokens": int(usage[inp]), "output_tokens": int(usage[out])}
-    return {"input_tokens": metrics["inputTokenCount"], "output_tokens": metrics["outputTokenCount"]}
+            counts = {"input_tokens": int(usage[inp]), "output_tokens": int(usage[out])}
+            break
+    cache = {
+        "cache_read_tokens": ("cacheReadInputTokens", "cache_read_input_tokens", "cacheReadInputTokenCount"),
+        "cache_write_tokens": ("cacheWriteInputTokens", "cache_creation_input_tokens", "cacheWriteInputTokenCount"),
+    }
+    for key, names in cache.items():
+        found = [usage[name] for name in names if name in usage] or [metrics.get(names[-1]) or 0]
+        counts[key] = int(found[0])
+    return counts

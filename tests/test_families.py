@@ -62,6 +62,10 @@ def test_family_without_name_is_rejected_at_class_creation() -> None:
         type("Broken", (BedrockFamily,), {})
 
 
+def usage(inp: int, out: int, cache_read: int = 0, cache_write: int = 0) -> dict[str, int]:
+    return {"input_tokens": inp, "output_tokens": out, "cache_read_tokens": cache_read, "cache_write_tokens": cache_write}
+
+
 def test_invocation_metrics_fill_missing_counts_and_unknown_keys_are_ignored() -> None:
     events = [
         chunk({"text": "Hi", "is_finished": False, "p": "abcdef"}),
@@ -76,8 +80,9 @@ def test_invocation_metrics_fill_missing_counts_and_unknown_keys_are_ignored() -
     ]
     stream = run(CohereFamily(), events)
     assert (stream.text, stream.stop_reason, stream.usage) == (
-        "Hi there", "COMPLETE", {"input_tokens": 7, "output_tokens": 2}
+        "Hi there", "COMPLETE", usage(7, 2)
     )
+    assert stream.latency_ms == 10
 
 
 def test_mistral_and_titan_and_llama_chunks() -> None:
@@ -86,12 +91,12 @@ def test_mistral_and_titan_and_llama_chunks() -> None:
     assert (mistral.text, mistral.stop_reason) == ("ab", "length")
     titan = run(TitanFamily(), [chunk({"outputText": "x", "index": 0, "totalOutputTextTokenCount": 3.0,
                                        "completionReason": "FINISH", "inputTextTokenCount": 4.0})])
-    assert (titan.text, titan.stop_reason, titan.usage) == ("x", "FINISH", {"input_tokens": 4, "output_tokens": 3})
+    assert (titan.text, titan.stop_reason, titan.usage) == ("x", "FINISH", usage(4, 3))
     llama = run(Llama3Family(), [chunk({"generation": "y", "prompt_token_count": 9, "generation_token_count": 1,
                                         "stop_reason": None}),
                                  chunk({"generation": "z", "prompt_token_count": None, "generation_token_count": 2,
                                         "stop_reason": "stop"})])
-    assert (llama.text, llama.stop_reason, llama.usage) == ("yz", "stop", {"input_tokens": 9, "output_tokens": 2})
+    assert (llama.text, llama.stop_reason, llama.usage) == ("yz", "stop", usage(9, 2))
 
 
 def test_anthropic_messages_skips_tool_input_and_reads_usage_from_message_events() -> None:

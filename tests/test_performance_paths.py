@@ -134,7 +134,7 @@ def test_header_memo_decodes_exactly_like_botocore() -> None:
     from botocore.eventstream import EventStreamBuffer
 
     from django_bedrock_stream.emulator.eventstream import encode_chunk, encode_event, encode_exception
-    from django_bedrock_stream.streams import _Buffer
+    from django_bedrock_stream.batches import _Buffer
 
     good = b"".join(
         [encode_chunk(b'{"generation": "hi"}') for _ in range(3)]

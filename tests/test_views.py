@@ -162,7 +162,7 @@ def test_callbacks_and_signals_fire_in_order_with_documented_kwargs(bedrock_emul
     assert dict(events)["stream_started"] == ["completion", "model_id", "request", "signal"]
     assert dict(events)["token_received"] == ["request", "signal", "token"]
     assert dict(events)["stream_completed"] == [
-        "completion", "model_id", "request", "signal", "stop_reason", "text", "usage"]
+        "completion", "model_id", "parts", "request", "signal", "stop_reason", "text", "usage"]
     assert dict(events)["stream_finished"] == ["completion", "model_id", "request", "signal", "status", "text"]
     assert [t for n, t in events if n == "on_token"] and "".join(t for n, t in events if n == "on_token") == text
 
@@ -387,3 +387,16 @@ def test_converse_never_sends_blank_blocks_or_a_trailing_space_prefill(
         {"role": "assistant", "content": [{"text": "Sure:"}]},
     ]
     assert "system" not in sent and len(bedrock_emulator.requests) == 1
+
+
+@pytest.mark.parametrize("method", ["get", "put", "patch", "delete"])
+def test_a_wrong_method_is_a_json_405_with_allow(method: str) -> None:
+    response = getattr(Client(), method)(reverse("django_bedrock_stream:llama2"))
+    assert response.status_code == 405 and response["Content-Type"] == "application/json"
+    assert response["Allow"] == "POST, OPTIONS"
+    assert response.json()["error"]["type"] == "method_not_allowed"
+
+
+async def test_a_wrong_method_is_a_json_405_under_asgi() -> None:
+    response = await AsyncClient().put(reverse("django_bedrock_stream:converse"))
+    assert response.status_code == 405 and response.json()["error"]["type"] == "method_not_allowed"

@@ -8,6 +8,7 @@ from .converse import ConverseFamily
 from .llama2 import Llama2Family
 from .llama3 import Llama3Family
 from .mistral import MistralFamily
+from .nova import NovaFamily
 from .titan import TitanFamily
 
 FAMILIES: dict[str, type[BedrockFamily]] = {
@@ -19,6 +20,7 @@ FAMILIES: dict[str, type[BedrockFamily]] = {
         Llama2Family,
         Llama3Family,
         MistralFamily,
+        NovaFamily,
         TitanFamily,
         ConverseFamily,
     )
@@ -35,5 +37,6 @@ __all__ = [
     "Llama2Family",
     "Llama3Family",
     "MistralFamily",
+    "NovaFamily",
     "TitanFamily",
 ]

@@ -5,8 +5,9 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from ..parts import ReasoningDelta, Source
 from ..prompts import build_anthropic_messages, extract_system
-from .base import BedrockFamily, Delta, Message
+from .base import BedrockFamily, ContentBlocks, Delta, Message
 
 
 class AnthropicMessagesFamily(BedrockFamily):
@@ -24,14 +25,44 @@ class AnthropicMessagesFamily(BedrockFamily):
             body["system"] = system
         return body
 
+    def __init__(self) -> None:
+        self.blocks = ContentBlocks()
+
     def parse_chunk(self, data: Mapping[str, Any]) -> Delta:
         kind = data.get("type")
+        index = data.get("index") or 0
         if kind == "content_block_delta":
             delta = data.get("delta") or {}
-            return Delta(delta.get("text", "") if delta.get("type") == "text_delta" else "")
+            delta_type = delta.get("type")
+            if delta_type == "text_delta":
+                return Delta(delta.get("text", ""), index=index)
+            if delta_type == "thinking_delta":
+                return Delta(parts=(ReasoningDelta(text=delta.get("thinking", ""), index=index),))
+            if delta_type == "signature_delta":
+                self.blocks.signature(index, delta.get("signature", ""))
+            elif delta_type == "input_json_delta":
+                piece = self.blocks.tool_input(index, delta.get("partial_json", ""))
+                return Delta(parts=(piece,) if piece is not None else ())
+            elif delta_type == "citations_delta":
+                return Delta(parts=(self._source(delta.get("citation") or {}, index),))
+            return Delta()
+        if kind == "content_block_start":
+            block = data.get("content_block") or {}
+            if block.get("type") == "tool_use":
+                return Delta(parts=(self.blocks.start_tool(index, block.get("id", ""), block.get("name", "")),))
+            if block.get("type") == "redacted_thinking":
+                return Delta(parts=(ReasoningDelta(redacted=block.get("data", ""), index=index),))
+            return Delta()
+        if kind == "content_block_stop":
+            return Delta(parts=self.blocks.stop(index))
         if kind == "message_start":
+            self.blocks = ContentBlocks()
             usage = (data.get("message") or {}).get("usage") or {}
-            return Delta(input_tokens=usage.get("input_tokens"))
+            return Delta(
+                input_tokens=usage.get("input_tokens"),
+                cache_read_tokens=usage.get("cache_read_input_tokens"),
+                cache_write_tokens=usage.get("cache_creation_input_tokens"),
+            )
         if kind == "message_delta":
             usage = data.get("usage") or {}
             return Delta(
@@ -39,3 +70,14 @@ class AnthropicMessagesFamily(BedrockFamily):
                 output_tokens=usage.get("output_tokens"),
             )
         return Delta()
+
+    def _source(self, citation: Mapping[str, Any], index: int) -> Source:
+        location = {key: value for key, value in citation.items() if key not in ("cited_text", "document_title", "url")}
+        return self.blocks.source(
+            title=citation.get("document_title") or citation.get("title") or "",
+            url=citation.get("url") or "",
+            cited_text=citation.get("cited_text", ""),
+            document_index=citation.get("document_index"),
+            location=location,
+            index=index,
+        )

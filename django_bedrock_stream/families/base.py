@@ -12,13 +12,17 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
+from ..parts import GuardrailTrace, Part, ReasoningDelta, Source, ToolCall, ToolCallStart, ToolInputDelta
+
 Message = Mapping[str, str]
 METRICS_KEY = "amazon-bedrock-invocationMetrics"
 
 
 @dataclass(slots=True)
 class Delta:
-    """What one event contributes: text, and possibly a stop reason and token counts."""
+    """What one event contributes: text, any other typed parts, and possibly a stop reason, token
+    counts and metrics. Text stays a plain field (most events carry only text, and the stream's hot
+    path reads it directly); everything else arrives as :mod:`~django_bedrock_stream.parts` values."""
 
     text: str = ""
     stop_reason: str | None = None
@@ -26,6 +30,14 @@ class Delta:
     output_tokens: int | None = None
     #: ``amazon-bedrock-invocationMetrics`` from the last invoke chunk: fills counts the family lacks.
     metrics: Mapping[str, Any] | None = None
+    #: The event's other parts, in order: reasoning, citations, files, tool calls, guardrail traces.
+    parts: tuple[Part, ...] = ()
+    cache_read_tokens: int | None = None
+    cache_write_tokens: int | None = None
+    latency_ms: int | None = None
+    service_tier: str | None = None
+    #: The content block the text belongs to.
+    index: int = 0
 
 
 class BedrockFamily:
@@ -75,8 +87,70 @@ class BedrockFamily:
             return None
         data = json.loads(chunk["bytes"])
         delta = self.parse_chunk(data)
-        delta.metrics = data.get(METRICS_KEY)
+        metrics = data.get(METRICS_KEY)
+        if metrics is not None:
+            delta.metrics = metrics
+            if GUARDRAIL_ACTION_KEY in data:  # invoke guardrails: the verdict on every chunk, the trace on the last
+                trace = guardrail_trace(data[GUARDRAIL_ACTION_KEY], (data.get(TRACE_KEY) or {}).get("guardrail"))
+                delta.parts = (*delta.parts, trace)
         return delta
+
+
+GUARDRAIL_ACTION_KEY = "amazon-bedrock-guardrailAction"
+TRACE_KEY = "amazon-bedrock-trace"
+
+
+def guardrail_trace(action: str, trace: Mapping[str, Any] | None) -> GuardrailTrace:
+    """The guardrail's verdict. Bedrock's trace repeats the model's unfiltered output
+    (``modelOutput``): exactly what a guardrail masked or blocked, so it is dropped here."""
+    kept = {key: value for key, value in (trace or {}).items() if key != "modelOutput"}
+    return GuardrailTrace(action=str(action), trace=kept)
+
+
+class ContentBlocks:
+    """The open content blocks of one stream: a tool call's input arriving in pieces, a reasoning
+    signature (kept only once its block is complete), numbered citations. Families whose events
+    come per content block (Converse, Nova, Anthropic Messages) share it; one per stream."""
+
+    def __init__(self) -> None:
+        self._tools: dict[int, tuple[str, str, list[str]]] = {}
+        self._signatures: dict[int, list[str]] = {}
+        self._sources = 0
+
+    def start_tool(self, index: int, tool_id: str, name: str) -> ToolCallStart:
+        self._tools[index] = (tool_id, name, [])
+        return ToolCallStart(tool_id, name, index)
+
+    def tool_input(self, index: int, piece: str) -> ToolInputDelta | None:
+        tool = self._tools.get(index)
+        if tool is None or not piece:
+            return None
+        tool[2].append(piece)
+        return ToolInputDelta(tool[0], piece, index)
+
+    def signature(self, index: int, piece: str) -> None:
+        self._signatures.setdefault(index, []).append(piece)
+
+    def source(self, **fields: Any) -> Source:
+        self._sources += 1
+        return Source(id=f"source-{self._sources}", **fields)
+
+    def stop(self, index: int) -> tuple[Part, ...]:
+        """The parts a block yields once complete: its signature, its parsed tool call."""
+        parts: list[Part] = []
+        signature = self._signatures.pop(index, None)
+        if signature:
+            parts.append(ReasoningDelta(signature="".join(signature), index=index))
+        tool = self._tools.pop(index, None)
+        if tool is not None:
+            tool_id, name, pieces = tool
+            raw = "".join(pieces)
+            try:
+                parts.append(ToolCall(tool_id, name, json.loads(raw) if raw.strip() else {}, index=index))
+            except ValueError as err:  # the model sent input that is not JSON: the model must hear of it
+                error = f"The tool input is not valid JSON: {err}"
+                parts.append(ToolCall(tool_id, name, raw, error=error, index=index))
+        return tuple(parts)
 
 
 def _int(value: Any) -> int | None:

@@ -2,14 +2,102 @@
 
 from __future__ import annotations
 
+import base64
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from ..parts import Part, ReasoningDelta, Source
 from ..prompts import build_converse_messages, extract_system
-from .base import BedrockFamily, Delta, Message
+from .base import BedrockFamily, ContentBlocks, Delta, Message, guardrail_trace
 
 
-class ConverseFamily(BedrockFamily):
+class ConverseEvents:
+    """Parses Converse's event shapes, which Nova's native invoke format shares: one per stream."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.blocks = ContentBlocks()
+        self._stop_reason: str | None = None
+
+    def converse_event(self, event: Mapping[str, Any]) -> Delta | None:
+        if "contentBlockDelta" in event:
+            body = event["contentBlockDelta"]
+            index = body.get("contentBlockIndex") or 0
+            delta = body.get("delta") or {}
+            if "text" in delta:
+                return Delta(delta["text"] or "", index=index)
+            return Delta(parts=self._block_parts(index, delta))
+        if "contentBlockStart" in event:
+            body = event["contentBlockStart"]
+            tool = (body.get("start") or {}).get("toolUse")
+            if tool:
+                index = body.get("contentBlockIndex") or 0
+                return Delta(parts=(self.blocks.start_tool(index, tool.get("toolUseId", ""), tool.get("name", "")),))
+            return None
+        if "contentBlockStop" in event:
+            return Delta(parts=self.blocks.stop(event["contentBlockStop"].get("contentBlockIndex") or 0))
+        if "messageStart" in event:
+            self.blocks = ContentBlocks()
+            return None
+        if "messageStop" in event:
+            self._stop_reason = event["messageStop"].get("stopReason")
+            return Delta(stop_reason=self._stop_reason)
+        if "metadata" in event:
+            return self._metadata(event["metadata"])
+        return None
+
+    def _block_parts(self, index: int, delta: Mapping[str, Any]) -> tuple[Part, ...]:
+        reasoning = delta.get("reasoningContent")
+        if reasoning is not None:
+            if reasoning.get("text"):
+                return (ReasoningDelta(text=reasoning["text"], index=index),)
+            if reasoning.get("signature"):
+                self.blocks.signature(index, reasoning["signature"])
+            if reasoning.get("redactedContent"):
+                return (ReasoningDelta(redacted=_base64(reasoning["redactedContent"]), index=index),)
+            return ()
+        citation = delta.get("citation")
+        if citation is not None:
+            return (self._source(citation, index),)
+        tool = delta.get("toolUse")
+        if tool is not None:
+            piece = self.blocks.tool_input(index, tool.get("input") or "")
+            return (piece,) if piece is not None else ()
+        return ()
+
+    def _source(self, citation: Mapping[str, Any], index: int) -> Source:
+        location = citation.get("location") or {}
+        where = next(iter(location.values()), {}) if location else {}
+        web = location.get("web") or {}
+        return self.blocks.source(
+            title=citation.get("title") or web.get("domain") or "",
+            url=web.get("url") or "",
+            cited_text="".join(part.get("text", "") for part in citation.get("sourceContent") or []),
+            document_index=where.get("documentIndex"),
+            location=location,
+            index=index,
+        )
+
+    def _metadata(self, metadata: Mapping[str, Any]) -> Delta:
+        usage = metadata.get("usage") or {}
+        parts: tuple[Part, ...] = ()
+        guardrail = (metadata.get("trace") or {}).get("guardrail")
+        if guardrail:
+            action = "INTERVENED" if self._stop_reason == "guardrail_intervened" else "NONE"
+            parts = (guardrail_trace(action, guardrail),)
+        return Delta(
+            parts=parts,
+            input_tokens=usage.get("inputTokens"),
+            output_tokens=usage.get("outputTokens"),
+            # Converse says cacheReadInputTokens; Nova's native format, cacheReadInputTokenCount.
+            cache_read_tokens=usage.get("cacheReadInputTokens", usage.get("cacheReadInputTokenCount")),
+            cache_write_tokens=usage.get("cacheWriteInputTokens", usage.get("cacheWriteInputTokenCount")),
+            latency_ms=(metadata.get("metrics") or {}).get("latencyMs"),
+            service_tier=(metadata.get("serviceTier") or {}).get("type"),
+        )
+
+
+class ConverseFamily(ConverseEvents, BedrockFamily):
     name = "converse"
     default_model_id = "anthropic.claude-3-haiku-20240307-v1:0"
     operation = "converse_stream"
@@ -29,11 +117,9 @@ class ConverseFamily(BedrockFamily):
         return {"modelId": model_id, **body}
 
     def parse_event(self, event: Mapping[str, Any]) -> Delta | None:
-        if "contentBlockDelta" in event:
-            return Delta((event["contentBlockDelta"].get("delta") or {}).get("text") or "")
-        if "messageStop" in event:
-            return Delta(stop_reason=event["messageStop"].get("stopReason"))
-        if "metadata" in event:
-            usage = event["metadata"].get("usage") or {}
-            return Delta(input_tokens=usage.get("inputTokens"), output_tokens=usage.get("outputTokens"))
-        return None
+        return self.converse_event(event)
+
+
+def _base64(data: bytes | str) -> str:
+    """boto3 gives blobs as bytes; a raw event dict may already carry base64 text."""
+    return data if isinstance(data, str) else base64.b64encode(data).decode("ascii")
