@@ -24,6 +24,8 @@ ERROR_STATUS: dict[str, tuple[int, str]] = {
     "throttlingexception": (429, "throttled"),
     "servicequotaexceededexception": (429, "throttled"),
     "accessdeniedexception": (502, "upstream_access_denied"),
+    "unrecognizedclientexception": (502, "upstream_access_denied"),  # credentials refused
+    "missingauthenticationtokenexception": (502, "upstream_access_denied"),
     "resourcenotfoundexception": (502, "upstream_model_not_found"),
     "modelerrorexception": (502, "upstream_model_error"),
     "modelstreamerrorexception": (502, "upstream_model_error"),

@@ -76,6 +76,13 @@ def test_access_denied_with_an_arn_gets_a_fixed_message_and_keeps_the_detail() -
     }
 
 
+@pytest.mark.parametrize("code", ["UnrecognizedClientException", "MissingAuthenticationTokenException"])
+def test_refused_credentials_are_access_denied(code: str) -> None:
+    error = wrap_botocore_error(client_error(code, "The security token included in the request is invalid."), model_id="m", started=False)
+    assert (error.code, error.status_code, error.error_type) == (code, 502, "upstream_access_denied")
+    assert error.message == SAFE_MESSAGES["upstream_access_denied"]
+
+
 def test_a_validation_message_is_kept_with_arns_urls_and_hosts_redacted() -> None:
     error = wrap_botocore_error(client_error("ValidationException", INVALID), model_id="m", started=False)
     assert (error.status_code, error.message) == (400, INVALID_SAFE)
