@@ -8,8 +8,7 @@ class BedrockStreamConfig(AppConfig):
     default_auto_field = "django.db.models.BigAutoField"
 
     def ready(self) -> None:
-        from . import checks, receivers, signals
+        from . import checks, receivers
 
-        signals.stream_started.connect(receivers.create_completion, dispatch_uid="bedrock_stream_create")
-        signals.stream_finished.connect(receivers.finish_completion, dispatch_uid="bedrock_stream_finish")
+        receivers.connect()
         checks.register()

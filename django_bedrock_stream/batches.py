@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import socket
 from base64 import b64decode
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
@@ -24,7 +25,6 @@ from typing import Any
 from botocore.eventstream import EventStream, EventStreamBuffer
 
 from .client import get_executor
-
 
 
 def _internals_present() -> bool:
@@ -151,3 +151,20 @@ async def threaded_event_batches(source: Any) -> AsyncIterator[list[Any]]:
         if batch is None:
             return
         yield batch
+
+
+def close_upstream(source: Any) -> None:
+    raw = getattr(source, "_raw_stream", None)
+    connection = getattr(raw, "_connection", None)
+    sock = getattr(connection, "sock", None)
+    if isinstance(sock, socket.socket):
+        try:
+            sock.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
+    close = getattr(source, "close", None)
+    if close is not None:
+        try:
+            close()
+        except Exception:  # closing a broken connection must not mask the original outcome
+            pass

@@ -92,6 +92,7 @@ stream_settings = StreamSettings()
 def _reload_settings(*, setting: str, **kwargs: Any) -> None:
     if setting == "BEDROCK_STREAM":
         stream_settings.reload()
-        from . import client
+        from . import client, receivers
 
         client.reset_clients()
+        receivers.connect()

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from datetime import timedelta
 from typing import Any
 
 from django.conf import settings
 from django.db import models
 from django.db.models import Count, Q, Sum
 from django.db.models.functions import Coalesce
+from django.utils import timezone
 
 
 class Completion(models.Model):
@@ -58,6 +61,31 @@ class Completion(models.Model):
 
     def __str__(self) -> str:
         return f"{self.model_id} · {self.status} · {self.created_at:%Y-%m-%d %H:%M}"
+
+    def record_end(
+        self,
+        *,
+        status: str,
+        text: str,
+        stop_reason: str,
+        usage: Mapping[str, int],
+        usage_estimated: bool,
+        parts: dict[str, Any],
+        error: str,
+        error_code: str,
+        time_to_first_token: timedelta | None,
+    ) -> None:
+        """Set the final state (unsaved: the ``stream_finished`` receiver saves it, once)."""
+        self.status, self.text, self.stop_reason = status, text, stop_reason
+        self.input_tokens = usage["input_tokens"]
+        self.output_tokens = usage["output_tokens"]
+        self.cache_read_tokens = usage.get("cache_read_tokens") or None
+        self.cache_write_tokens = usage.get("cache_write_tokens") or None
+        self.usage_estimated = usage_estimated
+        self.parts = parts
+        self.error, self.error_code = error, error_code
+        self.time_to_first_token = time_to_first_token
+        self.finished_at = timezone.now()
 
     @property
     def total_tokens(self) -> int | None:

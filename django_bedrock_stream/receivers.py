@@ -20,6 +20,7 @@ from typing import Any
 
 from django.db import DatabaseError, connections, router
 
+from . import signals
 from .conf import stream_settings
 from .models import Completion
 
@@ -45,6 +46,19 @@ FINAL_FIELDS = [
     "time_to_first_token",
     "finished_at",
 ]
+
+
+def connect() -> None:
+    """Connect the receivers while ``PERSIST`` is on, disconnect them otherwise (called at start-up
+    and when the setting changes): a signal with no receiver is not sent at all, which saves a
+    stream its thread hops."""
+    pairs = ((signals.stream_started, create_completion, "bedrock_stream_create"),
+             (signals.stream_finished, finish_completion, "bedrock_stream_finish"))
+    for signal, receiver, uid in pairs:
+        if stream_settings.PERSIST:
+            signal.connect(receiver, dispatch_uid=uid)
+        else:
+            signal.disconnect(dispatch_uid=uid)
 
 
 def create_completion(*, completion: Completion, **kwargs: Any) -> None:

@@ -1,5 +1,7 @@
-"""``StreamRunner``: drives one :class:`BedrockStream` through a protocol encoder, the signals and the
-``Completion`` row, as a sync body (WSGI) or an async body (ASGI).
+"""``StreamRunner``: drives one :class:`BedrockStream` through a protocol encoder and the signals, as a
+sync body (WSGI) or an async body (ASGI). It knows no model: it records the outcome on the
+``completion`` it is given (``record_end``) and sends the signals; storing rows is the job of the
+persistence receivers (``receivers.py``).
 
 Every path ends in exactly one of ``completed`` / ``failed`` / ``cancelled``, settled once: the
 signals for it are sent, then ``stream_finished``.
@@ -23,84 +25,45 @@ from typing import Any
 from asgiref.sync import sync_to_async
 from django.db import DatabaseError, connections
 from django.http import HttpRequest
-from django.utils import timezone
 
-from . import receivers, signals
+from . import signals
 from .conf import stream_settings
 from .exceptions import BedrockStreamError, ResponseDiscarded, wrap_botocore_error
-from .models import Completion
 from .parts import Part, TextDelta
 from .protocols import StreamProtocol
 from .streams import BedrockStream
 
 logger = logging.getLogger("django_bedrock_stream")
-Status = Completion.Status
 
-
-_PERSIST_RECEIVERS = (receivers.create_completion, receivers.finish_completion)
+#: How a stream ends (the ``status`` of ``stream_finished``, and of the row).
+COMPLETED, FAILED, CANCELLED = "completed", "failed", "cancelled"
 
 
 def send(signal: Any, sender: type, **kwargs: Any) -> None:
     signal.send_robust(sender, **kwargs)
 
 
-def _idle(signal: Any, sender: type) -> bool:
-    """True when sending would only reach our own persistence receivers with ``PERSIST`` off.
-
-    Django runs sync receivers from ``asend_robust`` through ``sync_to_async(thread_sensitive=True)``:
-    under ASGI that is a hop to the request's own thread (created per request), per signal. Skipping
-    it when nothing would happen keeps a stream's three or four signals free.
-    """
-    if not signal.receivers:
-        return True
-    if stream_settings.PERSIST:
-        return False
-    live = signal._live_receivers(sender)
-    if isinstance(live, tuple):  # Django >= 5.0: (sync, async)
-        live = [*live[0], *live[1]]
-    return all(receiver in _PERSIST_RECEIVERS for receiver in live)
-
-
-async def asend(signal: Any, sender: type, **kwargs: Any) -> None:
-    if _idle(signal, sender):
-        return
-    if hasattr(signal, "asend_robust"):  # Django >= 5.0
-        await signal.asend_robust(sender, **kwargs)
-    else:
-        await sync_to_async(signal.send_robust)(sender, **kwargs)
-
-
-def _sync_only(signal: Any, sender: type) -> bool:
-    live = signal._live_receivers(sender)
-    return not live[1] if isinstance(live, tuple) else True  # Django < 5.0: every receiver is sync
-
-
 async def asend_all(
     sends: list[tuple[Any, dict[str, Any]]], sender: type, then: Callable[[], Any] | None = None
 ) -> None:
-    """Send these signals in order, then call ``then`` (sync) on the request's thread.
+    """Send these signals in order, then call ``then`` (sync), in one hop to the request's thread.
 
-    When every receiver is sync, that is one ``sync_to_async`` hop for all of it (``send_robust``
-    there does exactly what ``asend_robust`` does for sync receivers) instead of one per signal
-    plus one for ``then``; with an async receiver anywhere, the signals go one by one as before.
+    ``send_robust`` there runs sync receivers as ``asend_robust`` would (and async ones through
+    ``async_to_sync``), but one ``sync_to_async`` hop serves every signal of the batch instead of
+    one per signal. A signal nobody listens to is not sent at all (the built-in persistence
+    receivers are connected only while ``PERSIST`` is on), so with nothing to do there is no hop.
     """
-    live = [(signal, kwargs) for signal, kwargs in sends if not _idle(signal, sender)]
-    if all(_sync_only(signal, sender) for signal, _ in live):
-        if not live and then is None:
-            return
-
-        def run() -> None:
-            for signal, kwargs in live:
-                signal.send_robust(sender, **kwargs)
-            if then is not None:
-                then()
-
-        await sync_to_async(run)()
+    live = [(signal, kwargs) for signal, kwargs in sends if signal.has_listeners(sender)]
+    if not live and then is None:
         return
-    for signal, kwargs in live:
-        await asend(signal, sender, **kwargs)
-    if then is not None:
-        await sync_to_async(then)()
+
+    def run() -> None:
+        for signal, kwargs in live:
+            signal.send_robust(sender, **kwargs)
+        if then is not None:
+            then()
+
+    await sync_to_async(run)()
 
 
 class StreamRunner:
@@ -110,7 +73,7 @@ class StreamRunner:
         sender: type,
         request: HttpRequest,
         stream: BedrockStream,
-        completion: Completion,
+        completion: Any,
         protocol: StreamProtocol,
         started_at: float,
     ) -> None:
@@ -129,40 +92,35 @@ class StreamRunner:
 
     # -- the one place where a stream's end is decided ------------------------------------------
     def settle(self, status: str, error: BedrockStreamError | None = None) -> list[tuple[Any, dict[str, Any]]]:
-        """Fill the completion and return the signals to send, in order. Idempotent."""
+        """Record the outcome on the completion and return the signals to send, in order. Idempotent."""
         if self.settled:
             return []
         self.settled = True
         stream, completion = self.stream, self.completion
-        completion.text = stream.text
-        completion.status = status
-        completion.stop_reason = stream.stop_reason or ""
-        usage = stream.usage
-        if status != Status.COMPLETED and not usage["output_tokens"] and completion.text:
-            usage = estimate_usage(completion.messages, completion.text, usage)
-            completion.usage_estimated = True
-        completion.input_tokens = usage["input_tokens"]
-        completion.output_tokens = usage["output_tokens"]
-        completion.cache_read_tokens = usage.get("cache_read_tokens") or None
-        completion.cache_write_tokens = usage.get("cache_write_tokens") or None
-        completion.parts = stream.summary()
-        if stream.first_token_at is not None:
-            completion.time_to_first_token = timedelta(seconds=stream.first_token_at - self.started_at)
-        completion.finished_at = timezone.now()
-        common = {"request": self.request, "model_id": completion.model_id, "text": completion.text}
-        if status == Status.COMPLETED:
-            first = (
-                signals.stream_completed,
-                {**common, "usage": usage, "stop_reason": stream.stop_reason, "parts": completion.parts},
-            )
-        elif status == Status.FAILED:
+        text, usage, estimated = stream.text, stream.usage, False
+        if status != COMPLETED and not usage["output_tokens"] and text:
+            usage, estimated = estimate_usage(completion.messages, text, usage), True
+        parts = {**completion.parts, **stream.summary()}  # keeps what the request recorded (attachments)
+        ttft = None if stream.first_token_at is None else timedelta(seconds=stream.first_token_at - self.started_at)
+        completion.record_end(
+            status=status,
+            text=text,
+            stop_reason=stream.stop_reason or "",
+            usage=usage,
+            usage_estimated=estimated,
+            parts=parts,
+            error=error.message if error is not None else "",
+            error_code=error.code if error is not None else "",
+            time_to_first_token=ttft,
+        )
+        common = {"request": self.request, "model_id": completion.model_id, "text": text}
+        if status == COMPLETED:
+            completed = {"usage": usage, "stop_reason": stream.stop_reason, "parts": parts}
+            first = (signals.stream_completed, {**common, **completed})
+        elif status == FAILED:
             assert error is not None
-            completion.error = error.message
-            completion.error_code = error.code
             first = (signals.stream_failed, {**common, "error": error})
         else:
-            if error is not None:  # why it was cancelled, when it was not the client (a discarded response)
-                completion.error, completion.error_code = error.message, error.code
             first = (signals.stream_cancelled, common)
         first[1]["completion"] = completion
         return [first, (signals.stream_finished, {**common, "status": status, "completion": completion})]
@@ -174,7 +132,7 @@ class StreamRunner:
         send(signals.token_received, self.sender, request=self.request, token=text)
 
     async def _asend_token(self, text: str) -> None:
-        await asend(signals.token_received, self.sender, request=self.request, token=text)
+        await asend_all([(signals.token_received, {"request": self.request, "token": text})], self.sender)
 
     # -- WSGI -----------------------------------------------------------------------------------
     def sync_body(self) -> Generator[bytes, None, None]:
@@ -183,7 +141,7 @@ class StreamRunner:
         protocol, stream = self.protocol, self.stream
         encode = self._encode
         listened = self._tokens_listened()
-        outcome: str = Status.CANCELLED
+        outcome: str = CANCELLED
         error: BedrockStreamError | None = None
         try:
             head = protocol.start()
@@ -196,16 +154,16 @@ class StreamRunner:
                     if data:
                         yield data.encode()
             except BedrockStreamError as err:
-                outcome, error = Status.FAILED, err
+                outcome, error = FAILED, err
             else:
-                outcome = Status.COMPLETED
+                outcome = COMPLETED
             tail = self._end_sync(outcome, error)
             if tail:
                 yield tail.encode()
         finally:
             if not self.settled:  # closed by the server (client gone) or an unexpected error
                 stream.close()
-                self._end_sync(Status.CANCELLED, None)
+                self._end_sync(CANCELLED, None)
 
     def _end_sync(self, status: str, error: BedrockStreamError | None) -> str:
         for signal, kwargs in self.settle(status, error):
@@ -219,7 +177,7 @@ class StreamRunner:
         protocol, stream = self.protocol, self.stream
         encode = self._encode
         listened = self._tokens_listened()
-        outcome: str = Status.CANCELLED
+        outcome: str = CANCELLED
         error: BedrockStreamError | None = None
         try:
             head = protocol.start()
@@ -231,9 +189,9 @@ class StreamRunner:
                     if data:
                         yield data.encode()
             except BedrockStreamError as err:
-                outcome, error = Status.FAILED, err
+                outcome, error = FAILED, err
             else:
-                outcome = Status.COMPLETED
+                outcome = COMPLETED
             end = asyncio.ensure_future(self._end_async(outcome, error))
             try:
                 tail = await asyncio.shield(end)
@@ -247,7 +205,7 @@ class StreamRunner:
         finally:
             if not self.settled:  # Django cancelled us (client gone) or an unexpected error
                 stream.close()
-                await asyncio.shield(self._end_async(Status.CANCELLED, None))
+                await asyncio.shield(self._end_async(CANCELLED, None))
 
     async def _end_async(
         self, status: str, error: BedrockStreamError | None, then: Callable[[], Any] | None = None
@@ -275,7 +233,7 @@ class StreamRunner:
         return "".join(out)
 
     def _tail(self, status: str, error: BedrockStreamError | None) -> str:
-        if status == Status.COMPLETED:
+        if status == COMPLETED:
             stream = self.stream
             metadata = {
                 "model_id": self.completion.model_id,
@@ -284,7 +242,7 @@ class StreamRunner:
                 "guardrail": stream.guardrail.action if stream.guardrail is not None else None,
             }
             return self.protocol.finish(stream.stop_reason, stream.usage, metadata)
-        if status == Status.FAILED and error is not None:
+        if status == FAILED and error is not None:
             logger.warning("Bedrock stream for %s failed: %s (%s)", self.completion.model_id, error.detail, error.code)
             return self.protocol.error(error.message)
         return ""
@@ -296,7 +254,7 @@ class StreamRunner:
                 return
             self._state = "abandoned"
         self.stream.close()
-        self._end_sync(Status.CANCELLED, None)
+        self._end_sync(CANCELLED, None)
 
     # -- a response nobody reads ------------------------------------------------------------------
     # Bedrock is called inside the view, but the row settles (and the upstream closes) only when the
@@ -350,14 +308,14 @@ class StreamRunner:
 
     def _abandon_on_loop(self, error: BedrockStreamError) -> None:
         self.stream.close()  # an aiobotocore stream belongs to its loop
-        task = asyncio.ensure_future(self._end_async(Status.CANCELLED, error, then=release_connections))
+        task = asyncio.ensure_future(self._end_async(CANCELLED, error, then=release_connections))
         _background.add(task)
         task.add_done_callback(_background.discard)
 
     def _abandon_in_thread(self, error: BedrockStreamError) -> None:
         try:
             self.stream.close()
-            self._end_sync(Status.CANCELLED, error)
+            self._end_sync(CANCELLED, error)
         finally:
             connections.close_all()  # this thread's own connections
 

@@ -8,13 +8,12 @@ async paths share it.
 from __future__ import annotations
 
 import re
-import socket
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping
 from typing import Any
 
 from . import parts as p
-from .batches import async_event_batches, sync_event_batches, threaded_event_batches
+from .batches import async_event_batches, close_upstream, sync_event_batches, threaded_event_batches
 from .callbacks import StreamCallbacks
 from .exceptions import BedrockStreamError, BedrockStreamInterrupted, wrap_botocore_error
 from .families import (
@@ -27,6 +26,7 @@ from .families import (
     Llama2Family,
     Llama3Family,
     MistralFamily,
+    NovaFamily,
     TitanFamily,
 )
 
@@ -366,23 +366,6 @@ class BedrockStream:
         close_upstream(self.source)
 
 
-def close_upstream(source: Any) -> None:
-    raw = getattr(source, "_raw_stream", None)
-    connection = getattr(raw, "_connection", None)
-    sock = getattr(connection, "sock", None)
-    if isinstance(sock, socket.socket):
-        try:
-            sock.shutdown(socket.SHUT_RDWR)
-        except OSError:
-            pass
-    close = getattr(source, "close", None)
-    if close is not None:
-        try:
-            close()
-        except Exception:  # closing a broken connection must not mask the original outcome
-            pass
-
-
 def _as_dict(part: Any) -> dict[str, Any]:
     return {name: getattr(part, name) for name in part.__dataclass_fields__ if name != "index"}
 
@@ -435,6 +418,11 @@ def titan_stream(response: Any, callbacks: StreamCallbacks | None = None) -> Bed
     return stream_for(TitanFamily(), response, callbacks)
 
 
+def nova_stream(response: Any, callbacks: StreamCallbacks | None = None) -> BedrockStream:
+    """Amazon Nova's native format (``invoke_model_with_response_stream``)."""
+    return stream_for(NovaFamily(), response, callbacks)
+
+
 def converse_stream(response: Any, callbacks: StreamCallbacks | None = None) -> BedrockStream:
     """Any model through ``converse_stream`` (text deltas; tool-use and reasoning deltas skipped)."""
     return stream_for(ConverseFamily(), response, callbacks)
@@ -473,6 +461,7 @@ __all__ = [
     "llama2_stream",
     "llama3_stream",
     "mistral_stream",
+    "nova_stream",
     "stream_for",
     "titan_stream",
 ]

@@ -46,7 +46,6 @@ from rest_framework.request import Request
 from rest_framework.settings import api_settings
 from rest_framework.throttling import BaseThrottle
 
-from . import client as clients
 from .callbacks import StreamCallbacks
 from .conf import stream_settings
 from .exceptions import BedrockStreamError, StorageUnavailable
@@ -59,6 +58,7 @@ from .families import (
     Llama2Family,
     Llama3Family,
     MistralFamily,
+    NovaFamily,
     TitanFamily,
 )
 from .models import Completion
@@ -67,7 +67,7 @@ from .responses import STREAM_HEADERS
 from .runner import AsyncBody, StreamRunner, SyncBody, asend_all, release_connections, send, upstream_error
 from .serializers import BodyTooComplex, ChatRequestSerializer, fast_validated_data, load_json_body
 from .signals import stream_started
-from .streams import BedrockStream, close_upstream
+from .streams import BedrockStream
 
 
 class RequestRejected(Exception):
@@ -291,26 +291,12 @@ class BedrockStreamMixin:
         )
 
     def open_stream(self) -> Any:
-        """Call Bedrock with boto3 and return its event stream (blocking)."""
-        kwargs = self.family.request_kwargs(self.resolved_model_id, self.body)
-        response = getattr(clients.get_client(), self.family.operation)(**kwargs)
-        return response[self.family.stream_key]
+        """Should not need overriding: call Bedrock (blocking) through the family."""
+        return self.family.open(self.resolved_model_id, self.body)
 
     async def open_stream_async(self) -> Any:
-        """Call Bedrock without blocking the loop: aiobotocore, or boto3 on the dedicated pool."""
-        if clients.async_transport() == "aiobotocore":
-            kwargs = self.family.request_kwargs(self.resolved_model_id, self.body)
-            client = await clients.get_async_client()
-            response = await getattr(client, self.family.operation)(**kwargs)
-            return response[self.family.stream_key]
-        future = clients.get_executor().submit(self.open_stream)
-        try:
-            return await asyncio.wrap_future(future)
-        except asyncio.CancelledError:
-            # A pool thread waiting for Bedrock's first byte cannot be interrupted: close the event
-            # stream it gets as soon as it gets it, so Bedrock stops generating.
-            future.add_done_callback(_close_abandoned_stream)
-            raise
+        """Should not need overriding: call Bedrock without blocking the loop, through the family."""
+        return await self.family.aopen(self.resolved_model_id, self.body)
 
     def make_stream(self, source: Any) -> BedrockStream:
         return BedrockStream(source, self.family.parse_event, self.get_callbacks(), model_id=self.resolved_model_id)
@@ -501,11 +487,6 @@ def _request_size(request: HttpRequest) -> int:
     return length + len(request.META.get("QUERY_STRING", ""))
 
 
-def _close_abandoned_stream(future: Any) -> None:
-    if not future.cancelled() and future.exception() is None:
-        close_upstream(future.result())
-
-
 def _first_error(errors: Any, path: str = "") -> str:
     if isinstance(errors, dict):
         for key, value in errors.items():
@@ -547,6 +528,12 @@ class MistralStreamView(BedrockStreamView):
 
 class TitanStreamView(BedrockStreamView):
     family_class = TitanFamily
+
+
+class NovaStreamView(BedrockStreamView):
+    """Amazon Nova through its native invoke format (``schemaVersion: messages-v1``)."""
+
+    family_class = NovaFamily
 
 
 class ConverseStreamView(BedrockStreamView):

@@ -208,3 +208,18 @@ def test_a_stream_failing_midway_keeps_the_counts_the_model_did_report(bedrock_e
     row = Completion.objects.get()
     assert (row.status, row.usage_estimated) == ("failed", False)
     assert row.output_tokens == 6 and row.input_tokens
+
+
+def test_the_runner_outcomes_are_the_row_statuses() -> None:
+    from django_bedrock_stream.runner import CANCELLED, COMPLETED, FAILED
+
+    assert {COMPLETED, FAILED, CANCELLED} == set(Completion.Status.values) - {Completion.Status.STREAMING}
+
+
+def test_the_persistence_receivers_are_connected_only_while_persist_is_on() -> None:
+    """A signal nobody listens to is not sent at all: with PERSIST off, no thread hop for it."""
+    assert signals.stream_started.has_listeners() and signals.stream_finished.has_listeners()
+    with override_settings(BEDROCK_STREAM={"PERSIST": False}):
+        assert not signals.stream_started.has_listeners()
+        assert not signals.stream_finished.has_listeners()
+    assert signals.stream_started.has_listeners()

@@ -7,11 +7,14 @@ paths share them, so each family is tested on plain dicts and on recorded bytes.
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
+from .. import client as clients
+from ..batches import close_upstream
 from ..parts import GuardrailTrace, Part, ReasoningDelta, Source, ToolCall, ToolCallStart, ToolInputDelta
 
 Message = Mapping[str, str]
@@ -75,6 +78,28 @@ class BedrockFamily:
             "accept": "application/json",
         }
 
+    # -- the call ------------------------------------------------------------------------------
+    def open(self, model_id: str, body: Mapping[str, Any]) -> Any:
+        """Should not need overriding: call Bedrock with boto3 (blocking); return its event stream."""
+        response = getattr(clients.get_client(), self.operation)(**self.request_kwargs(model_id, body))
+        return response[self.stream_key]
+
+    async def aopen(self, model_id: str, body: Mapping[str, Any]) -> Any:
+        """Should not need overriding: :meth:`open` without blocking the event loop (aiobotocore, or
+        boto3 on the dedicated pool, never Django's shared thread)."""
+        if clients.async_transport() == "aiobotocore":
+            client = await clients.get_async_client()
+            response = await getattr(client, self.operation)(**self.request_kwargs(model_id, body))
+            return response[self.stream_key]
+        future = clients.get_executor().submit(self.open, model_id, body)
+        try:
+            return await asyncio.wrap_future(future)
+        except asyncio.CancelledError:
+            # A pool thread waiting for Bedrock's first byte cannot be interrupted: close the event
+            # stream it gets as soon as it gets it, so Bedrock stops generating.
+            future.add_done_callback(_close_abandoned_stream)
+            raise
+
     # -- response side -----------------------------------------------------------------------
     def parse_chunk(self, data: Mapping[str, Any]) -> Delta:
         """Must override: one decoded model JSON chunk -> Delta (ignore unknown keys)."""
@@ -101,10 +126,21 @@ TRACE_KEY = "amazon-bedrock-trace"
 
 
 def guardrail_trace(action: str, trace: Mapping[str, Any] | None) -> GuardrailTrace:
-    """The guardrail's verdict. Bedrock's trace repeats the model's unfiltered output
-    (``modelOutput``): exactly what a guardrail masked or blocked, so it is dropped here."""
-    kept = {key: value for key, value in (trace or {}).items() if key != "modelOutput"}
-    return GuardrailTrace(action=str(action), trace=kept)
+    """The guardrail's verdict. Bedrock's trace repeats exactly what a guardrail masked or blocked:
+    the model's unfiltered output (``modelOutput``) and, in its assessments, each ``match`` (the PII
+    entity, regex or word found); both are dropped here, at any depth."""
+    return GuardrailTrace(action=str(action), trace=_masked(trace or {}))
+
+
+_UNMASKED_KEYS = frozenset({"modelOutput", "match"})
+
+
+def _masked(value: Any) -> Any:
+    if isinstance(value, Mapping):
+        return {key: _masked(item) for key, item in value.items() if key not in _UNMASKED_KEYS}
+    if isinstance(value, list):
+        return [_masked(item) for item in value]
+    return value
 
 
 class ContentBlocks:
@@ -156,3 +192,8 @@ class ContentBlocks:
 def _int(value: Any) -> int | None:
     """Token counts arrive as ints, floats (Titan: ``28.0``) or null."""
     return None if value is None else int(value)
+
+
+def _close_abandoned_stream(future: Any) -> None:
+    if not future.cancelled() and future.exception() is None:
+        close_upstream(future.result())

@@ -19,7 +19,6 @@ from typing import IO, Any, NoReturn
 
 from django.core.management.base import BaseCommand, CommandError, CommandParser, OutputWrapper
 
-from ... import client as clients
 from ...conf import stream_settings
 from ...exceptions import BedrockStreamError, wrap_botocore_error
 from ...families import FAMILIES, BedrockFamily
@@ -249,7 +248,7 @@ class Command(BaseCommand):
         messages = [*self.history, {"role": "user", "content": prompt}]
         try:
             body = self.family.build_body(messages, max_tokens=self.max_tokens)
-            kwargs = self.family.request_kwargs(self.model_id, body)
+            self.family.request_kwargs(self.model_id, body)  # refuses what the call would refuse
         except (TypeError, ValueError) as err:  # the family refused the conversation
             self.stderr.write(self.style.ERROR(f"error: {err}"))
             return BedrockStreamError(str(err), code="ValidationException", model_id=self.model_id)
@@ -258,12 +257,10 @@ class Command(BaseCommand):
         try:
             with StatusLine(self.stdout, self.stderr, enabled=self.show_status) as status:
                 try:
-                    response = getattr(clients.get_client(), self.family.operation)(**kwargs)
+                    source = self.family.open(self.model_id, body)
                 except Exception as err:
                     raise wrap_botocore_error(err, model_id=self.model_id, started=False) from err
-                stream = BedrockStream(
-                    response[self.family.stream_key], self.family.parse_event, model_id=self.model_id
-                )
+                stream = BedrockStream(source, self.family.parse_event, model_id=self.model_id)
                 for text in stream:
                     status.text(text)
         except BedrockStreamError as err:
