@@ -1,4 +1,6 @@
-"""Who may run a prompt from a ``GET`` query string (views with ``allow_get``, for ``EventSource``).
+"""Access control for the stream views: who may stream (DRF's authentication, permission and throttle
+classes, :class:`AccessMixin`), and who may run a prompt from a ``GET`` query string (views with
+``allow_get``, for ``EventSource``).
 
 CSRF protection does not cover ``GET``, and a top-level navigation carries the browser's
 ``SameSite=Lax`` session cookie (and cached Basic credentials): any page could send a logged-in user
@@ -19,6 +21,8 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
+from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 from urllib.parse import SplitResult, unquote, urlsplit
 
@@ -31,12 +35,21 @@ from django.utils.crypto import constant_time_compare
 from django.utils.decorators import method_decorator
 from django.views import View
 from django.views.decorators.csrf import csrf_exempt
+from rest_framework import exceptions
 from rest_framework.authentication import (
     BaseAuthentication,
     BasicAuthentication,
     RemoteUserAuthentication,
     SessionAuthentication,
 )
+from rest_framework.parsers import BaseParser
+from rest_framework.permissions import BasePermission, IsAuthenticated
+from rest_framework.request import Request
+from rest_framework.settings import api_settings
+from rest_framework.throttling import BaseThrottle
+
+from .conf import stream_settings
+from .parsing import RequestRejected
 
 if TYPE_CHECKING:
     from .views import BedrockStreamView
@@ -99,6 +112,83 @@ def _binding(request: HttpRequest, path_info: str, query: QueryDict) -> str:
     return hashlib.sha256(json.dumps(values).encode()).hexdigest()
 
 
+class _IgnoreBody(BaseParser):
+    media_type = "*/*"
+
+    def parse(self, stream: Any, media_type: Any = None, parser_context: Any = None) -> dict[str, Any]:
+        return {}
+
+
+def stream_permission_classes(classes: Sequence[type[BasePermission]] | None) -> list[type[BasePermission]]:
+    """What a stream view enforces by default: ``classes`` (``None``: the project's
+    ``DEFAULT_PERMISSION_CLASSES``), with ``IsAuthenticated`` first unless ``ALLOW_ANONYMOUS``.
+    Shared by both flavours so that neither is ever more permissive than the other."""
+    result = list(api_settings.DEFAULT_PERMISSION_CLASSES if classes is None else classes)
+    if not stream_settings.ALLOW_ANONYMOUS:
+        result.insert(0, IsAuthenticated)
+    return result
+
+
+class AccessMixin:
+    """Access control for the plain stream views, with Django REST framework's own classes:
+    ``authentication_classes``, ``permission_classes`` and ``throttle_classes`` default to the
+    project's ``REST_FRAMEWORK`` settings, and unless ``BEDROCK_STREAM["ALLOW_ANONYMOUS"]`` is true,
+    ``IsAuthenticated`` is required too. As with DRF's ``APIView``, CSRF is enforced by
+    ``SessionAuthentication`` for session-authenticated browsers (token clients need no token)."""
+
+    #: DRF authentication classes; None: ``REST_FRAMEWORK["DEFAULT_AUTHENTICATION_CLASSES"]``.
+    authentication_classes: Sequence[type[BaseAuthentication]] | None = None
+    #: DRF permission classes; None: ``REST_FRAMEWORK["DEFAULT_PERMISSION_CLASSES"]``.
+    permission_classes: Sequence[type[BasePermission]] | None = None
+    #: DRF throttle classes; None: ``REST_FRAMEWORK["DEFAULT_THROTTLE_CLASSES"]``.
+    throttle_classes: Sequence[type[BaseThrottle]] | None = None
+
+    def get_authenticators(self) -> list[BaseAuthentication]:
+        classes = self.authentication_classes
+        return [auth() for auth in (api_settings.DEFAULT_AUTHENTICATION_CLASSES if classes is None else classes)]
+
+    def get_permissions(self) -> list[BasePermission]:
+        return [permission() for permission in stream_permission_classes(self.permission_classes)]
+
+    def get_throttles(self) -> list[BaseThrottle]:
+        classes = self.throttle_classes
+        return [throttle() for throttle in (api_settings.DEFAULT_THROTTLE_CLASSES if classes is None else classes)]
+
+    def check_access(self, request: HttpRequest) -> None:
+        """Authenticate, check permissions and throttles the way DRF's ``APIView.initial`` does."""
+        authenticators = self.get_authenticators()
+        # The body is parsed by prepare(); DRF's CSRF check only needs the header token, so give it
+        # a parser that reads nothing (with none at all, request.POST raises 415).
+        drf_request = Request(request, parsers=[_IgnoreBody()], authenticators=authenticators)
+        try:
+            request.user = drf_request.user
+            for permission in self.get_permissions():
+                if not permission.has_permission(drf_request, self):
+                    if drf_request.authenticators and not drf_request.successful_authenticator:
+                        raise exceptions.NotAuthenticated()
+                    raise exceptions.PermissionDenied(getattr(permission, "message", None))
+            # A GET runs the query's prompt only if it proves it came from this site (see above);
+            # checked before throttles, so a refused cross-site visit uses none of the user's quota.
+            if request.method == "GET" and not is_get_allowed(request, drf_request.successful_authenticator):
+                raise RequestRejected(403, "cross_site_get", CROSS_SITE_GET_MESSAGE)
+            waits = [t.wait() for t in self.get_throttles() if not t.allow_request(drf_request, self)]
+            if waits:
+                raise exceptions.Throttled(max((w for w in waits if w is not None), default=None))
+        except exceptions.APIException as exc:
+            headers = {}
+            status = exc.status_code
+            if isinstance(exc, (exceptions.NotAuthenticated, exceptions.AuthenticationFailed)):
+                header = authenticators[0].authenticate_header(drf_request) if authenticators else None
+                if header:
+                    headers["WWW-Authenticate"] = header
+                else:
+                    status = 403
+            wait = getattr(exc, "wait", None)
+            if wait is not None:
+                headers["Retry-After"] = str(math.ceil(wait))
+            raise RequestRejected(status, str(exc.default_code), str(exc.detail), headers=headers) from None
+
+
 @method_decorator(csrf_exempt, name="dispatch")  # as on the stream views: SessionAuthentication checks CSRF
 class StreamTokenView(View):
     """``POST {"url": "/sse/?prompt=…"}`` answers ``{"token": …, "url": "/sse/?prompt=…&token=…"}``.
@@ -110,7 +200,7 @@ class StreamTokenView(View):
     http_method_names = ["post", "options"]
 
     def post(self, request: HttpRequest, *args: Any, **kwargs: Any) -> HttpResponseBase:
-        from .views import BedrockStreamView, RequestRejected  # views.py imports this module
+        from .views import BedrockStreamView  # views.py imports this module
 
         try:
             split = _local_url(request.body)

@@ -7,11 +7,14 @@ Read lazily (never at import time) and reset on ``setting_changed`` so that
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 from django.conf import settings
 from django.core.signals import setting_changed
 from django.dispatch import receiver
+
+from . import media
 
 #: Every key users may set, with its default. Documented in the README's settings table.
 DEFAULTS: dict[str, Any] = {
@@ -58,6 +61,27 @@ DEFAULTS: dict[str, Any] = {
     # Most JSON objects and arrays in a request body (every "{" and "[" counts, also inside strings),
     # counted before parsing it: parsing holds the GIL, and 2.5 MB of tiny objects would take 0.1-0.5 s.
     "MAX_JSON_CONTAINERS": 20_000,
+    # Files in a request (AI SDK "file" parts), checked by content before anything is sent upstream.
+    # The defaults are Bedrock's own limits: more or larger files would be refused by Bedrock anyway.
+    "MAX_IMAGES": media.MAX_IMAGES,
+    "MAX_IMAGE_BYTES": media.MAX_IMAGE_BYTES,  # 3.75 MB, decoded
+    "MAX_DOCUMENTS": media.MAX_DOCUMENTS,
+    "MAX_DOCUMENT_BYTES": media.MAX_DOCUMENT_BYTES,  # 4.5 MB, decoded
+    # Options of the Converse, Nova and Anthropic Messages families (see options.py and the README's
+    # "Beyond text"), merged over these defaults; a view's ``converse_options`` is merged over them.
+    "CONVERSE": {
+        "temperature": None,
+        "top_p": None,
+        "stop_sequences": None,
+        "reasoning_budget": None,  # Claude extended thinking: budget_tokens
+        "reasoning_effort": None,  # Nova 2 reasoning: "low" | "medium" | "high"
+        "additional_fields": {},  # sent as additionalModelRequestFields (invoke: merged into the body)
+        "guardrail": None,  # Converse guardrailConfig
+        "latency": None,  # "standard" | "optimized" (performanceConfig)
+        "service_tier": None,  # "priority" | "default" | "flex" | "reserved"
+        "prompt_cache": False,  # True, "system" or "history": cache points after the system prompt / history
+        "request_metadata": True,  # Converse requestMetadata: the user id and the view, for cost attribution
+    },
 }
 
 
@@ -69,15 +93,17 @@ class StreamSettings:
 
     @property
     def user_settings(self) -> dict[str, Any]:
-        return dict(getattr(settings, "BEDROCK_STREAM", None) or {})
+        """``settings.BEDROCK_STREAM``; one that is not a dict counts as empty (check E001 says so)."""
+        value = getattr(settings, "BEDROCK_STREAM", None) or {}
+        return dict(value) if isinstance(value, Mapping) else {}
 
     def __getattr__(self, name: str) -> Any:
         if name not in DEFAULTS:
             raise AttributeError(f"Invalid BEDROCK_STREAM setting: {name!r}")
         if name not in self._cache:
             value = self.user_settings.get(name, DEFAULTS[name])
-            if name == "CLIENT_CONFIG":
-                value = {**DEFAULTS["CLIENT_CONFIG"], **(value or {})}
+            if name in ("CLIENT_CONFIG", "CONVERSE"):
+                value = {**DEFAULTS[name], **(value or {})}
             self._cache[name] = value
         return self._cache[name]
 

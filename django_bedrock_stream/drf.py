@@ -28,10 +28,12 @@ from rest_framework.renderers import BaseRenderer, JSONRenderer
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
+from .access import stream_permission_classes
 from .exceptions import BedrockStreamError
 from .families import FAMILIES
+from .parsing import RequestRejected
 from .serializers import ChatRequestSerializer
-from .views import BedrockStreamMixin, RequestRejected, keep_async, stream_permission_classes
+from .views import BedrockStreamMixin, keep_async
 
 
 class SafeJSONRenderer(JSONRenderer):

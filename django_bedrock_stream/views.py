@@ -5,7 +5,8 @@ loop and never holds Django's shared thread-sensitive thread while Bedrock think
 hands the request back to the request's own thread, which calls boto3 and returns a *sync* body.
 Either way the response iterator has the flavour the server consumes without buffering.
 
-The request lifecycle, and the hooks to override:
+The flow lives here; access control in :mod:`~.access`, request parsing in :mod:`~.parsing`. The
+request lifecycle, and the hooks to override:
 
 1. :meth:`check_access` — DRF ``authentication_classes`` / ``permission_classes`` /
    ``throttle_classes`` (set those rather than overriding); anonymous users are refused unless
@@ -24,28 +25,19 @@ The request lifecycle, and the hooks to override:
 from __future__ import annotations
 
 import asyncio
-import json
-import math
 import time
 from collections.abc import Mapping, Sequence
 from typing import Any, ClassVar
 
 from asgiref.sync import iscoroutinefunction, markcoroutinefunction, sync_to_async
-from django.core.exceptions import RequestDataTooBig
 from django.core.handlers.asgi import ASGIRequest
 from django.http import HttpRequest, JsonResponse, StreamingHttpResponse
 from django.http.response import HttpResponseBase
 from django.utils.decorators import classonlymethod
 from django.views import View
 from django.views.decorators.csrf import csrf_exempt
-from rest_framework import exceptions
-from rest_framework.authentication import BaseAuthentication
-from rest_framework.parsers import BaseParser
-from rest_framework.permissions import BasePermission, IsAuthenticated
-from rest_framework.request import Request
-from rest_framework.settings import api_settings
-from rest_framework.throttling import BaseThrottle
 
+from .access import AccessMixin, stream_permission_classes
 from .callbacks import StreamCallbacks
 from .conf import stream_settings
 from .exceptions import BedrockStreamError, StorageUnavailable
@@ -62,29 +54,18 @@ from .families import (
     TitanFamily,
 )
 from .models import Completion
+from .parsing import (
+    PREPARE_ON_LOOP_MAX_BYTES,
+    RequestRejected,
+    read_request_data,
+    request_size,
+    validate_chat_request,
+)
 from .protocols import get_protocol, negotiate_protocol
 from .responses import STREAM_HEADERS
 from .runner import AsyncBody, StreamRunner, SyncBody, asend_all, release_connections, send, upstream_error
-from .serializers import BodyTooComplex, ChatRequestSerializer, fast_validated_data, load_json_body
 from .signals import stream_started
 from .streams import BedrockStream
-
-
-class RequestRejected(Exception):
-    """Raised by the validation hooks; turned into a JSON error response."""
-
-    def __init__(
-        self, status: int, error_type: str, message: str, details: Any = None, headers: dict[str, str] | None = None
-    ) -> None:
-        super().__init__(message)
-        self.status, self.error_type, self.message, self.details = status, error_type, message, details
-        self.headers = headers or {}
-
-    def response(self) -> JsonResponse:
-        error: dict[str, Any] = {"type": self.error_type, "message": self.message}
-        if self.details is not None:
-            error["details"] = self.details
-        return JsonResponse({"error": error}, status=self.status, headers=self.headers)
 
 
 class BedrockStreamMixin:
@@ -158,7 +139,7 @@ class BedrockStreamMixin:
         """The ASGI path: nothing here blocks the event loop or holds Django's shared thread
         while Bedrock works (only the access checks, which may query the database, hop to it)."""
         try:
-            if self._access_check_is_io_free(request) and _request_size(request) <= PREPARE_ON_LOOP_MAX_BYTES:
+            if self._access_check_is_io_free(request) and request_size(request) <= PREPARE_ON_LOOP_MAX_BYTES:
                 self.check_access(request)  # provably no database or cache: skip the thread hop
                 self.prepare(request)
             else:
@@ -234,17 +215,7 @@ class BedrockStreamMixin:
         """Parse, validate and build the upstream request; raise :class:`RequestRejected` on bad input."""
         self.family = self.get_family()
         data = self.get_request_data(request)
-        allowed_models, cap = self.get_allowed_models(), self.get_max_tokens_cap()
-        # The common request is checked without building DRF's field tree; anything else (and every
-        # error) goes through the serializer.
-        validated = fast_validated_data(data, allowed_models, cap)
-        if validated is None:
-            context = {"allowed_models": allowed_models, "max_tokens_cap": cap}
-            serializer = ChatRequestSerializer(data=data, context=context)
-            if not serializer.is_valid():
-                raise RequestRejected(400, "invalid_request", _first_error(serializer.errors), serializer.errors)
-            validated = serializer.validated_data
-        self.validated_data = validated
+        self.validated_data = validate_chat_request(data, self.get_allowed_models(), self.get_max_tokens_cap())
         try:
             self.protocol_name = negotiate_protocol(
                 request.GET.get("protocol"), request.headers.get("Accept"), self.stream_protocol
@@ -265,21 +236,7 @@ class BedrockStreamMixin:
 
     def get_request_data(self, request: HttpRequest) -> dict[str, Any]:
         """Should not need overriding: the JSON body, or for GET the query string."""
-        if request.method == "GET":
-            return _query_data(request)
-        try:
-            raw = request.body
-        except RequestDataTooBig:
-            raise RequestRejected(413, "payload_too_large", "The request body is too large.") from None
-        try:
-            data = load_json_body(raw or b"null")
-        except BodyTooComplex as err:
-            raise RequestRejected(400, "invalid_request", str(err)) from None
-        except (ValueError, UnicodeDecodeError, RecursionError):  # RecursionError: absurdly nested JSON
-            raise RequestRejected(400, "invalid_json", "The request body must be JSON.") from None
-        if not isinstance(data, dict):
-            raise RequestRejected(400, "invalid_request", "The request body must be a JSON object.")
-        return data
+        return read_request_data(request)
 
     def new_completion(self, request: HttpRequest) -> Completion:
         user = getattr(request, "user", None)
@@ -328,13 +285,6 @@ class BedrockStreamMixin:
         return response
 
 
-class _IgnoreBody(BaseParser):
-    media_type = "*/*"
-
-    def parse(self, stream: Any, media_type: Any = None, parser_context: Any = None) -> dict[str, Any]:
-        return {}
-
-
 def keep_async(view: Any) -> Any:
     """Django 4.2's decorators wrap an async view in a sync function; mark it async again."""
     if not iscoroutinefunction(view):
@@ -342,22 +292,15 @@ def keep_async(view: Any) -> Any:
     return view
 
 
-class BedrockStreamView(BedrockStreamMixin, View):
+class BedrockStreamView(AccessMixin, BedrockStreamMixin, View):
     """Base view. Subclasses must set ``family_class``; everything else has defaults.
 
-    Access control reuses Django REST framework's classes: ``authentication_classes``,
-    ``permission_classes`` and ``throttle_classes`` default to the project's
-    ``REST_FRAMEWORK`` settings, and unless ``BEDROCK_STREAM["ALLOW_ANONYMOUS"]`` is true,
+    Access control (:class:`~.access.AccessMixin`) reuses Django REST framework's classes:
+    ``authentication_classes``, ``permission_classes`` and ``throttle_classes`` default to the
+    project's ``REST_FRAMEWORK`` settings, and unless ``BEDROCK_STREAM["ALLOW_ANONYMOUS"]`` is true,
     ``IsAuthenticated`` is required too. As with DRF's ``APIView``, CSRF is enforced by
     ``SessionAuthentication`` for session-authenticated browsers (token clients need no token).
     """
-
-    #: DRF authentication classes; None: ``REST_FRAMEWORK["DEFAULT_AUTHENTICATION_CLASSES"]``.
-    authentication_classes: Sequence[type[BaseAuthentication]] | None = None
-    #: DRF permission classes; None: ``REST_FRAMEWORK["DEFAULT_PERMISSION_CLASSES"]``.
-    permission_classes: Sequence[type[BasePermission]] | None = None
-    #: DRF throttle classes; None: ``REST_FRAMEWORK["DEFAULT_THROTTLE_CLASSES"]``.
-    throttle_classes: Sequence[type[BaseThrottle]] | None = None
 
     #: Also accept ``GET ?prompt=…`` (or ``?messages=<json>``), for browsers' ``EventSource``, which
     #: cannot POST. Off by default: a GET is not CSRF-protected, so only enable it behind
@@ -397,108 +340,6 @@ class BedrockStreamView(BedrockStreamMixin, View):
         # WSGI: Django awaited us through async_to_sync; thread_sensitive=True runs the sync path
         # back on the request's own thread, where blocking on boto3 is what WSGI expects.
         return await sync_to_async(self.handle_sync)(request)
-
-    def get_authenticators(self) -> list[BaseAuthentication]:
-        classes = self.authentication_classes
-        return [auth() for auth in (api_settings.DEFAULT_AUTHENTICATION_CLASSES if classes is None else classes)]
-
-    def get_permissions(self) -> list[BasePermission]:
-        return [permission() for permission in stream_permission_classes(self.permission_classes)]
-
-    def get_throttles(self) -> list[BaseThrottle]:
-        classes = self.throttle_classes
-        return [throttle() for throttle in (api_settings.DEFAULT_THROTTLE_CLASSES if classes is None else classes)]
-
-    def check_access(self, request: HttpRequest) -> None:
-        """Authenticate, check permissions and throttles the way DRF's ``APIView.initial`` does."""
-        authenticators = self.get_authenticators()
-        # The body is parsed by prepare(); DRF's CSRF check only needs the header token, so give it
-        # a parser that reads nothing (with none at all, request.POST raises 415).
-        drf_request = Request(request, parsers=[_IgnoreBody()], authenticators=authenticators)
-        try:
-            request.user = drf_request.user
-            for permission in self.get_permissions():
-                if not permission.has_permission(drf_request, self):
-                    if drf_request.authenticators and not drf_request.successful_authenticator:
-                        raise exceptions.NotAuthenticated()
-                    raise exceptions.PermissionDenied(getattr(permission, "message", None))
-            # A GET runs the query's prompt only if it proves it came from this site (see access.py);
-            # checked before throttles, so a refused cross-site visit uses none of the user's quota.
-            from .access import CROSS_SITE_GET_MESSAGE, is_get_allowed  # access.py imports this module
-
-            if request.method == "GET" and not is_get_allowed(request, drf_request.successful_authenticator):
-                raise RequestRejected(403, "cross_site_get", CROSS_SITE_GET_MESSAGE)
-            waits = [t.wait() for t in self.get_throttles() if not t.allow_request(drf_request, self)]
-            if waits:
-                raise exceptions.Throttled(max((w for w in waits if w is not None), default=None))
-        except exceptions.APIException as exc:
-            headers = {}
-            status = exc.status_code
-            if isinstance(exc, (exceptions.NotAuthenticated, exceptions.AuthenticationFailed)):
-                header = authenticators[0].authenticate_header(drf_request) if authenticators else None
-                if header:
-                    headers["WWW-Authenticate"] = header
-                else:
-                    status = 403
-            wait = getattr(exc, "wait", None)
-            if wait is not None:
-                headers["Retry-After"] = str(math.ceil(wait))
-            raise RequestRejected(status, str(exc.default_code), str(exc.detail), headers=headers) from None
-
-
-def stream_permission_classes(classes: Sequence[type[BasePermission]] | None) -> list[type[BasePermission]]:
-    """What a stream view enforces by default: ``classes`` (``None``: the project's
-    ``DEFAULT_PERMISSION_CLASSES``), with ``IsAuthenticated`` first unless ``ALLOW_ANONYMOUS``.
-    Shared by both flavours so that neither is ever more permissive than the other."""
-    result = list(api_settings.DEFAULT_PERMISSION_CLASSES if classes is None else classes)
-    if not stream_settings.ALLOW_ANONYMOUS:
-        result.insert(0, IsAuthenticated)
-    return result
-
-
-def _query_data(request: HttpRequest) -> dict[str, Any]:
-    """``?prompt=text`` or ``?messages=<json list>``, plus optional ``model`` and ``max_tokens``."""
-    query = request.GET
-    data: dict[str, Any] = {}
-    if "messages" in query:
-        try:
-            data["messages"] = json.loads(query["messages"])
-        except (ValueError, RecursionError):
-            raise RequestRejected(400, "invalid_json", "The messages parameter must be JSON.") from None
-    elif "prompt" in query:
-        data["messages"] = [{"role": "user", "content": query["prompt"]}]
-    if "model" in query:
-        data["model"] = query["model"]
-    if "max_tokens" in query:
-        data["max_tokens"] = query["max_tokens"]
-    return data
-
-
-#: Bodies (or GET query strings) larger than this are validated on the request's thread, not on
-#: the event loop.
-PREPARE_ON_LOOP_MAX_BYTES = 64 * 1024
-
-
-def _request_size(request: HttpRequest) -> int:
-    try:
-        length = int(request.META.get("CONTENT_LENGTH") or 0)
-    except ValueError:
-        length = 0
-    return length + len(request.META.get("QUERY_STRING", ""))
-
-
-def _first_error(errors: Any, path: str = "") -> str:
-    if isinstance(errors, dict):
-        for key, value in errors.items():
-            if value:
-                return _first_error(value, f"{path}.{key}" if path else str(key))
-    if isinstance(errors, list):
-        for index, value in enumerate(errors):
-            if value:
-                nested = isinstance(value, (dict, list))
-                return _first_error(value, f"{path}[{index}]" if nested else path)
-    return f"{path}: {errors}" if path else str(errors)
-
 
 class AnthropicStreamView(BedrockStreamView):
     """Claude text completions, prompt built by ``build_anthropic_prompt``."""
@@ -540,3 +381,21 @@ class ConverseStreamView(BedrockStreamView):
     """Any model through the Converse API; list the models requests may pick in ``allowed_models``."""
 
     family_class = ConverseFamily
+
+
+__all__ = [  # RequestRejected and stream_permission_classes live in parsing.py / access.py; kept importable here
+    "AnthropicMessagesStreamView",
+    "AnthropicStreamView",
+    "BedrockStreamMixin",
+    "BedrockStreamView",
+    "CohereStreamView",
+    "ConverseStreamView",
+    "Llama2StreamView",
+    "Llama3StreamView",
+    "MistralStreamView",
+    "NovaStreamView",
+    "RequestRejected",
+    "TitanStreamView",
+    "keep_async",
+    "stream_permission_classes",
+]

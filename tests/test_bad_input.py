@@ -25,10 +25,11 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from django_bedrock_stream.drf import api_view_for
+from django_bedrock_stream.families import FAMILIES as FAMILY_REGISTRY
 from django_bedrock_stream.models import Completion
 from django_bedrock_stream.serializers import ROLES
 
-FAMILIES = ["anthropic", "anthropic-messages", "cohere", "llama2", "llama3", "mistral", "titan", "converse"]
+FAMILIES = list(FAMILY_REGISTRY)  # every family the package routes
 #: URL names of every stream view: the plain views (the package's URLconf) and the DRF flavour.
 VIEWS = [f"django_bedrock_stream:{family}" for family in FAMILIES] + [f"api-{family}" for family in FAMILIES]
 #: What clients send: fetch() with no preference, JSON, the event-stream and text protocols.

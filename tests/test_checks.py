@@ -19,10 +19,11 @@ from rest_framework.permissions import AllowAny, BasePermission, IsAuthenticated
 
 from django_bedrock_stream import checks
 from django_bedrock_stream.drf import BedrockStreamAPIView, api_view_for
+from django_bedrock_stream.families import FAMILIES as FAMILY_REGISTRY
 from django_bedrock_stream.families import ConverseFamily
 from django_bedrock_stream.views import ConverseStreamView, Llama2StreamView
 
-FAMILIES = ["anthropic", "anthropic-messages", "cohere", "llama2", "llama3", "mistral", "titan", "converse"]
+FAMILIES = list(FAMILY_REGISTRY)  # every family the package routes
 
 
 def ids(messages: list[django_checks.CheckMessage]) -> list[str]:
