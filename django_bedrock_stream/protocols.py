@@ -425,12 +425,14 @@ class UIMessageStreamProtocol(StreamProtocol):
                 return opening + self._chunk(chunk) + self._close_block()
             opening, block_id = self._block("reasoning")
             chunk = {"type": "reasoning-delta", "id": block_id, "delta": part.text}
-            if part.signature:
+            if part.signature:  # it completes its block: the next reasoning is another block, with its own
                 chunk["providerMetadata"] = {"bedrock": {"signature": part.signature}}
+                return opening + self._chunk(chunk) + self._close_block()
             return opening + self._chunk(chunk)
         if isinstance(part, p.Source):
             details = {key: value for key, value in _source_fields(part).items() if key not in ("id", "title", "url")}
             meta = {"bedrock": details}
+            source: dict[str, Any]
             if part.url:
                 source = {"type": "source-url", "sourceId": part.id, "url": part.url}
                 if part.title:

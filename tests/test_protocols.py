@@ -7,6 +7,7 @@ Pure tests (no Django, no network). The last section runs the AI SDK's own clien
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import subprocess
 from pathlib import Path
@@ -14,6 +15,7 @@ from typing import Any
 
 import pytest
 
+from django_bedrock_stream import parts as p
 from django_bedrock_stream.protocols import (
     PROTOCOLS,
     DataStreamProtocol,
@@ -128,12 +130,14 @@ def test_ui_message_stream_protocol() -> None:
     )
     assert body == (
         'data: {"type":"start","messageId":"msg_1"}\n\n'
-        'data: {"type":"text-start","id":"msg_1-text"}\n\n'
-        'data: {"type":"text-delta","id":"msg_1-text","delta":"Hello"}\n\n'
+        'data: {"type":"start-step"}\n\n'
+        'data: {"type":"text-start","id":"msg_1-text-1"}\n\n'
+        'data: {"type":"text-delta","id":"msg_1-text-1","delta":"Hello"}\n\n'
         ": ping\n\n"
-        'data: {"type":"text-end","id":"msg_1-text"}\n\n'
+        'data: {"type":"text-end","id":"msg_1-text-1"}\n\n'
+        'data: {"type":"finish-step"}\n\n'
         'data: {"type":"finish","messageMetadata":'
-        '{"finishReason":"length","usage":{"inputTokens":12,"outputTokens":7}}}\n\n'
+        '{"finishReason":"length","usage":{"inputTokens":12,"outputTokens":7,"cacheReadTokens":0,"cacheWriteTokens":0}}}\n\n'
         "data: [DONE]\n\n"
     )
 
@@ -170,7 +174,7 @@ def test_server_sent_events_protocol() -> None:
         ": ping\n\n"
         'event: token\nid: 2\ndata: {"text":"lo"}\n\n'
         'event: done\nid: 3\ndata: {"finish_reason":"other","stop_reason":null,'
-        '"usage":{"input_tokens":12,"output_tokens":7}}\n\n'
+        '"usage":{"input_tokens":12,"output_tokens":7,"cache_read_tokens":0,"cache_write_tokens":0}}\n\n'
     )
 
 
@@ -202,6 +206,10 @@ def test_json_escaping_round_trips(cls: type[StreamProtocol]) -> None:
     protocol = cls("m")
     protocol.start()
     encoded = protocol.delta(TRICKY)
+    if cls is UIMessageStreamProtocol:  # the first delta opens the text block
+        opening = 'data: {"type":"text-start","id":"m-text-1"}\n\n'
+        assert encoded.startswith(opening)
+        encoded = encoded.removeprefix(opening)
     # Framing intact: the payload adds no raw CR/LF of its own, so one line (+ SSE blank line) per event.
     assert "\r" not in encoded
     if cls is DataStreamProtocol:
@@ -302,9 +310,280 @@ def test_usage_is_lenient() -> None:
     finish = DataStreamProtocol("m").finish("end_turn", odd_usage)
     assert '"usage":{"promptTokens":3,"completionTokens":0}' in finish
     assert (
-        '"usage":{"input_tokens":0,"output_tokens":0}'
+        '"usage":{"input_tokens":0,"output_tokens":0,"cache_read_tokens":0,"cache_write_tokens":0}'
         in ServerSentEventsProtocol().finish(None, {})
     )
+    odd_cache: Any = {"cache_read_tokens": 4.0, "cache_write_tokens": None}
+    assert (
+        '"usage":{"inputTokens":0,"outputTokens":0,"cacheReadTokens":4,"cacheWriteTokens":0}'
+        in UIMessageStreamProtocol("m").finish("end_turn", odd_cache)
+    )
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Typed parts: every part in every protocol, byte for byte
+# ----------------------------------------------------------------------------------------------------------
+
+REASONING = p.ReasoningDelta(text='Let me "think" 🤔')
+SIGNATURE = p.ReasoningDelta(signature="c2lnbmF0dXJl")
+REDACTED = p.ReasoningDelta(redacted="cmVkYWN0ZWQ=")
+DOCUMENT_CHAR = {"documentChar": {"documentIndex": 1, "start": 0, "end": 58}}
+DOCUMENT_SOURCE = p.Source(
+    id="source-1", title="policy", cited_text="Employees get 20 days.", document_index=1, location=DOCUMENT_CHAR
+)
+WEB = {"web": {"url": "https://example.com/a?b=1&c=2", "domain": "example.com"}}
+URL_SOURCE = p.Source(id="source-2", title="Example", url="https://example.com/a?b=1&c=2", cited_text="c", location=WEB)
+BARE_SOURCE = p.Source(id="source-3")  # no title, URL, text or location
+FILE = p.File(media_type="image/png", data="iVBORw0KGgo=")
+GUARDRAIL = p.GuardrailTrace(action="INTERVENED", trace={"outputAssessments": {"g1": [{"contentPolicy": {}}]}})
+TOOL_PARTS = [
+    p.ToolCallStart(id="t1", name="get_weather"),
+    p.ToolInputDelta(id="t1", delta='{"location": "Par'),
+    p.ToolCall(id="t1", name="get_weather", input={"location": "Paris"}),
+    p.ToolResult(id="t1", name="get_weather", output={"temperature": 21}),
+]
+
+
+def ui_block(kind: str, block_id: str, *deltas: dict[str, Any]) -> str:
+    """The exact chunks of one complete reasoning block (what a signature or redacted part is)."""
+    return (
+        f'data: {{"type":"{kind}-start","id":"{block_id}"}}\n\n'
+        + "".join(
+            f"data: {json.dumps({'type': f'{kind}-delta', 'id': block_id, **d}, separators=(',', ':'))}\n\n"
+            for d in deltas
+        )
+        + f'data: {{"type":"{kind}-end","id":"{block_id}"}}\n\n'
+    )
+
+
+#: part -> what each protocol writes for it, right after start() (so SSE ids start at 1, ui block ids at 1).
+PART_WIRE: dict[str, tuple[p.Part, dict[str, str]]] = {
+    "reasoning-text": (
+        REASONING,
+        {
+            "text": "",
+            "data": 'g:"Let me \\"think\\" 🤔"\n',
+            "ui": 'data: {"type":"reasoning-start","id":"m-reasoning-1"}\n\n'
+            'data: {"type":"reasoning-delta","id":"m-reasoning-1","delta":"Let me \\"think\\" 🤔"}\n\n',
+            "sse": 'event: reasoning\nid: 1\ndata: {"text":"Let me \\"think\\" 🤔"}\n\n',
+        },
+    ),
+    "reasoning-signature": (
+        SIGNATURE,
+        {
+            "text": "",
+            "data": 'j:{"signature":"c2lnbmF0dXJl"}\n',
+            "ui": 'data: {"type":"reasoning-start","id":"m-reasoning-1"}\n\n'
+            'data: {"type":"reasoning-delta","id":"m-reasoning-1","delta":"",'
+            '"providerMetadata":{"bedrock":{"signature":"c2lnbmF0dXJl"}}}\n\n'
+            'data: {"type":"reasoning-end","id":"m-reasoning-1"}\n\n',
+            "sse": 'event: reasoning\nid: 1\ndata: {"signature":"c2lnbmF0dXJl"}\n\n',
+        },
+    ),
+    "reasoning-redacted": (
+        REDACTED,
+        {
+            "text": "",
+            "data": 'i:{"data":"cmVkYWN0ZWQ="}\n',
+            "ui": 'data: {"type":"reasoning-start","id":"m-reasoning-1"}\n\n'
+            'data: {"type":"reasoning-delta","id":"m-reasoning-1","delta":"",'
+            '"providerMetadata":{"bedrock":{"redactedData":"cmVkYWN0ZWQ="}}}\n\n'
+            'data: {"type":"reasoning-end","id":"m-reasoning-1"}\n\n',
+            "sse": 'event: reasoning\nid: 1\ndata: {"redacted":"cmVkYWN0ZWQ="}\n\n',
+        },
+    ),
+    "source-document": (
+        DOCUMENT_SOURCE,
+        {
+            "text": "",
+            "data": "",  # data stream v1 sources are URLs only
+            "ui": 'data: {"type":"source-document","sourceId":"source-1","mediaType":"text/plain","title":"policy",'
+            '"providerMetadata":{"bedrock":{"cited_text":"Employees get 20 days.","document_index":1,'
+            '"location":{"documentChar":{"documentIndex":1,"start":0,"end":58}}}}}\n\n',
+            "sse": 'event: source\nid: 1\ndata: {"id":"source-1","title":"policy","cited_text":"Employees get 20 days.",'
+            '"document_index":1,"location":{"documentChar":{"documentIndex":1,"start":0,"end":58}}}\n\n',
+        },
+    ),
+    "source-url": (
+        URL_SOURCE,
+        {
+            "text": "",
+            "data": 'h:{"sourceType":"url","id":"source-2","url":"https://example.com/a?b=1&c=2","title":"Example"}\n',
+            "ui": 'data: {"type":"source-url","sourceId":"source-2","url":"https://example.com/a?b=1&c=2","title":"Example",'
+            '"providerMetadata":{"bedrock":{"cited_text":"c",'
+            '"location":{"web":{"url":"https://example.com/a?b=1&c=2","domain":"example.com"}}}}}\n\n',
+            "sse": 'event: source\nid: 1\ndata: {"id":"source-2","title":"Example","url":"https://example.com/a?b=1&c=2",'
+            '"cited_text":"c","location":{"web":{"url":"https://example.com/a?b=1&c=2","domain":"example.com"}}}\n\n',
+        },
+    ),
+    "source-bare": (
+        BARE_SOURCE,
+        {
+            "text": "",
+            "data": "",
+            "ui": 'data: {"type":"source-document","sourceId":"source-3","mediaType":"text/plain","title":"Document 1"}\n\n',
+            "sse": 'event: source\nid: 1\ndata: {"id":"source-3"}\n\n',
+        },
+    ),
+    "file": (
+        FILE,
+        {
+            "text": "",
+            "data": 'k:{"data":"iVBORw0KGgo=","mimeType":"image/png"}\n',
+            "ui": 'data: {"type":"file","url":"data:image/png;base64,iVBORw0KGgo=","mediaType":"image/png"}\n\n',
+            "sse": 'event: file\nid: 1\ndata: {"media_type":"image/png","data":"iVBORw0KGgo="}\n\n',
+        },
+    ),
+    "guardrail": (
+        GUARDRAIL,
+        {
+            "text": "",
+            "data": "",
+            "ui": "",  # the action is in the finish chunk's messageMetadata.guardrail
+            "sse": 'event: guardrail\nid: 1\ndata: {"action":"INTERVENED",'
+            '"trace":{"outputAssessments":{"g1":[{"contentPolicy":{}}]}}}\n\n',
+        },
+    ),
+}
+
+
+@pytest.mark.parametrize("name", list(PROTOCOLS))
+@pytest.mark.parametrize("case", list(PART_WIRE))
+def test_part_bytes(case: str, name: str) -> None:
+    part, wire = PART_WIRE[case]
+    protocol = PROTOCOLS[name]("m")
+    protocol.start()
+    assert protocol.part(part) == wire[name]
+
+
+@pytest.mark.parametrize("name", list(PROTOCOLS))
+@pytest.mark.parametrize("part", TOOL_PARTS, ids=lambda part: type(part).__name__)
+def test_tool_parts_are_not_sent_yet(part: p.Part, name: str) -> None:
+    protocol = PROTOCOLS[name]("m")
+    assert protocol.part(part) == ""
+    assert protocol.delta("x") == PROTOCOLS[name]("m").delta("x")  # and the stream state is untouched
+
+
+@pytest.mark.parametrize("name", list(PROTOCOLS))
+def test_a_part_starts_the_stream(name: str) -> None:
+    protocol = PROTOCOLS[name]("m")
+    expected = PROTOCOLS[name]("m").start() + PART_WIRE["reasoning-text"][1][name]
+    assert protocol.part(REASONING) == (expected if PART_WIRE["reasoning-text"][1][name] else "")
+    assert protocol.start() == ""  # whatever it sent, it sent once
+
+
+@pytest.mark.parametrize("name", list(PROTOCOLS))
+def test_parts_after_the_end_are_dropped(name: str) -> None:
+    protocol = PROTOCOLS[name]("m")
+    protocol.finish("end_turn", USAGE)
+    assert [protocol.part(part) for part, _ in PART_WIRE.values()] == [""] * len(PART_WIRE)
+
+
+def test_ui_blocks_open_lazily_and_close_in_order() -> None:
+    protocol = UIMessageStreamProtocol("m")
+    body = (
+        protocol.part(p.ReasoningDelta(text="a"))
+        + protocol.part(p.ReasoningDelta(text="b"))
+        + protocol.part(p.ReasoningDelta(signature="S1"))  # completes block 1
+        + protocol.part(p.ReasoningDelta(text="c", index=1))  # a new block
+        + protocol.part(p.ReasoningDelta(signature="S2", index=1))
+        + protocol.delta("Hi")
+        + protocol.part(DOCUMENT_SOURCE)  # a source does not close the text block
+        + protocol.delta(" there")
+        + protocol.part(REDACTED)  # closes the text, a block of its own
+        + protocol.part(p.ReasoningDelta(text="d", index=3))
+        + protocol.delta("!")
+        + protocol.finish("end_turn", USAGE)
+    )
+    assert body == (
+        'data: {"type":"start","messageId":"m"}\n\n'
+        'data: {"type":"start-step"}\n\n'
+        'data: {"type":"reasoning-start","id":"m-reasoning-1"}\n\n'
+        'data: {"type":"reasoning-delta","id":"m-reasoning-1","delta":"a"}\n\n'
+        'data: {"type":"reasoning-delta","id":"m-reasoning-1","delta":"b"}\n\n'
+        'data: {"type":"reasoning-delta","id":"m-reasoning-1","delta":"","providerMetadata":{"bedrock":{"signature":"S1"}}}\n\n'
+        'data: {"type":"reasoning-end","id":"m-reasoning-1"}\n\n'
+        'data: {"type":"reasoning-start","id":"m-reasoning-2"}\n\n'
+        'data: {"type":"reasoning-delta","id":"m-reasoning-2","delta":"c"}\n\n'
+        'data: {"type":"reasoning-delta","id":"m-reasoning-2","delta":"","providerMetadata":{"bedrock":{"signature":"S2"}}}\n\n'
+        'data: {"type":"reasoning-end","id":"m-reasoning-2"}\n\n'
+        'data: {"type":"text-start","id":"m-text-3"}\n\n'
+        'data: {"type":"text-delta","id":"m-text-3","delta":"Hi"}\n\n'
+        + PART_WIRE["source-document"][1]["ui"]
+        + 'data: {"type":"text-delta","id":"m-text-3","delta":" there"}\n\n'
+        'data: {"type":"text-end","id":"m-text-3"}\n\n'
+        + ui_block("reasoning", "m-reasoning-4", {"delta": "", "providerMetadata": {"bedrock": {"redactedData": "cmVkYWN0ZWQ="}}})
+        + 'data: {"type":"reasoning-start","id":"m-reasoning-5"}\n\n'
+        'data: {"type":"reasoning-delta","id":"m-reasoning-5","delta":"d"}\n\n'
+        'data: {"type":"reasoning-end","id":"m-reasoning-5"}\n\n'
+        'data: {"type":"text-start","id":"m-text-6"}\n\n'
+        'data: {"type":"text-delta","id":"m-text-6","delta":"!"}\n\n'
+        'data: {"type":"text-end","id":"m-text-6"}\n\n'
+        'data: {"type":"finish-step"}\n\n'
+        'data: {"type":"finish","messageMetadata":{"finishReason":"stop",'
+        '"usage":{"inputTokens":12,"outputTokens":7,"cacheReadTokens":0,"cacheWriteTokens":0}}}\n\n'
+        "data: [DONE]\n\n"
+    )
+
+
+def test_ui_error_inside_an_open_block() -> None:
+    protocol = UIMessageStreamProtocol("m")
+    protocol.part(REASONING)
+    # The error ends the stream as is: the AI SDK marks the message failed, an open block does not matter.
+    assert protocol.error("boom") == 'data: {"type":"error","errorText":"boom"}\n\ndata: [DONE]\n\n'
+
+
+FULL_USAGE = {"input_tokens": 10, "output_tokens": 5, "cache_read_tokens": 100, "cache_write_tokens": 20}
+METADATA = {
+    "model_id": "us.anthropic.claude-sonnet-4-20250514-v1:0",
+    "latency_ms": 1999,
+    "service_tier": "priority",
+    "guardrail": "INTERVENED",
+}
+
+
+def test_finish_metadata_ui() -> None:
+    protocol = UIMessageStreamProtocol("m")
+    protocol.start()
+    assert protocol.finish("guardrail_intervened", FULL_USAGE, METADATA) == (
+        'data: {"type":"finish-step"}\n\n'
+        'data: {"type":"finish","messageMetadata":{"finishReason":"content-filter",'
+        '"usage":{"inputTokens":10,"outputTokens":5,"cacheReadTokens":100,"cacheWriteTokens":20},'
+        '"modelId":"us.anthropic.claude-sonnet-4-20250514-v1:0","latencyMs":1999,"serviceTier":"priority",'
+        '"guardrail":"INTERVENED"}}\n\n'
+        "data: [DONE]\n\n"
+    )
+
+
+def test_finish_metadata_sse() -> None:
+    protocol = ServerSentEventsProtocol("m")
+    assert protocol.finish("end_turn", FULL_USAGE, METADATA) == (
+        'event: done\nid: 1\ndata: {"finish_reason":"stop","stop_reason":"end_turn",'
+        '"usage":{"input_tokens":10,"output_tokens":5,"cache_read_tokens":100,"cache_write_tokens":20},'
+        '"model_id":"us.anthropic.claude-sonnet-4-20250514-v1:0","latency_ms":1999,"service_tier":"priority",'
+        '"guardrail":"INTERVENED"}\n\n'
+    )
+
+
+def test_finish_metadata_unknown_values_are_left_out() -> None:
+    partial = {"model_id": "m1", "latency_ms": None, "service_tier": None, "guardrail": None}
+    ui = UIMessageStreamProtocol("m")
+    ui.start()
+    assert '"messageMetadata":{"finishReason":"stop","usage":{"inputTokens":12,"outputTokens":7,' \
+        '"cacheReadTokens":0,"cacheWriteTokens":0},"modelId":"m1"}}' in ui.finish("end_turn", USAGE, partial)
+    assert ServerSentEventsProtocol().finish("end_turn", USAGE, partial).endswith(
+        '"cache_read_tokens":0,"cache_write_tokens":0},"model_id":"m1"}\n\n'
+    )
+
+
+@pytest.mark.parametrize("name", ["text", "data"])
+def test_finish_metadata_has_no_place_in_text_and_data(name: str) -> None:
+    with_metadata, without = PROTOCOLS[name]("m"), PROTOCOLS[name]("m")
+    assert with_metadata.finish("end_turn", FULL_USAGE, METADATA) == without.finish("end_turn", FULL_USAGE)
+    if name == "data":  # v1 usage has two counts
+        assert without.metadata == {} and '"usage":{"promptTokens":10,"completionTokens":5}' in (
+            DataStreamProtocol("m").finish("end_turn", FULL_USAGE, METADATA)
+        )
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -441,12 +720,13 @@ def test_negotiate_rejects_unknown_names() -> None:
 
 JS_DIR = Path(__file__).parent / "js"
 NODE = shutil.which("node")
+#: The `ai` majors installed side by side in tests/js (package.json): "ai" is 7.x, "ai6"/"ai5" npm aliases.
+AI_PACKAGES = ["ai", "ai6", "ai5"]
 
 needs_node = pytest.mark.skipif(
     NODE is None
-    or not (JS_DIR / "node_modules" / "ai").is_dir()
-    or not (JS_DIR / "node_modules" / "@ai-sdk" / "ui-utils").is_dir(),
-    reason="needs `node` on PATH and `npm ci` in tests/js (installs the pinned ai and @ai-sdk/ui-utils)",
+    or not all((JS_DIR / "node_modules" / name).is_dir() for name in [*AI_PACKAGES, "@ai-sdk/ui-utils"]),
+    reason="needs `node` on PATH and `npm ci --prefix tests/js` (installs the pinned ai 7/6/5 and @ai-sdk/ui-utils)",
 )
 
 DELTAS = [
@@ -462,11 +742,11 @@ JOINED = 'Hello, "world"\né 日本 😀😀 \u2028 data: [DONE]\n\nend'
 
 
 def parse_with_node(
-    script: str, body: str, tmp_path: Path, chunk_size: int = 0
+    script: str, body: str, tmp_path: Path, chunk_size: int = 0, ai: str = "ai"
 ) -> dict[str, Any]:
     path = tmp_path / "body.txt"
     path.write_bytes(body.encode("utf-8"))
-    args = [str(NODE), str(JS_DIR / script), str(path)]
+    args = [str(NODE), str(JS_DIR / script), str(path), "--ai", ai]
     if chunk_size:
         args += ["--chunk-size", str(chunk_size)]
     completed = subprocess.run(
@@ -475,6 +755,30 @@ def parse_with_node(
     assert completed.returncode == 0, completed.stderr
     result: dict[str, Any] = json.loads(completed.stdout)
     return result
+
+
+def parse_sse(body: str) -> list[tuple[str, str | None, Any]]:
+    """(event, id, JSON data) per dispatched event, parsed as the WHATWG "Server-sent events" section says
+    (what a browser's EventSource does): fields per line, ``data`` lines joined by LF, comments skipped."""
+    events: list[tuple[str, str | None, Any]] = []
+    event, event_id, data = "", None, []
+    for line in re.split(r"\r\n|\r|\n", body):
+        if not line:
+            if data:
+                events.append((event or "message", event_id, json.loads("\n".join(data))))
+            event, data = "", []
+            continue
+        if line.startswith(":"):
+            continue
+        field, _, value = line.partition(":")
+        value = value.removeprefix(" ")
+        if field == "event":
+            event = value
+        elif field == "data":
+            data.append(value)
+        elif field == "id":
+            event_id = value
+    return events
 
 
 @needs_node
@@ -488,13 +792,26 @@ def test_ai_sdk_4_reads_data_stream(tmp_path: Path, chunk_size: int) -> None:
         chunk_size,
     )
     usage = {"promptTokens": 12, "completionTokens": 7}
+    message = {
+        "id": "msg_data",
+        "role": "assistant",
+        "content": JOINED,
+        "reasoning": None,
+        "parts": [{"type": "step-start"}, {"type": "text", "text": JOINED}],
+    }
     assert result == {
+        "messageId": "msg_data",
         "text": JOINED,
+        "reasoning": [],
+        "signatures": [],
+        "redacted": [],
+        "sources": [],
+        "files": [],
+        "step": {"finishReason": "length", "isContinued": False, "usage": usage},
         "finishReason": "length",
         "usage": usage,
-        "messageId": "msg_data",
-        "step": {"finishReason": "length", "isContinued": False, "usage": usage},
         "errors": [],
+        "chat": {"error": None, "finishReason": "length", "usage": {**usage, "totalTokens": 19}, "message": message},
     }
 
 
@@ -510,49 +827,243 @@ def test_ai_sdk_4_reads_data_stream_error(tmp_path: Path) -> None:
     assert result["text"] == "partial"
     assert result["errors"] == ['Throttled: "slow down"']
     assert result["finishReason"] is None
+    assert result["chat"]["error"] == 'Throttled: "slow down"'
+
+
+def ui_text_message(message_id: str, text: str, metadata: Any) -> dict[str, Any]:
+    return {
+        "id": message_id,
+        "role": "assistant",
+        "metadata": metadata,
+        "parts": [{"type": "step-start"}, {"type": "text", "text": text, "state": "done"}],
+    }
 
 
 @needs_node
 @pytest.mark.parametrize(
-    ("cls", "chunk_size"),
-    [(UIMessageStreamProtocol, 0), (UIMessageStreamProtocol, 5), (TopLevelFinishUI, 0)],
+    ("ai", "cls", "chunk_size"),
+    [
+        *[(ai, UIMessageStreamProtocol, 0) for ai in AI_PACKAGES],
+        ("ai", UIMessageStreamProtocol, 5),
+        ("ai6", UIMessageStreamProtocol, 5),
+        *[(ai, TopLevelFinishUI, 0) for ai in AI_PACKAGES],
+    ],
 )
 def test_ai_sdk_ui_chat_reads_ui_message_stream(
-    tmp_path: Path, cls: type[UIMessageStreamProtocol], chunk_size: int
+    tmp_path: Path, ai: str, cls: type[UIMessageStreamProtocol], chunk_size: int
 ) -> None:
     protocol = cls("msg_ui")
     body = protocol.start() + protocol.ping()
     body += "".join(protocol.delta(d) for d in DELTAS)
     body += protocol.ping() + protocol.finish("guardrail_intervened", USAGE)
-    result = parse_with_node("parse-ui-stream.mjs", body, tmp_path, chunk_size)
+    result = parse_with_node("parse-ui-stream.mjs", body, tmp_path, chunk_size, ai)
     metadata = {
         "finishReason": "content-filter",
-        "usage": {"inputTokens": 12, "outputTokens": 7},
+        "usage": {"inputTokens": 12, "outputTokens": 7, "cacheReadTokens": 0, "cacheWriteTokens": 0},
     }
+    message = ui_text_message("msg_ui", JOINED, metadata)
     assert result == {
-        "text": JOINED,
-        # onFinish's finishReason: only from the opt-in top-level key.
-        "finishReason": "content-filter" if cls.top_level_finish_reason else None,
-        "metadata": metadata,
-        "usage": metadata["usage"],
-        "messageId": "msg_ui",
         "status": "ready",
         "error": None,
-        "textState": ["done"],
-        "readUIMessageStreamText": JOINED,
+        # onFinish's finishReason: only from the opt-in top-level key.
+        "finishReason": "content-filter" if cls.top_level_finish_reason else None,
+        "message": message,
+        "read": {"error": None, "message": message},
     }
 
 
 @needs_node
-def test_ai_sdk_ui_chat_reads_ui_message_stream_error(tmp_path: Path) -> None:
+@pytest.mark.parametrize("ai", AI_PACKAGES)
+def test_ai_sdk_ui_chat_reads_ui_message_stream_error(tmp_path: Path, ai: str) -> None:
     protocol = UIMessageStreamProtocol("msg_ui")
     body = (
         protocol.start()
         + protocol.delta("partial")
         + protocol.error('Throttled: "slow down"')
     )
-    result = parse_with_node("parse-ui-stream.mjs", body, tmp_path)
+    result = parse_with_node("parse-ui-stream.mjs", body, tmp_path, ai=ai)
     assert result["status"] == "error"
     assert result["error"] == 'Throttled: "slow down"'
-    assert result["text"] == "partial"
     assert result["finishReason"] is None
+    texts = [part["text"] for part in result["message"]["parts"] if part["type"] == "text"]
+    assert texts == ["partial"]
+    assert result["read"]["error"] == 'Throttled: "slow down"'
+
+
+# Every part type, in one answer: what each client rebuilds from it.
+ANSWER: list[p.Part | str] = [
+    REASONING,
+    p.ReasoningDelta(text=" Done."),
+    SIGNATURE,
+    REDACTED,
+    "Answer",
+    *TOOL_PARTS,
+    DOCUMENT_SOURCE,
+    URL_SOURCE,
+    BARE_SOURCE,
+    FILE,
+    GUARDRAIL,
+    " more 😀",
+]
+
+
+def encode_answer(protocol: StreamProtocol) -> str:
+    body = protocol.start()
+    for item in ANSWER:
+        body += protocol.delta(item) if isinstance(item, str) else protocol.part(item)
+    return body + protocol.finish("end_turn", FULL_USAGE, METADATA)
+
+
+#: ``metadata`` of the UIMessage rebuilt from ANSWER (the finish chunk's messageMetadata).
+ANSWER_METADATA = {
+    "finishReason": "stop",
+    "usage": {"inputTokens": 10, "outputTokens": 5, "cacheReadTokens": 100, "cacheWriteTokens": 20},
+    "modelId": "us.anthropic.claude-sonnet-4-20250514-v1:0",
+    "latencyMs": 1999,
+    "serviceTier": "priority",
+    "guardrail": "INTERVENED",
+}
+
+
+@needs_node
+@pytest.mark.parametrize(("ai", "chunk_size"), [(ai, 0) for ai in AI_PACKAGES] + [("ai6", 7)])
+def test_ai_sdk_rebuilds_every_ui_part(tmp_path: Path, ai: str, chunk_size: int) -> None:
+    result = parse_with_node("parse-ui-stream.mjs", encode_answer(UIMessageStreamProtocol("msg")), tmp_path, chunk_size, ai)
+    message = {
+        "id": "msg",
+        "role": "assistant",
+        "metadata": ANSWER_METADATA,
+        "parts": [
+            {"type": "step-start"},
+            # The signature stays on its reasoning part, where the AI SDK sends it back next turn.
+            {
+                "type": "reasoning",
+                "id": "msg-reasoning-1",
+                "text": 'Let me "think" 🤔 Done.',
+                "providerMetadata": {"bedrock": {"signature": "c2lnbmF0dXJl"}},
+                "state": "done",
+            },
+            {
+                "type": "reasoning",
+                "id": "msg-reasoning-2",
+                "text": "",
+                "providerMetadata": {"bedrock": {"redactedData": "cmVkYWN0ZWQ="}},
+                "state": "done",
+            },
+            {"type": "text", "text": "Answer more 😀", "state": "done"},
+            {
+                "type": "source-document",
+                "sourceId": "source-1",
+                "mediaType": "text/plain",
+                "title": "policy",
+                "providerMetadata": {
+                    "bedrock": {"cited_text": "Employees get 20 days.", "document_index": 1, "location": DOCUMENT_CHAR}
+                },
+            },
+            {
+                "type": "source-url",
+                "sourceId": "source-2",
+                "url": "https://example.com/a?b=1&c=2",
+                "title": "Example",
+                "providerMetadata": {"bedrock": {"cited_text": "c", "location": WEB}},
+            },
+            {"type": "source-document", "sourceId": "source-3", "mediaType": "text/plain", "title": "Document 1"},
+            {"type": "file", "mediaType": "image/png", "url": "data:image/png;base64,iVBORw0KGgo="},
+        ],
+    }
+    assert result == {
+        "status": "ready",
+        "error": None,
+        "finishReason": None,
+        "message": message,
+        "read": {"error": None, "message": message},
+    }
+
+
+@needs_node
+@pytest.mark.parametrize("chunk_size", [0, 7])
+def test_ai_sdk_4_rebuilds_every_data_part(tmp_path: Path, chunk_size: int) -> None:
+    result = parse_with_node("parse-data-stream.mjs", encode_answer(DataStreamProtocol("msg")), tmp_path, chunk_size)
+    url_source = {"sourceType": "url", "id": "source-2", "url": "https://example.com/a?b=1&c=2", "title": "Example"}
+    file = {"data": "iVBORw0KGgo=", "mimeType": "image/png"}
+    usage = {"promptTokens": 10, "completionTokens": 5}
+    assert result == {
+        "messageId": "msg",
+        "text": "Answer more 😀",
+        "reasoning": ['Let me "think" 🤔', " Done."],
+        "signatures": [{"signature": "c2lnbmF0dXJl"}],
+        "redacted": [{"data": "cmVkYWN0ZWQ="}],
+        "sources": [url_source],  # v1 has URL sources only
+        "files": [file],
+        "step": {"finishReason": "stop", "isContinued": False, "usage": usage},
+        "finishReason": "stop",
+        "usage": usage,
+        "errors": [],
+        "chat": {
+            "error": None,
+            "finishReason": "stop",
+            "usage": {**usage, "totalTokens": 15},
+            "message": {
+                "id": "msg",
+                "role": "assistant",
+                "content": "Answer more 😀",
+                "reasoning": 'Let me "think" 🤔 Done.',
+                "parts": [
+                    {"type": "step-start"},
+                    {
+                        "type": "reasoning",
+                        "reasoning": 'Let me "think" 🤔 Done.',
+                        "details": [
+                            {"type": "text", "text": 'Let me "think" 🤔 Done.', "signature": "c2lnbmF0dXJl"},
+                            {"type": "redacted", "data": "cmVkYWN0ZWQ="},
+                        ],
+                    },
+                    {"type": "text", "text": "Answer more 😀"},
+                    {"type": "source", "source": url_source},
+                    {"type": "file", "mimeType": "image/png", "data": "iVBORw0KGgo="},
+                ],
+            },
+        },
+    }
+
+
+def test_sse_typed_events_parse_as_documented() -> None:
+    events = parse_sse(encode_answer(ServerSentEventsProtocol("msg")))
+    assert [event_id for _, event_id, _ in events] == [str(n) for n in range(1, len(events) + 1)]
+    assert [(event, data) for event, _, data in events] == [
+        ("reasoning", {"text": 'Let me "think" 🤔'}),
+        ("reasoning", {"text": " Done."}),
+        ("reasoning", {"signature": "c2lnbmF0dXJl"}),
+        ("reasoning", {"redacted": "cmVkYWN0ZWQ="}),
+        ("token", {"text": "Answer"}),
+        (
+            "source",
+            {
+                "id": "source-1",
+                "title": "policy",
+                "cited_text": "Employees get 20 days.",
+                "document_index": 1,
+                "location": DOCUMENT_CHAR,
+            },
+        ),
+        (
+            "source",
+            {"id": "source-2", "title": "Example", "url": "https://example.com/a?b=1&c=2", "cited_text": "c", "location": WEB},
+        ),
+        ("source", {"id": "source-3"}),
+        ("file", {"media_type": "image/png", "data": "iVBORw0KGgo="}),
+        ("guardrail", {"action": "INTERVENED", "trace": {"outputAssessments": {"g1": [{"contentPolicy": {}}]}}}),
+        ("token", {"text": " more 😀"}),
+        (
+            "done",
+            {
+                "finish_reason": "stop",
+                "stop_reason": "end_turn",
+                "usage": {"input_tokens": 10, "output_tokens": 5, "cache_read_tokens": 100, "cache_write_tokens": 20},
+                "model_id": "us.anthropic.claude-sonnet-4-20250514-v1:0",
+                "latency_ms": 1999,
+                "service_tier": "priority",
+                "guardrail": "INTERVENED",
+            },
+        ),
+    ]

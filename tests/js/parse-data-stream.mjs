@@ -1,30 +1,12 @@
-// Parse an AI SDK data stream v1 body with @ai-sdk/ui-utils' own processDataStream (what AI SDK 4 useChat uses).
+// Parse an AI SDK data stream v1 body with @ai-sdk/ui-utils (AI SDK 3.x-4.x): processDataStream's raw parts
+// and the message callChatApi (AI SDK 4 useChat) rebuilds (data-readers.mjs).
 // Usage: node parse-data-stream.mjs [body-file|-] [--chunk-size N]
-// Prints {"text","finishReason","usage","messageId","step","errors"} as JSON.
-import { processDataStream } from '@ai-sdk/ui-utils';
+// Prints processDataStream's parts ({"messageId","text","reasoning","signatures","redacted","sources","files",
+// "step","finishReason","usage","errors"}) plus "chat": callChatApi's {error, finishReason, usage, message}.
 import { bodyStream, printJson, readBodyFromArgs } from './read-body.mjs';
+import { chatOverData, readData } from './data-readers.mjs';
 
 const { body, chunkSize } = await readBodyFromArgs();
-const result = { text: '', finishReason: null, usage: null, messageId: null, step: null, errors: [] };
+const fetch = async () => new Response(bodyStream(body, chunkSize), { status: 200 });
 
-await processDataStream({
-  stream: bodyStream(body, chunkSize),
-  onStartStepPart(value) {
-    result.messageId = value.messageId;
-  },
-  onTextPart(value) {
-    result.text += value;
-  },
-  onErrorPart(value) {
-    result.errors.push(value);
-  },
-  onFinishStepPart(value) {
-    result.step = value;
-  },
-  onFinishMessagePart(value) {
-    result.finishReason = value.finishReason;
-    result.usage = value.usage ?? null;
-  },
-});
-
-printJson(result);
+printJson({ ...(await readData(body, chunkSize)), chat: await chatOverData({ api: 'http://test.invalid/chat', fetch }) });

@@ -2,20 +2,22 @@
 import { readFile } from 'node:fs/promises';
 
 /**
- * Parse `[path] [--chunk-size N]` from argv. Without a path (or with "-") the body is read from stdin.
- * With --chunk-size the body is delivered in N-byte pieces, as a network might split it
- * (possibly inside a UTF-8 character or a JSON value).
+ * Parse `[path] [--chunk-size N] [--ai NAME]` from argv. Without a path (or with "-") the body is read from
+ * stdin. With --chunk-size the body is delivered in N-byte pieces, as a network might split it
+ * (possibly inside a UTF-8 character or a JSON value). --ai names the `ai` package to use (memory-chat.mjs).
  */
 export async function readBodyFromArgs(argv = process.argv.slice(2)) {
   let path = '-';
   let chunkSize = 0;
+  let ai = 'ai';
   for (let i = 0; i < argv.length; i++) {
     if (argv[i] === '--chunk-size') chunkSize = Number(argv[++i]);
+    else if (argv[i] === '--ai') ai = argv[++i];
     else path = argv[i];
   }
   if (!Number.isInteger(chunkSize) || chunkSize < 0) throw new Error(`bad --chunk-size: ${chunkSize}`);
   const body = path === '-' ? await readStdin() : new Uint8Array(await readFile(path));
-  return { body, chunkSize };
+  return { body, chunkSize, ai };
 }
 
 async function readStdin() {
