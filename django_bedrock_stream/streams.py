@@ -17,6 +17,7 @@ from .batches import async_event_batches, close_upstream, sync_event_batches, th
 from .callbacks import StreamCallbacks
 from .exceptions import BedrockStreamError, BedrockStreamInterrupted, wrap_botocore_error
 from .families import (
+    FAMILIES,
     AnthropicFamily,
     AnthropicMessagesFamily,
     BedrockFamily,
@@ -388,6 +389,12 @@ def stream_for(
     return BedrockStream(_source(response, family.stream_key), family.parse_event, callbacks)
 
 
+def family_stream(name: str, response: Any, callbacks: StreamCallbacks | None = None) -> BedrockStream:
+    """A stream for any registered family by name (``"llama3"``, ``"nova"``…): what the named
+    functions below do, for families added later too."""
+    return stream_for(FAMILIES[name](), response, callbacks)
+
+
 def anthropic_stream(response: Any, callbacks: StreamCallbacks | None = None) -> BedrockStream:
     """Claude text completions (``invoke_model_with_response_stream``)."""
     return stream_for(AnthropicFamily(), response, callbacks)
@@ -458,6 +465,7 @@ __all__ = [
     "close_upstream",
     "cohere_stream",
     "converse_stream",
+    "family_stream",
     "llama2_stream",
     "llama3_stream",
     "mistral_stream",

@@ -42,6 +42,7 @@ from .callbacks import StreamCallbacks
 from .conf import stream_settings
 from .exceptions import BedrockStreamError, StorageUnavailable
 from .families import (
+    FAMILIES,
     AnthropicFamily,
     AnthropicMessagesFamily,
     BedrockFamily,
@@ -341,6 +342,24 @@ class BedrockStreamView(AccessMixin, BedrockStreamMixin, View):
         # back on the request's own thread, where blocking on boto3 is what WSGI expects.
         return await sync_to_async(self.handle_sync)(request)
 
+_FAMILY_VIEWS: dict[str, type[BedrockStreamView]] = {}
+
+
+def stream_view_for(name: str) -> type[BedrockStreamView]:
+    """The view for a family name (what ``urls.py`` routes): its named class below when it has one
+    (``Llama2StreamView``…), else one made from the family registry, so a new family needs no view
+    of its own."""
+    if name not in _FAMILY_VIEWS:
+        for view in (v for v in globals().values() if isinstance(v, type) and issubclass(v, BedrockStreamView)):
+            if "family_class" in view.__dict__:
+                _FAMILY_VIEWS.setdefault(view.family_class.name, view)
+    if name not in _FAMILY_VIEWS:
+        family = FAMILIES[name]
+        view_name = family.__name__.removesuffix("Family") + "StreamView"
+        _FAMILY_VIEWS[name] = type(view_name, (BedrockStreamView,), {"family_class": family, "__module__": __name__})
+    return _FAMILY_VIEWS[name]
+
+
 class AnthropicStreamView(BedrockStreamView):
     """Claude text completions, prompt built by ``build_anthropic_prompt``."""
 
@@ -398,4 +417,5 @@ __all__ = [  # RequestRejected and stream_permission_classes live in parsing.py 
     "TitanStreamView",
     "keep_async",
     "stream_permission_classes",
+    "stream_view_for",
 ]

@@ -400,3 +400,26 @@ def test_a_wrong_method_is_a_json_405_with_allow(method: str) -> None:
 async def test_a_wrong_method_is_a_json_405_under_asgi() -> None:
     response = await AsyncClient().put(reverse("django_bedrock_stream:converse"))
     assert response.status_code == 405 and response.json()["error"]["type"] == "method_not_allowed"
+
+
+def test_every_registered_family_is_routed_by_its_name() -> None:
+    from django_bedrock_stream.families import FAMILIES
+    from django_bedrock_stream.views import ConverseStreamView, stream_view_for
+
+    for name, family in FAMILIES.items():
+        assert reverse(f"django_bedrock_stream:{name}") == f"/bedrock/{name}/"
+        assert stream_view_for(name).family_class is family
+    assert stream_view_for("converse") is ConverseStreamView  # the named classes stay what is routed
+
+
+def test_a_family_without_a_named_view_gets_one_from_the_registry(monkeypatch: pytest.MonkeyPatch) -> None:
+    from django_bedrock_stream.families import FAMILIES, Llama3Family
+    from django_bedrock_stream.views import BedrockStreamView, stream_view_for
+
+    class AcmeFamily(Llama3Family):
+        name = "acme"
+
+    monkeypatch.setitem(FAMILIES, "acme", AcmeFamily)
+    view = stream_view_for("acme")
+    assert issubclass(view, BedrockStreamView) and view.family_class is AcmeFamily
+    assert view.__name__ == "AcmeStreamView"
