@@ -2,15 +2,22 @@
 
 from __future__ import annotations
 
+import base64
+import hashlib
 import http.client
+import io
 import json
 import os
 import socket
+import struct
 import subprocess
 import sys
 import time
+import zipfile
+import zlib
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Any
 
 import boto3
 import botocore.eventstream
@@ -20,7 +27,7 @@ from botocore.config import Config
 from botocore.exceptions import ClientError, EventStreamError
 
 from django_bedrock_stream.emulator import BedrockEmulator, Scenario
-from django_bedrock_stream.emulator.scenarios import parse_markers, split_text
+from django_bedrock_stream.emulator.scenarios import parse_markers, signature_for, split_text
 from django_bedrock_stream.emulator.server import default_replay_dir
 
 from .recorded import load_index
@@ -847,3 +854,442 @@ def test_command_line_api_key(command):
     finally:
         proc.terminate()
         proc.wait(5)
+
+
+# -- beyond text: reasoning, citations, guardrails, cache, service tier, Nova's native format ---------
+
+CLAUDE = "us.anthropic.claude-sonnet-4-20250514-v1:0"
+
+
+def converse_events(client, text, model_id=CLAUDE, **kwargs):
+    response = client.converse_stream(modelId=model_id, messages=[{"role": "user", "content": [{"text": text}]}], **kwargs)
+    return list(response["stream"])
+
+
+def blocks_of(events):
+    """[(kind, contentBlockIndex, delta-or-None)] of the Converse block events, in order."""
+    out = []
+    for event in events:
+        (kind, body), = event.items()
+        if kind.startswith("contentBlock"):
+            out.append((kind, body.get("contentBlockIndex"), body.get("delta")))
+    return out
+
+
+def test_converse_reasoning_then_signature_in_pieces_then_text(bedrock_emulator, client):
+    events = converse_events(client, '[[emulator reasoning="Let me think about it." tokens=2]]')
+    blocks = blocks_of(events)
+    reasoning = [d["reasoningContent"] for k, i, d in blocks if k == "contentBlockDelta" and i == 0]
+    assert "".join(r.get("text", "") for r in reasoning) == "Let me think about it."
+    pieces = [r["signature"] for r in reasoning if "signature" in r]
+    assert len(pieces) >= 2 and "".join(pieces) == signature_for("Let me think about it.")
+    assert [r for r in reasoning if "signature" in r] == reasoning[-len(pieces):]  # the signature comes last
+    assert blocks[len(reasoning)] == ("contentBlockStop", 0, None)
+    assert [i for k, i, _ in blocks[len(reasoning) + 1:]] == [1, 1, 1]  # the text in block 1, then its stop
+    [rec] = bedrock_emulator.requests
+    assert rec["chunks_sent"] == len(reasoning) + 2 and len(rec["text"].split()) == 2
+
+
+@pytest.mark.parametrize(
+    "fields",
+    [{"thinking": {"type": "enabled", "budget_tokens": 1024}}, {"reasoningConfig": {"type": "enabled", "maxReasoningEffort": "low"}}],
+    ids=["claude thinking", "nova reasoningConfig"],
+)
+def test_converse_reasoning_when_the_request_turns_it_on(bedrock_emulator, client, fields):
+    events = converse_events(client, "hi", additionalModelRequestFields=fields)
+    reasoning = [d["reasoningContent"] for k, _, d in blocks_of(events) if d and "reasoningContent" in d]
+    text = "".join(r.get("text", "") for r in reasoning)
+    assert text and "".join(r.get("signature", "") for r in reasoning) == signature_for(text)
+    assert not [d for _, _, d in blocks_of(converse_events(client, "hi")) if d and "reasoningContent" in d]
+
+
+def test_converse_redacted_reasoning_and_citation(bedrock_emulator, client):
+    pdf = b"%PDF-1.4\n1 0 obj<<>>endobj\ntrailer<<>>\n%%EOF"
+    response = client.converse_stream(modelId=CLAUDE, messages=[{"role": "user", "content": [
+        {"document": {"format": "pdf", "name": "Leave policy", "source": {"bytes": pdf}}},
+        {"text": '[[emulator redacted=opaque-bytes cite="Employees get 20 days." tokens=2]] How much leave?'},
+    ]}])
+    blocks = blocks_of(list(response["stream"]))
+    assert blocks[:2] == [("contentBlockDelta", 0, {"reasoningContent": {"redactedContent": b"opaque-bytes"}}),
+                          ("contentBlockStop", 0, None)]
+    kind, index, delta = blocks[2]
+    assert (kind, index) == ("contentBlockDelta", 1)
+    assert delta == {"citation": {"title": "Leave policy", "sourceContent": [{"text": "Employees get 20 days."}],
+                                  "location": {"documentChar": {"documentIndex": 0, "start": 0, "end": 22}}}}
+    assert [i for _, i, _ in blocks[3:]] == [1, 1, 1]
+
+
+def test_converse_guardrail_intervention_trace_only_when_asked(bedrock_emulator, client):
+    marker = '[[emulator text="Call {NAME} today." guardrail=intervened unmasked="Call Alice today."]]'
+    config = {"guardrailIdentifier": "g1", "guardrailVersion": "1"}
+    traced = converse_events(client, marker, guardrailConfig={**config, "trace": "enabled"})
+    assert traced[-2]["messageStop"]["stopReason"] == "guardrail_intervened"
+    guardrail = traced[-1]["metadata"]["trace"]["guardrail"]
+    assert guardrail["modelOutput"] == ["Call Alice today."]  # Bedrock sends it; our parser must drop it
+    (assessment,) = guardrail["outputAssessments"]["emulatorguard1"]
+    assert assessment["sensitiveInformationPolicy"]["piiEntities"][0]["match"] == "Alice"
+    untraced = converse_events(client, marker, guardrailConfig=config)
+    assert untraced[-2]["messageStop"]["stopReason"] == "guardrail_intervened"
+    assert "trace" not in untraced[-1]["metadata"]
+    text = "".join(d["text"] for _, _, d in blocks_of(untraced) if d)
+    assert text == "Call {NAME} today."
+
+
+def test_converse_cache_usage_and_service_tier(bedrock_emulator, client):
+    events = converse_events(client, "[[emulator tokens=2 cache_read=120 cache_write=30]] hi", serviceTier={"type": "flex"})
+    metadata = events[-1]["metadata"]
+    usage = metadata["usage"]
+    assert (usage["cacheReadInputTokens"], usage["cacheWriteInputTokens"], usage["outputTokens"]) == (120, 30, 2)
+    assert usage["totalTokens"] == usage["inputTokens"] + 2 + 150
+    assert metadata["serviceTier"] == {"type": "flex"}  # the request's tier, echoed
+    forced = converse_events(client, "[[emulator service_tier=priority]] hi", serviceTier={"type": "flex"})
+    assert forced[-1]["metadata"]["serviceTier"] == {"type": "priority"}
+    plain = converse_events(client, "hi")[-1]["metadata"]
+    assert "serviceTier" not in plain and "cacheReadInputTokens" not in plain["usage"]
+
+
+def anthropic_body(content, **extra):
+    return {"anthropic_version": "bedrock-2023-05-31", "max_tokens": 100, "messages": [{"role": "user", "content": content}], **extra}
+
+
+def test_anthropic_messages_thinking_redacted_citations_and_cache(bedrock_emulator, client):
+    marker = '[[emulator reasoning="Hmm, leave." redacted=secret cite="20 days" cite_title=policy tokens=2 cache_read=5 cache_write=6]]'
+    _, events = invoke_events(client, "anthropic.claude-3-7-sonnet-20250219-v1:0", anthropic_body(marker))
+    assert events[0]["message"]["usage"] == {"input_tokens": events[0]["message"]["usage"]["input_tokens"], "output_tokens": 1,
+                                             "cache_creation_input_tokens": 6, "cache_read_input_tokens": 5}
+    assert events[1] == {"type": "content_block_start", "index": 0, "content_block": {"type": "thinking", "thinking": "", "signature": ""}}
+    deltas = [e["delta"] for e in events if e["type"] == "content_block_delta" and e["index"] == 0]
+    assert "".join(d.get("thinking", "") for d in deltas) == "Hmm, leave."
+    signature = [d["signature"] for d in deltas if d["type"] == "signature_delta"]
+    assert len(signature) >= 2 and "".join(signature) == signature_for("Hmm, leave.")
+    rest = events[2 + len(deltas):]
+    assert rest[0] == {"type": "content_block_stop", "index": 0}
+    assert rest[1] == {"type": "content_block_start", "index": 1,
+                       "content_block": {"type": "redacted_thinking", "data": base64.b64encode(b"secret").decode()}}
+    assert rest[2] == {"type": "content_block_stop", "index": 1}
+    assert rest[3] == {"type": "content_block_start", "index": 2, "content_block": {"type": "text", "text": "", "citations": []}}
+    assert rest[4]["delta"] == {"type": "citations_delta", "citation": {
+        "type": "char_location", "cited_text": "20 days", "document_index": 0, "document_title": "policy",
+        "start_char_index": 0, "end_char_index": 7}}
+    assert [e["type"] for e in rest[5:]] == ["content_block_delta"] * 2 + ["content_block_stop", "message_delta", "message_stop"]
+    assert rest[-1]["amazon-bedrock-invocationMetrics"]["cacheReadInputTokenCount"] == 5
+
+
+def test_anthropic_messages_thinking_when_the_request_turns_it_on(bedrock_emulator, client):
+    body = anthropic_body("hi", thinking={"type": "enabled", "budget_tokens": 1024})
+    _, events = invoke_events(client, "anthropic.claude-3-7-sonnet-20250219-v1:0", body)
+    assert events[1]["content_block"]["type"] == "thinking"
+    r = client.invoke_model(modelId="anthropic.claude-3-7-sonnet-20250219-v1:0", body=json.dumps(body))
+    content = json.loads(r["body"].read())["content"]
+    assert content[0]["type"] == "thinking" and content[0]["signature"] == signature_for(content[0]["thinking"])
+    assert content[1]["type"] == "text"
+
+
+def test_titan_invoke_guardrail_action_on_every_chunk_trace_on_the_last(bedrock_emulator, client):
+    body = {"inputText": "[[emulator tokens=3 guardrail=intervened unmasked='Account 1234561666']] hi"}
+    r = client.invoke_model_with_response_stream(
+        modelId="amazon.titan-text-express-v1", body=json.dumps(body), trace="ENABLED", guardrailIdentifier="g1", guardrailVersion="1"
+    )
+    chunks = [json.loads(e["chunk"]["bytes"]) for e in r["body"]]
+    assert [c["amazon-bedrock-guardrailAction"] for c in chunks] == ["INTERVENED"] * 3
+    assert ["amazon-bedrock-trace" in c for c in chunks] == [False, False, True]
+    assert chunks[-1]["amazon-bedrock-trace"]["guardrail"]["modelOutput"] == ["Account 1234561666"]
+    assert chunks[-1]["completionReason"] == "FINISH"
+    _, untraced = invoke_events(client, "amazon.titan-text-express-v1", body)
+    assert not any("amazon-bedrock-trace" in c for c in untraced) and untraced[-1]["amazon-bedrock-guardrailAction"] == "INTERVENED"
+
+
+NOVA = "us.amazon.nova-micro-v1:0"
+
+
+def nova_body(text, **inference):
+    return {"schemaVersion": "messages-v1", "messages": [{"role": "user", "content": [{"text": text}]}],
+            "inferenceConfig": {"max_new_tokens": 100, **inference}}
+
+
+def test_nova_native_invoke_stream_shape(bedrock_emulator, client, recorded_dir):
+    _, events = invoke_events(client, NOVA, nova_body("[[emulator tokens=3 cache_read=4]] hi"))
+    assert events[0] == {"messageStart": {"role": "assistant"}}
+    assert [next(iter(e)) for e in events[1:7]] == ["contentBlockDelta", "contentBlockStop"] * 3
+    assert [e[next(iter(e))]["contentBlockIndex"] for e in events[1:7]] == [0, 0, 1, 1, 2, 2]  # as recorded
+    assert events[7] == {"messageStop": {"stopReason": "end_turn"}}
+    metadata, metrics = events[8]["metadata"], events[8]["amazon-bedrock-invocationMetrics"]
+    assert (metadata["metrics"], metadata["trace"]) == ({}, {})
+    assert metadata["usage"] == {"inputTokens": metrics["inputTokenCount"], "outputTokens": 3,
+                                 "cacheReadInputTokenCount": 4, "cacheWriteInputTokenCount": 0}
+    assert (metrics["cacheReadInputTokenCount"], metrics["cacheWriteInputTokenCount"]) == (4, 0)
+    # The recorded capture has the same shape: the same keys in each chunk's JSON.
+    from .recorded import wire_events
+
+    recorded = wire_events(recorded_dir / "invoke_nova_micro_tool_use.eventstream")
+    assert set(recorded[-1]) == set(events[-1]) and set(recorded[-1]["metadata"]) == set(metadata)
+    assert set(recorded[-1]["amazon-bedrock-invocationMetrics"]) == set(metrics)
+
+
+def test_nova_native_max_tokens_non_streaming_and_validation(bedrock_emulator, client):
+    _, events = invoke_events(client, NOVA, nova_body("hi", max_new_tokens=2))
+    assert sum("contentBlockDelta" in e for e in events) == 2 and events[-2]["messageStop"]["stopReason"] == "max_tokens"
+    r = client.invoke_model(modelId="amazon.nova-lite-v1:0", body=json.dumps(nova_body("[[emulator text='Hi there']]")))
+    out = json.loads(r["body"].read())
+    assert out["output"]["message"] == {"content": [{"text": "Hi there"}], "role": "assistant"}
+    assert out["stopReason"] == "end_turn" and out["usage"]["outputTokens"] == 2
+    with pytest.raises(ClientError) as e:
+        client.invoke_model_with_response_stream(modelId=NOVA, body=json.dumps({"inputText": "hi"}))
+    assert e.value.response["Error"]["Code"] == "ValidationException"
+    assert "required key [messages] not found" in e.value.response["Error"]["Message"]
+
+
+@pytest.mark.parametrize(
+    ("model_id", "marker"),
+    [("meta.llama3-8b-instruct-v1:0", "reasoning=x"), ("amazon.titan-text-express-v1", "cite=x"),
+     (NOVA, "guardrail=intervened"), ("cohere.command-text-v14", "cache_read=3")],
+)
+def test_a_scenario_a_family_cannot_carry_is_a_validation_error(bedrock_emulator, client, model_id, marker):
+    body = nova_body(f"[[emulator {marker}]]") if model_id == NOVA else {"prompt": f"[[emulator {marker}]]", "inputText": "x"}
+    with pytest.raises(ClientError) as e:
+        invoke_events(client, model_id, body)
+    assert e.value.response["Error"]["Code"] == "ValidationException"
+    assert e.value.response["Error"]["Message"].startswith("The emulator has no ")
+
+
+@pytest.mark.parametrize("marker", ["guardrail=maybe", "service_tier=gold", "cache_read=-1"])
+def test_bad_beyond_text_values_are_validation_errors(bedrock_emulator, client, marker):
+    with pytest.raises(ClientError) as e:
+        converse_events(client, f"[[emulator {marker}]]")
+    assert e.value.response["Error"]["Code"] == "ValidationException" and marker.split("=")[0] in e.value.response["Error"]["Message"]
+
+
+def test_control_api_sets_beyond_text_defaults(bedrock_emulator, client):
+    status, _, scenario = _http(bedrock_emulator, "POST", "/_emulator/scenario", {"reasoning": "Think first.", "cache_read": 2})
+    assert status == 200 and scenario["reasoning"] == "Think first."
+    events = converse_events(client, "hi")
+    assert events[1]["contentBlockDelta"]["delta"] == {"reasoningContent": {"text": "Think"}}
+    assert events[-1]["metadata"]["usage"]["cacheReadInputTokens"] == 2
+    _http(bedrock_emulator, "POST", "/_emulator/scenario", {"reasoning": None, "cache_read": None})
+    assert bedrock_emulator.scenario == Scenario()
+
+
+def test_non_streaming_converse_carries_reasoning_and_usage(bedrock_emulator, client):
+    r = client.converse(modelId=CLAUDE, messages=[{"role": "user", "content": [
+        {"text": '[[emulator reasoning="Short." text="Yes." cache_write=4 service_tier=priority]]'}]}])
+    (reasoning, text) = r["output"]["message"]["content"]
+    assert reasoning == {"reasoningContent": {"reasoningText": {"text": "Short.", "signature": signature_for("Short.")}}}
+    assert text == {"text": "Yes."} and r["usage"]["cacheWriteInputTokens"] == 4 and r["serviceTier"] == {"type": "priority"}
+
+
+# -- a reasoning block sent back on the next turn must be unchanged ----------------------------------
+
+
+def second_turn(reasoning):
+    return [
+        {"role": "user", "content": [{"text": "hi"}]},
+        {"role": "assistant", "content": [{"reasoningContent": {"reasoningText": reasoning}}, {"text": "Hello"}]},
+        {"role": "user", "content": [{"text": "again"}]},
+    ]
+
+
+def test_converse_signature_round_trip(bedrock_emulator, client):
+    events = converse_events(client, '[[emulator reasoning="I will greet."]] hi')
+    signature = "".join(d["reasoningContent"].get("signature", "") for _, _, d in blocks_of(events) if d and "reasoningContent" in d)
+    ok = client.converse_stream(modelId=CLAUDE, messages=second_turn({"text": "I will greet.", "signature": signature}))
+    assert list(ok["stream"])
+    assert bedrock_emulator.requests[-1]["body"]["messages"][1]["content"][0]["reasoningContent"]["reasoningText"]["signature"] == signature
+    for tampered, message in [
+        ({"text": "I will greet!", "signature": signature}, "Invalid `signature` in `thinking` block"),
+        ({"text": "I will greet.", "signature": signature[:-8]}, "Invalid `signature` in `thinking` block"),
+        ({"text": "I will greet."}, "thinking.signature: Field required"),
+    ]:
+        with pytest.raises(ClientError) as e:
+            client.converse_stream(modelId=CLAUDE, messages=second_turn(tampered))
+        assert e.value.response["Error"]["Code"] == "ValidationException"
+        assert e.value.response["Error"]["Message"] == f"The model returned the following errors: messages.1.content.0{'.' if 'Field' in message else ': '}{message}"
+    # A signature the emulator did not issue (a recorded one) is not its to judge.
+    assert list(client.converse_stream(modelId=CLAUDE, messages=second_turn({"text": "x", "signature": "EqQBCgIYAhIM"}))["stream"])
+
+
+def test_anthropic_signature_round_trip(bedrock_emulator, client):
+    model = "anthropic.claude-3-7-sonnet-20250219-v1:0"
+    first = json.loads(client.invoke_model(modelId=model, body=json.dumps(anthropic_body('[[emulator reasoning="Greet."]] hi')))["body"].read())
+    thinking = first["content"][0]
+    body: dict[str, Any] = {"anthropic_version": "bedrock-2023-05-31", "max_tokens": 50, "messages": [
+        {"role": "user", "content": "hi"}, {"role": "assistant", "content": [thinking, first["content"][1]]},
+        {"role": "user", "content": "again"}]}
+    assert invoke_events(client, model, body)[1]
+    body["messages"][1]["content"][0] = {**thinking, "thinking": "Greet!"}
+    with pytest.raises(ClientError) as e:
+        invoke_events(client, model, body)
+    assert e.value.response["Error"]["Message"] == "messages.1.content.0: Invalid `signature` in `thinking` block"
+
+
+# -- images and documents, checked as Bedrock checks them ---------------------------------------------
+
+
+def png(width=2, height=2):
+    def chunk(kind, data):
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+    raw = b"".join(b"\x00" + b"\xff\x00\x00" * width for _ in range(height))
+    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0))
+            + chunk(b"IDAT", zlib.compress(raw)) + chunk(b"IEND", b""))
+
+
+def jpeg(width=3, height=2):
+    app0 = b"\xff\xe0" + struct.pack(">H", 16) + b"JFIF\x00\x01\x01\x00\x00\x01\x00\x01\x00\x00"
+    sof0 = b"\xff\xc0" + struct.pack(">HBHHB", 11, 8, height, width, 1) + b"\x01\x11\x00"
+    return b"\xff\xd8" + app0 + sof0 + b"\xff\xd9"
+
+
+GIF = b"GIF89a" + struct.pack("<HH", 5, 4) + b"\x00\x00\x00;"
+WEBP_LOSSLESS = b"RIFF\x1a\x00\x00\x00WEBPVP8L\x0d\x00\x00\x00\x2f" + struct.pack("<I", (6 - 1) | ((7 - 1) << 14)) + b"\x00" * 8
+PDF = b"%PDF-1.4\n1 0 obj<<>>endobj\ntrailer<<>>\n%%EOF\n"
+
+
+def docx():
+    out = io.BytesIO()
+    with zipfile.ZipFile(out, "w") as z:
+        z.writestr("[Content_Types].xml", "<Types/>")
+        z.writestr("word/document.xml", "<w:document/>")
+    return out.getvalue()
+
+
+def test_image_headers_are_read():
+    from django_bedrock_stream.emulator.attachments import image_format, image_size
+
+    assert [image_format(b) for b in (png(), jpeg(), GIF, WEBP_LOSSLESS, PDF)] == ["png", "jpeg", "gif", "webp", None]
+    assert [image_size(b) for b in (png(9, 8), jpeg(3, 2), GIF, WEBP_LOSSLESS)] == [(9, 8), (3, 2), (5, 4), (6, 7)]
+
+
+def image(fmt, data):
+    return {"image": {"format": fmt, "source": {"bytes": data}}}
+
+
+def document(fmt, name, data):
+    return {"document": {"format": fmt, "name": name, "source": {"bytes": data}}}
+
+
+def test_converse_images_and_documents_arrive_byte_for_byte(bedrock_emulator, client):
+    attached = [image("png", png()), image("jpeg", jpeg()), image("gif", GIF), image("webp", WEBP_LOSSLESS),
+                document("pdf", "Quarterly report (2024) [final]", PDF), document("docx", "notes_v2", docx()),
+                document("csv", "table", b"a,b\n1,2\n"), {"text": "Summarise these."}]
+    response = client.converse_stream(modelId=CLAUDE, messages=[{"role": "user", "content": attached}])
+    assert list(response["stream"])[-1]["metadata"]
+    [rec] = bedrock_emulator.requests
+    sent = [(b.get("image") or b.get("document"))["source"]["bytes"] for b in attached[:-1]]
+    on_the_wire = [(b.get("image") or b.get("document"))["source"]["bytes"] for b in rec["body"]["messages"][0]["content"][:-1]]
+    assert [base64.b64decode(b) for b in on_the_wire] == sent  # boto3 sent base64 in the JSON, the emulator kept it
+    assert [(a["kind"], a["format"], a.get("name"), a["bytes"], a["sha256"]) for a in rec["attachments"]] == [
+        (kind, fmt, name, len(data), hashlib.sha256(data).hexdigest())
+        for (kind, fmt, name), data in zip(
+            [("image", "png", None), ("image", "jpeg", None), ("image", "gif", None), ("image", "webp", None),
+             ("document", "pdf", "Quarterly report (2024) [final]"), ("document", "docx", "notes_v2"),
+             ("document", "csv", "table")], sent)
+    ]
+
+
+BIG = 3_932_160 + 1
+CONVERSE_REFUSALS = [
+    ([image("jpeg", png()), {"text": "x"}],
+     "The model returned the following errors: messages.0.content.0.image.source.base64: "
+     "The image was specified using the image/jpeg media type, but the image appears to be a image/png image"),
+    ([{"text": "x"}, image("png", b"not an image at all")],
+     "The model returned the following errors: messages.0.content.1.image.source.base64: Could not process image"),
+    ([image("jpg", jpeg())],
+     "1 validation error detected: Value 'jpg' at 'messages.1.member.content.1.member.image.format' failed to satisfy "
+     "constraint: Member must satisfy enum value set: [png, jpeg, gif, webp]"),
+    ([image("png", png() + b"\x00" * (BIG - len(png())))],
+     "The model returned the following errors: messages.0.content.0.image.source.base64: image exceeds 5 MB maximum: "
+     "5242884 bytes > 5242880 bytes"),
+    ([image("png", png(8001, 1))],
+     "The model returned the following errors: messages.0.content.0.image.source.base64.data: At least one of the "
+     "image dimensions exceed max allowed size: 8000 pixels"),
+    ([image("png", png())] * 21, "The model returned the following errors: messages: too many images: image_count > 20"),
+    ([document("pdf", "report", png()), {"text": "x"}],
+     "The model returned the following errors: messages.0.content.0.document.source.bytes: "
+     "The document was specified as pdf, but its content is not a valid pdf file"),
+    ([document("docx", "report", PDF), {"text": "x"}],
+     "The model returned the following errors: messages.0.content.0.document.source.bytes: "
+     "The document was specified as docx, but its content is not a valid docx file"),
+    ([document("txt", "report", png()), {"text": "x"}],
+     "The model returned the following errors: messages.0.content.0.document.source.bytes: "
+     "The document was specified as txt, but its content is not a valid txt file"),
+    ([document("pdf", "report.pdf", PDF), {"text": "x"}], "The document file name can only contain alphanumeric characters"),
+    ([document("pdf", "two  spaces", PDF), {"text": "x"}], "The document file name can only contain alphanumeric characters"),
+    ([document("pdf", "same", PDF), document("txt", "same", b"t"), {"text": "x"}], "Messages can't contain duplicate document names."),
+    ([document("txt", f"d{i}", b"t") for i in range(6)] + [{"text": "x"}], "You can't include more than 5 documents in a request."),
+    ([document("txt", "big", b"t" * 4_718_593), {"text": "x"}],
+     "The maximum document size is 4.5 MB. Reduce the size of your document and retry your request."),
+    ([document("pdf", "alone", PDF)], "A message that includes a document must also include a text content block."),
+]
+
+
+@pytest.mark.parametrize(("content", "message"), CONVERSE_REFUSALS, ids=range(len(CONVERSE_REFUSALS)))
+def test_converse_attachments_refused_as_bedrock_refuses_them(bedrock_emulator, client, content, message):
+    with pytest.raises(ClientError) as e:
+        client.converse_stream(modelId="meta.llama3-2-11b-instruct-v1:0", messages=[{"role": "user", "content": content}])
+    error = e.value.response["Error"]
+    assert error["Code"] == "ValidationException" and e.value.response["ResponseMetadata"]["HTTPStatusCode"] == 400
+    assert error["Message"].startswith(message)
+    [rec] = bedrock_emulator.requests
+    assert (rec["status"], rec["error"], rec["chunks_sent"]) == ("failed", "ValidationException", 0)
+
+
+def test_attachment_limits_bedrock_lifts(bedrock_emulator, client):
+    big_pdf = PDF + b"\x00" * 4_718_593
+    content = [document("pdf", "big", big_pdf), {"text": "x"}]
+    assert list(client.converse_stream(modelId="us.anthropic.claude-sonnet-4-20250514-v1:0", messages=[{"role": "user", "content": content}])["stream"])
+    assert list(client.converse_stream(modelId="amazon.nova-pro-v1:0", messages=[{"role": "user", "content": content}])["stream"])
+    with pytest.raises(ClientError):
+        client.converse_stream(modelId="anthropic.claude-3-5-sonnet-20240620-v1:0", messages=[{"role": "user", "content": content}])
+    with pytest.raises(ClientError) as e:
+        client.converse_stream(modelId=CLAUDE, messages=[
+            {"role": "user", "content": [{"text": "x"}]}, {"role": "assistant", "content": [image("png", png())]}])
+    assert e.value.response["Error"]["Message"] == "You can only include images and documents if the role is user."
+
+
+def b64(data):
+    return base64.b64encode(data).decode()
+
+
+def test_anthropic_messages_images_and_documents(bedrock_emulator, client):
+    model = "anthropic.claude-3-5-sonnet-20240620-v1:0"
+    good = [{"type": "image", "source": {"type": "base64", "media_type": "image/png", "data": b64(png())}},
+            {"type": "document", "source": {"type": "base64", "media_type": "application/pdf", "data": b64(PDF)}, "title": "Plan"},
+            {"type": "text", "text": "Describe."}]
+    assert invoke_events(client, model, anthropic_body(good))[1]
+    assert [(a["kind"], a["format"], a["sha256"]) for a in bedrock_emulator.requests[-1]["attachments"]] == [
+        ("image", "png", hashlib.sha256(png()).hexdigest()), ("document", "pdf", hashlib.sha256(PDF).hexdigest())]
+    for block, message in [
+        ({"type": "image", "source": {"type": "base64", "media_type": "image/webp", "data": b64(jpeg())}},
+         "messages.0.content.0.image.source.base64: The image was specified using the image/webp media type, but the image appears to be a image/jpeg image"),
+        ({"type": "image", "source": {"type": "base64", "media_type": "image/bmp", "data": b64(b"BM")}},
+         "messages.0.content.0.image.source.base64.media_type: Input should be 'image/jpeg', 'image/png', 'image/gif' or 'image/webp'"),
+        ({"type": "document", "source": {"type": "base64", "media_type": "application/pdf", "data": b64(png())}},
+         "messages.0.content.0.document.source.base64.data: The PDF specified was not valid."),
+    ]:
+        with pytest.raises(ClientError) as e:
+            invoke_events(client, model, anthropic_body([block, {"type": "text", "text": "x"}]))
+        assert (e.value.response["Error"]["Code"], e.value.response["Error"]["Message"]) == ("ValidationException", message)
+
+
+def test_nova_native_images(bedrock_emulator, client):
+    body = nova_body("What is this?")
+    body["messages"][0]["content"].insert(0, {"image": {"format": "gif", "source": {"bytes": b64(GIF)}}})
+    assert invoke_events(client, NOVA, body)[1]
+    assert bedrock_emulator.requests[-1]["attachments"][0]["format"] == "gif"
+    body["messages"][0]["content"][0]["image"]["format"] = "png"
+    with pytest.raises(ClientError) as e:
+        invoke_events(client, NOVA, body)
+    assert "image/png media type, but the image appears to be a image/gif image" in e.value.response["Error"]["Message"]
+
+
+async def test_converse_attachments_through_aiobotocore(bedrock_emulator):
+    from aiobotocore.session import get_session
+
+    async with get_session().create_client("bedrock-runtime") as client:
+        content = [image("webp", WEBP_LOSSLESS), {"text": "[[emulator reasoning='Looks fine.']] What is it?"}]
+        response = await client.converse_stream(modelId=CLAUDE, messages=[{"role": "user", "content": content}])
+        events = [event async for event in response["stream"]]
+        with pytest.raises(ClientError) as e:
+            await client.converse_stream(modelId=CLAUDE, messages=[{"role": "user", "content": [image("png", WEBP_LOSSLESS)]}])
+    assert events[1]["contentBlockDelta"]["delta"] == {"reasoningContent": {"text": "Looks"}}
+    assert base64.b64decode(bedrock_emulator.requests[0]["body"]["messages"][0]["content"][0]["image"]["source"]["bytes"]) == WEBP_LOSSLESS
+    assert e.value.response["Error"]["Code"] == "ValidationException"

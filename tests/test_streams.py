@@ -4,19 +4,22 @@ Bedrock captures replayed byte for byte."""
 from __future__ import annotations
 
 import asyncio
+import base64
 import json
 from typing import Any
 
 import boto3
 import pytest
 
+from django_bedrock_stream import parts as p
 from django_bedrock_stream import streams
 from django_bedrock_stream.callbacks import StreamCallbacks
+from django_bedrock_stream.emulator.scenarios import signature_for
 from django_bedrock_stream.exceptions import BedrockStreamInterrupted
 from django_bedrock_stream.families import FAMILIES, Llama2Family
 from django_bedrock_stream.streams import BedrockStream
 
-from .recorded import FAMILY_OF, RECORDED_DIR, expected_usage, load_index
+from .recorded import FAMILY_OF, RECORDED_DIR, assert_capture_parts, expected_usage, load_index, unmasked_strings
 
 STREAM_FUNCTIONS = {
     "anthropic": streams.anthropic_stream,
@@ -26,6 +29,7 @@ STREAM_FUNCTIONS = {
     "llama3": streams.llama3_stream,
     "mistral": streams.mistral_stream,
     "titan": streams.titan_stream,
+    "nova": streams.nova_stream,
     "converse": streams.converse_stream,
 }
 MESSAGES = [{"role": "user", "content": "[[emulator tokens=7]] Hello there"}]
@@ -146,6 +150,7 @@ FUNCTION_FOR = {
     "amazon-titan-text": streams.titan_stream,
     "meta-llama": streams.llama2_stream,
     "cohere-command": streams.cohere_stream,
+    "amazon-nova": streams.nova_stream,
 }
 
 
@@ -247,3 +252,155 @@ async def test_an_event_the_family_cannot_parse_fails_the_async_stream() -> None
     with pytest.raises(BedrockStreamInterrupted):
         [text async for text in stream]
     assert stream.text == "Hi"
+
+
+# -- typed parts: the recorded captures and the emulator's scenarios, through boto3 and aiobotocore ----
+
+
+def replayed(client: Any, entry: dict[str, Any]) -> Any:
+    if entry["operation"] == "converse-stream":
+        return client.converse_stream(modelId=entry["model_id"], messages=[{"role": "user", "content": [{"text": "x"}]}])
+    return client.invoke_model_with_response_stream(modelId=entry["model_id"], body=json.dumps(entry["request_body"]))
+
+
+@pytest.mark.skipif(not INDEX, reason=f"recorded Bedrock captures not found at {RECORDED_DIR}")
+@pytest.mark.parametrize("entry", INDEX, ids=[e["file"] for e in INDEX])
+def test_recorded_capture_parts_replayed_through_boto3(bedrock_emulator: Any, entry: dict[str, Any]) -> None:
+    bedrock_emulator.set_scenario(replay=str(RECORDED_DIR / entry["file"]))
+    stream = FUNCTION_FOR[entry["payload_family"]](replayed(boto3_client(), entry))
+    list(stream.parts())
+    assert_capture_parts(stream, entry)
+
+
+PARTS_CAPTURES = [e for e in INDEX if e.get("reasoning_text") or "tool_use" in e["stop_reason"] or "guardrail" in e["file"]
+                  or "citations" in e["file"]]
+
+
+@pytest.mark.skipif(not INDEX, reason=f"recorded Bedrock captures not found at {RECORDED_DIR}")
+@pytest.mark.parametrize("entry", PARTS_CAPTURES, ids=[e["file"] for e in PARTS_CAPTURES])
+async def test_recorded_capture_parts_replayed_through_aiobotocore(bedrock_emulator: Any, entry: dict[str, Any]) -> None:
+    from aiobotocore.session import get_session
+
+    bedrock_emulator.set_scenario(replay=str(RECORDED_DIR / entry["file"]))
+    async with get_session().create_client("bedrock-runtime") as client:
+        if entry["operation"] == "converse-stream":
+            response = await client.converse_stream(modelId=entry["model_id"], messages=[{"role": "user", "content": [{"text": "x"}]}])
+        else:
+            response = await client.invoke_model_with_response_stream(modelId=entry["model_id"], body=json.dumps(entry["request_body"]))
+        stream = FUNCTION_FOR[entry["payload_family"]](response)
+        kinds = [type(part) async for part in stream.aparts()]
+    assert kinds[-1] is p.Finish
+    assert_capture_parts(stream, entry)
+
+
+EVERYTHING = ('[[emulator tokens=3 reasoning="Let me think." redacted=opaque cite="Twenty days." cite_title=policy '
+              'cache_read=7 cache_write=3 guardrail=intervened unmasked="Alice Example is here"]]')
+
+
+def assert_everything(stream: BedrockStream, *, converse: bool) -> None:
+    blocks = stream.reasoning_blocks
+    assert stream.reasoning == "Let me think."
+    assert blocks[0] == {"text": "Let me think.", "signature": signature_for("Let me think."), "redacted": ""}
+    assert blocks[1]["redacted"] == base64.b64encode(b"opaque").decode()
+    (source,) = stream.sources
+    assert (source.id, source.title, source.cited_text, source.document_index) == ("source-1", "policy", "Twenty days.", 0)
+    assert stream.usage["cache_read_tokens"] == 7 and stream.usage["cache_write_tokens"] == 3
+    assert len(stream.text.split()) == 3
+    if converse:
+        assert stream.stop_reason == "guardrail_intervened" and stream.service_tier == "priority"
+        assert stream.guardrail is not None and stream.guardrail.action == "INTERVENED"
+        assert unmasked_strings(stream.guardrail.trace) == set() and stream.guardrail.trace["actionReason"]
+        assert "Alice" not in json.dumps(stream.summary())
+
+
+def test_converse_stream_carries_every_part_from_the_emulator(bedrock_emulator: Any) -> None:
+    response = boto3_client().converse_stream(
+        modelId="us.anthropic.claude-sonnet-4-20250514-v1:0",
+        messages=[{"role": "user", "content": [{"text": EVERYTHING}]}],
+        guardrailConfig={"guardrailIdentifier": "g1", "guardrailVersion": "1", "trace": "enabled"},
+        serviceTier={"type": "priority"},
+    )
+    stream = streams.converse_stream(response)
+    kinds = [type(part).__name__ for part in stream.parts()]
+    assert_everything(stream, converse=True)
+    # 3 reasoning deltas, the signature (once its block stopped), the redacted block
+    assert kinds == ["ReasoningDelta"] * 5 + ["Source"] + ["TextDelta"] * 3 + ["GuardrailTrace", "Finish"]
+
+
+def test_anthropic_messages_stream_carries_reasoning_citations_and_cache(bedrock_emulator: Any) -> None:
+    body = {"anthropic_version": "bedrock-2023-05-31", "max_tokens": 100,
+            "messages": [{"role": "user", "content": EVERYTHING.replace(" guardrail=intervened", "")}]}
+    response = boto3_client().invoke_model_with_response_stream(
+        modelId="anthropic.claude-3-7-sonnet-20250219-v1:0", body=json.dumps(body))
+    stream = streams.anthropic_messages_stream(response)
+    assert [d for d in stream]
+    assert_everything(stream, converse=False)
+    assert stream.stop_reason == "end_turn" and stream.guardrail is None
+
+
+async def test_aparts_over_aiobotocore_carry_the_parts(bedrock_emulator: Any) -> None:
+    from aiobotocore.session import get_session
+
+    async with get_session().create_client("bedrock-runtime") as client:
+        response = await client.converse_stream(
+            modelId="anthropic.claude-3-haiku-20240307-v1:0",
+            messages=[{"role": "user", "content": [{"text": EVERYTHING}]}],
+            guardrailConfig={"guardrailIdentifier": "g1", "guardrailVersion": "1", "trace": "enabled"},
+            serviceTier={"type": "priority"},
+        )
+        stream = streams.converse_stream(response)
+        parts = [part async for part in stream.aparts()]
+    assert_everything(stream, converse=True)
+    assert parts[-1] == p.Finish("guardrail_intervened", stream.usage_detail, stream.latency_ms, "priority")
+
+
+def test_nova_stream_over_the_emulator_with_cache_usage(bedrock_emulator: Any) -> None:
+    messages = [{"role": "user", "content": "[[emulator tokens=4 cache_read=9 cache_write=2]] Hello"}]
+    stream = streams.nova_stream(call(boto3_client(), "nova", messages))
+    texts = [part for part in stream.parts() if isinstance(part, p.TextDelta)]
+    assert [t.index for t in texts] == [0, 1, 2, 3]  # one content block per delta, as Nova sends it
+    record = bedrock_emulator.requests[-1]
+    assert record["body"]["schemaVersion"] == "messages-v1" and record["body"]["inferenceConfig"] == {"max_new_tokens": 100}
+    assert stream.text == record["text"] and stream.stop_reason == "end_turn"
+    assert stream.usage == {"input_tokens": stream.usage["input_tokens"], "output_tokens": 4, "cache_read_tokens": 9,
+                            "cache_write_tokens": 2}
+
+
+@pytest.mark.parametrize("trace", [True, False], ids=["trace", "no trace"])
+def test_titan_invoke_guardrail_verdict_without_the_unmasked_output(bedrock_emulator: Any, trace: bool) -> None:
+    body = {"inputText": "[[emulator tokens=3 guardrail=intervened unmasked='Bob Example 555-0100']] hi"}
+    extra = {"trace": "ENABLED", "guardrailIdentifier": "g1", "guardrailVersion": "1"} if trace else {}
+    response = boto3_client().invoke_model_with_response_stream(
+        modelId="amazon.titan-text-express-v1", body=json.dumps(body), **extra)
+    stream = streams.titan_stream(response)
+    list(stream)
+    assert stream.guardrail is not None and stream.guardrail.action == "INTERVENED"
+    assert bool(stream.guardrail.trace) is trace
+    assert "Bob" not in json.dumps(stream.summary()) and unmasked_strings(stream.guardrail.trace) == set()
+
+
+@pytest.mark.parametrize("cut", ["error_at", "drop_at"])
+def test_a_reasoning_stream_cut_before_its_block_stop_keeps_no_signature(bedrock_emulator: Any, cut: str) -> None:
+    """3 reasoning deltas and 3 signature pieces are sent; the block's stop never arrives."""
+    response = boto3_client().converse_stream(
+        modelId="anthropic.claude-3-7-sonnet-20250219-v1:0",
+        messages=[{"role": "user", "content": [{"text": f'[[emulator reasoning="one two three" {cut}=6]]'}]}],
+    )
+    stream = streams.converse_stream(response)
+    with pytest.raises(BedrockStreamInterrupted):
+        list(stream.parts())
+    assert stream.reasoning_blocks == [{"text": "one two three", "signature": "", "redacted": ""}]
+    assert bedrock_emulator.requests[-1]["chunks_sent"] == 6
+
+
+def test_a_reasoning_stream_cut_after_its_block_stop_keeps_the_signature(bedrock_emulator: Any) -> None:
+    response = boto3_client().invoke_model_with_response_stream(
+        modelId="anthropic.claude-3-7-sonnet-20250219-v1:0",
+        body=json.dumps({"anthropic_version": "bedrock-2023-05-31", "max_tokens": 50, "messages": [
+            {"role": "user", "content": '[[emulator reasoning="one two three" tokens=3 error_at=7]]'}]}),
+    )
+    stream = streams.anthropic_messages_stream(response)
+    with pytest.raises(BedrockStreamInterrupted):
+        list(stream)
+    assert stream.reasoning_blocks == [{"text": "one two three", "signature": signature_for("one two three"), "redacted": ""}]
+    assert len(stream.text.split()) == 1

@@ -10,11 +10,19 @@ marker anywhere in its body text::
     [[emulator text="Hi 😀" split_pairs=1]]            (the emoji arrives in two chunks, one per surrogate)
     [[emulator fail=AccessDeniedException message="User: arn:aws:iam::123456789012:user/dev is not authorized"]]
 
+Beyond text (Converse, Anthropic Messages; Titan and Nova where their wire format has it)::
+
+    [[emulator reasoning="Let me think." redacted="opaque"]]   (reasoning deltas + a signature in pieces)
+    [[emulator cite="Employees get 20 days." cite_title=policy]]  (a citation before the text)
+    [[emulator guardrail=intervened unmasked="Call Alice on 555-0100"]]
+    [[emulator cache_read=100 cache_write=20 service_tier=priority]]
+
 No Django imports here.
 """
 
 from __future__ import annotations
 
+import base64
 import dataclasses
 import hashlib
 import json
@@ -24,6 +32,7 @@ import string
 from dataclasses import dataclass, field
 from typing import Any
 
+from .attachments import InvalidRequest, anthropic_attachments, converse_attachments
 from .eventstream import encode_chunk, encode_event
 
 # ----------------------------------------------------------------------------------------------
@@ -74,6 +83,9 @@ ERROR_MESSAGES: dict[str, str] = {
 }
 
 
+SERVICE_TIERS = ("priority", "default", "flex", "reserved")
+
+
 class ScenarioError(ValueError):
     """A bad scenario key or value (reported to the client as a 400 ValidationException)."""
 
@@ -100,10 +112,21 @@ class Scenario:
     drop_at: int | None = None  #: hang up after this many token events (mid-body, no final chunk)
     message: str | None = None  #: the error message for fail= / error= (default: the service's usual one)
     split_pairs: int = 0  #: 1: send each character beyond U+FFFF as two token events, one per surrogate
+    reasoning: str | None = None  #: reasoning text before the answer, then its signature in pieces
+    redacted: str | None = None  #: a redacted (encrypted) reasoning block with these bytes
+    cite: str | None = None  #: the answer cites this text of the first document
+    cite_title: str | None = None  #: the cited document's title (default: the request's first document name)
+    guardrail: str | None = None  #: "intervened": a guardrail masked the answer (trace when the request asks)
+    unmasked: str | None = None  #: the model's unmasked output in the guardrail trace
+    cache_read: int = 0  #: input tokens read from the prompt cache
+    cache_write: int = 0  #: input tokens written to the prompt cache
+    service_tier: str | None = None  #: the service tier reported in Converse metadata
 
-    _INT = ("tokens", "error_at", "throttle", "corrupt_crc_at", "drop_at", "split_pairs")
+    _INT = ("tokens", "error_at", "throttle", "corrupt_crc_at", "drop_at", "split_pairs", "cache_read", "cache_write")
     _FLOAT = ("delay_ms", "ttfb_ms")
-    _NOT_NULL = ("tokens", "throttle", "delay_ms", "ttfb_ms", "split_pairs")  # "none" resets these to the default
+    #: "none" resets these to the default
+    _NOT_NULL = ("tokens", "throttle", "delay_ms", "ttfb_ms", "split_pairs", "cache_read", "cache_write")
+    _TEXT = ("text", "reasoning", "redacted", "cite", "cite_title", "unmasked")  # "none" is text here
 
     @classmethod
     def field_names(cls) -> tuple[str, ...]:
@@ -117,7 +140,7 @@ class Scenario:
         for key, value in values.items():
             if key not in names:
                 raise ScenarioError(f"unknown emulator scenario key {key!r} (known: {', '.join(names)})")
-            if value is None or (isinstance(value, str) and value.lower() in ("none", "null") and key != "text"):
+            if value is None or (isinstance(value, str) and value.lower() in ("none", "null") and key not in cls._TEXT):
                 out[key] = getattr(cls, key) if key in cls._NOT_NULL else None
                 continue
             try:
@@ -141,6 +164,10 @@ class Scenario:
                 raise ScenarioError(f"unknown error={value!r} (known: {', '.join(STREAM_ERRORS)})")
             if key == "stop":
                 value = _normalise_stop(value)
+            if key == "guardrail" and value != "intervened":
+                raise ScenarioError(f"bad value for guardrail: {value!r} (use guardrail=intervened)")
+            if key == "service_tier" and value not in SERVICE_TIERS:
+                raise ScenarioError(f"unknown service_tier={value!r} (known: {', '.join(SERVICE_TIERS)})")
             out[key] = value
         return out
 
@@ -327,14 +354,93 @@ class Plan:
     input_tokens: int
     length_stop: bool  #: True when the family's "length" stop reason is reported
     extra: dict[str, Any] = field(default_factory=dict)
+    #: The request's images and documents (kind, format, name, bytes, sha256), as checked.
+    attachments: list[dict[str, Any]] = field(default_factory=list)
+    reasoning: list[str] = field(default_factory=list)  #: reasoning deltas, before the answer
+    redacted: bytes | None = None  #: a redacted reasoning block's bytes
+    citation: dict[str, str] | None = None  #: {"title", "text"} the answer cites
+    guardrail: bool = False  #: a guardrail intervened (masked the answer)
+    unmasked: str = ""  #: what the model said before the guardrail masked it
+    trace: bool = False  #: the request asked for the guardrail trace
+    cache_read: int = 0
+    cache_write: int = 0
+    service_tier: str | None = None
+    #: Laid out by :meth:`Family.lead`: messages sent after the head (``opening``); events before the
+    #: text, paced and counted like token events (``lead``); block boundaries between the last of them
+    #: and the first text token (``bridge``); the text's content block index.
+    opening: bytes = b""
+    lead: list[bytes] = field(default_factory=list)
+    bridge: bytes = b""
+    text_index: int = 0
 
     @property
     def stop_reason(self) -> str:
+        if self.guardrail and self.family.guardrail_stop:
+            return self.family.guardrail_stop
         return self.family.length_stop if self.length_stop else self.family.normal_stop
 
     @property
     def text(self) -> str:
         return "".join(self.tokens)
+
+    @property
+    def signature(self) -> str:
+        """The reasoning block's signature ("" without reasoning): derived from its text, so the
+        emulator can tell, on a later turn, that a block came back unchanged."""
+        return signature_for("".join(self.reasoning)) if self.reasoning else ""
+
+
+#: Signatures the emulator issues start with this tag (27 bytes: its base64 is a fixed prefix).
+_SIGNATURE_TAG = b"bedrock-emulator-reasoning:"
+_SIGNATURE_PREFIX = base64.b64encode(_SIGNATURE_TAG).decode()
+
+
+def signature_for(reasoning: str) -> str:
+    """The signature the emulator gives a reasoning block with this text."""
+    digest = hashlib.sha512(reasoning.encode("utf-8", "surrogatepass")).digest()
+    return base64.b64encode(_SIGNATURE_TAG + digest * 2).decode()
+
+
+def signature_pieces(signature: str, pieces: int = 3) -> list[str]:
+    """The signature cut in ``pieces`` deltas, as Bedrock may deliver it."""
+    size = -(-len(signature) // pieces)
+    return [signature[i : i + size] for i in range(0, len(signature), size)]
+
+
+def check_signature(text: Any, signature: Any, where: str) -> None:
+    """A reasoning block sent back must carry the signature the emulator gave it, unchanged.
+    (Signatures it did not issue, such as recorded ones, are not its to judge.)"""
+    if isinstance(signature, str) and signature.startswith(_SIGNATURE_PREFIX):
+        if not isinstance(text, str) or signature != signature_for(text):
+            raise InvalidRequest(f"{where}: Invalid `signature` in `thinking` block")
+
+
+def thinking_requested(body: dict[str, Any]) -> bool:
+    """Whether the request turns on extended thinking / reasoning (Anthropic's ``thinking``; in
+    Converse, inside ``additionalModelRequestFields``)."""
+    fields = body.get("additionalModelRequestFields")
+    fields = fields if isinstance(fields, dict) else {}
+    for config in (body.get("thinking"), fields.get("thinking"), fields.get("reasoning_config"),
+                   fields.get("reasoningConfig")):
+        if isinstance(config, dict) and config.get("type") in ("enabled", "adaptive"):
+            return True
+    return False
+
+
+class _Lead:
+    """Collects the events before the text: ``step`` is a counted event, ``boundary`` a block start
+    or stop, sent in front of the next step."""
+
+    def __init__(self) -> None:
+        self.steps: list[bytes] = []
+        self.pending = b""
+
+    def step(self, message: bytes) -> None:
+        self.steps.append(self.pending + message)
+        self.pending = b""
+
+    def boundary(self, message: bytes) -> None:
+        self.pending += message
 
 
 class Family:
@@ -343,9 +449,15 @@ class Family:
     name = "base"
     normal_stop = "stop"
     length_stop = "length"
+    #: the stop reason when a guardrail intervened (None: the family reports its normal one)
+    guardrail_stop: str | None = None
     #: the last token event also carries the stop reason and metrics (no separate final chunk)
     merges_last = False
     max_tokens_path: tuple[str, ...] = ("max_tokens",)
+    #: The scenario controls beyond text this reply shape can carry (see ``FEATURES``).
+    features: frozenset[str] = frozenset()
+    #: The invocation metrics always carry the cache token counts (Nova's do, even when 0).
+    cache_metrics = False
 
     def prompt_text(self, body: dict[str, Any]) -> str:
         p = body.get("prompt")
@@ -353,6 +465,14 @@ class Family:
 
     def max_tokens(self, body: dict[str, Any]) -> int | None:
         return _int_or_none(_dig(body, *self.max_tokens_path))
+
+    def check_request(self, model_id: str, body: dict[str, Any]) -> list[dict[str, Any]]:
+        """Refuse (InvalidRequest) what Bedrock refuses in the body; return its attachments."""
+        return []
+
+    def lead(self, plan: Plan) -> _Lead:
+        """Lay out the content blocks before the text (reasoning, citations); sets ``text_index``."""
+        return _Lead()
 
     def head(self, plan: Plan) -> list[bytes]:
         return []
@@ -371,18 +491,62 @@ def _model_json(obj: dict) -> bytes:
     return encode_chunk(_dumps(obj), padding())
 
 
+def _guardrail_match(plan: Plan) -> str:
+    """A word the guardrail masked: in the unmasked output, not in the answer."""
+    shown = set(plan.text.split())
+    return next((word for word in plan.unmasked.split() if word not in shown), plan.unmasked)
+
+
+def _guardrail_metrics(characters: int) -> dict[str, Any]:
+    return {
+        "guardrailProcessingLatency": 21,
+        "usage": {"topicPolicyUnits": 1, "contentPolicyUnits": 1, "wordPolicyUnits": 1,
+                  "sensitiveInformationPolicyUnits": 1, "sensitiveInformationPolicyFreeUnits": 0,
+                  "contextualGroundingPolicyUnits": 0},
+        "guardrailCoverage": {"textCharacters": {"guarded": characters, "total": characters}},
+    }
+
+
+_GUARDRAIL_ID = "emulatorguard1"
+
+
+def _pii(plan: Plan) -> dict[str, Any]:
+    entity = {"match": _guardrail_match(plan), "type": "NAME", "action": "ANONYMIZED", "detected": True}
+    return {"piiEntities": [entity]}
+
+
 class AnthropicMessages(Family):
     name = "anthropic-messages"
     normal_stop = "end_turn"
     length_stop = "max_tokens"
+    features = frozenset({"reasoning", "redacted", "cite", "cache"})
 
     def prompt_text(self, body: dict[str, Any]) -> str:
         return _messages_text(body)
+
+    def check_request(self, model_id: str, body: dict[str, Any]) -> list[dict[str, Any]]:
+        for i, message in enumerate(body.get("messages") or []):
+            content = message.get("content") if isinstance(message, dict) else None
+            if message.get("role") != "assistant" or not isinstance(content, list):
+                continue
+            for j, block in enumerate(content):
+                if isinstance(block, dict) and block.get("type") == "thinking":
+                    if not block.get("signature"):
+                        raise InvalidRequest(f"messages.{i}.content.{j}.thinking.signature: Field required")
+                    check_signature(block.get("thinking"), block["signature"], f"messages.{i}.content.{j}")
+        return anthropic_attachments(body, model_id)
 
     @staticmethod
     def _model_name(model_id: str) -> str:
         m = model_id.split("anthropic.", 1)[-1]
         return re.sub(r"-v\d+(:\d+)?$", "", m)
+
+    def _usage(self, plan: Plan, output_tokens: int) -> dict[str, int]:
+        usage = {"input_tokens": plan.input_tokens, "output_tokens": output_tokens}
+        if plan.cache_read or plan.cache_write:
+            usage["cache_creation_input_tokens"] = plan.cache_write
+            usage["cache_read_input_tokens"] = plan.cache_read
+        return usage
 
     def head(self, plan: Plan) -> list[bytes]:
         msg_id = "msg_bdrk_" + hashlib.sha1(repr((plan.model_id, plan.text, _rand.random())).encode()).hexdigest()[:24]
@@ -396,23 +560,56 @@ class AnthropicMessages(Family):
                 "content": [],
                 "stop_reason": None,
                 "stop_sequence": None,
-                "usage": {"input_tokens": plan.input_tokens, "output_tokens": 1},
+                "usage": self._usage(plan, 1),
             },
         }
-        block = {"type": "content_block_start", "index": 0, "content_block": {"type": "text", "text": ""}}
-        return [_model_json(start), _model_json(block)]
+        return [_model_json(start)]
+
+    @staticmethod
+    def _block(kind: str, index: int, **fields: Any) -> bytes:
+        return _model_json({"type": kind, "index": index, **fields})
+
+    def lead(self, plan: Plan) -> _Lead:
+        lead, k, block = _Lead(), 0, self._block
+        if plan.reasoning:
+            thinking = {"type": "thinking", "thinking": "", "signature": ""}
+            lead.boundary(block("content_block_start", k, content_block=thinking))
+            for tok in plan.reasoning:
+                lead.step(block("content_block_delta", k, delta={"type": "thinking_delta", "thinking": tok}))
+            for piece in signature_pieces(plan.signature):
+                lead.step(block("content_block_delta", k, delta={"type": "signature_delta", "signature": piece}))
+            lead.boundary(block("content_block_stop", k))
+            k += 1
+        if plan.redacted is not None:
+            data = base64.b64encode(plan.redacted).decode()
+            lead.boundary(block("content_block_start", k, content_block={"type": "redacted_thinking", "data": data}))
+            lead.boundary(block("content_block_stop", k))
+            k += 1
+        text: dict[str, Any] = {"type": "text", "text": ""}
+        if plan.citation:
+            text["citations"] = []
+        lead.boundary(block("content_block_start", k, content_block=text))
+        if plan.citation:
+            cited = plan.citation["text"]
+            citation = {"type": "char_location", "cited_text": cited, "document_index": 0,
+                        "document_title": plan.citation["title"], "start_char_index": 0, "end_char_index": len(cited)}
+            lead.step(block("content_block_delta", k, delta={"type": "citations_delta", "citation": citation}))
+        plan.text_index = k
+        return lead
 
     def token(self, plan: Plan, tok: str, i: int, final_metrics: dict[str, Any] | None) -> bytes:
-        return encode_chunk(
-            b'{"type":"content_block_delta","index":0,"delta":{"type":"text_delta","text":'
+        msg = encode_chunk(
+            b'{"type":"content_block_delta","index":%d,"delta":{"type":"text_delta","text":' % plan.text_index
             + _dumps(tok)
             + b"}}",
             padding(),
         )
+        return plan.bridge + msg if i == 0 and plan.bridge else msg
 
     def tail(self, plan: Plan, sent: int, merged: bool, metrics: dict[str, Any]) -> list[bytes]:
         return [
-            _model_json({"type": "content_block_stop", "index": 0}),
+            *([plan.bridge] if plan.bridge and not sent else []),
+            _model_json({"type": "content_block_stop", "index": plan.text_index}),
             _model_json(
                 {
                     "type": "message_delta",
@@ -424,15 +621,20 @@ class AnthropicMessages(Family):
         ]
 
     def invoke_body(self, plan: Plan, latency_ms: int) -> dict[str, Any]:
+        content: list[dict[str, Any]] = []
+        if plan.reasoning:
+            content.append({"type": "thinking", "thinking": "".join(plan.reasoning), "signature": plan.signature})
+        if plan.redacted is not None:
+            content.append({"type": "redacted_thinking", "data": base64.b64encode(plan.redacted).decode()})
         return {
             "id": "msg_bdrk_" + hashlib.sha1(plan.text.encode()).hexdigest()[:24],
             "type": "message",
             "role": "assistant",
             "model": self._model_name(plan.model_id),
-            "content": [{"type": "text", "text": plan.text}],
+            "content": [*content, {"type": "text", "text": plan.text}],
             "stop_reason": plan.stop_reason,
             "stop_sequence": None,
-            "usage": {"input_tokens": plan.input_tokens, "output_tokens": len(plan.tokens)},
+            "usage": self._usage(plan, len(plan.tokens)),
         }
 
 
@@ -579,10 +781,25 @@ class Titan(Family):
     length_stop = "LENGTH"
     merges_last = True
     max_tokens_path = ("textGenerationConfig", "maxTokenCount")
+    features = frozenset({"guardrail"})
 
     def prompt_text(self, body: dict[str, Any]) -> str:
         p = body.get("inputText")
         return p if isinstance(p, str) else json.dumps(body, sort_keys=True)
+
+    def _guardrail(self, plan: Plan, obj: dict[str, Any], last: bool) -> dict[str, Any]:
+        """Invoke guardrails: the action on every chunk, the trace (when asked for) on the last."""
+        if plan.guardrail:
+            obj["amazon-bedrock-guardrailAction"] = "INTERVENED"
+            if last and plan.trace:
+                output = {_GUARDRAIL_ID: {"sensitiveInformationPolicy": _pii(plan),
+                                          "invocationMetrics": _guardrail_metrics(len(plan.unmasked))}}
+                obj["amazon-bedrock-trace"] = {"guardrail": {
+                    "modelOutput": [plan.unmasked],
+                    "input": {_GUARDRAIL_ID: {"invocationMetrics": _guardrail_metrics(plan.input_tokens)}},
+                    "outputs": [output],
+                }}
+        return obj
 
     def token(self, plan: Plan, tok: str, i: int, final_metrics: dict[str, Any] | None) -> bytes:
         obj: dict[str, Any] = {
@@ -594,23 +811,20 @@ class Titan(Family):
         }
         if final_metrics is not None:
             obj["amazon-bedrock-invocationMetrics"] = final_metrics
-        return _model_json(obj)
+        return _model_json(self._guardrail(plan, obj, final_metrics is not None))
 
     def tail(self, plan: Plan, sent: int, merged: bool, metrics: dict[str, Any]) -> list[bytes]:
         if merged:
             return []
-        return [
-            _model_json(
-                {
-                    "outputText": "",
-                    "index": 0,
-                    "totalOutputTextTokenCount": sent,
-                    "completionReason": plan.stop_reason,
-                    "inputTextTokenCount": plan.input_tokens,
-                    "amazon-bedrock-invocationMetrics": metrics,
-                }
-            )
-        ]
+        obj = {
+            "outputText": "",
+            "index": 0,
+            "totalOutputTextTokenCount": sent,
+            "completionReason": plan.stop_reason,
+            "inputTextTokenCount": plan.input_tokens,
+            "amazon-bedrock-invocationMetrics": metrics,
+        }
+        return [_model_json(self._guardrail(plan, obj, True))]
 
     def invoke_body(self, plan: Plan, latency_ms: int) -> dict[str, Any]:
         return {
@@ -621,53 +835,194 @@ class Titan(Family):
         }
 
 
-class Converse(Family):
+class _ConverseShapes(Family):
+    """What Converse and Amazon Nova's native invoke format share: the request's messages, its images
+    and documents, its reasoning blocks sent back."""
+
+    def prompt_text(self, body: dict[str, Any]) -> str:
+        return _messages_text(body)
+
+    def check_request(self, model_id: str, body: dict[str, Any]) -> list[dict[str, Any]]:
+        claude = "anthropic.claude" in model_id
+        for i, message in enumerate(body.get("messages") or []):
+            content = message.get("content") if isinstance(message, dict) else None
+            if message.get("role") != "assistant" or not isinstance(content, list):
+                continue
+            for j, block in enumerate(content):
+                reasoning = _dig(block, "reasoningContent", "reasoningText")
+                if not isinstance(reasoning, dict):
+                    continue
+                where = f"The model returned the following errors: messages.{i}.content.{j}"
+                if claude and not reasoning.get("signature"):
+                    raise InvalidRequest(f"{where}.thinking.signature: Field required")
+                check_signature(reasoning.get("text"), reasoning.get("signature"), where)
+        return converse_attachments(body, model_id)
+
+
+class Converse(_ConverseShapes):
     """ConverseStream events / Converse response (any model id)."""
 
     name = "converse"
     normal_stop = "end_turn"
     length_stop = "max_tokens"
+    guardrail_stop = "guardrail_intervened"
     max_tokens_path = ("inferenceConfig", "maxTokens")
-
-    def prompt_text(self, body: dict[str, Any]) -> str:
-        return _messages_text(body)
+    features = frozenset({"reasoning", "redacted", "cite", "guardrail", "cache", "service_tier"})
 
     @staticmethod
     def _with_p(body: bytes) -> bytes:
         # body is a compact JSON object; append the padding field.
         return body[:-1] + b',"p":"' + padding() + b'"}'
 
+    def _delta(self, index: int, delta: dict[str, Any]) -> bytes:
+        return encode_event("contentBlockDelta", self._with_p(_dumps({"contentBlockIndex": index, "delta": delta})))
+
+    def _stop(self, index: int) -> bytes:
+        return encode_event("contentBlockStop", self._with_p(b'{"contentBlockIndex":%d}' % index))
+
     def head(self, plan: Plan) -> list[bytes]:
         return [encode_event("messageStart", self._with_p(b'{"role":"assistant"}'))]
 
-    def token(self, plan: Plan, tok: str, i: int, final_metrics: dict[str, Any] | None) -> bytes:
-        return encode_event(
-            "contentBlockDelta",
-            b'{"contentBlockIndex":0,"delta":{"text":' + _dumps(tok) + b'},"p":"' + padding() + b'"}',
-        )
+    def lead(self, plan: Plan) -> _Lead:
+        lead, k = _Lead(), 0
+        if plan.reasoning:
+            for tok in plan.reasoning:
+                lead.step(self._delta(k, {"reasoningContent": {"text": tok}}))
+            for piece in signature_pieces(plan.signature):
+                lead.step(self._delta(k, {"reasoningContent": {"signature": piece}}))
+            lead.boundary(self._stop(k))
+            k += 1
+        if plan.redacted is not None:
+            redacted = base64.b64encode(plan.redacted).decode()
+            lead.step(self._delta(k, {"reasoningContent": {"redactedContent": redacted}}))
+            lead.boundary(self._stop(k))
+            k += 1
+        if plan.citation:
+            cited = plan.citation["text"]
+            lead.step(self._delta(k, {"citation": {
+                "title": plan.citation["title"],
+                "sourceContent": [{"text": cited}],
+                "location": {"documentChar": {"documentIndex": 0, "start": 0, "end": len(cited)}},
+            }}))
+        plan.text_index = k
+        return lead
 
-    def tail(self, plan: Plan, sent: int, merged: bool, metrics: dict[str, Any]) -> list[bytes]:
+    def token(self, plan: Plan, tok: str, i: int, final_metrics: dict[str, Any] | None) -> bytes:
+        msg = encode_event(
+            "contentBlockDelta",
+            b'{"contentBlockIndex":%d,"delta":{"text":' % plan.text_index
+            + _dumps(tok) + b'},"p":"' + padding() + b'"}',
+        )
+        return plan.bridge + msg if i == 0 and plan.bridge else msg
+
+    def _usage(self, plan: Plan, output_tokens: int) -> dict[str, int]:
         usage = {
             "inputTokens": plan.input_tokens,
-            "outputTokens": sent,
-            "totalTokens": plan.input_tokens + sent,
+            "outputTokens": output_tokens,
+            "totalTokens": plan.input_tokens + output_tokens + plan.cache_read + plan.cache_write,
         }
+        if plan.cache_read or plan.cache_write:
+            usage["cacheReadInputTokens"] = plan.cache_read
+            usage["cacheWriteInputTokens"] = plan.cache_write
+        return usage
+
+    def _trace(self, plan: Plan) -> dict[str, Any] | None:
+        if not (plan.guardrail and plan.trace):
+            return None
+        assessment = {
+            "sensitiveInformationPolicy": _pii(plan),
+            "invocationMetrics": _guardrail_metrics(len(plan.unmasked)),
+        }
+        return {"guardrail": {
+            "modelOutput": [plan.unmasked],
+            "inputAssessment": {_GUARDRAIL_ID: {"invocationMetrics": _guardrail_metrics(plan.input_tokens)}},
+            "outputAssessments": {_GUARDRAIL_ID: [assessment]},
+            "actionReason": "Guardrail masked.",
+        }}
+
+    def tail(self, plan: Plan, sent: int, merged: bool, metrics: dict[str, Any]) -> list[bytes]:
+        metadata: dict[str, Any] = {
+            "usage": self._usage(plan, sent),
+            "metrics": {"latencyMs": metrics["invocationLatency"]},
+        }
+        trace = self._trace(plan)
+        if trace:
+            metadata["trace"] = trace
+        if plan.service_tier:
+            metadata["serviceTier"] = {"type": plan.service_tier}
         return [
-            encode_event("contentBlockStop", self._with_p(b'{"contentBlockIndex":0}')),
+            *([plan.bridge] if plan.bridge and not sent else []),
+            self._stop(plan.text_index),
             encode_event("messageStop", self._with_p(_dumps({"stopReason": plan.stop_reason}))),
-            encode_event(
-                "metadata",
-                self._with_p(_dumps({"usage": usage, "metrics": {"latencyMs": metrics["invocationLatency"]}})),
-            ),
+            encode_event("metadata", self._with_p(_dumps(metadata))),
         ]
 
     def invoke_body(self, plan: Plan, latency_ms: int) -> dict[str, Any]:
-        n = len(plan.tokens)
-        return {
-            "output": {"message": {"role": "assistant", "content": [{"text": plan.text}]}},
+        content: list[dict[str, Any]] = []
+        if plan.reasoning:
+            text = "".join(plan.reasoning)
+            content.append({"reasoningContent": {"reasoningText": {"text": text, "signature": plan.signature}}})
+        if plan.redacted is not None:
+            content.append({"reasoningContent": {"redactedContent": base64.b64encode(plan.redacted).decode()}})
+        out: dict[str, Any] = {
+            "output": {"message": {"role": "assistant", "content": [*content, {"text": plan.text}]}},
             "stopReason": plan.stop_reason,
-            "usage": {"inputTokens": plan.input_tokens, "outputTokens": n, "totalTokens": plan.input_tokens + n},
+            "usage": self._usage(plan, len(plan.tokens)),
             "metrics": {"latencyMs": latency_ms},
+        }
+        trace = self._trace(plan)
+        if trace:
+            out["trace"] = trace
+        if plan.service_tier:
+            out["serviceTier"] = {"type": plan.service_tier}
+        return out
+
+
+class Nova(_ConverseShapes):
+    """Amazon Nova's native invoke format (``schemaVersion: messages-v1``): Converse's event shapes,
+    one per chunk; as recorded from Bedrock, each text delta is a content block of its own."""
+
+    name = "amazon-nova"
+    normal_stop = "end_turn"
+    length_stop = "max_tokens"
+    max_tokens_path = ("inferenceConfig", "max_new_tokens")
+    features = frozenset({"cache"})
+    cache_metrics = True
+
+    def check_request(self, model_id: str, body: dict[str, Any]) -> list[dict[str, Any]]:
+        if not isinstance(body.get("messages"), list):
+            raise InvalidRequest(
+                "Malformed input request: #: required key [messages] not found, "
+                "please reformat your input and try again."
+            )
+        return super().check_request(model_id, body)
+
+    def head(self, plan: Plan) -> list[bytes]:
+        return [_model_json({"messageStart": {"role": "assistant"}})]
+
+    def token(self, plan: Plan, tok: str, i: int, final_metrics: dict[str, Any] | None) -> bytes:
+        return encode_chunk(
+            b'{"contentBlockDelta":{"delta":{"text":' + _dumps(tok) + b'},"contentBlockIndex":%d}}' % i, padding()
+        ) + encode_chunk(b'{"contentBlockStop":{"contentBlockIndex":%d}}' % i, padding())
+
+    def _usage(self, plan: Plan, output_tokens: int) -> dict[str, int]:
+        return {"inputTokens": plan.input_tokens, "outputTokens": output_tokens,
+                "cacheReadInputTokenCount": plan.cache_read, "cacheWriteInputTokenCount": plan.cache_write}
+
+    def tail(self, plan: Plan, sent: int, merged: bool, metrics: dict[str, Any]) -> list[bytes]:
+        metadata = {"usage": self._usage(plan, sent), "metrics": {}, "trace": {}}
+        return [
+            _model_json({"messageStop": {"stopReason": plan.stop_reason}}),
+            _model_json({"metadata": metadata, "amazon-bedrock-invocationMetrics": metrics}),
+        ]
+
+    def invoke_body(self, plan: Plan, latency_ms: int) -> dict[str, Any]:
+        usage = self._usage(plan, len(plan.tokens))
+        usage["totalTokens"] = plan.input_tokens + len(plan.tokens)
+        return {
+            "output": {"message": {"content": [{"text": plan.text}], "role": "assistant"}},
+            "stopReason": plan.stop_reason,
+            "usage": usage,
         }
 
 
@@ -678,6 +1033,7 @@ LLAMA = Llama()
 MISTRAL = Mistral()
 TITAN = Titan()
 CONVERSE = Converse()
+NOVA = Nova()
 
 _PROVIDERS = (
     "anthropic", "cohere", "meta", "mistral", "amazon", "ai21", "deepseek", "openai", "qwen",
@@ -696,8 +1052,7 @@ def base_model_id(model_id: str) -> str:
     return mid
 
 
-class InvalidRequest(Exception):
-    """Reported to the client as a 400 ValidationException with this message."""
+_NOVA_TEXT = re.compile(r"amazon\.nova-(?:\d+-)?(?:micro|lite|pro|premier)\b")
 
 
 def invoke_family(model_id: str, body: Any) -> Family:
@@ -721,11 +1076,18 @@ def invoke_family(model_id: str, body: Any) -> Family:
         return MISTRAL
     if mid.startswith("amazon.titan-text"):
         return TITAN
+    if _NOVA_TEXT.match(mid):
+        return NOVA
     raise InvalidRequest("The provided model identifier is invalid.")
 
 
-def make_plan(family: Family, model_id: str, body: Any, scenario: Scenario) -> Plan:
+def make_plan(
+    family: Family, model_id: str, body: Any, scenario: Scenario, headers: dict[str, str] | None = None
+) -> Plan:
+    """The reply for this request. Checks the body as Bedrock would (raises InvalidRequest).
+    ``headers``: the request's (lower-case names), for the invoke guardrail trace switch."""
     body_dict = body if isinstance(body, dict) else {}
+    attachments = family.check_request(model_id, body_dict) if body_dict else []
     prompt = family.prompt_text(body_dict) if body_dict else ""
     if scenario.text is not None:
         tokens = split_text(scenario.text)
@@ -744,10 +1106,53 @@ def make_plan(family: Family, model_id: str, body: Any, scenario: Scenario) -> P
         tokens=tokens,
         input_tokens=estimate_tokens(prompt),
         length_stop=length_stop,
+        attachments=attachments,
     )
     if isinstance(body_dict.get("prompt"), str):
         plan.extra["prompt"] = body_dict["prompt"]
+    _beyond_text(plan, scenario, body_dict, headers or {})
     return plan
+
+
+#: Scenario controls beyond text -> whether a scenario asks for them.
+FEATURES: dict[str, Any] = {
+    "reasoning": lambda sc: sc.reasoning is not None,
+    "redacted": lambda sc: sc.redacted is not None,
+    "cite": lambda sc: sc.cite is not None,
+    "guardrail": lambda sc: sc.guardrail is not None,
+    "cache": lambda sc: bool(sc.cache_read or sc.cache_write),
+    "service_tier": lambda sc: sc.service_tier is not None,
+}
+
+
+def _beyond_text(plan: Plan, sc: Scenario, body: dict[str, Any], headers: dict[str, str]) -> None:
+    family = plan.family
+    missing = [name for name, wanted in FEATURES.items() if wanted(sc) and name not in family.features]
+    if missing:
+        raise InvalidRequest(f"The emulator has no {', '.join(missing)} for {family.name} replies.")
+    reasoning = sc.reasoning
+    if reasoning is None and "reasoning" in family.features and thinking_requested(body):
+        reasoning = "".join(generated_tokens("reasoning\n" + plan.text, 8)) + "."
+    plan.reasoning = split_text(reasoning or "")
+    plan.redacted = sc.redacted.encode("utf-8") if sc.redacted is not None else None
+    if sc.cite is not None:
+        names = [a["name"] for a in plan.attachments if a["kind"] == "document" and a.get("name")]
+        plan.citation = {"title": sc.cite_title or (names[0] if names else "document"), "text": sc.cite}
+    if sc.guardrail:
+        plan.guardrail = True
+        plan.unmasked = sc.unmasked if sc.unmasked is not None else f"Alice Example: {plan.text}"
+        config = body.get("guardrailConfig")
+        converse_trace = isinstance(config, dict) and config.get("trace") in ("enabled", "enabled_full")
+        plan.trace = converse_trace or headers.get("x-amzn-bedrock-trace", "").upper() in ("ENABLED", "ENABLED_FULL")
+    plan.cache_read, plan.cache_write = sc.cache_read, sc.cache_write
+    tier = _dig(body, "serviceTier", "type")
+    echoed = tier if "service_tier" in family.features and isinstance(tier, str) else None
+    plan.service_tier = sc.service_tier or echoed
+    lead = family.lead(plan)
+    if lead.steps:
+        plan.lead, plan.bridge = lead.steps, lead.pending
+    else:
+        plan.opening = lead.pending
 
 
 # ----------------------------------------------------------------------------------------------
@@ -756,8 +1161,6 @@ def make_plan(family: Family, model_id: str, body: Any, scenario: Scenario) -> P
 
 def extract_text(headers: dict[str, Any], payload: bytes) -> str | None:
     """The text delta carried by one event (per the fixtures README's ``expected_text``), else None."""
-    import base64
-
     if headers.get(":message-type") != "event":
         return None
     et = headers.get(":event-type")

@@ -460,7 +460,8 @@ class EmulatorServer:
             return True
         model_id = unquote(m.group(1))
         op = m.group(2)
-        return await self._model_request(conn, op, model_id, body, keep_alive, headers.get("authorization", ""))
+        authorization = headers.get("authorization", "")
+        return await self._model_request(conn, op, model_id, body, keep_alive, authorization, headers)
 
     # -- control API --------------------------------------------------------------------------
 
@@ -503,7 +504,14 @@ class EmulatorServer:
         return _BAD_API_KEY
 
     async def _model_request(
-        self, conn: _Conn, op: str, model_id: str, raw: bytes, keep_alive: bool, authorization: str = ""
+        self,
+        conn: _Conn,
+        op: str,
+        model_id: str,
+        raw: bytes,
+        keep_alive: bool,
+        authorization: str = "",
+        headers: dict[str, str] | None = None,
     ) -> bool:
         st = self.state
         t0 = time.monotonic()
@@ -576,7 +584,8 @@ class EmulatorServer:
                         await self._replay(conn, rec, path, scenario, request_id, sent_tokens)
                         return True
                     family = CONVERSE if op.startswith("converse") else invoke_family(model_id, body)
-                    plan = make_plan(family, model_id, body, scenario)
+                    plan = make_plan(family, model_id, body, scenario, headers)
+                    rec["attachments"] = plan.attachments
                 except InvalidRequest as e:
                     fail("ValidationException", 400, str(e))
                 else:
@@ -628,44 +637,57 @@ class EmulatorServer:
         fam = plan.family
         tokens = plan.tokens
         n = len(tokens)
-        error_at = None if sc.error_at is None else min(sc.error_at, n)
+        # The events before the text (reasoning, signature pieces, citations) are paced and counted
+        # like token events: error_at / drop_at can cut a stream inside its reasoning.
+        lead = plan.lead
+        n_lead = len(lead)
+        steps = n_lead + n
+        error_at = None if sc.error_at is None else min(sc.error_at, steps)
         merge_last = fam.merges_last and error_at is None and n > 0
         delay = sc.delay_ms / 1000.0
         sleep = asyncio.sleep
         first_byte: int | None = None
         for m in fam.head(plan):
             out.add(m)
+        if plan.opening:
+            out.add(plan.opening)
         add = out.add
         append = sent.append
         token = fam.token
         monotonic = time.monotonic
         t_first = 0.0
-        for i in range(n):
-            if i == error_at:
+        done = 0
+        for g in range(steps):
+            if g == error_at:
                 break
-            if i == sc.drop_at:  # hang up mid-body
+            if g == sc.drop_at:  # hang up mid-body
                 await out.flush()
                 raise _Disconnected()
-            if delay and i:
+            if delay and g:
                 await out.flush()
-                # Absolute schedule: token i goes out at t_first + i*delay, so per-token overhead
+                # Absolute schedule: event g goes out at t_first + g*delay, so per-token overhead
                 # (and a busy loop with many streams) does not stretch the stream.
-                await sleep(max(0.0, t_first + i * delay - monotonic()))
+                await sleep(max(0.0, t_first + g * delay - monotonic()))
             if first_byte is None:
                 t_first = monotonic()
                 first_byte = int((t_first - t0) * 1000)
-            tok = tokens[i]
-            if merge_last and i == n - 1:
-                lat = int((time.monotonic() - t0) * 1000)
-                add(token(plan, tok, i, _metrics(plan, n, lat, first_byte)))
+            if g < n_lead:
+                add(lead[g])
             else:
-                add(token(plan, tok, i, None))
-            append(tok)
-            rec["chunks_sent"] = i + 1
+                i = g - n_lead
+                tok = tokens[i]
+                if merge_last and i == n - 1:
+                    lat = int((time.monotonic() - t0) * 1000)
+                    add(token(plan, tok, i, _metrics(plan, n, lat, first_byte)))
+                else:
+                    add(token(plan, tok, i, None))
+                append(tok)
+            done = g + 1
+            rec["chunks_sent"] = done
             if out.size >= _FLUSH_BYTES:
                 await out.flush()
                 await sleep(0)
-        if delay and error_at != 0 and n:
+        if delay and error_at != 0 and steps:
             await out.flush()
         if error_at is not None:
             if delay and error_at:
@@ -680,7 +702,7 @@ class EmulatorServer:
             for m in fam.tail(plan, len(sent), merge_last, _metrics(plan, len(sent), lat, fb)):
                 add(m)
             status = "completed"
-        rec["chunks_sent"] = len(sent)
+        rec["chunks_sent"] = done
         _close_record(rec, status, sent)
         await out.finish()
 
@@ -767,12 +789,16 @@ def _close_record(rec: dict, status: str, sent: list[str]) -> None:
 
 
 def _metrics(plan: Plan, output_tokens: int, latency: int, first_byte: int) -> dict[str, int]:
-    return {
+    metrics = {
         "inputTokenCount": plan.input_tokens,
         "outputTokenCount": output_tokens,
         "invocationLatency": latency,
         "firstByteLatency": first_byte,
     }
+    if plan.cache_read or plan.cache_write or plan.family.cache_metrics:
+        metrics["cacheReadInputTokenCount"] = plan.cache_read
+        metrics["cacheWriteInputTokenCount"] = plan.cache_write
+    return metrics
 
 
 # ----------------------------------------------------------------------------------------------
