@@ -1293,3 +1293,37 @@ async def test_converse_attachments_through_aiobotocore(bedrock_emulator):
     assert events[1]["contentBlockDelta"]["delta"] == {"reasoningContent": {"text": "Looks"}}
     assert base64.b64decode(bedrock_emulator.requests[0]["body"]["messages"][0]["content"][0]["image"]["source"]["bytes"]) == WEBP_LOSSLESS
     assert e.value.response["Error"]["Code"] == "ValidationException"
+
+
+# -- prompt caching: a cache point writes its prefix, the same prefix later reads it -----------------
+
+
+def test_converse_cache_point_writes_then_reads(bedrock_emulator, client):
+    system = [{"text": "You are a careful assistant who answers in one short sentence."}, {"cachePoint": {"type": "default"}}]
+
+    def usage(question, system=system):
+        events = converse_events(client, question, system=system)
+        return events[-1]["metadata"]["usage"]
+
+    first, second = usage("What is 2+2?"), usage("And 3+3?")
+    assert first["cacheWriteInputTokens"] > 0 and first["cacheReadInputTokens"] == 0
+    assert (second["cacheReadInputTokens"], second["cacheWriteInputTokens"]) == (first["cacheWriteInputTokens"], 0)
+    other = usage("x", system=[{"text": "Another prompt."}, {"cachePoint": {"type": "default"}}])
+    assert other["cacheWriteInputTokens"] > 0 and other["cacheReadInputTokens"] == 0
+    assert "cacheReadInputTokens" not in usage("x", system=[{"text": "No cache point."}])
+    bedrock_emulator.reset()
+    assert usage("What is 2+2?")["cacheWriteInputTokens"] == first["cacheWriteInputTokens"]  # reset empties the cache
+    # A cache point after the history caches the conversation so far.
+    history = [{"role": "user", "content": [{"text": "hi"}]}, {"role": "assistant", "content": [{"text": "Hello"}]},
+               {"role": "user", "content": [{"text": "again"}, {"cachePoint": {"type": "default"}}]}]
+    writes = client.converse_stream(modelId=CLAUDE, messages=history)
+    assert list(writes["stream"])[-1]["metadata"]["usage"]["cacheWriteInputTokens"] > 0
+
+
+def test_anthropic_cache_control_writes_then_reads(bedrock_emulator, client):
+    body = anthropic_body("hi", system=[{"type": "text", "text": "Long instructions.", "cache_control": {"type": "ephemeral"}}])
+    model = "anthropic.claude-3-7-sonnet-20250219-v1:0"
+    first = invoke_events(client, model, body)[1][0]["message"]["usage"]
+    second = invoke_events(client, model, body)[1][0]["message"]["usage"]
+    assert first["cache_creation_input_tokens"] > 0 and first["cache_read_input_tokens"] == 0
+    assert (second["cache_read_input_tokens"], second["cache_creation_input_tokens"]) == (first["cache_creation_input_tokens"], 0)

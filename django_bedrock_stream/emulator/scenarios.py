@@ -1155,6 +1155,36 @@ def _beyond_text(plan: Plan, sc: Scenario, body: dict[str, Any], headers: dict[s
         plan.opening = lead.pending
 
 
+def cached_prefix(body: Any) -> str | None:
+    """The part of a request up to its last cache point, as canonical JSON, or ``None`` without one.
+    Bedrock caches tools, then the system prompt, then the messages: Converse (and Nova) mark the end
+    of the prefix with a ``{"cachePoint": ...}`` block, Anthropic with ``cache_control`` on a block."""
+    if not isinstance(body, dict):
+        return None
+    items: list[Any] = []
+    end = 0
+    tool_config = body.get("toolConfig")
+    system = body.get("system")
+    messages: list[Any] = []
+    for message in body.get("messages") or []:
+        content = message.get("content") if isinstance(message, dict) else None
+        messages.extend(content if isinstance(content, list) else [content])
+    sections = [
+        (tool_config.get("tools") if isinstance(tool_config, dict) else None) or body.get("tools"),
+        system if isinstance(system, list) else [system] if system else [],
+        messages,
+    ]
+    for section in sections:
+        for item in section if isinstance(section, list) else []:
+            if isinstance(item, dict) and "cachePoint" in item:
+                end = len(items)
+                continue
+            items.append(item)
+            if isinstance(item, dict) and "cache_control" in item:
+                end = len(items)
+    return json.dumps(items[:end], sort_keys=True) if end else None
+
+
 # ----------------------------------------------------------------------------------------------
 # Text extraction from recorded/replayed messages (record["text"] for replays).
 

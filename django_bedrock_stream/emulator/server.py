@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import email.utils
+import hashlib
 import hmac
 import json
 import os
@@ -35,6 +36,8 @@ from .scenarios import (
     Plan,
     Scenario,
     ScenarioError,
+    cached_prefix,
+    estimate_tokens,
     extract_text,
     invoke_family,
     make_plan,
@@ -116,6 +119,7 @@ class EmulatorState:
         self._log: collections.deque[dict[str, Any]] = collections.deque(maxlen=log_limit)
         self._lock = threading.Lock()
         self._throttle: dict[tuple, int] = {}
+        self._cache: set[bytes] = set()
 
     def set_scenario(self, **values: Any) -> Scenario:
         self.defaults = self.defaults.merged(values)
@@ -125,6 +129,7 @@ class EmulatorState:
         with self._lock:
             self._log.clear()
             self._throttle.clear()
+            self._cache.clear()
         self.defaults = self.initial_defaults
 
     def add_record(self, rec: dict[str, Any]) -> None:
@@ -134,6 +139,14 @@ class EmulatorState:
     def requests(self) -> list[dict[str, Any]]:
         with self._lock:
             return [dict(r) for r in self._log]
+
+    def cache(self, prefix: str) -> bool:
+        """Remember a prompt-cache prefix; whether it was cached already."""
+        key = hashlib.sha256(prefix.encode("utf-8", "surrogatepass")).digest()
+        with self._lock:
+            hit = key in self._cache
+            self._cache.add(key)
+            return hit
 
     def throttle_attempt(self, key: tuple) -> int:
         with self._lock:
@@ -586,6 +599,7 @@ class EmulatorServer:
                     family = CONVERSE if op.startswith("converse") else invoke_family(model_id, body)
                     plan = make_plan(family, model_id, body, scenario, headers)
                     rec["attachments"] = plan.attachments
+                    self._prompt_cache(plan, body)
                 except InvalidRequest as e:
                     fail("ValidationException", 400, str(e))
                 else:
@@ -607,6 +621,21 @@ class EmulatorServer:
             watcher.cancel()
             if rec["ended_at"] is None:
                 _close_record(rec, rec["status"] if rec["status"] != "streaming" else "disconnected", sent_tokens)
+
+    def _prompt_cache(self, plan: Plan, body: Any) -> None:
+        """A request with a cache point writes its prefix to the cache, an identical prefix later
+        reads it (its tokens leave ``inputTokens``), unless a marker set the counts."""
+        if plan.cache_read or plan.cache_write or "cache" not in plan.family.features:
+            return
+        prefix = cached_prefix(body)
+        if prefix is None:
+            return
+        tokens = estimate_tokens(prefix)
+        if self.state.cache(prefix):
+            plan.cache_read = tokens
+        else:
+            plan.cache_write = tokens
+        plan.input_tokens = max(1, plan.input_tokens - tokens)
 
     def _stream_head(self, request_id: str, keep_alive: bool) -> bytes:
         return _response_head(
