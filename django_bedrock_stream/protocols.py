@@ -122,6 +122,9 @@ def _cache_counts(usage: Mapping[str, int]) -> tuple[int, int]:
     return int(usage.get("cache_read_tokens") or 0), int(usage.get("cache_write_tokens") or 0)
 
 
+_CAMEL = {"cited_text": "citedText", "document_index": "documentIndex"}
+
+
 def _source_fields(source: p.Source) -> dict[str, Any]:
     """A citation's details for the protocols that carry them as JSON (snake_case, no empty values)."""
     fields = {
@@ -430,7 +433,12 @@ class UIMessageStreamProtocol(StreamProtocol):
                 return opening + self._chunk(chunk) + self._close_block()
             return opening + self._chunk(chunk)
         if isinstance(part, p.Source):
-            details = {key: value for key, value in _source_fields(part).items() if key not in ("id", "title", "url")}
+            # camelCase, as the AI SDK's own provider metadata (signature, redactedData)
+            details = {
+                _CAMEL.get(key, key): value
+                for key, value in _source_fields(part).items()
+                if key not in ("id", "title", "url")
+            }
             meta = {"bedrock": details}
             source: dict[str, Any]
             if part.url:

@@ -188,11 +188,12 @@ class Expected:
         elif wire_guardrail(events) is not None:  # Converse names no action: its stop reason does
             self.guardrail = "INTERVENED" if self.stop_reason == "guardrail_intervened" else "NONE"
 
-    def source_details(self, source: dict[str, Any]) -> dict[str, Any]:
+    def source_details(self, source: dict[str, Any], *, camel: bool = False) -> dict[str, Any]:
+        """The details a protocol sends: camelCase in the ui protocol's providerMetadata, else snake_case."""
         where = next(iter(source["location"].values()), {})
         details = {
-            "cited_text": source["cited_text"],
-            "document_index": where.get("documentIndex"),
+            "citedText" if camel else "cited_text": source["cited_text"],
+            "documentIndex" if camel else "document_index": where.get("documentIndex"),
             "location": source["location"],
         }
         return {key: value for key, value in details.items() if value not in ("", None, {})}
@@ -202,14 +203,14 @@ class Expected:
         parts = []
         for number, source in enumerate(self.sources, 1):
             url = (source["location"].get("web") or {}).get("url")
-            details = self.source_details(source)
+            details = self.source_details(source, camel=True)
             part: dict[str, Any]
             if url:
                 part = {"type": "source-url", "sourceId": f"source-{number}", "url": url}
                 if source["title"]:
                     part["title"] = source["title"]
             else:
-                title = source["title"] or f"Document {details.get('document_index', 0) + 1}"
+                title = source["title"] or f"Document {details.get('documentIndex', 0) + 1}"
                 part = {"type": "source-document", "sourceId": f"source-{number}", "mediaType": "text/plain", "title": title}
             if details:
                 part["providerMetadata"] = {"bedrock": details}

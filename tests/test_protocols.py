@@ -398,7 +398,7 @@ PART_WIRE: dict[str, tuple[p.Part, dict[str, str]]] = {
             "text": "",
             "data": "",  # data stream v1 sources are URLs only
             "ui": 'data: {"type":"source-document","sourceId":"source-1","mediaType":"text/plain","title":"policy",'
-            '"providerMetadata":{"bedrock":{"cited_text":"Employees get 20 days.","document_index":1,'
+            '"providerMetadata":{"bedrock":{"citedText":"Employees get 20 days.","documentIndex":1,'
             '"location":{"documentChar":{"documentIndex":1,"start":0,"end":58}}}}}\n\n',
             "sse": 'event: source\nid: 1\ndata: {"id":"source-1","title":"policy","cited_text":"Employees get 20 days.",'
             '"document_index":1,"location":{"documentChar":{"documentIndex":1,"start":0,"end":58}}}\n\n',
@@ -410,7 +410,7 @@ PART_WIRE: dict[str, tuple[p.Part, dict[str, str]]] = {
             "text": "",
             "data": 'h:{"sourceType":"url","id":"source-2","url":"https://example.com/a?b=1&c=2","title":"Example"}\n',
             "ui": 'data: {"type":"source-url","sourceId":"source-2","url":"https://example.com/a?b=1&c=2","title":"Example",'
-            '"providerMetadata":{"bedrock":{"cited_text":"c",'
+            '"providerMetadata":{"bedrock":{"citedText":"c",'
             '"location":{"web":{"url":"https://example.com/a?b=1&c=2","domain":"example.com"}}}}}\n\n',
             "sse": 'event: source\nid: 1\ndata: {"id":"source-2","title":"Example","url":"https://example.com/a?b=1&c=2",'
             '"cited_text":"c","location":{"web":{"url":"https://example.com/a?b=1&c=2","domain":"example.com"}}}\n\n',
@@ -957,7 +957,7 @@ def test_ai_sdk_rebuilds_every_ui_part(tmp_path: Path, ai: str, chunk_size: int)
                 "mediaType": "text/plain",
                 "title": "policy",
                 "providerMetadata": {
-                    "bedrock": {"cited_text": "Employees get 20 days.", "document_index": 1, "location": DOCUMENT_CHAR}
+                    "bedrock": {"citedText": "Employees get 20 days.", "documentIndex": 1, "location": DOCUMENT_CHAR}
                 },
             },
             {
@@ -965,7 +965,7 @@ def test_ai_sdk_rebuilds_every_ui_part(tmp_path: Path, ai: str, chunk_size: int)
                 "sourceId": "source-2",
                 "url": "https://example.com/a?b=1&c=2",
                 "title": "Example",
-                "providerMetadata": {"bedrock": {"cited_text": "c", "location": WEB}},
+                "providerMetadata": {"bedrock": {"citedText": "c", "location": WEB}},
             },
             {"type": "source-document", "sourceId": "source-3", "mediaType": "text/plain", "title": "Document 1"},
             {"type": "file", "mediaType": "image/png", "url": "data:image/png;base64,iVBORw0KGgo="},
