@@ -1327,3 +1327,17 @@ def test_anthropic_cache_control_writes_then_reads(bedrock_emulator, client):
     second = invoke_events(client, model, body)[1][0]["message"]["usage"]
     assert first["cache_creation_input_tokens"] > 0 and first["cache_read_input_tokens"] == 0
     assert (second["cache_read_input_tokens"], second["cache_creation_input_tokens"]) == (first["cache_creation_input_tokens"], 0)
+
+
+def test_every_registered_family_has_emulator_replies_and_is_routed_by_the_registry():
+    from django_bedrock_stream.emulator.scenarios import REPLIES, invoke_family
+    from django_bedrock_stream.families import FAMILIES
+
+    assert set(REPLIES) == set(FAMILIES)
+    for name, family in FAMILIES.items():
+        if family.operation != "invoke_model_with_response_stream":
+            continue
+        body = family().build_body([{"role": "user", "content": "hi"}], max_tokens=5)
+        for model_id in (family.default_model_id, f"us.{family.default_model_id}",
+                         f"arn:aws:bedrock:us-east-1:123456789012:inference-profile/eu.{family.default_model_id}"):
+            assert invoke_family(model_id, body) is REPLIES[name], (name, model_id)

@@ -32,6 +32,7 @@ import string
 from dataclasses import dataclass, field
 from typing import Any
 
+from ..modelids import base_model_id
 from .attachments import InvalidRequest, anthropic_attachments, converse_attachments
 from .eventstream import encode_chunk, encode_event
 
@@ -1035,49 +1036,34 @@ TITAN = Titan()
 CONVERSE = Converse()
 NOVA = Nova()
 
-_PROVIDERS = (
-    "anthropic", "cohere", "meta", "mistral", "amazon", "ai21", "deepseek", "openai", "qwen",
-    "writer", "stability", "twelvelabs", "luma", "moonshot", "minimax", "google", "nvidia",
-)
-
-
-def base_model_id(model_id: str) -> str:
-    """Strip an ARN prefix and a cross-region inference-profile prefix (``us.``, ``eu.``, ...)."""
-    mid = model_id
-    if mid.startswith("arn:"):
-        mid = mid.rsplit("/", 1)[-1]
-    first, dot, rest = mid.partition(".")
-    if dot and first not in _PROVIDERS and rest.split(".", 1)[0] in _PROVIDERS:
-        mid = rest
-    return mid
-
-
-_NOVA_TEXT = re.compile(r"amazon\.nova-(?:\d+-)?(?:micro|lite|pro|premier)\b")
+#: The reply format for each family of the package's registry (``families.FAMILIES``), by name: a
+#: family added to the registry needs its replies here, and nothing else in the emulator.
+REPLIES: dict[str, Family] = {
+    "anthropic": ANTHROPIC_COMPLETIONS,
+    "anthropic-messages": ANTHROPIC_MESSAGES,
+    "cohere": COHERE,
+    "llama2": LLAMA,
+    "llama3": LLAMA,
+    "mistral": MISTRAL,
+    "titan": TITAN,
+    "nova": NOVA,
+    "converse": CONVERSE,
+}
 
 
 def invoke_family(model_id: str, body: Any) -> Family:
     """The reply family for an InvokeModel[WithResponseStream] request, or raise InvalidRequest."""
-    mid = base_model_id(model_id)
-    if mid.startswith("anthropic.claude"):
+    from ..families import FAMILIES
+
+    for name, family in FAMILIES.items():
+        if family.operation == "invoke_model_with_response_stream" and family.serves(model_id, body):
+            return REPLIES[name]
+    if base_model_id(model_id).startswith("anthropic.claude"):  # Claude, but neither of its formats
         if not isinstance(body, dict):
             raise InvalidRequest("Malformed input request, please reformat your input and try again.")
-        if "messages" in body:
-            return ANTHROPIC_MESSAGES
-        if "prompt" in body:
-            return ANTHROPIC_COMPLETIONS
         raise InvalidRequest(
             "Malformed input request: required key [messages] not found, please reformat your input and try again."
         )
-    if mid.startswith("cohere.command"):
-        return COHERE
-    if mid.startswith("meta.llama"):
-        return LLAMA
-    if mid.startswith("mistral."):
-        return MISTRAL
-    if mid.startswith("amazon.titan-text"):
-        return TITAN
-    if _NOVA_TEXT.match(mid):
-        return NOVA
     raise InvalidRequest("The provided model identifier is invalid.")
 
 

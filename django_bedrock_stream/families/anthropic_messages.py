@@ -5,24 +5,42 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from ..options import ConverseOptions
 from ..parts import ReasoningDelta, Source
-from ..prompts import build_anthropic_messages, extract_system
+from ..prompts import CACHE_CONTROL, build_anthropic_messages, extract_system
 from .base import BedrockFamily, ContentBlocks, Delta, Message
 
 
 class AnthropicMessagesFamily(BedrockFamily):
     name = "anthropic-messages"
     default_model_id = "anthropic.claude-3-haiku-20240307-v1:0"
+    model_prefixes = ("anthropic.claude",)
+    body_key = "messages"
 
-    def build_body(self, messages: Sequence[Message], *, max_tokens: int) -> dict[str, Any]:
+    def build_body(
+        self, messages: Sequence[Message], *, max_tokens: int, options: ConverseOptions | None = None
+    ) -> dict[str, Any]:
+        """Claude's sampling names, ``thinking`` for the reasoning budget, ``cache_control`` for prompt
+        caching; ``additional_fields`` are merged in (Nova's reasoning effort has no field here)."""
+        options = options or ConverseOptions()
         body: dict[str, Any] = {
+            **options.additional_fields,
             "anthropic_version": "bedrock-2023-05-31",
-            "max_tokens": max_tokens,
-            "messages": build_anthropic_messages(messages),
+            "max_tokens": options.max_tokens(max_tokens),
+            "messages": build_anthropic_messages(messages, cache=options.cache_history),
         }
         system = extract_system(messages)
         if system:
-            body["system"] = system
+            cached = [{"type": "text", "text": system, "cache_control": dict(CACHE_CONTROL)}]
+            body["system"] = cached if options.cache_system else system
+        for key, value in (
+            ("temperature", options.temperature),
+            ("top_p", options.top_p),
+            ("stop_sequences", list(options.stop_sequences)),
+            ("thinking", options.thinking()),
+        ):
+            if value or value == 0:
+                body[key] = value
         return body
 
     def __init__(self) -> None:

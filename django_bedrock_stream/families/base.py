@@ -11,13 +11,16 @@ import asyncio
 import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
-from .. import client as clients
-from ..batches import close_upstream
+from ..modelids import base_model_id
 from ..parts import GuardrailTrace, Part, ReasoningDelta, Source, ToolCall, ToolCallStart, ToolInputDelta
 
-Message = Mapping[str, str]
+if TYPE_CHECKING:
+    from ..options import ConverseOptions
+
+#: A chat message: ``role`` and ``content`` (str), maybe ``attachments`` and ``reasoning`` (see prompts.py).
+Message = Mapping[str, Any]
 METRICS_KEY = "amazon-bedrock-invocationMetrics"
 
 
@@ -57,6 +60,19 @@ class BedrockFamily:
     operation: ClassVar[str] = "invoke_model_with_response_stream"
     #: Key of the event stream in the boto3 response.
     stream_key: ClassVar[str] = "body"
+    #: Base model ids (see :func:`base_model_id`) whose invoke format this family speaks; the
+    #: emulator routes invoke requests by them.
+    model_prefixes: ClassVar[tuple[str, ...]] = ()
+    #: A key the request body must have, where one provider has two formats (Claude: "prompt" /
+    #: "messages").
+    body_key: ClassVar[str | None] = None
+
+    @classmethod
+    def serves(cls, model_id: str, body: Any) -> bool:
+        """Whether an invoke request for ``model_id`` with ``body`` is in this family's format."""
+        return base_model_id(model_id).startswith(cls.model_prefixes) and (
+            cls.body_key is None or (isinstance(body, dict) and cls.body_key in body)
+        )
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
@@ -65,8 +81,12 @@ class BedrockFamily:
                 raise NotImplementedError(f"{cls.__name__} must define the class attribute {attr!r}")
 
     # -- request side ------------------------------------------------------------------------
-    def build_body(self, messages: Sequence[Message], *, max_tokens: int) -> dict[str, Any]:
-        """Must override: the family's native request body for these chat messages."""
+    def build_body(
+        self, messages: Sequence[Message], *, max_tokens: int, options: ConverseOptions | None = None
+    ) -> dict[str, Any]:
+        """Must override: the family's native request body for these chat messages. ``options``: the
+        server's model options (:class:`~django_bedrock_stream.options.ConverseOptions`), which the
+        text-prompt families have no fields for."""
         raise NotImplementedError(f"{type(self).__name__} must implement build_body()")
 
     def request_kwargs(self, model_id: str, body: Mapping[str, Any]) -> dict[str, Any]:
@@ -81,12 +101,16 @@ class BedrockFamily:
     # -- the call ------------------------------------------------------------------------------
     def open(self, model_id: str, body: Mapping[str, Any]) -> Any:
         """Should not need overriding: call Bedrock with boto3 (blocking); return its event stream."""
+        from .. import client as clients  # the families themselves need no Django (the emulator uses them)
+
         response = getattr(clients.get_client(), self.operation)(**self.request_kwargs(model_id, body))
         return response[self.stream_key]
 
     async def aopen(self, model_id: str, body: Mapping[str, Any]) -> Any:
         """Should not need overriding: :meth:`open` without blocking the event loop (aiobotocore, or
         boto3 on the dedicated pool, never Django's shared thread)."""
+        from .. import client as clients
+
         if clients.async_transport() == "aiobotocore":
             client = await clients.get_async_client()
             response = await getattr(client, self.operation)(**self.request_kwargs(model_id, body))
@@ -195,5 +219,7 @@ def _int(value: Any) -> int | None:
 
 
 def _close_abandoned_stream(future: Any) -> None:
+    from ..batches import close_upstream
+
     if not future.cancelled() and future.exception() is None:
         close_upstream(future.result())

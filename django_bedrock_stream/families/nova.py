@@ -6,7 +6,8 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from ..prompts import build_converse_messages, extract_system
+from ..options import ConverseOptions
+from ..prompts import CACHE_POINT, build_converse_messages, extract_system
 from .base import BedrockFamily, Delta, Message
 from .converse import ConverseEvents
 
@@ -14,16 +15,35 @@ from .converse import ConverseEvents
 class NovaFamily(ConverseEvents, BedrockFamily):
     name = "nova"
     default_model_id = "amazon.nova-micro-v1:0"
+    # Nova's text models (micro, lite, pro, premier; "2-lite"…), not its image, video or speech models.
+    model_prefixes = tuple(f"amazon.nova-{g}{size}" for g in ("", "2-") for size in ("micro", "lite", "pro", "premier"))
 
-    def build_body(self, messages: Sequence[Message], *, max_tokens: int) -> dict[str, Any]:
+    def build_body(
+        self, messages: Sequence[Message], *, max_tokens: int, options: ConverseOptions | None = None
+    ) -> dict[str, Any]:
+        """Converse's shapes with base64 files (images only: the native format takes no documents),
+        Nova's sampling names, ``reasoningConfig`` at the top; ``additional_fields`` are merged in."""
+        options = options or ConverseOptions()
+        inference: dict[str, Any] = {"max_new_tokens": max_tokens}
+        for key, value in (
+            ("temperature", options.temperature),
+            ("top_p", options.top_p),
+            ("stopSequences", list(options.stop_sequences)),
+        ):
+            if value or value == 0:
+                inference[key] = value
         body: dict[str, Any] = {
+            **options.additional_fields,
             "schemaVersion": "messages-v1",
-            "messages": build_converse_messages(messages),
-            "inferenceConfig": {"max_new_tokens": max_tokens},
+            "messages": build_converse_messages(messages, binary=False, documents=False, cache=options.cache_history),
+            "inferenceConfig": inference,
         }
         system = extract_system(messages)
         if system:
-            body["system"] = [{"text": system}]
+            body["system"] = [{"text": system}, *([CACHE_POINT] if options.cache_system else [])]
+        reasoning = options.reasoning_config()
+        if reasoning is not None:
+            body["reasoningConfig"] = reasoning
         return body
 
     def parse_chunk(self, data: Mapping[str, Any]) -> Delta:
