@@ -92,9 +92,9 @@ def image_size(data: bytes) -> tuple[int, int] | None:
     kind = image_format(data)
     try:
         if kind == "png":
-            return struct.unpack(">II", data[16:24])  # type: ignore[return-value]
+            return struct.unpack(">II", data[16:24])
         if kind == "gif":
-            return struct.unpack("<HH", data[6:10])  # type: ignore[return-value]
+            return struct.unpack("<HH", data[6:10])
         if kind == "jpeg":
             return _jpeg_size(data)
         if kind == "webp":

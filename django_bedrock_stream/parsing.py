@@ -13,7 +13,7 @@ from typing import Any
 from django.core.exceptions import RequestDataTooBig
 from django.http import HttpRequest, JsonResponse
 
-from .serializers import BodyTooComplex, ChatRequestSerializer, fast_validated_data, load_json_body
+from .serializers import BodyTooComplex, ChatRequestSerializer, fast_validated_data, load_json_body, rejection_for
 
 __all__ = ["PREPARE_ON_LOOP_MAX_BYTES", "RequestRejected", "read_request_data", "request_size", "validate_chat_request"]
 
@@ -54,19 +54,25 @@ def read_request_data(request: HttpRequest) -> dict[str, Any]:
     return data
 
 
-def validate_chat_request(data: Any, allowed_models: Sequence[str], max_tokens_cap: int) -> dict[str, Any]:
-    """The validated request (``messages``, ``model``, ``max_tokens``…), or :class:`RequestRejected`.
+def validate_chat_request(
+    data: Any, allowed_models: Sequence[str], max_tokens_cap: int, request_options: Sequence[str] = ()
+) -> dict[str, Any]:
+    """The validated request (``messages``, ``model``, ``max_tokens``, the allowlisted
+    ``request_options``…), or :class:`RequestRejected` (a refused file: 400 ``unsupported_media`` or
+    413 ``payload_too_large``).
 
     The common request is checked without building DRF's field tree; anything else (and every
     error) goes through the serializer.
     """
-    validated = fast_validated_data(data, allowed_models, max_tokens_cap)
+    validated = fast_validated_data(data, allowed_models, max_tokens_cap, request_options)
     if validated is not None:
         return validated
-    context = {"allowed_models": allowed_models, "max_tokens_cap": max_tokens_cap}
+    context = {"allowed_models": allowed_models, "max_tokens_cap": max_tokens_cap, "request_options": request_options}
     serializer = ChatRequestSerializer(data=data, context=context)
     if not serializer.is_valid():
-        raise RequestRejected(400, "invalid_request", _first_error(serializer.errors), serializer.errors)
+        status, error_type = rejection_for(serializer.errors)
+        details = serializer.errors if status == 400 else None  # DRF turns details into a 400
+        raise RequestRejected(status, error_type, _first_error(serializer.errors), details)
     return dict(serializer.validated_data)
 
 

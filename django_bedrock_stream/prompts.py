@@ -23,6 +23,17 @@ Shared rules (one place each, so the families cannot drift apart):
   the same for every family: a zero-width space (U+200B) is inserted after
   the first character of each marker.  Text looks unchanged to a reader, yet
   neither the literal marker nor its special token survives.
+
+Beyond text, a message may carry (both optional, both set by the request validation from AI SDK
+``parts``, or by a ``get_messages`` override):
+
+* ``attachments``: :class:`~django_bedrock_stream.media.Attachment` values (images and documents,
+  checked by content), in user messages only. A user turn with files and no text is kept. The
+  structured builders put them before the turn's text; the text formats refuse them
+  (:class:`~django_bedrock_stream.media.FileRefused`, code ``unsupported_media``).
+* ``reasoning``: the model's earlier reasoning blocks, in assistant messages, to be sent back
+  unchanged: ``{"text", "signature"}`` or ``{"redacted"}`` (base64). The structured builders put
+  them before the turn's text; the text formats leave them out.
 """
 
 from __future__ import annotations
@@ -31,6 +42,8 @@ import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
+
+from .media import Attachment, FileRefused, decode_base64
 
 __all__ = [
     "Family",
@@ -122,13 +135,21 @@ class _Turn:
     role: str  # "user" or "assistant"
     text: str
     index: int  # index of the first input message merged into this turn
+    attachments: tuple[Attachment, ...] = ()
+    reasoning: tuple[Mapping[str, str], ...] = ()
+
+    def merged(self, other: _Turn) -> _Turn:
+        text = "\n\n".join(t for t in (self.text, other.text) if t.strip())
+        return _Turn(
+            self.role, text, self.index, self.attachments + other.attachments, self.reasoning + other.reasoning
+        )
 
 
-def _validated(messages: Sequence[Mapping[str, str]]) -> list[tuple[int, str, str]]:
-    """Return ``(index, role, content)`` triples, raising on bad input."""
+def _validated(messages: Sequence[Mapping[str, Any]]) -> list[_Turn]:
+    """Every message as a :class:`_Turn` (system ones too), raising on bad input."""
     if isinstance(messages, (str, bytes, Mapping)) or not isinstance(messages, Sequence):
         raise TypeError(f"messages must be a sequence of mappings, got {type(messages).__name__}")
-    out: list[tuple[int, str, str]] = []
+    out: list[_Turn] = []
     for i, message in enumerate(messages):
         if not isinstance(message, Mapping):
             raise TypeError(f"messages[{i}] must be a mapping, got {type(message).__name__}")
@@ -142,30 +163,47 @@ def _validated(messages: Sequence[Mapping[str, str]]) -> list[tuple[int, str, st
         content = message["content"]
         if not isinstance(content, str):
             raise TypeError(f"messages[{i}] ({role}) content must be str, got {type(content).__name__}")
-        out.append((i, role, content))
+        attachments = tuple(message.get("attachments") or ())
+        if attachments and role != "user":
+            raise ValueError(f"messages[{i}] ({role}): files can only be sent in user messages")
+        if not all(isinstance(a, Attachment) for a in attachments):
+            raise TypeError(f"messages[{i}] attachments must be django_bedrock_stream.media.Attachment values")
+        reasoning = tuple(message.get("reasoning") or ()) if role == "assistant" else ()
+        for block in reasoning:
+            if not (isinstance(block, Mapping) and _is_reasoning_block(block)):
+                raise ValueError(
+                    f"messages[{i}] reasoning blocks must be {{'text', 'signature'}} or {{'redacted'}} strings"
+                )
+        out.append(_Turn(role, content, i, attachments, reasoning))
     return out
 
 
-def extract_system(messages: Sequence[Mapping[str, str]]) -> str | None:
+def _is_reasoning_block(block: Mapping[str, Any]) -> bool:
+    if "redacted" in block:
+        return isinstance(block["redacted"], str) and bool(block["redacted"])
+    return isinstance(block.get("text"), str) and isinstance(block.get("signature"), str) and bool(block["signature"])
+
+
+def extract_system(messages: Sequence[Mapping[str, Any]]) -> str | None:
     """Join all system messages with a blank line, for the Messages API ``system`` field.
 
     Whitespace-only system messages are skipped; ``None`` when nothing is left,
     so callers can omit the field entirely.
     """
-    parts = [content for _, role, content in _validated(messages) if role == "system" and content.strip()]
+    parts = [t.text for t in _validated(messages) if t.role == "system" and t.text.strip()]
     return "\n\n".join(parts) if parts else None
 
 
-def _turns(messages: Sequence[Mapping[str, str]]) -> list[_Turn]:
-    """Non-system turns, blank ones skipped, same-role runs merged; starts with user."""
+def _turns(messages: Sequence[Mapping[str, Any]]) -> list[_Turn]:
+    """Non-system turns, blank ones (no text, no file) skipped, same-role runs merged; starts with user."""
     turns: list[_Turn] = []
-    for i, role, content in _validated(messages):
-        if role == "system" or not content.strip():
+    for turn in _validated(messages):
+        if turn.role == "system" or not (turn.text.strip() or turn.attachments):
             continue
-        if turns and turns[-1].role == role:
-            turns[-1] = _Turn(role, f"{turns[-1].text}\n\n{content}", turns[-1].index)
+        if turns and turns[-1].role == turn.role:
+            turns[-1] = turns[-1].merged(turn)
         else:
-            turns.append(_Turn(role, content, i))
+            turns.append(turn)
     if not turns:
         raise ValueError("messages must contain at least one non-empty user message")
     if turns[0].role != "user":
@@ -186,8 +224,13 @@ class _TextConversation:
         return self.turns[-1].role == "assistant"
 
 
-def _text_conversation(messages: Sequence[Mapping[str, str]], family: Family) -> _TextConversation:
-    """Stripped, neutralised system text and turns for a text-prompt family."""
+def _text_conversation(messages: Sequence[Mapping[str, Any]], family: Family) -> _TextConversation:
+    """Stripped, neutralised system text and turns for a text-prompt family (files refused)."""
+    if any(m.get("attachments") for m in messages if isinstance(m, Mapping)):
+        raise FileRefused(
+            f"The {family} prompt format takes text only: files are not supported by this endpoint.",
+            "unsupported_media",
+        )
     system = extract_system(messages)
     turns = [_Turn(t.role, neutralise_markers(t.text.strip(), family), t.index) for t in _turns(messages)]
     clean_system = neutralise_markers(system.strip(), family) if system else None
@@ -199,7 +242,7 @@ def _text_conversation(messages: Sequence[Mapping[str, str]], family: Family) ->
 # --------------------------------------------------------------------------
 
 
-def build_anthropic_prompt(messages: Sequence[Mapping[str, str]]) -> str:
+def build_anthropic_prompt(messages: Sequence[Mapping[str, Any]]) -> str:
     """Claude Text Completions prompt (``anthropic.claude-v2``/``-instant``).
 
     ``{system}\\n\\nHuman: {user}\\n\\nAssistant: {assistant}...\\n\\nAssistant:``;
@@ -217,7 +260,7 @@ def build_anthropic_prompt(messages: Sequence[Mapping[str, str]]) -> str:
     return prompt
 
 
-def build_anthropic_messages(messages: Sequence[Mapping[str, str]]) -> list[dict[str, Any]]:
+def build_anthropic_messages(messages: Sequence[Mapping[str, Any]], *, cache: bool = False) -> list[dict[str, Any]]:
     """Claude Messages API ``messages`` list (send system via :func:`extract_system`).
 
     Roles strictly alternate and start with ``user`` (an opening assistant
@@ -225,15 +268,66 @@ def build_anthropic_messages(messages: Sequence[Mapping[str, str]]) -> list[dict
     is sent verbatim: roles are structural here, so there is nothing to
     neutralise.  A trailing assistant message (prefill) loses its trailing
     whitespace, which the API rejects.
+
+    Files become ``image`` blocks and ``document`` blocks (PDF as base64; txt, md, csv and html as
+    text); Office documents are refused (``FileRefused``). Reasoning goes back as ``thinking`` /
+    ``redacted_thinking`` blocks. ``cache``: ``cache_control`` on the last user turn's last block.
     """
-    return [{"role": t.role, "content": [{"type": "text", "text": t.text}]} for t in _structured_turns(messages)]
+    out: list[dict[str, Any]] = []
+    for turn in _structured_turns(messages):
+        content: list[dict[str, Any]] = [_anthropic_reasoning(block) for block in turn.reasoning]
+        content += [_anthropic_file(a, turn.index) for a in turn.attachments]
+        if turn.text.strip():
+            content.append({"type": "text", "text": turn.text})
+        out.append({"role": turn.role, "content": content})
+    if cache:
+        _last_user_content(out)[-1]["cache_control"] = dict(CACHE_CONTROL)
+    return out
 
 
-def _structured_turns(messages: Sequence[Mapping[str, str]]) -> list[_Turn]:
+#: Prompt caching: Anthropic's block marker, and the block Converse (and Nova) take.
+CACHE_CONTROL = {"type": "ephemeral"}
+CACHE_POINT = {"cachePoint": {"type": "default"}}
+
+
+def _last_user_content(messages: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    content: list[dict[str, Any]] = next(m["content"] for m in reversed(messages) if m["role"] == "user")
+    return content
+
+
+def _anthropic_reasoning(block: Mapping[str, str]) -> dict[str, Any]:
+    if "redacted" in block:
+        return {"type": "redacted_thinking", "data": block["redacted"]}
+    return {"type": "thinking", "thinking": block["text"], "signature": block["signature"]}
+
+
+def _anthropic_file(attachment: Attachment, index: int) -> dict[str, Any]:
+    source: dict[str, Any]
+    if attachment.kind == "image":
+        source = {"type": "base64", "media_type": attachment.media_type, "data": attachment.base64}
+        return {"type": "image", "source": source}
+    if attachment.format == "pdf":
+        source = {"type": "base64", "media_type": "application/pdf", "data": attachment.base64}
+    elif attachment.format in ("txt", "md", "csv", "html"):
+        source = {"type": "text", "media_type": "text/plain", "data": attachment.data.decode("utf-8")}
+    else:
+        raise FileRefused(
+            f"messages[{index}]: Claude's Messages API takes images and PDF, txt, md, csv or html documents, "
+            f"not {attachment.media_type}; send it through the Converse endpoint.",
+            "unsupported_media",
+        )
+    block: dict[str, Any] = {"type": "document", "source": source}
+    if attachment.name:
+        block["title"] = attachment.name[:500]
+    return block
+
+
+def _structured_turns(messages: Sequence[Mapping[str, Any]]) -> list[_Turn]:
     """The turns of the structured APIs: verbatim, except that a prefill loses its trailing whitespace."""
     turns = _turns(messages)
-    if turns[-1].role == "assistant":
-        turns[-1] = _Turn("assistant", turns[-1].text.rstrip(), turns[-1].index)
+    last = turns[-1]
+    if last.role == "assistant":
+        turns[-1] = _Turn("assistant", last.text.rstrip(), last.index, last.attachments, last.reasoning)
     return turns
 
 
@@ -242,15 +336,72 @@ def _structured_turns(messages: Sequence[Mapping[str, str]]) -> list[_Turn]:
 # --------------------------------------------------------------------------
 
 
-def build_converse_messages(messages: Sequence[Mapping[str, str]]) -> list[dict[str, Any]]:
+def build_converse_messages(
+    messages: Sequence[Mapping[str, Any]], *, binary: bool = True, documents: bool = True, cache: bool = False
+) -> list[dict[str, Any]]:
     """Converse API ``messages`` list (send system via :func:`extract_system`).
 
     The same turns as :func:`build_anthropic_messages`, in Converse's content
     block shape ``{"text": ...}``: Bedrock rejects an opening assistant turn, a
     blank text block and a prefill ending in whitespace, so the first raises
     ``ValueError`` and the others never reach it (skipped, stripped).
+
+    Files become ``image`` / ``document`` blocks (a document needs text beside it, as Bedrock
+    requires; its ``name`` is made from the file name in the characters Bedrock allows, distinct
+    across the request); reasoning goes back as ``reasoningContent`` blocks. ``binary``: bytes, as
+    boto3 takes them (``False``: base64 text, for Nova's native invoke body). ``documents=False``
+    refuses documents (``FileRefused``). ``cache``: a ``cachePoint`` after the last user turn.
     """
-    return [{"role": t.role, "content": [{"text": t.text}]} for t in _structured_turns(messages)]
+    names: set[str] = set()
+    out: list[dict[str, Any]] = []
+    for turn in _structured_turns(messages):
+        content: list[dict[str, Any]] = [_converse_reasoning(block, binary, turn.index) for block in turn.reasoning]
+        for attachment in turn.attachments:
+            data: bytes | str = attachment.data if binary else attachment.base64
+            if attachment.kind == "image":
+                content.append({"image": {"format": attachment.format, "source": {"bytes": data}}})
+                continue
+            if not documents:
+                raise FileRefused(
+                    f"messages[{turn.index}]: this endpoint takes images only (png, jpeg, gif, webp), "
+                    f"not {attachment.media_type}; send documents through the Converse endpoint.",
+                    "unsupported_media",
+                )
+            if not turn.text.strip():
+                raise ValueError(f"messages[{turn.index}]: a message with a document needs text too")
+            name = _document_name(attachment.name, names)
+            content.append({"document": {"format": attachment.format, "name": name, "source": {"bytes": data}}})
+        if turn.text.strip():
+            content.append({"text": turn.text})
+        out.append({"role": turn.role, "content": content})
+    if cache:
+        _last_user_content(out).append(dict(CACHE_POINT))
+    return out
+
+
+def _converse_reasoning(block: Mapping[str, str], binary: bool, index: int) -> dict[str, Any]:
+    if "redacted" in block:
+        data: bytes | str | None = decode_base64(block["redacted"]) if binary else block["redacted"]
+        if data is None:
+            raise ValueError(f"messages[{index}]: redacted reasoning must be base64")
+        return {"reasoningContent": {"redactedContent": data}}
+    return {"reasoningContent": {"reasoningText": {"text": block["text"], "signature": block["signature"]}}}
+
+
+_NAME_UNSAFE = re.compile(r"[^A-Za-z0-9\-()\[\] ]+")
+
+
+def _document_name(filename: str | None, taken: set[str]) -> str:
+    """A Converse document name: alphanumerics, single spaces, hyphens, parentheses and square
+    brackets, at most 200 characters, distinct within the request (``report (2)``)."""
+    stem = (filename or "").rsplit(".", 1)[0] if "." in (filename or "")[1:] else (filename or "")
+    base = " ".join(_NAME_UNSAFE.sub("-", stem.replace("_", "-")).split())[:190].strip() or "document"
+    name, n = base, 1
+    while name in taken:
+        n += 1
+        name = f"{base} ({n})"
+    taken.add(name)
+    return name
 
 
 # --------------------------------------------------------------------------
@@ -258,7 +409,7 @@ def build_converse_messages(messages: Sequence[Mapping[str, str]]) -> list[dict[
 # --------------------------------------------------------------------------
 
 
-def build_llama2_prompt(messages: Sequence[Mapping[str, str]]) -> str:
+def build_llama2_prompt(messages: Sequence[Mapping[str, Any]]) -> str:
     """Llama 2 chat prompt, as Meta's reference ``chat_completion`` builds it.
 
     ``<s>[INST] <<SYS>>\\n{system}\\n<</SYS>>\\n\\n{user} [/INST] {assistant} </s>``
@@ -283,7 +434,7 @@ def _llama3_block(role: str, text: str) -> str:
     return f"<|start_header_id|>{role}<|end_header_id|>\n\n{text}"
 
 
-def build_llama3_prompt(messages: Sequence[Mapping[str, str]]) -> str:
+def build_llama3_prompt(messages: Sequence[Mapping[str, Any]]) -> str:
     """Llama 3 / 3.x instruct prompt (header + ``<|eot_id|>`` blocks).
 
     Ends with an open ``assistant`` header so the model answers; a prefill
@@ -307,7 +458,7 @@ def build_llama3_prompt(messages: Sequence[Mapping[str, str]]) -> str:
 # --------------------------------------------------------------------------
 
 
-def build_mistral_prompt(messages: Sequence[Mapping[str, str]]) -> str:
+def build_mistral_prompt(messages: Sequence[Mapping[str, Any]]) -> str:
     """Mistral / Mixtral instruct prompt.
 
     ``<s>[INST] {system}\\n\\n{user} [/INST] {assistant}</s>[INST] {user} [/INST]``.
@@ -331,7 +482,7 @@ def build_mistral_prompt(messages: Sequence[Mapping[str, str]]) -> str:
 # --------------------------------------------------------------------------
 
 
-def _transcript(messages: Sequence[Mapping[str, str]], family: Family, bot: str) -> str:
+def _transcript(messages: Sequence[Mapping[str, Any]], family: Family, bot: str) -> str:
     conv = _text_conversation(messages, family)
     labels = {"user": "User", "assistant": bot}
     lines = [f"{labels[t.role]}: {t.text}" for t in conv.turns]
@@ -341,7 +492,7 @@ def _transcript(messages: Sequence[Mapping[str, str]], family: Family, bot: str)
     return f"{conv.system}\n\n{transcript}" if conv.system else transcript
 
 
-def build_titan_prompt(messages: Sequence[Mapping[str, str]]) -> str:
+def build_titan_prompt(messages: Sequence[Mapping[str, Any]]) -> str:
     """Amazon Titan Text chat transcript: ``User: ...\\nBot: ...\\nBot:``.
 
     The format AWS's Titan docs use; system text, if any, is a preamble
@@ -350,7 +501,7 @@ def build_titan_prompt(messages: Sequence[Mapping[str, str]]) -> str:
     return _transcript(messages, "titan", "Bot")
 
 
-def build_cohere_prompt(messages: Sequence[Mapping[str, str]]) -> str:
+def build_cohere_prompt(messages: Sequence[Mapping[str, Any]]) -> str:
     """Cohere Command (text generation) chat transcript: ``User: ...\\nChatbot: ...\\nChatbot:``.
 
     Same shape as Titan with Cohere's ``Chatbot`` speaker name.

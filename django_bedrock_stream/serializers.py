@@ -9,7 +9,7 @@ to accept (issue 9: 195,000 tiny parts used to hold a worker for a second).
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from typing import Any
 
 from rest_framework import serializers
@@ -18,6 +18,8 @@ from rest_framework.settings import api_settings
 from rest_framework.validators import ProhibitSurrogateCharactersValidator
 
 from .conf import stream_settings
+from .media import FileRefused, read_file
+from .options import LATENCIES, REASONING_EFFORTS, SERVICE_TIERS
 
 ROLES = ("system", "user", "assistant")
 
@@ -74,14 +76,28 @@ class StrictCharField(serializers.CharField):
         return super().to_internal_value(data)
 
 
-class TextPartSerializer(_NamedErrors, serializers.Serializer):
-    """An AI SDK 5+ message part; only text parts carry prompt text, others are ignored."""
+class PartSerializer(_NamedErrors, serializers.Serializer):
+    """An AI SDK 5+ message part. ``text`` parts carry the prompt text, ``file`` parts (in user
+    messages) images and documents, ``reasoning`` parts (in assistant messages) the model's earlier
+    reasoning with its signature; every other type (``step-start``, ``source-*``, ``data-*``,
+    ``tool-*``…) is ignored. Files are checked by :meth:`MessageSerializer.validate`, which knows the role."""
 
     type = StrictCharField()
     text = StrictCharField(required=False, allow_blank=True, trim_whitespace=False)
+    #: ``file`` parts: a data URL (``data:<type>;base64,...``) or plain base64 in ``url`` or ``data``.
+    mediaType = StrictCharField(required=False)
+    url = StrictCharField(required=False, trim_whitespace=False)
+    data = StrictCharField(required=False, trim_whitespace=False)
+    filename = StrictCharField(required=False, allow_blank=True)
+    #: ``reasoning`` parts: ``{"bedrock": {"signature": ...}}`` or ``{"bedrock": {"redactedData": ...}}``.
+    providerMetadata = serializers.DictField(required=False)
 
     class Meta:
         list_serializer_class = _ListSerializer
+
+
+#: The name this serializer had when parts could only carry text.
+TextPartSerializer = PartSerializer
 
 
 class MessageListSerializer(_ListSerializer):
@@ -98,47 +114,159 @@ class MessageListSerializer(_ListSerializer):
                 raise serializers.ValidationError(
                     f"The messages hold {parts} parts; the limit is {stream_settings.MAX_PARTS}."
                 )
-        result: list[dict[str, str]] = super().to_internal_value(data)
+            _check_file_counts(data)
+        result: list[dict[str, Any]] = super().to_internal_value(data)
         return result
 
 
+def _check_file_counts(messages: list[Any]) -> None:
+    """``MAX_IMAGES`` and ``MAX_DOCUMENTS``, counted from what the file parts claim, before any is
+    decoded (a claim that is false is refused when its part is checked)."""
+    images = documents = 0
+    for message in messages:
+        if isinstance(message, Mapping) and message.get("role") == "user" and isinstance(message.get("parts"), list):
+            for part in message["parts"]:
+                if isinstance(part, Mapping) and part.get("type") == "file":
+                    url, media_type = part.get("url"), part.get("mediaType")
+                    claimed = url[5:16] if isinstance(url, str) and url.startswith("data:") else media_type
+                    if isinstance(claimed, str) and claimed.lower().startswith("image/"):
+                        images += 1
+                    else:
+                        documents += 1
+    for count, limit, kind in (
+        (images, stream_settings.MAX_IMAGES, "images"),
+        (documents, stream_settings.MAX_DOCUMENTS, "documents"),
+    ):
+        if count > limit:
+            raise serializers.ValidationError(f"At most {limit} {kind} may be sent, got {count}.")
+
+
 class MessageSerializer(_NamedErrors, serializers.Serializer):
-    """``{"role", "content"}``, or the AI SDK 5+ shape ``{"role", "parts": [{"type": "text", "text"}]}``."""
+    """``{"role", "content"}``, or the AI SDK 5+ shape ``{"role", "parts": [...]}``.
+
+    The internal form is ``{"role", "content"}`` (the text, a string, as it always was), plus
+    ``attachments`` (checked :class:`~django_bedrock_stream.media.Attachment` values) when a user
+    message has files and ``reasoning`` (``{"text", "signature"}`` / ``{"redacted"}``) when an
+    assistant message has reasoning the model signed. Files in other roles, and reasoning without a
+    signature (which no model takes back), are ignored."""
 
     role = serializers.ChoiceField(choices=ROLES)
     content = StrictCharField(required=False, allow_blank=True, trim_whitespace=False)
-    parts = TextPartSerializer(many=True, required=False)
+    parts = PartSerializer(many=True, required=False)
 
     class Meta:
         list_serializer_class = MessageListSerializer
 
     def validate(self, attrs: dict[str, Any]) -> dict[str, Any]:
+        role, parts = attrs["role"], attrs.get("parts") or []
         if "content" not in attrs:
             if "parts" not in attrs:
                 raise serializers.ValidationError({"content": "Each message needs 'content' (a string) or 'parts'."})
-            attrs["content"] = "".join(p.get("text", "") for p in attrs["parts"] if p["type"] == "text")
-        return {"role": attrs["role"], "content": attrs["content"]}
+            attrs["content"] = "".join(p.get("text", "") for p in parts if p["type"] == "text")
+        message: dict[str, Any] = {"role": role, "content": attrs["content"]}
+        if role == "user":
+            attachments = [_attachment(part, i) for i, part in enumerate(parts) if part["type"] == "file"]
+            if attachments:
+                message["attachments"] = attachments
+        elif role == "assistant":
+            reasoning = [block for part in parts if part["type"] == "reasoning" and (block := _reasoning(part))]
+            if reasoning:
+                message["reasoning"] = reasoning
+        return message
+
+
+def _attachment(part: Mapping[str, Any], index: int) -> Any:
+    source = part.get("url", part.get("data"))
+    label = f"part {index}" + (f" ({part['filename']})" if part.get("filename") else "")
+    if source is None:
+        raise serializers.ValidationError({"parts": f"{label}: a file part needs 'url' (a data URL) or base64 'data'."})
+    try:
+        return read_file(
+            source,
+            part.get("mediaType"),
+            part.get("filename") or None,
+            max_image_bytes=stream_settings.MAX_IMAGE_BYTES,
+            max_document_bytes=stream_settings.MAX_DOCUMENT_BYTES,
+        )
+    except FileRefused as err:
+        raise serializers.ValidationError({"parts": f"{label}: {err}"}, code=err.code) from None
+
+
+def _reasoning(part: Mapping[str, Any]) -> dict[str, str] | None:
+    """A reasoning part as the model needs it back, or ``None`` when it has no signature."""
+    bedrock = (part.get("providerMetadata") or {}).get("bedrock")
+    if not isinstance(bedrock, Mapping):
+        return None
+    redacted, signature = bedrock.get("redactedData"), bedrock.get("signature")
+    for value in (redacted, signature):
+        if value is not None and not (isinstance(value, str) and _plain_text(value)):
+            raise serializers.ValidationError({"parts": "A reasoning part's signature and redactedData must be text."})
+    if redacted:
+        return {"redacted": redacted}
+    if signature:
+        return {"text": part.get("text", ""), "signature": signature}
+    return None
+
+
+def _message_chars(message: Mapping[str, Any]) -> int:
+    return len(message["content"]) + sum(len(block.get("text", "")) for block in message.get("reasoning", ()))
+
+
+#: The request fields a view may allowlist (``request_options``), and how each is validated.
+_OPTION_FIELDS: dict[str, Any] = {
+    "temperature": lambda: StrictFloatField(required=False, min_value=0, max_value=1),
+    "top_p": lambda: StrictFloatField(required=False, min_value=0, max_value=1),
+    "stop_sequences": lambda: serializers.ListField(
+        child=StrictCharField(max_length=256, trim_whitespace=False), required=False, max_length=16
+    ),
+    "reasoning_budget": lambda: serializers.IntegerField(required=False, min_value=1024),
+    "reasoning_effort": lambda: serializers.ChoiceField(choices=REASONING_EFFORTS, required=False),
+    "latency": lambda: serializers.ChoiceField(choices=LATENCIES, required=False),
+    "service_tier": lambda: serializers.ChoiceField(choices=SERVICE_TIERS, required=False),
+}
+
+
+class StrictFloatField(serializers.FloatField):
+    """A FloatField that refuses strings and booleans instead of converting them."""
+
+    def to_internal_value(self, data: Any) -> float:
+        if isinstance(data, bool) or not isinstance(data, (int, float)):
+            self.fail("invalid")
+        return super().to_internal_value(data)
 
 
 class ChatRequestSerializer(_NamedErrors, serializers.Serializer):
     """The POST body of every stream view. Unknown keys (``id``, ``createdAt``, ``data``…) are ignored.
 
-    Needs ``context={"allowed_models": [...], "max_tokens_cap": int}``.
+    Needs ``context={"allowed_models": [...], "max_tokens_cap": int}``; ``context["request_options"]``
+    (the view's allowlist) adds those option fields (``temperature``…), which are otherwise ignored.
     """
 
     messages = MessageSerializer(many=True, allow_empty=False)
     model = StrictCharField(required=False)
     max_tokens = serializers.IntegerField(required=False, min_value=1)
 
-    def validate_messages(self, messages: list[dict[str, str]]) -> list[dict[str, str]]:
-        chars = sum(len(m["content"]) for m in messages)
+    def get_fields(self) -> dict[str, Any]:
+        fields: dict[str, Any] = super().get_fields()
+        for name in self.context.get("request_options") or ():
+            fields[name] = _OPTION_FIELDS[name]()
+        return fields
+
+    def validate_messages(self, messages: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        chars = sum(_message_chars(m) for m in messages)
         if chars > stream_settings.MAX_INPUT_CHARS:
             raise serializers.ValidationError(
                 f"The messages hold {chars} characters; the limit is {stream_settings.MAX_INPUT_CHARS}."
             )
-        if not any(m["role"] == "user" and m["content"].strip() for m in messages):
+        if not any(m["role"] == "user" and (m["content"].strip() or m.get("attachments")) for m in messages):
             raise serializers.ValidationError("At least one non-empty user message is required.")
         return messages
+
+    def validate_reasoning_budget(self, value: int) -> int:
+        cap = self.context["max_tokens_cap"]
+        if value > cap:
+            raise serializers.ValidationError(f"reasoning_budget may be at most {cap}.")
+        return value
 
     def validate_model(self, model: str) -> str:
         allowed = self.context["allowed_models"]
@@ -177,18 +305,61 @@ def load_json_body(raw: bytes) -> Any:
     return json.loads(raw)
 
 
-def fast_validated_data(data: Any, allowed_models: Any, max_tokens_cap: int) -> dict[str, Any] | None:
+#: The answer to a refused file, by :class:`~django_bedrock_stream.media.FileRefused` code: a type
+#: Bedrock does not take (or content that is not what it claims) is 400 ``unsupported_media``, a
+#: file too large 413 ``payload_too_large``; anything else is 400 ``invalid_request``.
+FILE_REJECTIONS: dict[str, tuple[int, str]] = {
+    "unsupported_media": (400, "unsupported_media"),
+    "file_too_large": (413, "payload_too_large"),
+}
+
+
+def rejection_for(errors: Any) -> tuple[int, str]:
+    """The status and error type of a refused request, from its first error's code."""
+    return FILE_REJECTIONS.get(_first_code(errors) or "", (400, "invalid_request"))
+
+
+def stored_messages(messages: Any) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """The messages as the ``Completion`` row stores them (each file replaced by its metadata: name,
+    media type, size, sha256, never its bytes), and the metadata of every file, in order."""
+    stored: list[dict[str, Any]] = []
+    files: list[dict[str, Any]] = []
+    for message in messages:
+        message = dict(message)
+        if message.get("attachments"):
+            message["attachments"] = [attachment.metadata() for attachment in message["attachments"]]
+            files += message["attachments"]
+        stored.append(message)
+    return stored, files
+
+
+def _first_code(errors: Any) -> str | None:
+    """The code of the first error, in the order the view's message names it."""
+    if isinstance(errors, dict):
+        errors = [value for value in errors.values() if value]
+    if isinstance(errors, list):
+        for value in errors:
+            if value:
+                return _first_code(value)
+        return None
+    return getattr(errors, "code", None)
+
+
+def fast_validated_data(
+    data: Any, allowed_models: Any, max_tokens_cap: int, request_options: Collection[str] = ()
+) -> dict[str, Any] | None:
     """What ``ChatRequestSerializer(data=data, context=...).validated_data`` would be, for the plain,
     common request only; ``None`` for anything else, and the caller then runs the serializer, which
     stays the one definition of what is valid and the only source of error messages.
 
     It accepts only exact JSON types (``dict``, ``list``, ``str``, ``int``), messages with ``role``
-    and ``content`` and no ``parts``, and values every field and ``validate_*`` method passes as they
-    are (no whitespace to trim, no NUL or surrogate characters). ``tests/test_performance_paths.py``
+    and ``content`` and no ``parts``, no field of the view's ``request_options``, and values every
+    field and ``validate_*`` method passes as they are (no whitespace to trim, no NUL or surrogate
+    characters). ``tests/test_performance_paths.py``
     checks, with generated inputs, that it never accepts what the serializer rejects and that it
     returns equal data of the same types.
     """
-    if type(data) is not dict:
+    if type(data) is not dict or any(name in data for name in request_options):
         return None
     messages = data.get("messages")
     if type(messages) is not list or not messages or len(messages) > stream_settings.MAX_MESSAGES:

@@ -30,6 +30,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any, ClassVar
 
 from asgiref.sync import iscoroutinefunction, markcoroutinefunction, sync_to_async
+from django.core.exceptions import ImproperlyConfigured
 from django.core.handlers.asgi import ASGIRequest
 from django.http import HttpRequest, JsonResponse, StreamingHttpResponse
 from django.http.response import HttpResponseBase
@@ -54,7 +55,9 @@ from .families import (
     NovaFamily,
     TitanFamily,
 )
+from .media import FileRefused
 from .models import Completion
+from .options import REQUEST_OPTIONS, ConverseOptions
 from .parsing import (
     PREPARE_ON_LOOP_MAX_BYTES,
     RequestRejected,
@@ -65,6 +68,7 @@ from .parsing import (
 from .protocols import get_protocol, negotiate_protocol
 from .responses import STREAM_HEADERS
 from .runner import AsyncBody, StreamRunner, SyncBody, asend_all, release_connections, send, upstream_error
+from .serializers import FILE_REJECTIONS, stored_messages
 from .signals import stream_started
 from .streams import BedrockStream
 
@@ -84,6 +88,12 @@ class BedrockStreamMixin:
     stream_protocol: str = "text"
     #: Per-view callbacks (or override :meth:`get_callbacks`).
     callbacks: StreamCallbacks | None = None
+    #: Model options merged over ``BEDROCK_STREAM["CONVERSE"]`` (temperature, reasoning_budget,
+    #: guardrail…; see :meth:`get_converse_options`).
+    converse_options: Mapping[str, Any] | None = None
+    #: Option names a request may set in its body (``temperature``, ``top_p``, ``stop_sequences``,
+    #: ``reasoning_budget``, ``reasoning_effort``, ``latency``, ``service_tier``); others are ignored.
+    request_options: Sequence[str] = ()
 
     # -- hooks --------------------------------------------------------------------------------
     def get_family(self) -> BedrockFamily:
@@ -102,9 +112,36 @@ class BedrockStreamMixin:
         thread. Here: only when it is this class's no-op (DRF's ``APIView`` checks access itself)."""
         return type(self).check_access is BedrockStreamMixin.check_access
 
-    def get_messages(self, request: HttpRequest) -> list[dict[str, str]]:
-        """May override: the chat messages to send (default: the validated request messages)."""
+    def get_messages(self, request: HttpRequest) -> list[dict[str, Any]]:
+        """May override: the chat messages to send (default: the validated request messages:
+        ``role``, ``content``, and ``attachments`` / ``reasoning`` when the parts had them)."""
         return list(self.validated_data["messages"])
+
+    def get_request_options(self) -> Sequence[str]:
+        """Should not need overriding: :attr:`request_options`, checked."""
+        unknown = [name for name in self.request_options if name not in REQUEST_OPTIONS]
+        if unknown:
+            raise ImproperlyConfigured(
+                f"{type(self).__name__}.request_options: {', '.join(unknown)} cannot come from a request; "
+                f"allowed: {', '.join(REQUEST_OPTIONS)}."
+            )
+        return self.request_options
+
+    def get_converse_options(self, request: HttpRequest) -> ConverseOptions:
+        """May override: the model options of this request: ``BEDROCK_STREAM["CONVERSE"]``, then
+        :attr:`converse_options`, then the request's fields that :attr:`request_options` allows."""
+        values = {**stream_settings.CONVERSE, **(self.converse_options or {})}
+        sent = self.validated_data
+        values.update({name: sent[name] for name in self.get_request_options() if name in sent})
+        metadata = self.get_request_metadata(request) if values.pop("request_metadata", False) else None
+        return ConverseOptions.from_values(values, metadata)
+
+    def get_request_metadata(self, request: HttpRequest) -> dict[str, str]:
+        """May override: Converse ``requestMetadata`` for cost attribution (default: the user id,
+        ``anonymous`` without one, and the view's dotted class name)."""
+        user = getattr(request, "user", None)
+        user_id = str(getattr(user, "pk", "")) if getattr(user, "is_authenticated", False) else "anonymous"
+        return {"user_id": user_id, "view": f"{type(self).__module__}.{type(self).__qualname__}"}
 
     def get_allowed_models(self) -> list[str]:
         allowed = self.allowed_models if self.allowed_models is not None else stream_settings.ALLOWED_MODELS
@@ -125,7 +162,7 @@ class BedrockStreamMixin:
 
     def build_body(self, messages: Sequence[Mapping[str, str]]) -> dict[str, Any]:
         """May override: the family's native body. Call ``super()`` and add parameters."""
-        return self.family.build_body(messages, max_tokens=self.get_max_tokens())
+        return self.family.build_body(messages, max_tokens=self.get_max_tokens(), options=self.resolved_options)
 
     def get_callbacks(self) -> StreamCallbacks | None:
         """May override: callbacks for this request's stream."""
@@ -216,7 +253,9 @@ class BedrockStreamMixin:
         """Parse, validate and build the upstream request; raise :class:`RequestRejected` on bad input."""
         self.family = self.get_family()
         data = self.get_request_data(request)
-        self.validated_data = validate_chat_request(data, self.get_allowed_models(), self.get_max_tokens_cap())
+        self.validated_data = validate_chat_request(
+            data, self.get_allowed_models(), self.get_max_tokens_cap(), self.get_request_options()
+        )
         try:
             self.protocol_name = negotiate_protocol(
                 request.GET.get("protocol"), request.headers.get("Accept"), self.stream_protocol
@@ -225,8 +264,11 @@ class BedrockStreamMixin:
         except ValueError as err:
             raise RequestRejected(400, "invalid_protocol", str(err)) from None
         self.messages = self.get_messages(request)
+        self.resolved_options = self.get_converse_options(request)
         try:
             self.body = self.build_body(self.messages)
+        except FileRefused as err:
+            raise RequestRejected(*FILE_REJECTIONS.get(err.code, (400, "invalid_request")), str(err)) from None
         except (TypeError, ValueError) as err:
             raise RequestRejected(400, "invalid_request", str(err)) from None
         self.resolved_model_id = self.get_model_id()
@@ -241,10 +283,12 @@ class BedrockStreamMixin:
 
     def new_completion(self, request: HttpRequest) -> Completion:
         user = getattr(request, "user", None)
+        messages, attachments = stored_messages(self.messages)  # files as metadata, never their bytes
         return Completion(
             model_id=self.resolved_model_id,
             family=self.family.name,
-            messages=self.messages,
+            messages=messages,
+            parts={"attachments": attachments} if attachments else {},
             user=user if getattr(user, "is_authenticated", False) else None,
         )
 

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import base64
 import re
+from typing import Any
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from django_bedrock_stream.media import FORMAT_MEDIA_TYPES, Attachment, FileRefused
 from django_bedrock_stream.prompts import (
     ZWSP,
     build_anthropic_messages,
@@ -21,6 +24,8 @@ from django_bedrock_stream.prompts import (
     extract_system,
     neutralise_markers,
 )
+
+from .media_files import docx, pdf, png
 
 S = {"role": "system", "content": "Be brief."}
 
@@ -450,3 +455,146 @@ def test_prompt_reads_like_the_input(builder, messages):
     for m in messages:
         if m["content"].strip():
             assert m["content"].strip().replace(ZWSP, "") in prompt
+
+
+# --------------------------------------------------------------------------
+# Beyond text: files and reasoning (issue 10)
+# --------------------------------------------------------------------------
+
+IMAGE = Attachment("image", "png", "image/png", png(), "cat.png")
+PDF = Attachment("document", "pdf", "application/pdf", pdf(), "Q3 report_final.v2.pdf")
+NOTES = Attachment("document", "md", "text/markdown", b"# Notes\nhello", "notes.md")
+WORD = Attachment("document", "docx", FORMAT_MEDIA_TYPES["docx"], docx(), "letter.docx")
+SIGNED = {"text": "Let me think.", "signature": "c2lnbmF0dXJl"}
+REDACTED = {"redacted": base64.b64encode(b"\x00opaque\xff").decode()}
+
+
+def UF(text: str, *files: Attachment) -> dict[str, Any]:
+    return {"role": "user", "content": text, "attachments": list(files)}
+
+
+def AR(text: str, *blocks: dict[str, str]) -> dict[str, Any]:
+    return {"role": "assistant", "content": text, "reasoning": list(blocks)}
+
+
+class TestConverseFiles:
+    def test_files_go_before_the_text_as_bytes(self):
+        assert build_converse_messages([UF("What is this?", IMAGE, PDF)]) == [
+            {
+                "role": "user",
+                "content": [
+                    {"image": {"format": "png", "source": {"bytes": IMAGE.data}}},
+                    {"document": {"format": "pdf", "name": "Q3 report-final-v2", "source": {"bytes": PDF.data}}},
+                    {"text": "What is this?"},
+                ],
+            }
+        ]
+
+    def test_native_bodies_carry_base64_text(self):
+        (message,) = build_converse_messages([UF("Look", IMAGE)], binary=False)
+        assert message["content"][0]["image"]["source"]["bytes"] == base64.b64encode(IMAGE.data).decode()
+
+    def test_an_image_alone_is_a_turn_but_a_document_needs_text(self):
+        assert build_converse_messages([UF("", IMAGE)])[0]["content"] == [
+            {"image": {"format": "png", "source": {"bytes": IMAGE.data}}}
+        ]
+        with pytest.raises(ValueError, match=r"messages\[0\].*document needs text"):
+            build_converse_messages([UF("  ", PDF)])
+
+    def test_document_names_are_what_bedrock_allows_and_distinct(self):
+        odd = Attachment("document", "txt", "text/plain", b"x", "a__b  c!!.txt")
+        nameless = Attachment("document", "txt", "text/plain", b"y")
+        messages = build_converse_messages([UF("1", PDF, odd), A("ok"), UF("2", PDF, nameless)])
+        names = [b["document"]["name"] for m in messages for b in m["content"] if "document" in b]
+        assert names == ["Q3 report-final-v2", "a--b c-", "Q3 report-final-v2 (2)", "document"]
+        assert all(re.fullmatch(r"[A-Za-z0-9\-()\[\] ]{1,200}", name) and "  " not in name for name in names)
+
+    def test_documents_refused_where_the_format_has_none(self):
+        with pytest.raises(FileRefused, match="images only") as err:
+            build_converse_messages([UF("Read", PDF)], documents=False)
+        assert err.value.code == "unsupported_media"
+
+    def test_a_merged_turn_keeps_every_file_and_skips_blank_text(self):
+        (message,) = build_converse_messages([UF("", IMAGE), UF("Compare", IMAGE)])
+        assert [list(b) for b in message["content"]] == [["image"], ["image"], ["text"]]
+        assert message["content"][-1] == {"text": "Compare"}
+
+    def test_cache_point_after_the_last_user_turn(self):
+        messages = build_converse_messages([U("a"), A("b"), U("c"), A("prefill")], cache=True)
+        assert messages[2]["content"] == [{"text": "c"}, {"cachePoint": {"type": "default"}}]
+        assert messages[3]["content"] == [{"text": "prefill"}]
+
+
+class TestAnthropicFiles:
+    def test_images_and_documents(self):
+        (message,) = build_anthropic_messages([UF("Read these", IMAGE, PDF, NOTES)])
+        b64 = base64.b64encode
+        assert message["content"] == [
+            {"type": "image", "source": {"type": "base64", "media_type": "image/png", "data": b64(IMAGE.data).decode()}},
+            {
+                "type": "document",
+                "source": {"type": "base64", "media_type": "application/pdf", "data": b64(PDF.data).decode()},
+                "title": "Q3 report_final.v2.pdf",
+            },
+            {"type": "document", "source": {"type": "text", "media_type": "text/plain", "data": "# Notes\nhello"},
+             "title": "notes.md"},
+            {"type": "text", "text": "Read these"},
+        ]
+
+    def test_office_documents_are_refused(self):
+        with pytest.raises(FileRefused, match=r"messages\[0\].*Converse") as err:
+            build_anthropic_messages([UF("Read", WORD)])
+        assert err.value.code == "unsupported_media"
+
+    def test_cache_control_on_the_last_user_block(self):
+        messages = build_anthropic_messages([U("a"), A("b"), UF("c", IMAGE)], cache=True)
+        assert messages[2]["content"][-1] == {"type": "text", "text": "c", "cache_control": {"type": "ephemeral"}}
+        assert "cache_control" not in messages[0]["content"][-1]
+
+
+class TestReasoningRoundTrip:
+    def test_converse_sends_signed_and_redacted_blocks_back_first(self):
+        messages = build_converse_messages([U("Hi"), AR("Hello!", SIGNED, REDACTED), U("More")])
+        assert messages[1]["content"] == [
+            {"reasoningContent": {"reasoningText": {"text": "Let me think.", "signature": "c2lnbmF0dXJl"}}},
+            {"reasoningContent": {"redactedContent": b"\x00opaque\xff"}},
+            {"text": "Hello!"},
+        ]
+        native = build_converse_messages([U("Hi"), AR("Hello!", REDACTED), U("More")], binary=False)
+        assert native[1]["content"][0] == {"reasoningContent": {"redactedContent": REDACTED["redacted"]}}
+
+    def test_anthropic_sends_thinking_blocks_back(self):
+        messages = build_anthropic_messages([U("Hi"), AR("Hello!", SIGNED, REDACTED), U("More")])
+        assert messages[1]["content"] == [
+            {"type": "thinking", "thinking": "Let me think.", "signature": "c2lnbmF0dXJl"},
+            {"type": "redacted_thinking", "data": REDACTED["redacted"]},
+            {"type": "text", "text": "Hello!"},
+        ]
+
+    @pytest.mark.parametrize("builder", TEXT_BUILDERS)
+    def test_text_formats_leave_reasoning_out(self, builder):
+        assert builder([U("Hi"), AR("Hello!", SIGNED), U("More")]) == builder([U("Hi"), A("Hello!"), U("More")])
+
+    @pytest.mark.parametrize("block", [{"text": "x"}, {"text": "x", "signature": ""}, {"redacted": 5}, "text"])
+    def test_unsigned_reasoning_is_refused(self, block):
+        with pytest.raises(ValueError, match=r"messages\[1\] reasoning"):
+            build_converse_messages([U("Hi"), AR("Hello!", block), U("More")])  # type: ignore[arg-type]
+
+    def test_bad_redacted_data_is_refused_for_converse(self):
+        with pytest.raises(ValueError, match="base64"):
+            build_converse_messages([U("Hi"), AR("Hello!", {"redacted": "not base64!"}), U("More")])
+
+
+@pytest.mark.parametrize("builder", TEXT_BUILDERS)
+def test_text_formats_refuse_files(builder):
+    with pytest.raises(FileRefused, match="text only") as err:
+        builder([UF("Look", IMAGE)])
+    assert err.value.code == "unsupported_media"
+
+
+@pytest.mark.parametrize("builder", [build_converse_messages, build_anthropic_messages])
+def test_files_only_in_user_messages(builder):
+    with pytest.raises(ValueError, match=r"messages\[1\] \(assistant\): files"):
+        builder([U("Hi"), {"role": "assistant", "content": "x", "attachments": [IMAGE]}])
+    with pytest.raises(TypeError, match="Attachment"):
+        builder([{"role": "user", "content": "x", "attachments": [{"bytes": b"x"}]}])

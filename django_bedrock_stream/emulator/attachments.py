@@ -15,15 +15,25 @@ No Django imports here.
 
 from __future__ import annotations
 
-import base64
-import binascii
 import hashlib
-import io
 import re
-import struct
-import zipfile
 from collections.abc import Iterator
 from typing import Any
+
+# What the bytes are, and Bedrock's limits: one definition, shared with the app's request checks.
+from ..media import (
+    DOCUMENT_FORMATS,
+    IMAGE_FORMATS,
+    MAX_DOCUMENT_BYTES,
+    MAX_DOCUMENTS,
+    MAX_IMAGE_BYTES,
+    MAX_IMAGE_PIXELS,
+    MAX_IMAGES,
+    decode_base64,
+    document_matches,
+    image_format,
+    image_size,
+)
 
 __all__ = [
     "DOCUMENT_FORMATS",
@@ -35,13 +45,6 @@ __all__ = [
     "image_size",
 ]
 
-IMAGE_FORMATS = ("png", "jpeg", "gif", "webp")
-DOCUMENT_FORMATS = ("pdf", "csv", "doc", "docx", "xls", "xlsx", "html", "txt", "md")
-MAX_IMAGES = 20
-MAX_IMAGE_BYTES = 3_932_160  # 3.75 MB (its base64 is Anthropic's 5 MB)
-MAX_IMAGE_PIXELS = 8000
-MAX_DOCUMENTS = 5
-MAX_DOCUMENT_BYTES = 4_718_592  # 4.5 MB
 ANTHROPIC_MAX_IMAGES = 100
 ANTHROPIC_IMAGE_TYPES = ("image/jpeg", "image/png", "image/gif", "image/webp")
 
@@ -60,94 +63,6 @@ class InvalidRequest(Exception):
     """Reported to the client as a 400 ValidationException with this message."""
 
 
-# -- what the bytes are ---------------------------------------------------------------------------
-
-
-def image_format(data: bytes) -> str | None:
-    """``png``, ``jpeg``, ``gif`` or ``webp`` from the magic bytes, else ``None``."""
-    if data.startswith(b"\x89PNG\r\n\x1a\n"):
-        return "png"
-    if data.startswith(b"\xff\xd8\xff"):
-        return "jpeg"
-    if data.startswith((b"GIF87a", b"GIF89a")):
-        return "gif"
-    if data[:4] == b"RIFF" and data[8:12] == b"WEBP":
-        return "webp"
-    return None
-
-
-def image_size(data: bytes) -> tuple[int, int] | None:
-    """(width, height) read from the image header, or ``None`` when the header is not readable."""
-    kind = image_format(data)
-    try:
-        if kind == "png":
-            return struct.unpack(">II", data[16:24])
-        if kind == "gif":
-            return struct.unpack("<HH", data[6:10])
-        if kind == "jpeg":
-            return _jpeg_size(data)
-        if kind == "webp":
-            return _webp_size(data)
-    except struct.error:
-        return None
-    return None
-
-
-def _jpeg_size(data: bytes) -> tuple[int, int] | None:
-    pos = 2
-    while pos + 9 <= len(data):
-        if data[pos] != 0xFF:
-            return None
-        marker = data[pos + 1]
-        if marker == 0xFF:  # fill byte
-            pos += 1
-            continue
-        (length,) = struct.unpack(">H", data[pos + 2 : pos + 4])
-        if 0xC0 <= marker <= 0xCF and marker not in (0xC4, 0xC8, 0xCC):  # a start-of-frame segment
-            height, width = struct.unpack(">HH", data[pos + 5 : pos + 9])
-            return width, height
-        pos += 2 + length
-    return None
-
-
-def _webp_size(data: bytes) -> tuple[int, int] | None:
-    chunk = data[12:16]
-    if chunk == b"VP8 ":
-        width, height = struct.unpack("<HH", data[26:30])
-        return width & 0x3FFF, height & 0x3FFF
-    if chunk == b"VP8L":
-        (bits,) = struct.unpack("<I", data[21:25])
-        return (bits & 0x3FFF) + 1, ((bits >> 14) & 0x3FFF) + 1
-    if chunk == b"VP8X":
-        return int.from_bytes(data[24:27], "little") + 1, int.from_bytes(data[27:30], "little") + 1
-    return None
-
-
-def document_matches(fmt: str, data: bytes) -> bool:
-    """Whether ``data`` can be a document of format ``fmt`` (by its magic bytes / its text)."""
-    if fmt == "pdf":
-        return data.startswith(b"%PDF-")
-    if fmt in ("docx", "xlsx"):
-        if not data.startswith(b"PK\x03\x04"):
-            return False
-        try:
-            names = zipfile.ZipFile(io.BytesIO(data)).namelist()
-        except (zipfile.BadZipFile, ValueError):
-            return False
-        folder = "word/" if fmt == "docx" else "xl/"
-        return any(name.startswith(folder) for name in names)
-    if fmt in ("doc", "xls"):
-        return data.startswith(b"\xd0\xcf\x11\xe0\xa1\xb1\x1a\xe1")  # OLE2 compound file
-    # csv, html, txt, md: text
-    if b"\x00" in data or image_format(data) or data.startswith((b"%PDF-", b"PK\x03\x04")):
-        return False
-    try:
-        data.decode("utf-8")
-    except UnicodeDecodeError:
-        return False
-    return True
-
-
 def _summary(kind: str, fmt: str, data: bytes, name: str | None = None) -> dict[str, Any]:
     out: dict[str, Any] = {"kind": kind, "format": fmt, "bytes": len(data), "sha256": hashlib.sha256(data).hexdigest()}
     if name is not None:
@@ -156,12 +71,7 @@ def _summary(kind: str, fmt: str, data: bytes, name: str | None = None) -> dict[
 
 
 def _b64(value: Any) -> bytes | None:
-    if not isinstance(value, str):
-        return None
-    try:
-        return base64.b64decode(value, validate=True)
-    except (binascii.Error, ValueError):
-        return None
+    return decode_base64(value) if isinstance(value, str) else None
 
 
 # -- Converse (and Nova's native format) ----------------------------------------------------------

@@ -6,8 +6,9 @@ import base64
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from ..options import ConverseOptions, check_converse_body
 from ..parts import Part, ReasoningDelta, Source
-from ..prompts import build_converse_messages, extract_system
+from ..prompts import CACHE_POINT, build_converse_messages, extract_system
 from .base import BedrockFamily, ContentBlocks, Delta, Message, guardrail_trace
 
 
@@ -103,15 +104,42 @@ class ConverseFamily(ConverseEvents, BedrockFamily):
     operation = "converse_stream"
     stream_key = "stream"
 
-    def build_body(self, messages: Sequence[Message], *, max_tokens: int) -> dict[str, Any]:
+    def build_body(
+        self, messages: Sequence[Message], *, max_tokens: int, options: ConverseOptions | None = None
+    ) -> dict[str, Any]:
+        """Every option has its Converse field; the reasoning fields go in ``additionalModelRequestFields``
+        (the model's own: ``thinking`` for Claude, ``reasoningConfig`` for Nova 2)."""
+        options = options or ConverseOptions()
+        inference: dict[str, Any] = {"maxTokens": options.max_tokens(max_tokens)}
+        for key, value in (
+            ("temperature", options.temperature),
+            ("topP", options.top_p),
+            ("stopSequences", list(options.stop_sequences)),
+        ):
+            if value or value == 0:
+                inference[key] = value
         body: dict[str, Any] = {
-            "messages": build_converse_messages(messages),
-            "inferenceConfig": {"maxTokens": max_tokens},
+            "messages": build_converse_messages(messages, cache=options.cache_history),
+            "inferenceConfig": inference,
         }
         system = extract_system(messages)
         if system:
-            body["system"] = [{"text": system}]
-        return body
+            body["system"] = [{"text": system}, *([CACHE_POINT] if options.cache_system else [])]
+        fields = dict(options.additional_fields)
+        for name, config in (("thinking", options.thinking()), ("reasoningConfig", options.reasoning_config())):
+            if config is not None:
+                fields[name] = config
+        if fields:
+            body["additionalModelRequestFields"] = fields
+        if options.guardrail:
+            body["guardrailConfig"] = dict(options.guardrail)
+        if options.latency:
+            body["performanceConfig"] = {"latency": options.latency}
+        if options.service_tier:
+            body["serviceTier"] = {"type": options.service_tier}
+        if options.request_metadata:
+            body["requestMetadata"] = dict(options.request_metadata)
+        return check_converse_body(body)
 
     def request_kwargs(self, model_id: str, body: Mapping[str, Any]) -> dict[str, Any]:
         return {"modelId": model_id, **body}
