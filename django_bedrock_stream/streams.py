@@ -431,7 +431,8 @@ def nova_stream(response: Any, callbacks: StreamCallbacks | None = None) -> Bedr
 
 
 def converse_stream(response: Any, callbacks: StreamCallbacks | None = None) -> BedrockStream:
-    """Any model through ``converse_stream`` (text deltas; tool-use and reasoning deltas skipped)."""
+    """Any model through ``converse_stream``: text under ``for``; reasoning, citations, tool calls and
+    the guardrail's verdict as parts (:meth:`BedrockStream.parts`)."""
     return stream_for(ConverseFamily(), response, callbacks)
 
 
