@@ -5,18 +5,22 @@ from __future__ import annotations
 
 import base64
 import io
+import random
 import struct
 import zipfile
 import zlib
 
 
-def png(width: int = 2, height: int = 2) -> bytes:
-    """An RGB PNG of ``width`` x ``height`` red pixels."""
+def png(width: int = 2, height: int = 2, noise: bool = False) -> bytes:
+    """An RGB PNG of ``width`` x ``height`` red pixels (``noise``: pixels of a seeded random colour,
+    which do not compress, for a file of about ``3 * width * height`` bytes)."""
 
     def chunk(kind: bytes, data: bytes) -> bytes:
         return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
 
-    rows = b"".join(b"\x00" + b"\xff\x00\x00" * width for _ in range(height))
+    colours = random.Random(0)
+    pixel = (lambda: colours.randbytes(3 * width)) if noise else (lambda: b"\xff\x00\x00" * width)
+    rows = b"".join(b"\x00" + pixel() for _ in range(height))
     header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
     return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(rows)) + chunk(b"IEND", b"")
 

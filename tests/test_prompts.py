@@ -578,7 +578,7 @@ class TestReasoningRoundTrip:
     @pytest.mark.parametrize("block", [{"text": "x"}, {"text": "x", "signature": ""}, {"redacted": 5}, "text"])
     def test_unsigned_reasoning_is_refused(self, block):
         with pytest.raises(ValueError, match=r"messages\[1\] reasoning"):
-            build_converse_messages([U("Hi"), AR("Hello!", block), U("More")])  # type: ignore[arg-type]
+            build_converse_messages([U("Hi"), AR("Hello!", block), U("More")])
 
     def test_bad_redacted_data_is_refused_for_converse(self):
         with pytest.raises(ValueError, match="base64"):

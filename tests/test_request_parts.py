@@ -80,7 +80,7 @@ def post(server: str, url: str, body: dict[str, Any], query: str = "") -> tuple[
     raw = json.dumps(body)
 
     async def asgi() -> tuple[int, str]:
-        response = await AsyncClient().post(url + query, raw, content_type="application/json")
+        response: Any = await AsyncClient().post(url + query, raw, content_type="application/json")
         if response.streaming:
             text = b"".join([chunk async for chunk in response.streaming_content]).decode()
         else:
@@ -90,7 +90,7 @@ def post(server: str, url: str, body: dict[str, Any], query: str = "") -> tuple[
 
     if server == "asgi":
         return async_to_sync(asgi)()
-    response = Client().post(url + query, raw, content_type="application/json")
+    response: Any = Client().post(url + query, raw, content_type="application/json")
     text = b"".join(response.streaming_content).decode() if response.streaming else response.content.decode()
     return response.status_code, text
 
@@ -165,6 +165,17 @@ def test_an_image_and_a_pdf_reach_claude_as_image_and_document_blocks(bedrock_em
          "title": "notes.pdf"},
         {"type": "text", "text": "Compare"},
     ]
+
+
+@pytest.mark.parametrize("server", SERVERS)
+def test_a_large_image_is_checked_off_the_event_loop_and_sent_whole(bedrock_emulator: Any, server: str) -> None:
+    """A body over 64 KiB is validated (and its file decoded) on the request's thread under ASGI."""
+    photo = png(160, 160, noise=True)
+    assert len(photo) > 64 * 1024
+    status, body = post(server, "/converse/", {"messages": [user(file("image/png", photo), text("Describe"))]})
+    assert status == 200, body
+    (record,) = settled(bedrock_emulator)
+    assert base64.b64decode(record["body"]["messages"][0]["content"][0]["image"]["source"]["bytes"]) == photo
 
 
 def test_nova_native_takes_base64_images_and_refuses_documents(bedrock_emulator: Any) -> None:
@@ -430,8 +441,9 @@ def test_request_metadata_names_the_user_in_the_characters_bedrock_allows(bedroc
     person = get_user_model().objects.create_user("ada")
     client = Client()
     client.force_login(person)
-    response = client.post("/converse/", json.dumps({"messages": [{"role": "user", "content": "Hi"}]}),
-                           content_type="application/json")
+    response: Any = client.post(
+        "/converse/", json.dumps({"messages": [{"role": "user", "content": "Hi"}]}), content_type="application/json"
+    )
     b"".join(response.streaming_content)
     sent = settled(bedrock_emulator)[-1]["body"]
     assert sent["requestMetadata"] == {"user_id": str(person.pk), "view": "tests.test_request_parts.ConverseView"}
