@@ -61,6 +61,13 @@ DEFAULTS: dict[str, Any] = {
     # Most JSON objects and arrays in a request body (every "{" and "[" counts, also inside strings),
     # counted before parsing it: parsing holds the GIL, and 2.5 MB of tiny objects would take 0.1-0.5 s.
     "MAX_JSON_CONTAINERS": 20_000,
+    # Tools (tools.py): seconds one tool call may run (None: no limit); characters of one tool result
+    # sent to the model (a longer one is cut, with a note saying so); threads running sync tools; seconds
+    # a signed tool call id or approval request sent to the browser stays valid (None: no limit).
+    "TOOL_TIMEOUT": 30.0,
+    "TOOL_RESULT_MAX_CHARS": 20_000,
+    "TOOL_THREAD_POOL_SIZE": 16,
+    "TOOL_CALL_MAX_AGE": 86_400,
     # Files in a request (AI SDK "file" parts), checked by content before anything is sent upstream.
     # The defaults are Bedrock's own limits: more or larger files would be refused by Bedrock anyway.
     "MAX_IMAGES": media.MAX_IMAGES,
