@@ -20,6 +20,10 @@ Id                     Meaning
 ``W006``               A routed stream view (either flavour) lets anonymous users stream:
                        ``ALLOW_ANONYMOUS`` is true, or its permission classes (e.g. ``AllowAny``)
                        let an anonymous request through.
+``W007``               A Bedrock API key is configured (``API_KEY`` or ``AWS_BEARER_TOKEN_BEDROCK``)
+                       and the endpoint override is plain ``http://``: botocore 1.44+ refuses to
+                       send a bearer token without TLS (and the key would cross the network in
+                       clear). Serve the emulator over HTTPS (``--tls-self-signed``).
 =====================  =======================================================================
 
 Silence one with ``SILENCED_SYSTEM_CHECKS = ["bedrock_stream.W003"]``. Every check is tagged
@@ -34,6 +38,7 @@ import importlib.util
 import os
 from collections.abc import Iterator
 from typing import Any, NamedTuple
+from urllib.parse import urlsplit
 
 from django.conf import settings
 from django.core.checks import CheckMessage, Error, Tags, Warning
@@ -182,14 +187,15 @@ _ENV_SIGNALS = (
 )
 
 
-def _endpoint_override() -> str | None:
+def _endpoint_setting() -> tuple[str, str] | None:
+    """The endpoint override and where it comes from (the setting or variable, as the user names it)."""
     user = _user_settings() or {}
     endpoint = user.get("ENDPOINT_URL")
     if endpoint:
-        return str(endpoint)
+        return "BEDROCK_STREAM['ENDPOINT_URL']", str(endpoint)
     for name in ENDPOINT_ENV:
         if os.environ.get(name):
-            return os.environ[name]
+            return name, os.environ[name]
     return None
 
 
@@ -215,7 +221,7 @@ def _find_credentials(session: Any) -> bool:
 
 def check_credentials(app_configs: Any = None, **kwargs: Any) -> list[CheckMessage]:
     """W002: no credentials and/or no region, and no endpoint override (emulator) configured."""
-    if _endpoint_override():
+    if _endpoint_setting():
         return []
     import botocore.exceptions
     import botocore.session
@@ -250,6 +256,37 @@ def check_credentials(app_configs: Any = None, **kwargs: Any) -> list[CheckMessa
                 "AWS_ENDPOINT_URL_BEDROCK_RUNTIME or BEDROCK_STREAM['ENDPOINT_URL'] to its URL."
             ),
             id="bedrock_stream.W002",
+        )
+    ]
+
+
+# -- W007 --------------------------------------------------------------------------------------
+
+
+def check_api_key_endpoint(app_configs: Any = None, **kwargs: Any) -> list[CheckMessage]:
+    """W007: a Bedrock API key with a plain-HTTP endpoint override (typically the emulator without TLS).
+
+    botocore 1.44+ refuses bearer auth over HTTP ("Bearer authorization requires an HTTPS endpoint"),
+    so every stream would fail with a 502; older botocore sends the key in clear. Neither value is shown.
+    """
+    user = _user_settings() or {}
+    endpoint = _endpoint_setting()
+    if not (user.get("API_KEY") or os.environ.get("AWS_BEARER_TOKEN_BEDROCK")) or not endpoint:
+        return []
+    endpoint_source, url = endpoint
+    if urlsplit(url.strip()).scheme.lower() != "http":
+        return []
+    key_source = "BEDROCK_STREAM['API_KEY']" if user.get("API_KEY") else "AWS_BEARER_TOKEN_BEDROCK"
+    return [
+        Warning(
+            f"A Bedrock API key is set ({key_source}) but the endpoint ({endpoint_source}) is plain http://: "
+            "botocore 1.44 and later refuse to send an API key without TLS, and older releases send it in clear.",
+            hint=(
+                "Use an https:// endpoint. For the built-in emulator, start it with --tls-self-signed (or "
+                "--tls-cert/--tls-key), use the https:// URL it prints and point AWS_CA_BUNDLE at its CA file; "
+                "or drop the API key and let the emulator accept dummy SigV4 credentials."
+            ),
+            id="bedrock_stream.W007",
         )
     ]
 
@@ -516,6 +553,7 @@ CHECKS = (
     (check_middleware, (Tags.compatibility,)),
     (check_async_transport_deployment, (Tags.compatibility,)),
     (check_anonymous_access, (Tags.security, Tags.urls)),
+    (check_api_key_endpoint, (Tags.security, Tags.compatibility)),
 )
 
 

@@ -101,7 +101,7 @@ def _cache_key() -> tuple[Any, ...]:
     # boto3 reads these environment variables when a client is created; a change must give a new one.
     env = tuple(os.environ.get(name) for name in (
         "AWS_ENDPOINT_URL_BEDROCK_RUNTIME", "AWS_ENDPOINT_URL", "AWS_REGION", "AWS_DEFAULT_REGION",
-        "AWS_ACCESS_KEY_ID", "AWS_PROFILE",
+        "AWS_ACCESS_KEY_ID", "AWS_PROFILE", "AWS_CA_BUNDLE",
     ))
     key = _api_key()
     key_id = hashlib.sha256(key.encode()).hexdigest() if key else None  # the key itself stays out

@@ -26,6 +26,8 @@ __all__ = [
     "ToolCall",
     "ToolCallStart",
     "ToolInputDelta",
+    "ToolApprovalRequest",
+    "ToolDenied",
     "ToolResult",
     "Usage",
 ]
@@ -94,13 +96,16 @@ class ToolInputDelta:
 
 @dataclass(frozen=True, slots=True)
 class ToolCall:
-    """A complete tool call: its parsed ``input``, or ``error`` when the input was not valid JSON."""
+    """A complete tool call: its parsed ``input``, or ``error`` when the input was not valid JSON.
+    ``signature`` (set by the view for calls the browser answers) binds the call to the user and its
+    input, so a result or approval sent back for it can be verified."""
 
     id: str
     name: str
     input: Any
     error: str = ""
     index: int = 0
+    signature: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -111,6 +116,22 @@ class ToolResult:
     name: str
     output: Any = None
     error: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class ToolApprovalRequest:
+    """A tool call waits for the user's approval (``approval_id`` is signed: it comes back with the
+    answer); the stream ends after it."""
+
+    approval_id: str
+    call_id: str
+
+
+@dataclass(frozen=True, slots=True)
+class ToolDenied:
+    """The user denied a tool call: it did not run, and the model is told so."""
+
+    call_id: str
 
 
 @dataclass(frozen=True, slots=True)
@@ -166,6 +187,8 @@ Part = (
     | ToolInputDelta
     | ToolCall
     | ToolResult
+    | ToolApprovalRequest
+    | ToolDenied
     | GuardrailTrace
     | StepFinish
     | Finish

@@ -343,14 +343,29 @@ class DataStreamProtocol(StreamProtocol):
             return f"h:{_json(source)}\n"
         elif isinstance(part, p.File):
             return f"k:{_json({'data': part.data, 'mimeType': part.media_type})}\n"
+        elif isinstance(part, p.ToolCallStart):
+            return f"b:{_json({'toolCallId': part.id, 'toolName': part.name})}\n"
+        elif isinstance(part, p.ToolInputDelta):
+            return f"c:{_json({'toolCallId': part.id, 'argsTextDelta': part.delta})}\n"
+        elif isinstance(part, p.ToolCall) and not part.error:
+            return f"9:{_json({'toolCallId': part.id, 'toolName': part.name, 'args': part.input})}\n"
+        elif isinstance(part, p.ToolResult):  # v1 has no error channel for tools: the error is the result
+            result = {"error": part.error} if part.error else part.output
+            return f"a:{_json({'toolCallId': part.id, 'result': result})}\n"
+        elif isinstance(part, p.StepFinish):
+            step = self._step(part.stop_reason, part.usage.as_dict(), continued=False)
+            return f"e:{_json(step)}\nf:{_json({'messageId': self.message_id})}\n"
         return ""
 
-    def _encode_finish(self, stop_reason: str | None, usage: Mapping[str, int]) -> str:
+    @staticmethod
+    def _step(stop_reason: str | None, usage: Mapping[str, int], *, continued: bool) -> dict[str, Any]:
         input_tokens, output_tokens = _usage_counts(usage)
-        finish_reason = map_finish_reason(stop_reason)
         counts = {"promptTokens": input_tokens, "completionTokens": output_tokens}
-        step = {"finishReason": finish_reason, "usage": counts, "isContinued": False}
-        message = {"finishReason": finish_reason, "usage": counts}
+        return {"finishReason": map_finish_reason(stop_reason), "usage": counts, "isContinued": continued}
+
+    def _encode_finish(self, stop_reason: str | None, usage: Mapping[str, int]) -> str:
+        step = self._step(stop_reason, usage, continued=False)
+        message = {"finishReason": step["finishReason"], "usage": step["usage"]}
         return f"e:{_json(step)}\nd:{_json(message)}\n"
 
     def _encode_error(self, message: str) -> str:
@@ -454,6 +469,37 @@ class UIMessageStreamProtocol(StreamProtocol):
         if isinstance(part, p.File):
             url = f"data:{part.media_type};base64,{part.data}"
             return self._chunk({"type": "file", "url": url, "mediaType": part.media_type})
+        return self._encode_tool_part(part)
+
+    def _encode_tool_part(self, part: p.Part) -> str:
+        """Tool calls and their outcomes (AI SDK 5+ tool chunks; approvals are AI SDK 6+), and steps."""
+        chunk: dict[str, Any]
+        if isinstance(part, p.ToolCallStart):
+            chunk = {"type": "tool-input-start", "toolCallId": part.id, "toolName": part.name}
+            return self._close_block() + self._chunk(chunk)
+        if isinstance(part, p.ToolInputDelta):
+            return self._chunk({"type": "tool-input-delta", "toolCallId": part.id, "inputTextDelta": part.delta})
+        if isinstance(part, p.ToolCall):
+            if part.error:
+                chunk = {"type": "tool-input-error", "toolCallId": part.id, "toolName": part.name,
+                         "input": part.input, "errorText": part.error}
+            else:
+                chunk = {"type": "tool-input-available", "toolCallId": part.id, "toolName": part.name,
+                         "input": part.input}
+                if part.signature:
+                    chunk["providerMetadata"] = {"bedrock": {"signature": part.signature}}
+            return self._close_block() + self._chunk(chunk)
+        if isinstance(part, p.ToolResult):
+            if part.error:
+                return self._chunk({"type": "tool-output-error", "toolCallId": part.id, "errorText": part.error})
+            return self._chunk({"type": "tool-output-available", "toolCallId": part.id, "output": part.output})
+        if isinstance(part, p.ToolDenied):
+            return self._chunk({"type": "tool-output-denied", "toolCallId": part.call_id})
+        if isinstance(part, p.ToolApprovalRequest):
+            chunk = {"type": "tool-approval-request", "approvalId": part.approval_id, "toolCallId": part.call_id}
+            return self._chunk(chunk)
+        if isinstance(part, p.StepFinish):
+            return self._close_block() + self._chunk({"type": "finish-step"}) + self._chunk({"type": "start-step"})
         return ""
 
     def _encode_finish(self, stop_reason: str | None, usage: Mapping[str, int]) -> str:
@@ -526,6 +572,25 @@ class ServerSentEventsProtocol(StreamProtocol):
             return self._event("file", {"media_type": part.media_type, "data": part.data})
         if isinstance(part, p.GuardrailTrace):
             return self._event("guardrail", {"action": part.action, "trace": dict(part.trace)})
+        if isinstance(part, p.ToolCallStart):
+            return self._event("tool-call-start", {"id": part.id, "name": part.name})
+        if isinstance(part, p.ToolInputDelta):
+            return self._event("tool-input", {"id": part.id, "delta": part.delta})
+        if isinstance(part, p.ToolCall):
+            fields = {"id": part.id, "name": part.name, "input": part.input, "error": part.error,
+                      "signature": part.signature}
+            return self._event("tool-call", {key: value for key, value in fields.items() if value != ""})
+        if isinstance(part, p.ToolResult):
+            outcome = {"error": part.error} if part.error else {"output": part.output}
+            return self._event("tool-result", {"id": part.id, "name": part.name, **outcome})
+        if isinstance(part, p.ToolDenied):
+            return self._event("tool-denied", {"id": part.call_id})
+        if isinstance(part, p.ToolApprovalRequest):
+            return self._event("tool-approval-request", {"approval_id": part.approval_id, "id": part.call_id})
+        if isinstance(part, p.StepFinish):
+            usage = part.usage.as_dict()
+            step = {"finish_reason": map_finish_reason(part.stop_reason), "stop_reason": part.stop_reason}
+            return self._event("step", {**step, "usage": usage})
         return ""
 
     def _encode_finish(self, stop_reason: str | None, usage: Mapping[str, int]) -> str:

@@ -222,7 +222,7 @@ class StreamRunner:
         texts: list[str] = []
         for part in parts:
             if type(part) is TextDelta:
-                texts.append(part.text)  # type: ignore[union-attr]
+                texts.append(part.text)
                 continue
             if texts:
                 out.append(protocol.delta("".join(texts)))

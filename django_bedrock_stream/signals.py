@@ -36,3 +36,8 @@ stream_cancelled = Signal()
 #: kwargs: ``request``, ``model_id``, ``text``, ``status`` (``completed`` | ``failed`` | ``cancelled``),
 #: ``completion``.
 stream_finished = Signal()
+
+#: Sent after each run of a server-side tool in a run with tools (see ``tools`` on the views).
+#: kwargs: ``request``, ``completion``, ``tool_name``, ``input`` (the model's input), ``output`` (None
+#: when it failed), ``error`` ("" when it ran well: else what the model was told), ``duration`` (seconds).
+tool_called = Signal()

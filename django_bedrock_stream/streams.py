@@ -10,6 +10,7 @@ from __future__ import annotations
 import re
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping
+from dataclasses import dataclass, field
 from typing import Any
 
 from . import parts as p
@@ -34,6 +35,16 @@ from .families import (
 Parser = Callable[[Mapping[str, Any]], "Delta | None"]
 
 _SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+@dataclass
+class Step:
+    """What a stream's continuation decided after a model turn: ``parts`` to send (tool results,
+    calls handed to the browser, approval requests) and the ``source`` of the next turn, or ``None``
+    to end the stream there."""
+
+    parts: list[p.Part] = field(default_factory=list)
+    source: Any = None
 
 
 class BedrockStream:
@@ -72,7 +83,17 @@ class BedrockStream:
         #: The service tier that served the request, when Bedrock says.
         self.service_tier: str | None = None
         self._parts: list[str] = []
-        self._reasoning: dict[int, dict[str, str]] = {}
+        self._reasoning: dict[tuple[int, int], dict[str, str]] = {}  # by (step, content block)
+        #: Model turns so far, minus one: a run with tools continues the stream with another turn.
+        self.step = 0
+        #: Called after each model turn (see :class:`Step`); ``None`` ends the stream after one.
+        self.continuation: Callable[[BedrockStream], Step | None] | None = None
+        self.acontinuation: Callable[[BedrockStream], Awaitable[Step | None]] | None = None
+        #: Applied to each complete tool call as it arrives (the view signs the calls it hands out).
+        self.prepare_call: Callable[[p.ToolCall], p.ToolCall] | None = None
+        self._banked = p.Usage()  # the usage of the turns before this one
+        self._step_text = 0  # where this turn's text starts in the parts
+        self._step_calls = 0  # where this turn's tool calls start
         self._high = ""  # a high surrogate held back until the next text brings its low half
         self._input_tokens: int | None = None
         self._output_tokens: int | None = None
@@ -100,12 +121,44 @@ class BedrockStream:
         def count(own: int | None, key: str) -> int:
             return int((own if own is not None else metrics.get(key)) or 0)
 
+        banked = self._banked
         return p.Usage(
-            input_tokens=count(self._input_tokens, "inputTokenCount"),
-            output_tokens=count(self._output_tokens, "outputTokenCount"),
-            cache_read_tokens=count(self._cache_read_tokens, "cacheReadInputTokenCount"),
-            cache_write_tokens=count(self._cache_write_tokens, "cacheWriteInputTokenCount"),
+            input_tokens=banked.input_tokens + count(self._input_tokens, "inputTokenCount"),
+            output_tokens=banked.output_tokens + count(self._output_tokens, "outputTokenCount"),
+            cache_read_tokens=banked.cache_read_tokens + count(self._cache_read_tokens, "cacheReadInputTokenCount"),
+            cache_write_tokens=banked.cache_write_tokens
+            + count(self._cache_write_tokens, "cacheWriteInputTokenCount"),
         )
+
+    # -- steps (a run with tools) ---------------------------------------------------------------
+    @property
+    def step_text(self) -> str:
+        """This model turn's text."""
+        return "".join(self._parts[self._step_text :])
+
+    @property
+    def step_tool_calls(self) -> list[p.ToolCall]:
+        """This model turn's complete tool calls, in order."""
+        return self.tool_calls[self._step_calls :]
+
+    @property
+    def step_reasoning_blocks(self) -> list[dict[str, str]]:
+        """This model turn's reasoning blocks (to send back with its tool calls)."""
+        return [dict(block) for (step, _), block in self._reasoning.items() if step == self.step]
+
+    def _next_step(self, source: Any) -> p.StepFinish:
+        """Continue with the next model turn: text, parts and usage keep adding up; the stop reason,
+        the metrics and the turn's own counts start afresh. Returns the finished turn's part."""
+        finished = p.StepFinish(self.stop_reason, self.usage_detail)
+        self._banked = finished.usage
+        self._input_tokens = self._output_tokens = self._cache_read_tokens = self._cache_write_tokens = None
+        self._metrics = {}
+        self.stop_reason = None
+        self.text  # noqa: B018 - joins the parts, so this turn's text starts at index 1
+        self._step_text, self._step_calls = len(self._parts), len(self.tool_calls)
+        self.step += 1
+        self.source = source
+        return finished
 
     @property
     def reasoning(self) -> str:
@@ -168,7 +221,7 @@ class BedrockStream:
         kind = type(part)
         if kind is p.ReasoningDelta:
             assert isinstance(part, p.ReasoningDelta)
-            block = self._reasoning.setdefault(part.index, {"text": "", "signature": "", "redacted": ""})
+            block = self._reasoning.setdefault((self.step, part.index), {"text": "", "signature": "", "redacted": ""})
             block["text"] += part.text
             block["signature"] += part.signature
             block["redacted"] += part.redacted
@@ -234,7 +287,7 @@ class BedrockStream:
         each followed by ``each(text)`` when given (the runner's per-token signal).
         """
         for parts in self.iter_part_batches(each):
-            texts = [part.text for part in parts if type(part) is p.TextDelta]  # type: ignore[union-attr]
+            texts = [part.text for part in parts if type(part) is p.TextDelta]
             if texts:
                 yield texts
 
@@ -259,6 +312,14 @@ class BedrockStream:
                 events = next(batches, None)
                 # An event the family cannot parse (bad JSON, a missing key) fails the stream too.
                 parts = fold(events) if events is not None else self._end_parts()
+                if events is None and self.continuation is not None:
+                    step = self.continuation(self)  # runs the turn's tools, opens the next turn
+                    if step is not None:
+                        parts.extend(step.parts)  # the turn's tool results belong to the turn
+                        if step.source is not None:
+                            parts.append(self._next_step(step.source))
+                            batches = sync_event_batches(self.source)
+                            events = []
             except Exception as err:
                 raise self._fail(err) from err
             if parts:
@@ -266,9 +327,9 @@ class BedrockStream:
                     for part in parts:
                         if type(part) is p.TextDelta:
                             if on_token:
-                                callbacks.call("on_token", part.text)  # type: ignore[union-attr]
+                                callbacks.call("on_token", part.text)
                             if each is not None:
-                                each(part.text)  # type: ignore[union-attr]
+                                each(part.text)
                 yield parts
             if events is None:
                 break
@@ -283,6 +344,9 @@ class BedrockStream:
         for event in events:
             delta = parse(event)
             if delta is not None:
+                if delta.parts and self.prepare_call is not None:
+                    prepare = self.prepare_call
+                    delta.parts = tuple(prepare(q) if type(q) is p.ToolCall else q for q in delta.parts)
                 text = apply(delta)
                 if delta.parts:
                     out.extend(delta.parts)
@@ -304,7 +368,7 @@ class BedrockStream:
     ) -> AsyncIterator[list[str]]:
         """``async for`` flavour of :meth:`iter_batches` (``each`` is awaited)."""
         async for parts in self.aiter_part_batches(each):
-            texts = [part.text for part in parts if type(part) is p.TextDelta]  # type: ignore[union-attr]
+            texts = [part.text for part in parts if type(part) is p.TextDelta]
             if texts:
                 yield texts
 
@@ -334,6 +398,14 @@ class BedrockStream:
                 raise self._fail(err) from err
             try:
                 parts = fold(events) if events is not None else self._end_parts()
+                if events is None and self.acontinuation is not None:
+                    step = await self.acontinuation(self)  # runs the turn's tools, opens the next turn
+                    if step is not None:
+                        parts.extend(step.parts)  # the turn's tool results belong to the turn
+                        if step.source is not None:
+                            parts.append(self._next_step(step.source))
+                            batches = self._aevent_batches()
+                            events = []
             except Exception as err:  # an event the family cannot parse fails the stream too
                 raise self._fail(err) from err
             if parts:
@@ -341,9 +413,9 @@ class BedrockStream:
                     for part in parts:
                         if type(part) is p.TextDelta:
                             if on_token:
-                                await callbacks.acall("on_token", part.text)  # type: ignore[union-attr]
+                                await callbacks.acall("on_token", part.text)
                             if each is not None:
-                                await each(part.text)  # type: ignore[union-attr]
+                                await each(part.text)
                 yield parts
             if events is None:
                 break

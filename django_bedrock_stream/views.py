@@ -71,6 +71,8 @@ from .runner import AsyncBody, StreamRunner, SyncBody, asend_all, release_connec
 from .serializers import FILE_REJECTIONS, stored_messages
 from .signals import stream_started
 from .streams import BedrockStream
+from .toolflow import ToolLoop
+from .tools import TOOL_FORMATS, Tool
 
 
 class BedrockStreamMixin:
@@ -88,6 +90,14 @@ class BedrockStreamMixin:
     stream_protocol: str = "text"
     #: Per-view callbacks (or override :meth:`get_callbacks`).
     callbacks: StreamCallbacks | None = None
+    #: Tools the model may call (:mod:`~.tools`): server tools run here, client-side ones in the
+    #: browser. Or override :meth:`get_tools`. Converse, Anthropic Messages and Nova only.
+    tools: Sequence[Tool] = ()
+    #: ``"auto"`` (the model decides), ``"any"`` (it must call one) or a tool's name.
+    tool_choice: str = "auto"
+    #: Most model turns in one run with tools; when they run out the stream ends with the last
+    #: turn's text and finish reason ``tool-calls``.
+    max_steps: int = 5
     #: Model options merged over ``BEDROCK_STREAM["CONVERSE"]`` (temperature, reasoning_budget,
     #: guardrail…; see :meth:`get_converse_options`).
     converse_options: Mapping[str, Any] | None = None
@@ -164,6 +174,10 @@ class BedrockStreamMixin:
         """May override: the family's native body. Call ``super()`` and add parameters."""
         return self.family.build_body(messages, max_tokens=self.get_max_tokens(), options=self.resolved_options)
 
+    def get_tools(self, request: HttpRequest) -> Sequence[Tool]:
+        """May override: the tools offered for this request (default: :attr:`tools`)."""
+        return list(self.tools)
+
     def get_callbacks(self) -> StreamCallbacks | None:
         """May override: callbacks for this request's stream."""
         return self.callbacks
@@ -212,7 +226,8 @@ class BedrockStreamMixin:
             error = upstream_error(err, completion.model_id)
             await asyncio.shield(unstarted._end_async(Completion.Status.FAILED, error))
             return self.error_response(error)
-        runner = self.make_runner(request, self.make_stream(source), completion, started_at)
+        stream = self.tool_run(self.make_stream(source), request, completion)
+        runner = self.make_runner(request, stream, completion, started_at)
         return self.make_response(AsyncBody(runner), runner)
 
     def handle_sync(self, request: HttpRequest) -> HttpResponseBase:
@@ -237,7 +252,8 @@ class BedrockStreamMixin:
             error = upstream_error(err, completion.model_id)
             unstarted._end_sync(Completion.Status.FAILED, error)
             return self.error_response(error)
-        runner = self.make_runner(request, self.make_stream(source), completion, started_at)
+        stream = self.tool_run(self.make_stream(source), request, completion)
+        runner = self.make_runner(request, stream, completion, started_at)
         return self.make_response(SyncBody(runner), runner)
 
     def _check_and_prepare(self, request: HttpRequest) -> None:
@@ -272,6 +288,20 @@ class BedrockStreamMixin:
         except (TypeError, ValueError) as err:
             raise RequestRejected(400, "invalid_request", str(err)) from None
         self.resolved_model_id = self.get_model_id()
+        self.tool_list = list(self.get_tools(request))
+        if self.tool_list:
+            self._offer_tools()
+
+    def _offer_tools(self) -> None:
+        if self.family.name not in TOOL_FORMATS:
+            raise ImproperlyConfigured(
+                f"{type(self).__name__} offers tools, but the {self.family.name!r} family cannot call them; "
+                f"use one of {', '.join(sorted(TOOL_FORMATS))}"
+            )
+        if self.protocol_name == "text" and any(t.client_side or t.needs_approval for t in self.tool_list):
+            message = "This endpoint's tools run in the browser or need approval: use the ui, data or sse protocol."
+            raise RequestRejected(400, "invalid_protocol", message)
+        self.body = {**self.body, **ToolLoop.request_fragment(self.family, self.tool_list, self.tool_choice)}
 
     def reject(self, rejection: RequestRejected) -> HttpResponseBase:
         """Should not need overriding: the JSON answer to a refused or invalid request."""
@@ -302,6 +332,17 @@ class BedrockStreamMixin:
 
     def make_stream(self, source: Any) -> BedrockStream:
         return BedrockStream(source, self.family.parse_event, self.get_callbacks(), model_id=self.resolved_model_id)
+
+    def tool_run(self, stream: BedrockStream, request: HttpRequest, completion: Completion) -> BedrockStream:
+        """Should not need overriding: with tools offered, the stream continues after each model turn
+        that calls them (:class:`~.toolflow.ToolLoop`), up to ``max_steps`` turns."""
+        if self.tool_list:
+            loop = ToolLoop(
+                sender=type(self), request=request, completion=completion, family=self.family,
+                model_id=self.resolved_model_id, body=self.body, tools=self.tool_list, max_steps=self.max_steps,
+            )
+            stream.prepare_call, stream.continuation, stream.acontinuation = loop.prepare_call, loop.next, loop.anext
+        return stream
 
     def make_runner(
         self, request: HttpRequest, stream: BedrockStream, completion: Completion, started_at: float
@@ -365,7 +406,7 @@ class BedrockStreamView(AccessMixin, BedrockStreamMixin, View):
 
     def http_method_not_allowed(self, request: HttpRequest, *args: Any, **kwargs: Any) -> Any:
         """405 as JSON, like every other refusal (Django's own is an empty HTML page)."""
-        allowed = ", ".join(self._allowed_methods())
+        allowed = ", ".join(self._allowed_methods())  # type: ignore[attr-defined]
         message = f"Method {request.method} is not allowed; use {allowed}."
         response = RequestRejected(405, "method_not_allowed", message, headers={"Allow": allowed}).response()
 

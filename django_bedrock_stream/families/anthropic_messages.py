@@ -7,8 +7,8 @@ from typing import Any
 
 from ..options import ConverseOptions
 from ..parts import ReasoningDelta, Source
-from ..prompts import CACHE_CONTROL, build_anthropic_messages, extract_system
-from .base import BedrockFamily, ContentBlocks, Delta, Message
+from ..prompts import CACHE_CONTROL, _anthropic_reasoning, build_anthropic_messages, extract_system
+from .base import BedrockFamily, ContentBlocks, Delta, Message, complete_reasoning
 
 
 class AnthropicMessagesFamily(BedrockFamily):
@@ -45,6 +45,10 @@ class AnthropicMessagesFamily(BedrockFamily):
 
     def __init__(self) -> None:
         self.blocks = ContentBlocks()
+
+    def assistant_blocks(self, text: str, reasoning: Sequence[Mapping[str, str]]) -> list[dict[str, Any]]:
+        blocks = [_anthropic_reasoning(block) for block in complete_reasoning(reasoning)]
+        return [*blocks, {"type": "text", "text": text}] if text.strip() else blocks
 
     def parse_chunk(self, data: Mapping[str, Any]) -> Delta:
         kind = data.get("type")

@@ -124,6 +124,11 @@ class BedrockFamily:
             future.add_done_callback(_close_abandoned_stream)
             raise
 
+    def assistant_blocks(self, text: str, reasoning: Sequence[Mapping[str, str]]) -> list[dict[str, Any]]:
+        """A model turn (its reasoning blocks and text) as this family's assistant content blocks, to
+        send back with its tool calls. Only the families that can call tools implement it."""
+        raise NotImplementedError(f"{type(self).__name__} cannot call tools")
+
     # -- response side -----------------------------------------------------------------------
     def parse_chunk(self, data: Mapping[str, Any]) -> Delta:
         """Must override: one decoded model JSON chunk -> Delta (ignore unknown keys)."""
@@ -223,3 +228,15 @@ def _close_abandoned_stream(future: Any) -> None:
 
     if not future.cancelled() and future.exception() is None:
         close_upstream(future.result())
+
+
+def complete_reasoning(blocks: Sequence[Mapping[str, str]]) -> list[dict[str, str]]:
+    """The reasoning blocks a model accepts back: signed ones (text and signature) and redacted ones;
+    a block cut off before its signature cannot be sent back, and is dropped."""
+    out: list[dict[str, str]] = []
+    for block in blocks:
+        if block.get("redacted"):
+            out.append({"redacted": block["redacted"]})
+        elif block.get("signature"):
+            out.append({"text": block.get("text", ""), "signature": block["signature"]})
+    return out

@@ -8,8 +8,8 @@ from typing import Any
 
 from ..options import ConverseOptions, check_converse_body
 from ..parts import Part, ReasoningDelta, Source
-from ..prompts import CACHE_POINT, build_converse_messages, extract_system
-from .base import BedrockFamily, ContentBlocks, Delta, Message, guardrail_trace
+from ..prompts import CACHE_POINT, _converse_reasoning, build_converse_messages, extract_system
+from .base import BedrockFamily, ContentBlocks, Delta, Message, complete_reasoning, guardrail_trace
 
 
 class ConverseEvents:
@@ -19,6 +19,14 @@ class ConverseEvents:
         super().__init__()
         self.blocks = ContentBlocks()
         self._stop_reason: str | None = None
+
+    #: Whether the request carries blobs as bytes (boto3's ``converse_stream``) or base64 text (a
+    #: JSON invoke body, Nova's native format).
+    binary_blobs = True
+
+    def assistant_blocks(self, text: str, reasoning: Sequence[Mapping[str, str]]) -> list[dict[str, Any]]:
+        blocks = [_converse_reasoning(block, self.binary_blobs, 0) for block in complete_reasoning(reasoning)]
+        return [*blocks, {"text": text}] if text.strip() else blocks
 
     def converse_event(self, event: Mapping[str, Any]) -> Delta | None:
         if "contentBlockDelta" in event:
@@ -68,7 +76,7 @@ class ConverseEvents:
 
     def _source(self, citation: Mapping[str, Any], index: int) -> Source:
         location = citation.get("location") or {}
-        where = next(iter(location.values()), {}) if location else {}
+        where: Mapping[str, Any] = next(iter(location.values()), {}) if location else {}
         web = location.get("web") or {}
         return self.blocks.source(
             title=citation.get("title") or web.get("domain") or "",

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from ..prompts import build_llama2_prompt
 from .base import BedrockFamily, Delta, Message, _int
@@ -15,7 +15,7 @@ if TYPE_CHECKING:
 class Llama2Family(BedrockFamily):
     name = "llama2"
     default_model_id = "meta.llama2-13b-chat-v1"
-    model_prefixes = ("meta.llama2",)
+    model_prefixes: ClassVar[tuple[str, ...]] = ("meta.llama2",)
 
     def build_prompt(self, messages: Sequence[Message]) -> str:
         """May override: the only thing Llama 3 changes."""

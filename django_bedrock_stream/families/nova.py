@@ -15,6 +15,7 @@ from .converse import ConverseEvents
 class NovaFamily(ConverseEvents, BedrockFamily):
     name = "nova"
     default_model_id = "amazon.nova-micro-v1:0"
+    binary_blobs = False
     # Nova's text models (micro, lite, pro, premier; "2-lite"…), not its image, video or speech models.
     model_prefixes = tuple(f"amazon.nova-{g}{size}" for g in ("", "2-") for size in ("micro", "lite", "pro", "premier"))
 

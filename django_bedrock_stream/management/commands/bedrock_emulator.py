@@ -7,9 +7,12 @@ from typing import Any
 from django.core.management.base import BaseCommand, CommandError, CommandParser, OutputWrapper
 
 from django_bedrock_stream.emulator.__main__ import (
+    BadOptions,
+    CannotServeTLS,
     add_arguments,
     run,
     scenario_from_options,
+    tls_from_options,
 )
 from django_bedrock_stream.emulator.scenarios import ScenarioError
 
@@ -17,7 +20,8 @@ from django_bedrock_stream.emulator.scenarios import ScenarioError
 class Command(BaseCommand):
     help = (
         "Run the built-in Amazon Bedrock Runtime emulator. Point boto3 at it with "
-        "AWS_ENDPOINT_URL_BEDROCK_RUNTIME=http://127.0.0.1:PORT (any dummy credentials)."
+        "AWS_ENDPOINT_URL_BEDROCK_RUNTIME=http://127.0.0.1:PORT (any dummy credentials); "
+        "--tls-self-signed or --tls-cert serve HTTPS (https://…), which API keys need."
     )
     # The emulator does not touch the project; don't let unrelated check failures stop it.
     requires_system_checks: list = []
@@ -28,7 +32,8 @@ class Command(BaseCommand):
     def handle(self, *args: Any, **options: Any) -> None:
         try:
             scenario = scenario_from_options(options)
-        except ScenarioError as e:
+            tls = tls_from_options(options)
+        except (ScenarioError, BadOptions, CannotServeTLS) as e:
             raise CommandError(str(e)) from e
         run(
             options["host"],
@@ -38,6 +43,7 @@ class Command(BaseCommand):
             out=_Out(self.stdout),
             err=_Out(self.stderr),
             api_key=options.get("api_key"),
+            tls=tls,
         )
 
 
