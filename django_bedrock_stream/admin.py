@@ -33,6 +33,13 @@ def usage_totals(queryset: QuerySet[Completion]) -> dict[str, int]:
     return totals
 
 
+def _count(value: int | None, estimated: bool) -> str:
+    """A token count; ``~`` marks one estimated from the text (the stream ended before usage came)."""
+    if value is None:
+        return "-"
+    return f"~{value}" if estimated else str(value)
+
+
 def _pre(text: str) -> str:
     return format_html('<pre style="white-space: pre-wrap; margin: 0;">{}</pre>', text)
 
@@ -45,8 +52,8 @@ class CompletionAdmin(_ModelAdmin):
         "created_at",
         "model_id",
         "status",
-        "input_tokens",
-        "output_tokens",
+        "input_column",
+        "output_column",
         "first_token",
         "user",
         "stop_reason",
@@ -63,8 +70,11 @@ class CompletionAdmin(_ModelAdmin):
     date_hierarchy = "created_at"
     fieldsets = (
         (None, {"fields": ("model_id", "family", "user", "status", "stop_reason", "created_at", "finished_at")}),
-        ("Usage", {"fields": ("input_tokens", "output_tokens", "total_tokens", "time_to_first_token")}),
+        ("Usage", {"fields": ("input_tokens", "output_tokens", "cache_read_tokens", "cache_write_tokens",
+                              "total_tokens", "usage_estimated", "time_to_first_token")}),
         ("Conversation", {"fields": ("messages_display", "text_display")}),
+        ("Beyond text", {"fields": ("reasoning_display", "sources_display", "tools_display", "guardrail_display",
+                                    "attachments_display")}),
         ("Error", {"fields": ("error_code", "error_display"), "classes": ("collapse",)}),
     )
     readonly_fields = (
@@ -73,6 +83,11 @@ class CompletionAdmin(_ModelAdmin):
         "messages_display",
         "text_display",
         "error_display",
+        "reasoning_display",
+        "sources_display",
+        "tools_display",
+        "guardrail_display",
+        "attachments_display",
     )
 
     def get_search_fields(self, request: HttpRequest) -> list[str]:
@@ -111,6 +126,56 @@ class CompletionAdmin(_ModelAdmin):
     @admin.display(description="Text")
     def text_display(self, obj: Completion) -> str:
         return _pre(obj.text)
+
+    @admin.display(description="Input tokens", ordering="input_tokens")
+    def input_column(self, obj: Completion) -> str:
+        return _count(obj.input_tokens, obj.usage_estimated)
+
+    @admin.display(description="Output tokens", ordering="output_tokens")
+    def output_column(self, obj: Completion) -> str:
+        return _count(obj.output_tokens, obj.usage_estimated)
+
+    @admin.display(description="Reasoning")
+    def reasoning_display(self, obj: Completion) -> str:
+        blocks = (obj.parts or {}).get("reasoning") or []
+        return _pre("\n\n".join(
+            "[redacted]" if block.get("redacted") else block.get("text", "")
+            + ("" if block.get("signature") else "\n(no signature: not complete)")
+            for block in blocks
+        ))
+
+    @admin.display(description="Sources")
+    def sources_display(self, obj: Completion) -> str:
+        sources = (obj.parts or {}).get("sources") or []
+        return _pre("\n".join(
+            f"[{n}] {s.get('title') or s.get('url') or 'document'}: {s.get('cited_text', '')}"
+            for n, s in enumerate(sources, 1)
+        ))
+
+    @admin.display(description="Tool calls")
+    def tools_display(self, obj: Completion) -> str:
+        parts = obj.parts or {}
+        runs = parts.get("tool_runs") or [
+            {"name": call.get("name"), "input": call.get("input"), "status": "called"}
+            for call in parts.get("tool_calls") or []
+        ]
+        return _pre("\n".join(
+            f"{run.get('name')}({json.dumps(run.get('input'), ensure_ascii=False)}) -> {run.get('status')}"
+            + (f" in {run['duration']} s" if run.get("duration") is not None else "")
+            + (f": {run['error']}" if run.get("error") else
+               f": {json.dumps(run['output'], ensure_ascii=False)}" if "output" in run else "")
+            for run in runs
+        ))
+
+    @admin.display(description="Guardrail")
+    def guardrail_display(self, obj: Completion) -> str:
+        guardrail = (obj.parts or {}).get("guardrail")
+        return guardrail.get("action", "") if guardrail else ""
+
+    @admin.display(description="Attachments")
+    def attachments_display(self, obj: Completion) -> str:
+        files = (obj.parts or {}).get("attachments") or []
+        return _pre("\n".join(json.dumps(item, ensure_ascii=False) for item in files))
 
     @admin.display(description="Error")
     def error_display(self, obj: Completion) -> str:

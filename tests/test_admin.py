@@ -252,3 +252,25 @@ def test_usage_columns_fit_a_laptop_wide_changelist(admin_over_http: tuple[str, 
     assert layout["output_tokens"]["values"] == [["5680", True], ["5679", True], ["5678", True]]
     assert layout["input_tokens"]["values"] == [["1234", True]] * 3
     assert [text for text, _ in layout["first_token"]["values"]] == ["412 ms"] * 3
+
+
+@pytest.mark.django_db
+def test_the_detail_page_shows_the_parts_and_marks_estimated_usage(admin_client: Any) -> None:
+    row = Completion.objects.create(
+        model_id="anthropic.claude-3-haiku-20240307-v1:0", family="converse", status="failed", text="partial",
+        input_tokens=12, output_tokens=3, usage_estimated=True, cache_read_tokens=40,
+        parts={
+            "reasoning": [{"text": "Let me think <b>", "signature": "sig", "redacted": ""}],
+            "sources": [{"id": "source-1", "title": "policy", "cited_text": "20 days"}],
+            "tool_runs": [{"name": "add", "input": {"a": 1}, "output": 2, "error": "", "status": "success",
+                           "duration": 0.01}],
+            "guardrail": {"action": "INTERVENED", "trace": {}},
+            "attachments": [{"name": "cat.png", "media_type": "image/png", "bytes": 68}],
+        },
+    )
+    page = admin_client.get(f"/admin/django_bedrock_stream/completion/{row.pk}/change/").content.decode()
+    for expected in ("Let me think &lt;b&gt;", "[1] policy: 20 days", 'add({&quot;a&quot;: 1}) -&gt; success in 0.01 s: 2',
+                     "INTERVENED", "cat.png", "40"):
+        assert expected in page, expected
+    listing = admin_client.get("/admin/django_bedrock_stream/completion/").content.decode()
+    assert "~12" in listing and "~3" in listing
