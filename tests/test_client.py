@@ -1,6 +1,9 @@
 """Bedrock API keys: ``BEDROCK_STREAM["API_KEY"]`` and ``$AWS_BEARER_TOKEN_BEDROCK`` through both
 transports (boto3 under WSGI and the "thread" transport, aiobotocore under ASGI), end to end through
-the views against an emulator that requires the key."""
+the views against an emulator that requires the key.
+
+The keyed emulator serves HTTPS (a self-signed CA, trusted through ``AWS_CA_BUNDLE`` as a user would):
+botocore 1.44+ refuses to send a bearer token over plain HTTP."""
 
 from __future__ import annotations
 
@@ -10,6 +13,8 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import botocore.auth
+import botocore.exceptions
 import pytest
 from asgiref.sync import sync_to_async
 from django.core.exceptions import ImproperlyConfigured
@@ -32,16 +37,36 @@ SENDS_WRONG = {"setting": (WRONG, None), "env": (None, WRONG), "setting over env
 FAMILIES = ["llama3", "converse"]  # an invoke family (invoke_model_with_response_stream) and Converse
 
 
+@pytest.fixture(autouse=True)
+def bearer_needs_https(monkeypatch: pytest.MonkeyPatch) -> None:
+    """botocore 1.44+ on every release: a bearer token over plain HTTP is refused before it is sent,
+    so these tests prove the HTTPS path whichever botocore (and aiobotocore, which signs with
+    botocore's ``BearerAuth``) is installed."""
+    add_auth = botocore.auth.BearerAuth.add_auth
+
+    def refusing_http(self: Any, request: Any) -> None:
+        if not request.url.startswith("https"):
+            raise botocore.exceptions.InvalidEndpointConfigurationError(
+                msg="Bearer authorization requires an HTTPS endpoint."
+            )
+        add_auth(self, request)
+
+    monkeypatch.setattr(botocore.auth.BearerAuth, "add_auth", refusing_http)
+
+
 @pytest.fixture(scope="module")
 def keyed_emulator() -> Iterator[BedrockEmulator]:
-    with BedrockEmulator(port=0, api_key=KEY) as emu:
+    with BedrockEmulator(port=0, api_key=KEY, tls=True) as emu:
         yield emu
 
 
 @pytest.fixture
 def emulator(keyed_emulator: BedrockEmulator, bedrock_emulator: BedrockEmulator, monkeypatch: Any) -> BedrockEmulator:
-    """The keyed emulator, reset; dummy AWS credentials in the environment (from ``bedrock_emulator``)."""
+    """The keyed HTTPS emulator, reset, its CA trusted (``AWS_CA_BUNDLE``, read by boto3 and aiobotocore);
+    dummy AWS credentials in the environment (from ``bedrock_emulator``)."""
+    assert keyed_emulator.url.startswith("https://")
     monkeypatch.delenv(ENV, raising=False)
+    monkeypatch.setenv("AWS_CA_BUNDLE", str(keyed_emulator.ca_file))
     keyed_emulator.reset()
     return keyed_emulator
 
@@ -212,6 +237,22 @@ def test_a_new_key_in_the_environment_gives_a_new_client(emulator: BedrockEmulat
         assert any("contentBlockDelta" in event for event in stream["stream"])
         # The cached clients are keyed by a digest: the key itself is in no cache key.
         assert KEY not in repr(clients._sync_clients) and WRONG not in repr(clients._sync_clients)
+
+
+def test_a_new_ca_bundle_in_the_environment_gives_a_new_client(emulator: BedrockEmulator, monkeypatch: Any) -> None:
+    """boto3 reads ``AWS_CA_BUNDLE`` when a client is made: a client cached before it was set would
+    keep failing certificate checks against the emulator (or trusting a CA no longer wanted)."""
+    monkeypatch.delenv("AWS_CA_BUNDLE")
+    with key_settings(emulator, monkeypatch, KEY, None):
+        untrusting = clients.get_client()
+        with pytest.raises(botocore.exceptions.SSLError, match="CERTIFICATE_VERIFY_FAILED"):
+            untrusting.converse(modelId="m", messages=[{"role": "user", "content": [{"text": "hi"}]}])
+        monkeypatch.setenv("AWS_CA_BUNDLE", str(emulator.ca_file))
+        trusting = clients.get_client()
+        assert trusting is not untrusting
+        reply = trusting.converse(modelId="m", messages=[{"role": "user", "content": [{"text": "hi"}]}])
+        assert reply["output"]["message"]["content"][0]["text"]
+    assert settled(emulator)["auth"] == "bearer"
 
 
 def test_the_token_never_shows_its_key() -> None:

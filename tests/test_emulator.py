@@ -8,7 +8,9 @@ import http.client
 import io
 import json
 import os
+import signal
 import socket
+import ssl
 import struct
 import subprocess
 import sys
@@ -23,6 +25,7 @@ import boto3
 import botocore.eventstream
 import botocore.session
 import pytest
+import trustme
 from botocore.config import Config
 from botocore.exceptions import ClientError, EventStreamError
 
@@ -579,8 +582,15 @@ def test_large_stream_full_speed(bedrock_emulator, client):
 # -- control API, lifecycle ---------------------------------------------------------------------
 
 
+def _connection(port, ca_file=None):
+    """HTTP, or HTTPS trusting only ``ca_file`` (an emulator's self-signed CA)."""
+    if ca_file is None:
+        return http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+    return http.client.HTTPSConnection("127.0.0.1", port, timeout=10, context=ssl.create_default_context(cafile=ca_file))
+
+
 def _http(emu, method, path, body=None):
-    conn = http.client.HTTPConnection("127.0.0.1", emu.port)
+    conn = _connection(emu.port, emu.ca_file)
     conn.request(method, path, body=json.dumps(body).encode() if body is not None else None)
     r = conn.getresponse()
     data = r.read()
@@ -729,8 +739,10 @@ AUTH_SUFFIX = ":http://internal.amazon.com/coral/com.amazon.coral.service/"
 INVOKE_PATH = "/model/meta.llama3-8b-instruct-v1:0/invoke-with-response-stream"
 
 
-def _post_model(port: int, headers: dict[str, str], path: str = INVOKE_PATH) -> tuple[int, dict[str, str], bytes]:
-    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+def _post_model(
+    port: int, headers: dict[str, str], path: str = INVOKE_PATH, ca_file: str | Path | None = None
+) -> tuple[int, dict[str, str], bytes]:
+    conn = _connection(port, ca_file)
     conn.request("POST", path, body=b'{"prompt":"x"}', headers=headers)
     r = conn.getresponse()
     data = r.read()
@@ -740,7 +752,8 @@ def _post_model(port: int, headers: dict[str, str], path: str = INVOKE_PATH) -> 
 
 @pytest.fixture(scope="module")
 def keyed_emulator():
-    with BedrockEmulator(port=0, tokens=3, api_key=API_KEY) as emu:
+    """Over HTTPS, as API keys need (botocore 1.44+ sends a bearer token over HTTPS only)."""
+    with BedrockEmulator(port=0, tokens=3, api_key=API_KEY, tls=True) as emu:
         yield emu
 
 
@@ -761,7 +774,7 @@ def keyed_emulator():
 def test_api_key_refusals_are_bedrocks(keyed_emulator, authorization, error_type, body):
     keyed_emulator.reset()
     headers = {"Authorization": authorization} if authorization is not None else {}
-    status, response_headers, data = _post_model(keyed_emulator.port, headers)
+    status, response_headers, data = _post_model(keyed_emulator.port, headers, ca_file=keyed_emulator.ca_file)
     assert (status, response_headers["x-amzn-ErrorType"]) == (403, error_type + AUTH_SUFFIX)
     assert response_headers["Content-Type"] == "application/json"
     assert json.loads(data) == body
@@ -772,7 +785,9 @@ def test_api_key_refusals_are_bedrocks(keyed_emulator, authorization, error_type
 
 def test_api_key_accepted_as_bearer(keyed_emulator):
     keyed_emulator.reset()
-    status, headers, data = _post_model(keyed_emulator.port, {"Authorization": f"Bearer {API_KEY}"})
+    status, headers, data = _post_model(
+        keyed_emulator.port, {"Authorization": f"Bearer {API_KEY}"}, ca_file=keyed_emulator.ca_file
+    )
     assert status == 200 and headers["Content-Type"] == "application/vnd.amazon.eventstream"
     (record,) = keyed_emulator.requests
     assert (record["status"], record["auth"], record["chunks_sent"]) == ("completed", "bearer", 3)
@@ -800,7 +815,10 @@ def test_real_botocore_clients_against_a_keyed_emulator(keyed_emulator):
         core = botocore.session.Session()
         core.register_component("token_provider", Token(key))
         return boto3.session.Session(botocore_session=core, region_name="us-east-1").client(
-            "bedrock-runtime", endpoint_url=keyed_emulator.url, config=Config(signature_version="bearer")
+            "bedrock-runtime",
+            endpoint_url=keyed_emulator.url,
+            config=Config(signature_version="bearer"),
+            verify=str(keyed_emulator.ca_file),
         )
 
     keyed_emulator.reset()
@@ -813,7 +831,8 @@ def test_real_botocore_clients_against_a_keyed_emulator(keyed_emulator):
     assert denied.value.response["Error"]["Code"] == "AccessDeniedException"
     assert denied.value.response["ResponseMetadata"]["HTTPStatusCode"] == 403
     sigv4 = boto3.client(
-        "bedrock-runtime", endpoint_url=keyed_emulator.url, region_name="us-east-1", aws_access_key_id="a", aws_secret_access_key="b"
+        "bedrock-runtime", endpoint_url=keyed_emulator.url, region_name="us-east-1", aws_access_key_id="a",
+        aws_secret_access_key="b", verify=str(keyed_emulator.ca_file),
     )
     with pytest.raises(ClientError) as unknown:
         sigv4.invoke_model_with_response_stream(modelId="meta.llama3-8b-instruct-v1:0", body=b'{"prompt":"x"}')
@@ -830,30 +849,146 @@ def test_sigv4_still_accepted_without_a_key(bedrock_emulator, client):
     assert (record["status"], record["auth"]) == ("completed", "sigv4")
 
 
-@pytest.mark.parametrize(
-    "command",
-    [["-m", "django_bedrock_stream.emulator"], ["-m", "django", "bedrock_emulator"]],
-    ids=["python -m", "manage.py"],
-)
-def test_command_line_api_key(command):
+CLI_COMMANDS = [["-m", "django_bedrock_stream.emulator"], ["-m", "django", "bedrock_emulator"]]
+CLI_IDS = ["python -m", "manage.py"]
+
+
+@pytest.mark.parametrize("command", CLI_COMMANDS, ids=CLI_IDS)
+def test_command_line_api_key_over_self_signed_tls(command):
+    """``--tls-self-signed``: the banner gives the https URL and the CA file to trust; Ctrl-C removes it."""
     proc = subprocess.Popen(
-        [sys.executable, *command, "--port", "0", "--api-key", API_KEY],
+        [sys.executable, *command, "--port", "0", "--api-key", API_KEY, "--tls-self-signed"],
         cwd=REPO_ROOT,
         env=dict(os.environ, PYTHONPATH=str(REPO_ROOT), DJANGO_SETTINGS_MODULE="tests.settings"),
         stdout=subprocess.PIPE,
         text=True,
     )
     try:
-        banner = [proc.stdout.readline() for _ in range(4)]
-        assert "listening on http://127.0.0.1:" in banner[0], banner
+        banner = [proc.stdout.readline() for _ in range(5)]
+        assert "listening on https://127.0.0.1:" in banner[0], banner
+        assert banner[2].startswith("  export AWS_CA_BUNDLE="), banner
         assert "API key required" in "".join(banner) and API_KEY not in "".join(banner)
         port = int(banner[0].strip().rsplit(":", 1)[-1])
-        assert _post_model(port, {"Authorization": f"Bearer {API_KEY}"})[0] == 200
-        status, headers, _ = _post_model(port, {"Authorization": "Bearer wrong"})
+        ca_file = Path(banner[2].strip().split("=", 1)[1])
+        assert ca_file.read_text().startswith("-----BEGIN CERTIFICATE-----")
+        assert _post_model(port, {"Authorization": f"Bearer {API_KEY}"}, ca_file=ca_file)[0] == 200
+        status, headers, _ = _post_model(port, {"Authorization": "Bearer wrong"}, ca_file=ca_file)
         assert (status, headers["x-amzn-ErrorType"]) == (403, "AccessDeniedException" + AUTH_SUFFIX)
+        # The certificate is checked for real: a client that trusts another CA gets nowhere.
+        with trustme.CA().cert_pem.tempfile() as other_ca, pytest.raises(ssl.SSLCertVerificationError):
+            _post_model(port, {"Authorization": f"Bearer {API_KEY}"}, ca_file=other_ca)
+        proc.send_signal(signal.SIGINT)
+        assert proc.wait(10) == 0
+        assert not ca_file.exists() and not ca_file.parent.exists()
+    finally:
+        if proc.poll() is None:
+            proc.terminate()
+            proc.wait(5)
+
+
+@pytest.mark.parametrize("command", CLI_COMMANDS, ids=CLI_IDS)
+def test_command_line_tls_with_your_own_certificate(command, tmp_path):
+    ca = trustme.CA()
+    cert = ca.issue_cert("127.0.0.1")
+    cert.cert_chain_pems[0].write_to_path(str(tmp_path / "cert.pem"))
+    cert.private_key_pem.write_to_path(str(tmp_path / "key.pem"))
+    ca.cert_pem.write_to_path(str(tmp_path / "ca.pem"))
+    proc = subprocess.Popen(
+        [sys.executable, *command, "--port", "0", "--tls-cert", str(tmp_path / "cert.pem"),
+         "--tls-key", str(tmp_path / "key.pem")],
+        cwd=REPO_ROOT,
+        env=dict(os.environ, PYTHONPATH=str(REPO_ROOT), DJANGO_SETTINGS_MODULE="tests.settings"),
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        banner = [proc.stdout.readline() for _ in range(3)]
+        assert "listening on https://127.0.0.1:" in banner[0], banner
+        assert "AWS_CA_BUNDLE" not in "".join(banner)  # your certificate, your trust store
+        url = banner[0].strip().rsplit(" ", 1)[-1]
+        c = boto3.client(
+            "bedrock-runtime", endpoint_url=url, region_name="us-east-1", aws_access_key_id="a",
+            aws_secret_access_key="b", verify=str(tmp_path / "ca.pem"),
+        )
+        r = c.converse_stream(modelId="meta.llama3-8b-instruct-v1:0", messages=[{"role": "user", "content": [{"text": "x"}]}])
+        assert sum("contentBlockDelta" in e for e in r["stream"]) > 0
     finally:
         proc.terminate()
         proc.wait(5)
+
+
+@pytest.mark.parametrize("command", CLI_COMMANDS, ids=CLI_IDS)
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        (["--tls-key", "key.pem"], "--tls-key needs --tls-cert"),
+        (["--tls-cert", "cert.pem", "--tls-self-signed"], "use either --tls-cert or --tls-self-signed, not both"),
+        (["--tls-cert", "no-such.pem"], "cannot load --tls-cert no-such.pem: No such file or directory"),
+    ],
+    ids=["key without cert", "cert and self-signed", "missing file"],
+)
+def test_command_line_tls_mistakes_are_one_line(command, options, message, tmp_path):
+    done = subprocess.run(
+        [sys.executable, *command, "--port", "0", *options],
+        cwd=tmp_path,
+        env=dict(os.environ, PYTHONPATH=str(REPO_ROOT), DJANGO_SETTINGS_MODULE="tests.settings"),
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode != 0 and done.stdout == ""
+    assert message in done.stderr and "Traceback" not in done.stderr, done.stderr
+
+
+def test_in_process_tls_with_your_own_certificate(tmp_path):
+    ca = trustme.CA()
+    cert = ca.issue_cert("localhost")
+    cert.private_key_and_cert_chain_pem.write_to_path(str(tmp_path / "both.pem"))  # key and chain in one file
+    with BedrockEmulator(host="localhost", port=0, certfile=tmp_path / "both.pem", tokens=2) as emu:
+        assert emu.url.startswith("https://localhost:") and emu.ca_file is None
+        with ca.cert_pem.tempfile() as ca_file:
+            c = boto3.client(
+                "bedrock-runtime", endpoint_url=emu.url, region_name="us-east-1", aws_access_key_id="a",
+                aws_secret_access_key="b", verify=ca_file,
+            )
+            r = c.converse_stream(modelId="meta.llama3-8b-instruct-v1:0", messages=[{"role": "user", "content": [{"text": "x"}]}])
+            assert sum("contentBlockDelta" in e for e in r["stream"]) == 2
+
+
+def test_self_signed_tls_lives_as_long_as_the_emulator():
+    emu = BedrockEmulator(port=0, tls=True)
+    assert emu.url.startswith("https://") and emu.ca_file is None
+    with emu:
+        first = emu.ca_file
+        assert first is not None and first.is_file()
+        # A plain-HTTP client is refused without harming the server.
+        plain = _connection(emu.port)
+        with pytest.raises((http.client.HTTPException, ConnectionError)):
+            plain.request("GET", "/_emulator/health")
+            plain.getresponse()
+        plain.close()
+        assert _http(emu, "GET", "/_emulator/health")[0] == 200
+    assert emu.ca_file is None and not first.exists()
+    with emu:  # a restart makes a new CA
+        assert emu.ca_file is not None and emu.ca_file != first and _http(emu, "GET", "/_emulator/health")[0] == 200
+
+
+def test_self_signed_tls_without_trustme_says_which_extra(monkeypatch):
+    from django_bedrock_stream.emulator.server import MissingExtra
+
+    monkeypatch.setitem(sys.modules, "trustme", None)
+    with pytest.raises(MissingExtra, match=r'trustme is not installed; install it with: pip install "django-bedrock-stream\[tls\]"'):
+        BedrockEmulator(port=0, tls=True).start()
+    done = subprocess.run(
+        [sys.executable, "-c", "import sys; sys.modules['trustme'] = None; from django_bedrock_stream.emulator.__main__ "
+         "import main; sys.exit(main(['--port', '0', '--tls-self-signed']))"],
+        cwd=REPO_ROOT, env=dict(os.environ, PYTHONPATH=str(REPO_ROOT)), capture_output=True, text=True, timeout=60,
+    )
+    assert (done.returncode, done.stdout) == (2, "")
+    assert done.stderr == (
+        'bedrock_emulator: --tls-self-signed: trustme is not installed; install it with: '
+        'pip install "django-bedrock-stream[tls]"\n'
+    )
 
 
 # -- beyond text: reasoning, citations, guardrails, cache, service tier, Nova's native format ---------

@@ -3,6 +3,7 @@
 Point an unmodified boto3 ``bedrock-runtime`` client at it with
 ``AWS_ENDPOINT_URL_BEDROCK_RUNTIME=http://127.0.0.1:PORT`` (dummy credentials, any region). Started with
 an API key, it requires ``Authorization: Bearer <key>`` and refuses anything else as Bedrock does.
+It serves HTTPS too (:class:`EmulatorTLS`): botocore 1.44+ sends a bearer token over HTTPS only.
 
 No Django imports here.
 """
@@ -17,11 +18,15 @@ import hmac
 import json
 import os
 import re
+import shutil
 import socket
+import ssl
+import tempfile
 import threading
 import time
 import uuid
-from collections.abc import Callable
+import weakref
+from collections.abc import Callable, Sequence
 from http import HTTPStatus
 from pathlib import Path
 from typing import Any
@@ -44,7 +49,7 @@ from .scenarios import (
     parse_markers,
 )
 
-__all__ = ["BedrockEmulator", "EmulatorServer", "EmulatorState", "default_replay_dir"]
+__all__ = ["BedrockEmulator", "EmulatorServer", "EmulatorState", "EmulatorTLS", "MissingExtra", "default_replay_dir"]
 
 _MODEL_PATH_RE = re.compile(r"^/model/(.+)/(invoke|invoke-with-response-stream|converse|converse-stream)$")
 _STREAMING_OPS = ("invoke-with-response-stream", "converse-stream")
@@ -315,32 +320,101 @@ class _BodyWriter:
 # Server
 
 
-def base_url(host: str, port: int) -> str:
+def base_url(host: str, port: int, tls: bool = False) -> str:
     """The URL clients use for a listening address (a wildcard host is reached on loopback)."""
     if host in ("0.0.0.0", ""):
         host = "127.0.0.1"
     elif ":" in host:
         host = f"[{host}]"
-    return f"http://{host}:{port}"
+    return f"{'https' if tls else 'http'}://{host}:{port}"
+
+
+class MissingExtra(ImportError):
+    """An optional dependency of the emulator is missing (the emulator does not import Django, so
+    this is not :class:`django_bedrock_stream.exceptions.MissingExtraError`; same message)."""
+
+    def __init__(self, package: str, extra: str) -> None:
+        super().__init__(f'{package} is not installed; install it with: pip install "django-bedrock-stream[{extra}]"')
+
+
+#: The names a self-signed certificate is made for, besides the host the emulator listens on.
+LOOPBACK_NAMES = ("127.0.0.1", "localhost", "::1")
+
+
+class EmulatorTLS:
+    """How the emulator serves HTTPS: the server's ``ssl.SSLContext`` and, for a self-signed
+    certificate, ``ca_file``, the PEM file of the throwaway CA that clients must trust
+    (``AWS_CA_BUNDLE``, or boto3's ``verify=``).
+
+    Why HTTPS at all: botocore 1.44+ refuses to send a Bedrock API key (bearer token) over plain HTTP.
+    """
+
+    def __init__(self, context: ssl.SSLContext, ca_file: Path | None = None) -> None:
+        self.context = context
+        self.ca_file = ca_file
+        self._cleanup: weakref.finalize | None = None
+
+    @classmethod
+    def from_files(cls, certfile: str | Path, keyfile: str | Path | None = None) -> EmulatorTLS:
+        """Serve your own certificate chain (PEM); ``keyfile`` when the key is not in ``certfile``.
+        Raises ``OSError``/``ssl.SSLError`` for a file that cannot be read or a key that does not match."""
+        context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        context.load_cert_chain(certfile, keyfile)
+        return cls(context)
+
+    @classmethod
+    def self_signed(cls, hosts: Sequence[str] = ()) -> EmulatorTLS:
+        """A new CA and a server certificate for ``hosts`` and the loopback names, made by trustme
+        (the ``tls`` extra). The CA's certificate is written to a private temporary directory,
+        removed by :meth:`close` (or at exit); the private keys stay in memory."""
+        try:
+            import trustme
+        except ImportError:
+            raise MissingExtra("trustme", "tls") from None
+        ca = trustme.CA(organization_name="django-bedrock-stream emulator")
+        names = list(dict.fromkeys([*(h for h in hosts if h not in ("", "0.0.0.0", "::")), *LOOPBACK_NAMES]))
+        context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        ca.issue_cert(*names).configure_cert(context)
+        directory = tempfile.mkdtemp(prefix="bedrock-emulator-tls-")
+        ca_file = Path(directory) / "ca.pem"
+        ca.cert_pem.write_to_path(str(ca_file))
+        tls = cls(context, ca_file)
+        tls._cleanup = weakref.finalize(tls, shutil.rmtree, directory, True)
+        return tls
+
+    def close(self) -> None:
+        """Remove the self-signed CA file (nothing to do for your own certificate)."""
+        if self._cleanup is not None:
+            self._cleanup()
 
 
 class EmulatorServer:
-    """The asyncio server. Use :meth:`start` inside a running loop, :meth:`close` to stop."""
+    """The asyncio server. Use :meth:`start` inside a running loop, :meth:`close` to stop.
 
-    def __init__(self, state: EmulatorState | None = None, host: str = "127.0.0.1", port: int = 0):
+    ``ssl_context``: serve HTTPS with it (see :class:`EmulatorTLS`); ``None`` (the default) is plain HTTP.
+    """
+
+    def __init__(
+        self,
+        state: EmulatorState | None = None,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        ssl_context: ssl.SSLContext | None = None,
+    ):
         self.state = state or EmulatorState()
         self.host = host
         self.port = port
+        self.ssl_context = ssl_context
         self._server: asyncio.AbstractServer | None = None
         self._conns: set[_Conn] = set()
 
     @property
     def url(self) -> str:
-        return base_url(self.host, self.port)
+        return base_url(self.host, self.port, tls=self.ssl_context is not None)
 
     async def start(self) -> EmulatorServer:
         self._server = await asyncio.start_server(
-            self._handle, self.host, self.port, backlog=2048, limit=1 << 20, reuse_address=True
+            self._handle, self.host, self.port, backlog=2048, limit=1 << 20, reuse_address=True, ssl=self.ssl_context
         )
         sock = self._server.sockets[0]
         self.port = sock.getsockname()[1]
@@ -850,31 +924,50 @@ class BedrockEmulator:
         *,
         replay_dir: str | Path | None = None,
         api_key: str | None = None,
+        tls: bool = False,
+        certfile: str | Path | None = None,
+        keyfile: str | Path | None = None,
         **scenario: Any,
     ):
         """``api_key``: require ``Authorization: Bearer <api_key>`` on model requests (a wrong or
-        missing key gets Bedrock's 403); ``None`` accepts any request. ``scenario``: the defaults."""
+        missing key gets Bedrock's 403); ``None`` accepts any request. ``tls=True``: serve HTTPS with a
+        self-signed certificate made at :meth:`start` (trustme, the ``tls`` extra), its CA in
+        :attr:`ca_file`; ``certfile`` (and ``keyfile``): serve HTTPS with that certificate. Plain HTTP
+        otherwise. ``scenario``: the defaults."""
+        if keyfile is not None and certfile is None:
+            raise ValueError("keyfile needs certfile")
         defaults = Scenario().merged(scenario)
         self.state = EmulatorState(defaults, replay_dir, api_key=api_key)
         self.host = host
         self.port = port
+        self.tls = tls or certfile is not None
+        self._certfile = certfile
+        self._keyfile = keyfile
+        self._tls: EmulatorTLS | None = None
         self._server: EmulatorServer | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
+
+    def _make_tls(self) -> EmulatorTLS | None:
+        if self._certfile is not None:
+            return EmulatorTLS.from_files(self._certfile, self._keyfile)
+        return EmulatorTLS.self_signed([self.host]) if self.tls else None
 
     # lifecycle
     def start(self) -> BedrockEmulator:
         if self._thread is not None:
             return self
+        self._tls = self._make_tls()
         ready = threading.Event()
         errors: list[BaseException] = []
+        context = self._tls.context if self._tls is not None else None
 
         def run() -> None:
             loop = asyncio.new_event_loop()
             self._loop = loop
             asyncio.set_event_loop(loop)
             try:
-                self._server = EmulatorServer(self.state, self.host, self.port)
+                self._server = EmulatorServer(self.state, self.host, self.port, context)
                 loop.run_until_complete(self._server.start())
                 self.port = self._server.port
             except BaseException as e:  # pragma: no cover - reported to the caller
@@ -896,8 +989,14 @@ class BedrockEmulator:
         ready.wait(10)
         if errors:
             self._thread = None
+            self._close_tls()
             raise errors[0]
         return self
+
+    def _close_tls(self) -> None:
+        if self._tls is not None:
+            self._tls.close()
+            self._tls = None
 
     def stop(self) -> None:
         loop, thread, server = self._loop, self._thread, self._server
@@ -912,6 +1011,7 @@ class BedrockEmulator:
         loop.call_soon_threadsafe(loop.stop)
         thread.join(5)
         self._thread = self._loop = self._server = None
+        self._close_tls()
 
     def __enter__(self) -> BedrockEmulator:
         return self.start()
@@ -922,7 +1022,13 @@ class BedrockEmulator:
     # API
     @property
     def url(self) -> str:
-        return base_url(self.host, self.port)
+        return base_url(self.host, self.port, tls=self.tls)
+
+    @property
+    def ca_file(self) -> Path | None:
+        """While a ``tls=True`` emulator runs: the PEM file of its CA, for ``AWS_CA_BUNDLE`` or boto3's
+        ``verify=`` (a new CA at each start, the file removed at stop). ``None`` otherwise."""
+        return self._tls.ca_file if self._tls is not None else None
 
     @property
     def requests(self) -> list[dict[str, Any]]:
