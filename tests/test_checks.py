@@ -310,6 +310,77 @@ def test_w002_silent_under_the_emulator_fixture(bedrock_emulator: object) -> Non
     assert checks.check_credentials() == []
 
 
+# -- W007 --------------------------------------------------------------------------------------
+
+API_KEY = "bedrock-api-key-check-never-shown-0123456789"
+ENDPOINT_SOURCES = {
+    "setting": "BEDROCK_STREAM['ENDPOINT_URL']",
+    "AWS_ENDPOINT_URL_BEDROCK_RUNTIME": "AWS_ENDPOINT_URL_BEDROCK_RUNTIME",
+    "AWS_ENDPOINT_URL": "AWS_ENDPOINT_URL",
+}
+KEY_SOURCES = {"setting": "BEDROCK_STREAM['API_KEY']", "env": "AWS_BEARER_TOKEN_BEDROCK"}
+
+
+def _w007(monkeypatch: pytest.MonkeyPatch, key: str | None, endpoint: str | None, url: str) -> list[Any]:
+    values: dict[str, object] = {}
+    if key == "setting":
+        values["API_KEY"] = API_KEY
+    elif key == "env":
+        monkeypatch.setenv("AWS_BEARER_TOKEN_BEDROCK", API_KEY)
+    if endpoint == "setting":
+        values["ENDPOINT_URL"] = url
+    elif endpoint is not None:
+        monkeypatch.setenv(endpoint, url)
+    with override_settings(BEDROCK_STREAM=values):
+        return checks.check_api_key_endpoint()
+
+
+@pytest.mark.parametrize("endpoint", sorted(ENDPOINT_SOURCES))
+@pytest.mark.parametrize("key", sorted(KEY_SOURCES))
+@pytest.mark.parametrize("url", ["http://127.0.0.1:8787", " HTTP://localhost:8787/"])
+def test_w007_an_api_key_with_a_plain_http_endpoint(
+    bare_aws: Path, monkeypatch: pytest.MonkeyPatch, key: str, endpoint: str, url: str
+) -> None:
+    """botocore 1.44+ would refuse every request ("Bearer authorization requires an HTTPS endpoint",
+    a 502 per stream): the check says so up front, naming where the key and the endpoint come from
+    and how to serve the emulator over HTTPS, without showing either value."""
+    monkeypatch.delenv("AWS_BEARER_TOKEN_BEDROCK", raising=False)
+    (warning,) = _w007(monkeypatch, key, endpoint, url)
+    assert warning.id == "bedrock_stream.W007"
+    assert KEY_SOURCES[key] in warning.msg and ENDPOINT_SOURCES[endpoint] in warning.msg
+    assert "plain http://" in warning.msg and "--tls-self-signed" in (warning.hint or "")
+    text = warning.msg + (warning.hint or "")
+    assert API_KEY not in text and url.strip() not in text
+
+
+@pytest.mark.parametrize(
+    ("key", "endpoint", "url"),
+    [
+        ("setting", "setting", "https://127.0.0.1:8787"),  # the emulator over TLS
+        ("env", "AWS_ENDPOINT_URL_BEDROCK_RUNTIME", "https://bedrock-runtime.us-east-1.amazonaws.com"),
+        ("setting", None, ""),  # no override: Bedrock itself, over HTTPS
+        (None, "setting", "http://127.0.0.1:8787"),  # no key: SigV4 (what the emulator accepts by default)
+    ],
+    ids=["https emulator", "https override", "no override", "no key"],
+)
+def test_w007_silent_otherwise(
+    bare_aws: Path, monkeypatch: pytest.MonkeyPatch, key: str | None, endpoint: str | None, url: str
+) -> None:
+    monkeypatch.delenv("AWS_BEARER_TOKEN_BEDROCK", raising=False)
+    assert _w007(monkeypatch, key, endpoint, url) == []
+
+
+def test_w007_through_manage_py_check(bedrock_emulator: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The session emulator is plain HTTP (AWS_ENDPOINT_URL_BEDROCK_RUNTIME); an API key makes it W007."""
+    import io
+
+    monkeypatch.setenv("AWS_BEARER_TOKEN_BEDROCK", API_KEY)
+    out = io.StringIO()
+    with override_settings(BEDROCK_STREAM={"ALLOWED_MODELS": ["m"]}):
+        call_command("check", "--tag", checks.TAG, stdout=out, stderr=out)
+    assert "(bedrock_stream.W007)" in out.getvalue() and API_KEY not in out.getvalue()
+
+
 # -- W003 --------------------------------------------------------------------------------------
 
 
