@@ -33,13 +33,6 @@ def usage_totals(queryset: QuerySet[Completion]) -> dict[str, int]:
     return totals
 
 
-def _count(value: int | None, estimated: bool) -> str:
-    """A token count; ``~`` marks one estimated from the text (the stream ended before usage came)."""
-    if value is None:
-        return "-"
-    return f"~{value}" if estimated else str(value)
-
-
 def _pre(text: str) -> str:
     return format_html('<pre style="white-space: pre-wrap; margin: 0;">{}</pre>', text)
 
@@ -52,8 +45,8 @@ class CompletionAdmin(_ModelAdmin):
         "created_at",
         "model_id",
         "status",
-        "input_column",
-        "output_column",
+        "input_tokens",
+        "output_tokens",
         "first_token",
         "user",
         "stop_reason",
@@ -126,14 +119,6 @@ class CompletionAdmin(_ModelAdmin):
     @admin.display(description="Text")
     def text_display(self, obj: Completion) -> str:
         return _pre(obj.text)
-
-    @admin.display(description="Input tokens", ordering="input_tokens")
-    def input_column(self, obj: Completion) -> str:
-        return _count(obj.input_tokens, obj.usage_estimated)
-
-    @admin.display(description="Output tokens", ordering="output_tokens")
-    def output_column(self, obj: Completion) -> str:
-        return _count(obj.output_tokens, obj.usage_estimated)
 
     @admin.display(description="Reasoning")
     def reasoning_display(self, obj: Completion) -> str:

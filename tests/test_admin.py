@@ -272,5 +272,4 @@ def test_the_detail_page_shows_the_parts_and_marks_estimated_usage(admin_client:
     for expected in ("Let me think &lt;b&gt;", "[1] policy: 20 days", 'add({&quot;a&quot;: 1}) -&gt; success in 0.01 s: 2',
                      "INTERVENED", "cat.png", "40"):
         assert expected in page, expected
-    listing = admin_client.get("/admin/django_bedrock_stream/completion/").content.decode()
-    assert "~12" in listing and "~3" in listing
+    assert re.search(r"Usage estimated:.*?(True|icon-yes)", page, re.S)
