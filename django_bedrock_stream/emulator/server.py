@@ -366,7 +366,7 @@ class EmulatorTLS:
     def self_signed(cls, hosts: Sequence[str] = ()) -> EmulatorTLS:
         """A new CA and a server certificate for ``hosts`` and the loopback names, made by trustme
         (the ``tls`` extra). The CA's certificate is written to a private temporary directory,
-        removed by :meth:`close` (or at exit); the private keys stay in memory."""
+        removed by :meth:`close` (or at exit); the CA's key is never written."""
         try:
             import trustme
         except ImportError:
