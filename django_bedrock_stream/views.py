@@ -172,7 +172,7 @@ class BedrockStreamMixin:
 
     def build_body(self, messages: Sequence[Mapping[str, str]]) -> dict[str, Any]:
         """May override: the family's native body. Call ``super()`` and add parameters."""
-        return self.family.build_body(messages, max_tokens=self.get_max_tokens(), options=self.resolved_options)
+        return self.family.body_for(messages, max_tokens=self.get_max_tokens(), options=self.resolved_options)
 
     def get_tools(self, request: HttpRequest) -> Sequence[Tool]:
         """May override: the tools offered for this request (default: :attr:`tools`)."""

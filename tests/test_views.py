@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 from asgiref.sync import async_to_sync
 from django.contrib.auth import get_user_model
-from django.test import AsyncClient, Client, override_settings
+from django.test import AsyncClient, Client, RequestFactory, override_settings
 from django.urls import reverse
 
 from django_bedrock_stream import client as clients
@@ -423,3 +423,26 @@ def test_a_family_without_a_named_view_gets_one_from_the_registry(monkeypatch: p
     view = stream_view_for("acme")
     assert issubclass(view, BedrockStreamView) and view.family_class is AcmeFamily
     assert view.__name__ == "AcmeStreamView"
+
+
+@pytest.mark.django_db
+def test_a_family_written_before_options_existed_still_streams(bedrock_emulator: Any) -> None:
+    """A project's own family whose build_body has no ``options=`` (the signature before 0.2) works."""
+    from django_bedrock_stream.families import Llama3Family
+    from django_bedrock_stream.views import BedrockStreamView
+
+    class OldStyleFamily(Llama3Family):
+        name = "old-style"
+
+        def build_body(self, messages: Any, *, max_tokens: int) -> dict[str, Any]:  # type: ignore[override]
+            return {"prompt": "[[emulator tokens=3]] old", "max_gen_len": max_tokens}
+
+    class OldStyleView(BedrockStreamView):
+        family_class = OldStyleFamily
+
+    assert OldStyleFamily.takes_options is False
+    view = OldStyleView.as_view()
+    request = RequestFactory().post("/", json.dumps({"messages": [{"role": "user", "content": "hi"}]}),
+                                    content_type="application/json")
+    response = async_to_sync(view)(request)
+    assert response.status_code == 200 and b"".join(response.streaming_content)

@@ -8,6 +8,7 @@ paths share them, so each family is tested on plain dicts and on recorded bytes.
 from __future__ import annotations
 
 import asyncio
+import inspect
 import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -74,11 +75,24 @@ class BedrockFamily:
             cls.body_key is None or (isinstance(body, dict) and cls.body_key in body)
         )
 
+    #: Whether :meth:`build_body` takes ``options=`` (families written before it existed do not).
+    takes_options: ClassVar[bool] = True
+
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
         for attr in ("name", "default_model_id"):
             if not hasattr(cls, attr) and not cls.__name__.startswith("_"):
                 raise NotImplementedError(f"{cls.__name__} must define the class attribute {attr!r}")
+        parameters = inspect.signature(cls.build_body).parameters
+        cls.takes_options = "options" in parameters or any(p.kind is p.VAR_KEYWORD for p in parameters.values())
+
+    def body_for(
+        self, messages: Sequence[Message], *, max_tokens: int, options: ConverseOptions | None = None
+    ) -> dict[str, Any]:
+        """Should not need overriding: :meth:`build_body`, passing ``options`` where it takes them."""
+        if self.takes_options:
+            return self.build_body(messages, max_tokens=max_tokens, options=options)
+        return self.build_body(messages, max_tokens=max_tokens)
 
     # -- request side ------------------------------------------------------------------------
     def build_body(
