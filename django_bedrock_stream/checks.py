@@ -133,6 +133,18 @@ def _invalid_value(key: str, value: Any) -> str | None:
         if isinstance(value, (list, tuple)) and all(isinstance(m, str) and m for m in value):
             return None
         return "must be a list of model id strings"
+    if key == "CONVERSE":
+        if not isinstance(value, dict):
+            return f"must be a dict of model options, not {type(value).__name__}"
+        from django.core.exceptions import ImproperlyConfigured
+
+        from .options import ConverseOptions
+
+        try:
+            ConverseOptions.from_values({**DEFAULTS["CONVERSE"], **value})
+        except ImproperlyConfigured as err:
+            return f"is invalid: {err}"
+        return None
     if key == "CLIENT_CONFIG":
         if value is None:
             return None

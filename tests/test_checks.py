@@ -711,3 +711,24 @@ def test_w005_silent_with_channels_or_daphne(
 def test_w005_example_project_is_not_wsgi_only() -> None:
     with override_settings(WSGI_APPLICATION="example_project.wsgi.application"):
         assert not checks.is_wsgi_only()
+
+
+@pytest.mark.parametrize("value, fragment", [
+    ("fast", "must be a dict of model options"),
+    ({"temperature": 7}, "temperature"),
+    ({"warp_speed": True}, "Unknown Converse option"),
+])
+def test_e003_reports_a_bad_converse_setting_at_start_up(value: Any, fragment: str) -> None:
+    """Caught by `check`, not by the first request's 500."""
+    from django_bedrock_stream.checks import check_settings_values
+
+    with override_settings(BEDROCK_STREAM={"CONVERSE": value}):
+        errors = check_settings_values()
+    assert [e.id for e in errors] == ["bedrock_stream.E003"] and fragment in errors[0].msg, errors
+
+
+def test_e003_accepts_a_good_converse_setting() -> None:
+    from django_bedrock_stream.checks import check_settings_values
+
+    with override_settings(BEDROCK_STREAM={"CONVERSE": {"temperature": 0.2, "prompt_cache": True}}):
+        assert check_settings_values() == []
