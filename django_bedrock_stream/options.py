@@ -18,6 +18,8 @@ from typing import Any
 
 from django.core.exceptions import ImproperlyConfigured
 
+from .prompts import CACHE_POINT
+
 __all__ = ["REQUEST_OPTIONS", "ConverseOptions", "check_converse_body"]
 
 #: The options a view may let a request set (``request_options``). Guardrails, prompt caching,
@@ -81,6 +83,22 @@ class ConverseOptions:
         options = cls(**kwargs, request_metadata=_clean_metadata(metadata or {}))
         options._check()
         return options
+
+    def inference_config(self, max_tokens: tuple[str, int], top_p: str) -> dict[str, Any]:
+        """``inferenceConfig``: ``max_tokens`` as (field name, value), then the sampling options set
+        (Converse says ``topP``, Nova's native format ``top_p``)."""
+        inference: dict[str, Any] = {max_tokens[0]: max_tokens[1]}
+        for key, value in (("temperature", self.temperature), (top_p, self.top_p),
+                           ("stopSequences", list(self.stop_sequences))):
+            if value or value == 0:
+                inference[key] = value
+        return inference
+
+    def system_blocks(self, system: str | None) -> list[dict[str, Any]] | None:
+        """The ``system`` blocks of Converse and Nova, with a cache point after them when asked."""
+        if not system:
+            return None
+        return [{"text": system}, *([dict(CACHE_POINT)] if self.cache_system else [])]
 
     def _check(self) -> None:
         def bad(name: str, expected: str) -> ImproperlyConfigured:

@@ -8,7 +8,7 @@ from typing import Any
 
 from ..options import ConverseOptions, check_converse_body
 from ..parts import Part, ReasoningDelta, Source
-from ..prompts import CACHE_POINT, _converse_reasoning, build_converse_messages, extract_system
+from ..prompts import _converse_reasoning, build_converse_messages, extract_system
 from .base import BedrockFamily, ContentBlocks, Delta, Message, complete_reasoning, guardrail_trace
 
 
@@ -118,21 +118,13 @@ class ConverseFamily(ConverseEvents, BedrockFamily):
         """Every option has its Converse field; the reasoning fields go in ``additionalModelRequestFields``
         (the model's own: ``thinking`` for Claude, ``reasoningConfig`` for Nova 2)."""
         options = options or ConverseOptions()
-        inference: dict[str, Any] = {"maxTokens": options.max_tokens(max_tokens)}
-        for key, value in (
-            ("temperature", options.temperature),
-            ("topP", options.top_p),
-            ("stopSequences", list(options.stop_sequences)),
-        ):
-            if value or value == 0:
-                inference[key] = value
         body: dict[str, Any] = {
             "messages": build_converse_messages(messages, cache=options.cache_history),
-            "inferenceConfig": inference,
+            "inferenceConfig": options.inference_config(("maxTokens", options.max_tokens(max_tokens)), "topP"),
         }
-        system = extract_system(messages)
+        system = options.system_blocks(extract_system(messages))
         if system:
-            body["system"] = [{"text": system}, *([CACHE_POINT] if options.cache_system else [])]
+            body["system"] = system
         fields = dict(options.additional_fields)
         for name, config in (("thinking", options.thinking()), ("reasoningConfig", options.reasoning_config())):
             if config is not None:

@@ -7,7 +7,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from ..options import ConverseOptions
-from ..prompts import CACHE_POINT, build_converse_messages, extract_system
+from ..prompts import build_converse_messages, extract_system
 from .base import BedrockFamily, Delta, Message
 from .converse import ConverseEvents
 
@@ -25,23 +25,15 @@ class NovaFamily(ConverseEvents, BedrockFamily):
         """Converse's shapes with base64 files (images only: the native format takes no documents),
         Nova's sampling names, ``reasoningConfig`` at the top; ``additional_fields`` are merged in."""
         options = options or ConverseOptions()
-        inference: dict[str, Any] = {"max_new_tokens": max_tokens}
-        for key, value in (
-            ("temperature", options.temperature),
-            ("top_p", options.top_p),
-            ("stopSequences", list(options.stop_sequences)),
-        ):
-            if value or value == 0:
-                inference[key] = value
         body: dict[str, Any] = {
             **options.additional_fields,
             "schemaVersion": "messages-v1",
             "messages": build_converse_messages(messages, binary=False, documents=False, cache=options.cache_history),
-            "inferenceConfig": inference,
+            "inferenceConfig": options.inference_config(("max_new_tokens", max_tokens), "top_p"),
         }
-        system = extract_system(messages)
+        system = options.system_blocks(extract_system(messages))
         if system:
-            body["system"] = [{"text": system}, *([CACHE_POINT] if options.cache_system else [])]
+            body["system"] = system
         reasoning = options.reasoning_config()
         if reasoning is not None:
             body["reasoningConfig"] = reasoning
