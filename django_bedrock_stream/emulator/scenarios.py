@@ -17,6 +17,17 @@ Beyond text (Converse, Anthropic Messages; Titan and Nova where their wire forma
     [[emulator guardrail=intervened unmasked="Call Alice on 555-0100"]]
     [[emulator cache_read=100 cache_write=20 service_tier=priority]]
 
+Tools (Converse, Anthropic Messages, Nova's native format), when the request offers tools::
+
+    [[emulator tool=calculator tool_input={"expression":"2+3"}]]      (one call, then ``tool_use``)
+    [[emulator tools=[{"name":"a","input":{"x":1}},{"name":"b","input":{}}]]]   (several, in order)
+    [[emulator tool=calculator tool_raw='{"expression": 2+'  text="Let me compute."]]   (input not JSON)
+
+The tool turn is the ``text=`` (if any), then the calls, each with its input JSON in pieces cut at
+awkward places (see :func:`input_pieces`); once the request carries the results, the next turn
+quotes them (``Result of calculator: 5.``). ``tool_turns=N`` keeps calling for N turns. A value
+starting with ``{`` or ``[`` is read as JSON up to its end (keep ``]]`` out of it).
+
 No Django imports here.
 """
 
@@ -29,6 +40,7 @@ import json
 import random
 import re
 import string
+import uuid
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -122,12 +134,21 @@ class Scenario:
     cache_read: int = 0  #: input tokens read from the prompt cache
     cache_write: int = 0  #: input tokens written to the prompt cache
     service_tier: str | None = None  #: the service tier reported in Converse metadata
+    tool: str | None = None  #: the model calls this tool (when the request offers tools)
+    tool_input: str | None = None  #: ...with this input (a JSON object; default ``{}``)
+    tool_raw: str | None = None  #: ...or with this exact input text (need not be JSON)
+    tools: str | None = None  #: several calls: a JSON list of ``{"name", "input"}`` or ``{"name", "raw"}``
+    tool_turns: int = 1  #: how many turns in a row call the tools before the model answers
+    tool_ascii: int = 0  #: 1: the model writes non-ASCII input characters as ``\\uXXXX`` escapes
 
-    _INT = ("tokens", "error_at", "throttle", "corrupt_crc_at", "drop_at", "split_pairs", "cache_read", "cache_write")
+    _INT = ("tokens", "error_at", "throttle", "corrupt_crc_at", "drop_at", "split_pairs", "cache_read", "cache_write",
+            "tool_turns", "tool_ascii")
     _FLOAT = ("delay_ms", "ttfb_ms")
     #: "none" resets these to the default
-    _NOT_NULL = ("tokens", "throttle", "delay_ms", "ttfb_ms", "split_pairs", "cache_read", "cache_write")
-    _TEXT = ("text", "reasoning", "redacted", "cite", "cite_title", "unmasked")  # "none" is text here
+    _NOT_NULL = ("tokens", "throttle", "delay_ms", "ttfb_ms", "split_pairs", "cache_read", "cache_write",
+                 "tool_turns", "tool_ascii")
+    _TEXT = ("text", "reasoning", "redacted", "cite", "cite_title", "unmasked", "tool_raw")  # "none" is text here
+    _JSON = ("tool_input", "tools")  # JSON values, kept as canonical JSON text
 
     @classmethod
     def field_names(cls) -> tuple[str, ...]:
@@ -155,6 +176,8 @@ class Scenario:
                     value = float(value)
                     if value < 0:
                         raise ValueError
+                elif key in cls._JSON:
+                    value = _tool_json(key, value)
                 else:
                     value = str(value)
             except (TypeError, ValueError):
@@ -172,6 +195,17 @@ class Scenario:
             out[key] = value
         return out
 
+    def tool_calls(self) -> list[dict[str, Any]]:
+        """The calls asked for: ``{"name", "raw"}`` each, ``raw`` being the input text to stream."""
+        calls: list[dict[str, Any]] = []
+        if self.tool is not None:
+            raw = self.tool_raw if self.tool_raw is not None else self.tool_input or "{}"
+            calls.append({"name": self.tool, "raw": raw})
+        for item in json.loads(self.tools) if self.tools else []:
+            raw = item.get("raw", json.dumps(item.get("input", {}), ensure_ascii=False))
+            calls.append({"name": item["name"], "raw": raw})
+        return calls
+
     def merged(self, overrides: dict[str, Any]) -> Scenario:
         """A copy with ``overrides`` (validated) applied."""
         if not overrides:
@@ -180,6 +214,29 @@ class Scenario:
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
+
+
+def _tool_json(key: str, value: Any) -> str:
+    """``tool_input`` (a JSON object) or ``tools`` (a list of calls) as canonical JSON text."""
+    if isinstance(value, str):
+        try:
+            value = json.loads(value)
+        except ValueError:
+            raise ScenarioError(f"bad value for emulator scenario key {key!r}: not JSON: {value!r}") from None
+    if key == "tool_input" and not isinstance(value, dict):
+        raise ScenarioError(f"bad value for tool_input: {value!r} (a JSON object; tool_raw= sends any text)")
+    if key == "tools":
+        good = isinstance(value, list) and all(
+            isinstance(item, dict) and isinstance(item.get("name"), str)
+            and set(item) <= {"name", "input", "raw"} and isinstance(item.get("input", {}), dict)
+            and isinstance(item.get("raw", ""), str)
+            for item in value
+        )
+        if not good:
+            raise ScenarioError(
+                f"bad value for tools: {value!r} (a list of objects with a name and an input object or raw text)"
+            )
+    return json.dumps(value, ensure_ascii=False)
 
 
 def _normalise_stop(value: str) -> str | None:
@@ -194,8 +251,11 @@ def _normalise_stop(value: str) -> str | None:
 # ----------------------------------------------------------------------------------------------
 # Markers
 
-_MARKER_RE = re.compile(r"\[\[emulator\b(.*?)\]\]", re.DOTALL)
+# The marker ends at the first "]]" not followed by another "]" (a JSON list may end the marker).
+_MARKER_RE = re.compile(r"\[\[emulator\b(.*?)\]\](?!\])", re.DOTALL)
 _PAIR_RE = re.compile(r"""([A-Za-z_]\w*)\s*=\s*("(?:[^"\\]|\\.)*"|'[^']*'|[^\s\]]+)""", re.DOTALL)
+_KEY_RE = re.compile(r"([A-Za-z_]\w*)\s*=\s*")
+_JSON_DECODER = json.JSONDecoder(strict=False)
 
 
 def _unescape_json(s: str) -> str:
@@ -213,15 +273,30 @@ def _unescape_json(s: str) -> str:
 def parse_markers(body_text: str) -> dict[str, Any]:
     """All ``[[emulator k=v ...]]`` markers in ``body_text``, merged in order (later keys win).
 
-    Values may be bare (``tokens=5``) or quoted (``text="two words"``, ``text='x'``). Returns raw
-    string values; :meth:`Scenario.coerce` validates them.
+    Values may be bare (``tokens=5``), quoted (``text="two words"``, ``text='x'``) or JSON objects
+    and lists (``tool_input={"a": 1}``). Returns raw values; :meth:`Scenario.coerce` validates them.
     """
     if "[[emulator" not in body_text:
         return {}
     out: dict[str, Any] = {}
     for m in _MARKER_RE.finditer(body_text):
         inner = _unescape_json(m.group(1))
-        for pm in _PAIR_RE.finditer(inner):
+        at = 0
+        while True:
+            key_match = _KEY_RE.search(inner, at)
+            if key_match is None:
+                break
+            if inner[key_match.end() : key_match.end() + 1] in ("{", "["):  # a JSON value, read to its end
+                try:
+                    out[key_match.group(1)], at = _JSON_DECODER.raw_decode(inner, key_match.end())
+                    continue
+                except ValueError:
+                    pass
+            pm = _PAIR_RE.match(inner, key_match.start())
+            if pm is None:
+                at = key_match.end()
+                continue
+            at = pm.end()
             key, raw = pm.group(1), pm.group(2)
             if raw[:1] == '"':
                 try:
@@ -373,12 +448,26 @@ class Plan:
     lead: list[bytes] = field(default_factory=list)
     bridge: bytes = b""
     text_index: int = 0
+    #: This turn's tool calls (``id``, ``name``, ``raw`` input text, its ``pieces``): the turn stops
+    #: with ``tool_use`` after them.
+    tool_calls: list[dict[str, Any]] = field(default_factory=list)
 
     @property
     def stop_reason(self) -> str:
         if self.guardrail and self.family.guardrail_stop:
             return self.family.guardrail_stop
+        if self.tool_calls:
+            return "tool_use"
         return self.family.length_stop if self.length_stop else self.family.normal_stop
+
+    @property
+    def tool_index(self) -> int:
+        """The content block index of the first tool call: after the text block, if there is text."""
+        return self.text_index + (1 if self.tokens else 0)
+
+    def output_tokens(self, sent: int) -> int:
+        """Output tokens: the text's, and one per piece of tool input."""
+        return sent + sum(len(call["pieces"]) for call in self.tool_calls)
 
     @property
     def text(self) -> str:
@@ -428,6 +517,140 @@ def thinking_requested(body: dict[str, Any]) -> bool:
     return False
 
 
+# ----------------------------------------------------------------------------------------------
+# Tools
+
+
+def input_pieces(text: str, *, size: int = 4, pairs: bool = False) -> list[str]:
+    """A tool call's input text in the pieces a model streams it in: an empty piece first (as
+    Bedrock sends), then cut every ``size`` characters and at the awkward places a real stream has:
+    right after each backslash (between ``\\`` and the character it escapes), inside each
+    ``\\uXXXX`` escape, after each escape (so between the two escapes of a surrogate pair:
+    ``\\ud83d`` | ``\\ude00``) and, with ``pairs``, between the two UTF-16 halves of a character
+    beyond U+FFFF written as is (the piece then ends in a lone surrogate, which the event's JSON
+    carries as a ``\\ud83d`` escape, as for ``split_pairs`` text).
+
+    What Bedrock can do, and no more: each event's payload is a whole JSON document in UTF-8, so a
+    piece never ends inside a UTF-8 byte sequence; the input's pieces are strings, cut anywhere in
+    the model's JSON text (inside strings and escapes) and, for characters beyond U+FFFF, between
+    surrogates. A client must join the pieces before it decodes the JSON."""
+    units: list[str] = []
+    for char in text:
+        code = ord(char) - 0x10000
+        if pairs and code >= 0:
+            units += [chr(0xD800 + (code >> 10)), chr(0xDC00 + (code & 0x3FF))]
+        else:
+            units.append(char)
+    cuts = set(range(size, len(units), size))
+    i = 0
+    while i < len(units):
+        if units[i] == "\\":
+            cuts.add(i + 1)
+            if units[i + 1 : i + 2] == ["u"]:
+                cuts.update((i + 4, i + 6))
+                i += 6
+                continue
+            i += 2
+            continue
+        if "\ud800" <= units[i] <= "\udbff":
+            cuts.add(i + 1)
+        i += 1
+    bounds = [0, *sorted(cut for cut in cuts if 0 < cut < len(units)), len(units)]
+    return ["", *("".join(units[a:b]) for a, b in zip(bounds, bounds[1:]))]
+
+
+_ID_ALPHABET = string.ascii_letters + string.digits
+
+
+def _parsed_input(raw: str) -> Any:
+    """A call's input for a non-streaming reply: the JSON, or the text when it is not JSON."""
+    try:
+        return json.loads(raw)
+    except ValueError:
+        return raw
+
+
+@dataclass
+class ToolTurn:
+    """One message of a request, as far as tools go."""
+
+    role: str
+    first: str  #: the kind of its first content block ("text", "tool_use", "thinking"...; "" without)
+    uses: list[tuple[str, str]]  #: (id, name) of each tool call
+    results: list[tuple[int, str, str, bool]]  #: (block index, call id, the result as text, is an error)
+
+
+def _tool_answer(turns: list[ToolTurn]) -> str:
+    """The model's answer once the tool results arrived: it quotes each one."""
+    names = dict(turns[-2].uses)
+    lines = []
+    for _, call_id, text, error in turns[-1].results:
+        name = names.get(call_id, "an unknown tool")
+        lines.append(f"Error from {name}: {text}" if error else f"Result of {name}: {text}")
+    return "\n".join(lines)
+
+
+def _tool_rounds(turns: list[ToolTurn]) -> int:
+    """How many (tool calls, tool results) pairs of turns end the conversation."""
+    rounds, end = 0, len(turns)
+    while (
+        end >= 2 and turns[end - 1].role == "user" and turns[end - 1].results
+        and turns[end - 2].role == "assistant" and turns[end - 2].uses
+    ):
+        rounds, end = rounds + 1, end - 2
+    return rounds
+
+
+def tool_turn(family: Family, model_id: str, body: dict[str, Any], sc: Scenario) -> tuple[str | None, list[dict]]:
+    """(the turn's text, or None for the usual text; its tool calls). The model calls the tools the
+    scenario names when the request offers tools and fewer than ``tool_turns`` rounds of calls end
+    the conversation; after the results of a round it quotes them."""
+    turns = family.tool_turns(body)
+    rounds = _tool_rounds(turns)
+    wanted = sc.tool_calls()
+    if wanted and family.offered_tools(body) and rounds < sc.tool_turns:
+        calls = []
+        for call in wanted:
+            raw = call["raw"]
+            if sc.tool_ascii and _is_json(raw):  # the model escapes every non-ASCII character
+                raw = json.dumps(json.loads(raw))
+            pieces = input_pieces(raw, pairs=bool(sc.split_pairs)) if family.streams_tool_input else [raw]
+            calls.append({"id": family.tool_id(), "name": call["name"], "raw": raw, "pieces": pieces})
+        return (sc.text or ""), calls
+    if rounds:
+        return _tool_answer(turns), []
+    return sc.text, []
+
+
+def _is_json(text: str) -> bool:
+    try:
+        json.loads(text)
+    except ValueError:
+        return False
+    return True
+
+
+def _thinking_first(where: str, found: str) -> InvalidRequest:
+    return InvalidRequest(
+        f"{where}: Expected `thinking` or `redacted_thinking`, but found `{found}`. When `thinking` is enabled, "
+        "a final `assistant` message must start with a thinking block (preceeding the lastmost set of `tool_use` "
+        "and `tool_result` blocks). We recommend you include thinking blocks from previous turns. To avoid this "
+        "requirement, disable `thinking`. Please consult our documentation at "
+        "https://docs.claude.com/en/docs/build-with-claude/extended-thinking"
+    )
+
+
+def _thinking_turn_missing(turns: list[ToolTurn], body: dict[str, Any]) -> tuple[int, str] | None:
+    """With thinking on, the assistant turn before the last tool results must start with its
+    reasoning: (its index, what it starts with) when it does not."""
+    if not thinking_requested(body) or len(turns) < 2 or not turns[-1].results:
+        return None
+    assistant = turns[-2]
+    if assistant.role != "assistant" or assistant.first in ("thinking", "redacted_thinking"):
+        return None
+    return len(turns) - 2, assistant.first
+
+
 class _Lead:
     """Collects the events before the text: ``step`` is a counted event, ``boundary`` a block start
     or stop, sent in front of the next step."""
@@ -459,6 +682,8 @@ class Family:
     features: frozenset[str] = frozenset()
     #: The invocation metrics always carry the cache token counts (Nova's do, even when 0).
     cache_metrics = False
+    #: A tool call's input arrives in pieces (Nova's native format sends it whole, in one delta).
+    streams_tool_input = True
 
     def prompt_text(self, body: dict[str, Any]) -> str:
         p = body.get("prompt")
@@ -470,6 +695,18 @@ class Family:
     def check_request(self, model_id: str, body: dict[str, Any]) -> list[dict[str, Any]]:
         """Refuse (InvalidRequest) what Bedrock refuses in the body; return its attachments."""
         return []
+
+    def offered_tools(self, body: dict[str, Any]) -> list[str]:
+        """The names of the tools the request offers."""
+        return []
+
+    def tool_turns(self, body: dict[str, Any]) -> list[ToolTurn]:
+        """The request's messages, as far as tools go."""
+        return []
+
+    def tool_id(self) -> str:
+        """A new tool call id, in the service's style."""
+        raise NotImplementedError
 
     def lead(self, plan: Plan) -> _Lead:
         """Lay out the content blocks before the text (reasoning, citations); sets ``text_index``."""
@@ -520,7 +757,7 @@ class AnthropicMessages(Family):
     name = "anthropic-messages"
     normal_stop = "end_turn"
     length_stop = "max_tokens"
-    features = frozenset({"reasoning", "redacted", "cite", "cache"})
+    features = frozenset({"reasoning", "redacted", "cite", "cache", "tools"})
 
     def prompt_text(self, body: dict[str, Any]) -> str:
         return _messages_text(body)
@@ -535,7 +772,65 @@ class AnthropicMessages(Family):
                     if not block.get("signature"):
                         raise InvalidRequest(f"messages.{i}.content.{j}.thinking.signature: Field required")
                     check_signature(block.get("thinking"), block["signature"], f"messages.{i}.content.{j}")
+        self._check_tools(body)
         return anthropic_attachments(body, model_id)
+
+    def _check_tools(self, body: dict[str, Any]) -> None:
+        """Each ``tool_use`` answered by a ``tool_result`` in the next message and each result
+        answering a call of the previous one, with Anthropic's messages."""
+        turns = self.tool_turns(body)
+        if any(turn.uses or turn.results for turn in turns) and not body.get("tools"):
+            raise InvalidRequest("Requests which include `tool_use` or `tool_result` blocks must define tools.")
+        for i, turn in enumerate(turns):
+            called = {call_id for call_id, _ in turns[i - 1].uses} if i and turns[i - 1].role == "assistant" else set()
+            for j, call_id, _, _ in turn.results:
+                if call_id not in called:
+                    raise InvalidRequest(
+                        f"messages.{i}.content.{j}: unexpected `tool_use_id` found in `tool_result` blocks: {call_id}. "
+                        "Each `tool_result` block must have a corresponding `tool_use` block in the previous message."
+                    )
+            if turn.uses and i + 1 < len(turns):
+                answered = {result[1] for result in turns[i + 1].results}
+                missing = [call_id for call_id, _ in turn.uses if call_id not in answered]
+                if missing:
+                    raise InvalidRequest(
+                        f"messages.{i}: `tool_use` ids were found without `tool_result` blocks immediately after: "
+                        f"{', '.join(missing)}. Each `tool_use` block must have a corresponding `tool_result` block "
+                        "in the next message."
+                    )
+        unthought = _thinking_turn_missing(turns, body)
+        if unthought is not None:
+            raise _thinking_first(f"messages.{unthought[0]}.content.0.type", unthought[1])
+
+    def offered_tools(self, body: dict[str, Any]) -> list[str]:
+        tools = body.get("tools")
+        return [t["name"] for t in tools if isinstance(t, dict) and isinstance(t.get("name"), str)] if isinstance(
+            tools, list
+        ) else []
+
+    def tool_turns(self, body: dict[str, Any]) -> list[ToolTurn]:
+        turns = []
+        for message in body.get("messages") or []:
+            if not isinstance(message, dict):
+                continue
+            content = message.get("content")
+            blocks = content if isinstance(content, list) else [{"type": "text"}]
+            first = blocks[0].get("type", "") if blocks and isinstance(blocks[0], dict) else ""
+            uses, results = [], []
+            for j, block in enumerate(blocks):
+                if not isinstance(block, dict):
+                    continue
+                if block.get("type") == "tool_use":
+                    uses.append((str(block.get("id")), str(block.get("name"))))
+                elif block.get("type") == "tool_result":
+                    result = block.get("content")
+                    text = result if isinstance(result, str) else _content_text(result)
+                    results.append((j, str(block.get("tool_use_id")), text, bool(block.get("is_error"))))
+            turns.append(ToolTurn(str(message.get("role")), first, uses, results))
+        return turns
+
+    def tool_id(self) -> str:
+        return "toolu_bdrk_01" + "".join(_rand.choice(_ID_ALPHABET) for _ in range(22))
 
     @staticmethod
     def _model_name(model_id: str) -> str:
@@ -589,7 +884,8 @@ class AnthropicMessages(Family):
         text: dict[str, Any] = {"type": "text", "text": ""}
         if plan.citation:
             text["citations"] = []
-        lead.boundary(block("content_block_start", k, content_block=text))
+        if plan.tokens or not plan.tool_calls:  # a turn of tool calls alone has no text block
+            lead.boundary(block("content_block_start", k, content_block=text))
         if plan.citation:
             cited = plan.citation["text"]
             citation = {"type": "char_location", "cited_text": cited, "document_index": 0,
@@ -610,16 +906,30 @@ class AnthropicMessages(Family):
     def tail(self, plan: Plan, sent: int, merged: bool, metrics: dict[str, Any]) -> list[bytes]:
         return [
             *([plan.bridge] if plan.bridge and not sent else []),
-            _model_json({"type": "content_block_stop", "index": plan.text_index}),
+            *([_model_json({"type": "content_block_stop", "index": plan.text_index})]
+              if plan.tokens or not plan.tool_calls else []),
+            *self._tool_blocks(plan),
             _model_json(
                 {
                     "type": "message_delta",
                     "delta": {"stop_reason": plan.stop_reason, "stop_sequence": None},
-                    "usage": {"output_tokens": sent},
+                    "usage": {"output_tokens": plan.output_tokens(sent)},
                 }
             ),
             _model_json({"type": "message_stop", "amazon-bedrock-invocationMetrics": metrics}),
         ]
+
+    def _tool_blocks(self, plan: Plan) -> list[bytes]:
+        out = []
+        for k, call in enumerate(plan.tool_calls):
+            index = plan.tool_index + k
+            start = {"type": "tool_use", "id": call["id"], "name": call["name"], "input": {}}
+            out.append(self._block("content_block_start", index, content_block=start))
+            for piece in call["pieces"]:
+                delta = {"type": "input_json_delta", "partial_json": piece}
+                out.append(self._block("content_block_delta", index, delta=delta))
+            out.append(self._block("content_block_stop", index))
+        return out
 
     def invoke_body(self, plan: Plan, latency_ms: int) -> dict[str, Any]:
         content: list[dict[str, Any]] = []
@@ -627,15 +937,20 @@ class AnthropicMessages(Family):
             content.append({"type": "thinking", "thinking": "".join(plan.reasoning), "signature": plan.signature})
         if plan.redacted is not None:
             content.append({"type": "redacted_thinking", "data": base64.b64encode(plan.redacted).decode()})
+        if plan.tokens or not plan.tool_calls:
+            content.append({"type": "text", "text": plan.text})
+        for call in plan.tool_calls:
+            content.append({"type": "tool_use", "id": call["id"], "name": call["name"],
+                            "input": _parsed_input(call["raw"])})
         return {
             "id": "msg_bdrk_" + hashlib.sha1(plan.text.encode()).hexdigest()[:24],
             "type": "message",
             "role": "assistant",
             "model": self._model_name(plan.model_id),
-            "content": [*content, {"type": "text", "text": plan.text}],
+            "content": content,
             "stop_reason": plan.stop_reason,
             "stop_sequence": None,
-            "usage": self._usage(plan, len(plan.tokens)),
+            "usage": self._usage(plan, plan.output_tokens(len(plan.tokens))),
         }
 
 
@@ -857,7 +1172,84 @@ class _ConverseShapes(Family):
                 if claude and not reasoning.get("signature"):
                     raise InvalidRequest(f"{where}.thinking.signature: Field required")
                 check_signature(reasoning.get("text"), reasoning.get("signature"), where)
+        self._check_tools(body, claude)
         return converse_attachments(body, model_id)
+
+    def _check_tools(self, body: dict[str, Any], claude: bool) -> None:
+        """Converse's own checks of toolUse / toolResult blocks, with its messages; Claude's rule
+        that a reasoning turn sends its reasoning back with its tool calls."""
+        turns = self.tool_turns(body)
+        if any(turn.uses or turn.results for turn in turns) and not isinstance(body.get("toolConfig"), dict):
+            raise InvalidRequest(
+                "The toolConfig field must be defined when using toolUse and toolResult content blocks."
+            )
+        for i, turn in enumerate(turns):
+            if turn.results:
+                called = turns[i - 1].uses if i and turns[i - 1].role == "assistant" else []
+                if len(turn.results) > len(called):
+                    raise InvalidRequest(
+                        f"The number of toolResult blocks at messages.{i}.content exceeds the number of toolUse "
+                        "blocks of previous turn."
+                    )
+            for j, _, text, error in turn.results:
+                if error and not text:
+                    raise InvalidRequest(
+                        f"The content field at messages.{i}.content.{j}.toolResult cannot be empty when status "
+                        "value is error."
+                    )
+            if turn.uses and i + 1 < len(turns):
+                answered = {result[1] for result in turns[i + 1].results}
+                missing = [call_id for call_id, _ in turn.uses if call_id not in answered]
+                if missing:
+                    raise InvalidRequest(
+                        f"Expected toolResult blocks at messages.{i + 1}.content for the following Ids: "
+                        + ", ".join(missing)
+                    )
+        unthought = _thinking_turn_missing(turns, body) if claude else None
+        if unthought is not None:
+            where = f"The model returned the following errors: messages.{unthought[0]}.content.0.type"
+            raise _thinking_first(where, unthought[1])
+
+    def offered_tools(self, body: dict[str, Any]) -> list[str]:
+        tools = _dig(body, "toolConfig", "tools")
+        names = [_dig(tool, "toolSpec", "name") for tool in tools] if isinstance(tools, list) else []
+        return [name for name in names if isinstance(name, str)]
+
+    def tool_turns(self, body: dict[str, Any]) -> list[ToolTurn]:
+        kinds = {"toolUse": "tool_use", "toolResult": "tool_result", "reasoningContent": "thinking"}
+        turns = []
+        for message in body.get("messages") or []:
+            if not isinstance(message, dict):
+                continue
+            content = message.get("content")
+            blocks = content if isinstance(content, list) else []
+            head = next(iter(blocks[0]), "") if blocks and isinstance(blocks[0], dict) else ""
+            if head == "reasoningContent" and "redactedContent" in (blocks[0].get("reasoningContent") or {}):
+                head = "redacted_thinking"
+            uses, results = [], []
+            for j, block in enumerate(blocks):
+                use = block.get("toolUse") if isinstance(block, dict) else None
+                result = block.get("toolResult") if isinstance(block, dict) else None
+                if isinstance(use, dict):
+                    uses.append((str(use.get("toolUseId")), str(use.get("name"))))
+                elif isinstance(result, dict):
+                    text = "".join(
+                        item["text"] if isinstance(item.get("text"), str)
+                        else json.dumps(item["json"], ensure_ascii=False, separators=(",", ":")) if "json" in item
+                        else ""
+                        for item in result.get("content") or [] if isinstance(item, dict)
+                    )
+                    results.append((j, str(result.get("toolUseId")), text, result.get("status") == "error"))
+            turns.append(ToolTurn(str(message.get("role")), kinds.get(head, head), uses, results))
+        return turns
+
+    def tool_id(self) -> str:
+        return "tooluse_" + "".join(_rand.choice(_ID_ALPHABET + "-_") for _ in range(22))
+
+    def _tool_use_blocks(self, plan: Plan) -> list[dict[str, Any]]:
+        """A non-streaming reply's toolUse blocks."""
+        return [{"toolUse": {"toolUseId": call["id"], "name": call["name"], "input": _parsed_input(call["raw"])}}
+                for call in plan.tool_calls]
 
 
 class Converse(_ConverseShapes):
@@ -868,7 +1260,7 @@ class Converse(_ConverseShapes):
     length_stop = "max_tokens"
     guardrail_stop = "guardrail_intervened"
     max_tokens_path = ("inferenceConfig", "maxTokens")
-    features = frozenset({"reasoning", "redacted", "cite", "guardrail", "cache", "service_tier"})
+    features = frozenset({"reasoning", "redacted", "cite", "guardrail", "cache", "service_tier", "tools"})
 
     @staticmethod
     def _with_p(body: bytes) -> bytes:
@@ -943,7 +1335,7 @@ class Converse(_ConverseShapes):
 
     def tail(self, plan: Plan, sent: int, merged: bool, metrics: dict[str, Any]) -> list[bytes]:
         metadata: dict[str, Any] = {
-            "usage": self._usage(plan, sent),
+            "usage": self._usage(plan, plan.output_tokens(sent)),
             "metrics": {"latencyMs": metrics["invocationLatency"]},
         }
         trace = self._trace(plan)
@@ -953,10 +1345,22 @@ class Converse(_ConverseShapes):
             metadata["serviceTier"] = {"type": plan.service_tier}
         return [
             *([plan.bridge] if plan.bridge and not sent else []),
-            self._stop(plan.text_index),
+            *([self._stop(plan.text_index)] if plan.tokens or not plan.tool_calls else []),
+            *self._tool_blocks(plan),
             encode_event("messageStop", self._with_p(_dumps({"stopReason": plan.stop_reason}))),
             encode_event("metadata", self._with_p(_dumps(metadata))),
         ]
+
+    def _tool_blocks(self, plan: Plan) -> list[bytes]:
+        """Each call: a contentBlockStart naming it, its input in pieces, its contentBlockStop."""
+        out = []
+        for k, call in enumerate(plan.tool_calls):
+            index = plan.tool_index + k
+            start = {"contentBlockIndex": index, "start": {"toolUse": {"toolUseId": call["id"], "name": call["name"]}}}
+            out.append(encode_event("contentBlockStart", self._with_p(_dumps(start))))
+            out.extend(self._delta(index, {"toolUse": {"input": piece}}) for piece in call["pieces"])
+            out.append(self._stop(index))
+        return out
 
     def invoke_body(self, plan: Plan, latency_ms: int) -> dict[str, Any]:
         content: list[dict[str, Any]] = []
@@ -965,10 +1369,12 @@ class Converse(_ConverseShapes):
             content.append({"reasoningContent": {"reasoningText": {"text": text, "signature": plan.signature}}})
         if plan.redacted is not None:
             content.append({"reasoningContent": {"redactedContent": base64.b64encode(plan.redacted).decode()}})
+        if plan.tokens or not plan.tool_calls:
+            content.append({"text": plan.text})
         out: dict[str, Any] = {
-            "output": {"message": {"role": "assistant", "content": [*content, {"text": plan.text}]}},
+            "output": {"message": {"role": "assistant", "content": [*content, *self._tool_use_blocks(plan)]}},
             "stopReason": plan.stop_reason,
-            "usage": self._usage(plan, len(plan.tokens)),
+            "usage": self._usage(plan, plan.output_tokens(len(plan.tokens))),
             "metrics": {"latencyMs": latency_ms},
         }
         trace = self._trace(plan)
@@ -987,8 +1393,9 @@ class Nova(_ConverseShapes):
     normal_stop = "end_turn"
     length_stop = "max_tokens"
     max_tokens_path = ("inferenceConfig", "max_new_tokens")
-    features = frozenset({"cache"})
+    features = frozenset({"cache", "tools"})
     cache_metrics = True
+    streams_tool_input = False
 
     def check_request(self, model_id: str, body: dict[str, Any]) -> list[dict[str, Any]]:
         if not isinstance(body.get("messages"), list):
@@ -1010,18 +1417,34 @@ class Nova(_ConverseShapes):
         return {"inputTokens": plan.input_tokens, "outputTokens": output_tokens,
                 "cacheReadInputTokenCount": plan.cache_read, "cacheWriteInputTokenCount": plan.cache_write}
 
+    def tool_id(self) -> str:
+        return str(uuid.UUID(int=_rand.getrandbits(128), version=4))
+
     def tail(self, plan: Plan, sent: int, merged: bool, metrics: dict[str, Any]) -> list[bytes]:
-        metadata = {"usage": self._usage(plan, sent), "metrics": {}, "trace": {}}
+        metadata = {"usage": self._usage(plan, plan.output_tokens(sent)), "metrics": {}, "trace": {}}
+        calls = []
+        for k, call in enumerate(plan.tool_calls):  # as recorded: after the text's blocks, input whole
+            index = len(plan.tokens) + k
+            use = {"toolUseId": call["id"], "name": call["name"]}
+            calls.append(_model_json({"contentBlockStart": {"start": {"toolUse": use}, "contentBlockIndex": index}}))
+            calls.extend(
+                _model_json({"contentBlockDelta": {"delta": {"toolUse": {"input": piece}}, "contentBlockIndex": index}})
+                for piece in call["pieces"]
+            )
+            calls.append(_model_json({"contentBlockStop": {"contentBlockIndex": index}}))
         return [
+            *calls,
             _model_json({"messageStop": {"stopReason": plan.stop_reason}}),
             _model_json({"metadata": metadata, "amazon-bedrock-invocationMetrics": metrics}),
         ]
 
     def invoke_body(self, plan: Plan, latency_ms: int) -> dict[str, Any]:
-        usage = self._usage(plan, len(plan.tokens))
-        usage["totalTokens"] = plan.input_tokens + len(plan.tokens)
+        output = plan.output_tokens(len(plan.tokens))
+        usage = self._usage(plan, output)
+        usage["totalTokens"] = plan.input_tokens + output
+        content = [{"text": plan.text}] if plan.tokens or not plan.tool_calls else []
         return {
-            "output": {"message": {"content": [{"text": plan.text}], "role": "assistant"}},
+            "output": {"message": {"content": [*content, *self._tool_use_blocks(plan)], "role": "assistant"}},
             "stopReason": plan.stop_reason,
             "usage": usage,
         }
@@ -1075,8 +1498,12 @@ def make_plan(
     body_dict = body if isinstance(body, dict) else {}
     attachments = family.check_request(model_id, body_dict) if body_dict else []
     prompt = family.prompt_text(body_dict) if body_dict else ""
-    if scenario.text is not None:
-        tokens = split_text(scenario.text)
+    text = scenario.text
+    tool_calls: list[dict[str, Any]] = []
+    if "tools" in family.features and body_dict:
+        text, tool_calls = tool_turn(family, model_id, body_dict, scenario)
+    if text is not None:
+        tokens = split_text(text)
     else:
         tokens = generated_tokens(prompt, scenario.tokens)
     if scenario.split_pairs:
@@ -1093,6 +1520,7 @@ def make_plan(
         input_tokens=estimate_tokens(prompt),
         length_stop=length_stop,
         attachments=attachments,
+        tool_calls=tool_calls,
     )
     if isinstance(body_dict.get("prompt"), str):
         plan.extra["prompt"] = body_dict["prompt"]
@@ -1108,6 +1536,7 @@ FEATURES: dict[str, Any] = {
     "guardrail": lambda sc: sc.guardrail is not None,
     "cache": lambda sc: bool(sc.cache_read or sc.cache_write),
     "service_tier": lambda sc: sc.service_tier is not None,
+    "tools": lambda sc: sc.tool is not None or sc.tools is not None,
 }
 
 

@@ -224,6 +224,8 @@ class ContentBlocks:
         if tool is not None:
             tool_id, name, pieces = tool
             raw = "".join(pieces)
+            if not raw.isascii():  # a piece may end between the two UTF-16 halves of a character
+                raw = raw.encode("utf-16-le", "surrogatepass").decode("utf-16-le", "replace")
             try:
                 parts.append(ToolCall(tool_id, name, json.loads(raw) if raw.strip() else {}, index=index))
             except ValueError as err:  # the model sent input that is not JSON: the model must hear of it
