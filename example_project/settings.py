@@ -73,6 +73,10 @@ USE_I18N = True
 USE_TZ = True
 
 STATIC_URL = "static/"
+# The chat page sends images and documents inside its JSON requests (base64 data URLs, sent again with
+# every turn, as the AI SDK's useChat does): room for a few of them per conversation. The page checks
+# this limit before sending; the server answers a larger body with a 413.
+DATA_UPLOAD_MAX_MEMORY_SIZE = 32 * 1024 * 1024
 LOGIN_URL = "login"
 LOGIN_REDIRECT_URL = "chat"
 LOGOUT_REDIRECT_URL = "chat"
@@ -101,6 +105,10 @@ if EXAMPLE_USES_EMULATOR:
     os.environ.setdefault("AWS_ACCESS_KEY_ID", "emulator")
     os.environ.setdefault("AWS_SECRET_ACCESS_KEY", "emulator")
     os.environ.setdefault("AWS_DEFAULT_REGION", "us-east-1")
+    # Prompt caching after the system prompt: the emulator writes it to its cache on the first request
+    # and reads it back on every later one, so the page shows cache hits. (On real Bedrock only models
+    # with prompt caching take a cache point, and only a prefix of about 1,024 tokens or more is cached.)
+    BEDROCK_STREAM["CONVERSE"] = {"prompt_cache": "system"}
 
 # Anonymous streaming (W006) is this local demo's choice, made above; nothing else is silenced.
 SILENCED_SYSTEM_CHECKS = ["bedrock_stream.W006"]

@@ -8,7 +8,6 @@ from . import views
 urlpatterns = [
     path("", views.chat, name="chat"),
     path("history/", views.history, name="history"),
-    path("history/latest.json", views.latest, name="history-latest"),
     path("admin/", admin.site.urls),
     path("accounts/login/", auth_views.LoginView.as_view(template_name="example/login.html"), name="login"),
     path("accounts/logout/", auth_views.LogoutView.as_view(), name="logout"),

@@ -1,9 +1,9 @@
-"""The example site's pages: the chat page, the history of past completions, and a JSON summary of the
-newest one (what the chat script shows after a stream ends)."""
+"""The example site's pages: the chat page (its script, static/example/chat.js, reads the AI SDK UI
+message stream: reasoning, citations, files and usage) and the history of past completions."""
 
 from __future__ import annotations
 
-import json
+import functools
 import mimetypes
 import urllib.error
 import urllib.request
@@ -12,18 +12,32 @@ from typing import Any
 from django.conf import settings
 from django.contrib.staticfiles import finders
 from django.db.models import QuerySet
-from django.http import Http404, HttpRequest, HttpResponse, JsonResponse
+from django.http import Http404, HttpRequest, HttpResponse
 from django.shortcuts import render
 from django.views.decorators.csrf import ensure_csrf_cookie
 from django.views.decorators.http import require_GET
 
 from django_bedrock_stream import urls as stream_urls
+from django_bedrock_stream.conf import stream_settings
+from django_bedrock_stream.families.base import BedrockFamily
+from django_bedrock_stream.media import FORMAT_MEDIA_TYPES, IMAGE_FORMATS, Attachment, FileRefused
 from django_bedrock_stream.models import Completion
 
 from .models import SessionCompletion
 
 #: Set in an anonymous visitor's session by the chat page, the one time that session is written.
 HISTORY_FLAG = "example_history"
+
+#: The chat page's system message, sent first with every turn. Under the emulator the settings turn on
+#: prompt caching after the system prompt, so the first request writes it to the cache and every later
+#: one reads it back (the cache counts under each answer).
+SYSTEM_PROMPT = (
+    "You are the assistant of the django-bedrock-stream demo. Answer briefly and plainly. When the user "
+    "attaches images or documents, describe what they show and cite the documents you quote."
+)
+
+#: File name extensions the picker offers for a Bedrock file format (the format's name otherwise).
+EXTENSIONS = {"jpeg": ("jpg", "jpeg"), "html": ("html", "htm"), "md": ("md", "markdown")}
 
 
 def remember_completion(sender: type, request: HttpRequest, completion: Completion, **kwargs: Any) -> None:
@@ -52,8 +66,26 @@ def visible_completions(request: HttpRequest) -> QuerySet[Completion]:
     return rows.filter(pk__in=started_here, user__isnull=True)
 
 
-def families() -> list[dict[str, str]]:
-    """Every endpoint of ``django_bedrock_stream.urls`` with its default model id."""
+@functools.cache
+def accepted_files(family_class: type[BedrockFamily]) -> dict[str, str]:
+    """The files a family's request format takes, as ``{".ext": media type}``, asked of the family
+    itself: its ``build_body`` refuses (``FileRefused``) the formats it cannot send, so the page's file
+    picker follows the package instead of repeating its rules."""
+    family = family_class()
+    accepted: dict[str, str] = {}
+    for fmt, media_type in FORMAT_MEDIA_TYPES.items():
+        kind = "image" if fmt in IMAGE_FORMATS else "document"
+        probe = Attachment(kind, fmt, media_type, b"probe", f"probe.{fmt}")
+        try:
+            family.build_body([{"role": "user", "content": "probe", "attachments": [probe]}], max_tokens=1)
+        except FileRefused:
+            continue
+        accepted.update({f".{ext}": media_type for ext in EXTENSIONS.get(fmt, (fmt,))})
+    return accepted
+
+
+def families() -> list[dict[str, Any]]:
+    """Every endpoint of ``django_bedrock_stream.urls`` with its default model id and the files it takes."""
     out = []
     for pattern in stream_urls.urlpatterns:
         view_class = pattern.callback.view_class
@@ -64,6 +96,7 @@ def families() -> list[dict[str, str]]:
                 "name": pattern.name,
                 "path": f"/bedrock/{pattern.pattern}",
                 "model_id": view_class.model_id or view_class.family_class.default_model_id,
+                "accept": accepted_files(view_class.family_class),
             }
         )
     return out
@@ -84,13 +117,27 @@ def chat(request: HttpRequest) -> HttpResponse:
         request.session[HISTORY_FLAG] = True  # the visitor's session, made once here rather than per stream
     uses_emulator = getattr(settings, "EXAMPLE_USES_EMULATOR", False)
     emulator_url = getattr(settings, "EXAMPLE_EMULATOR_URL", "")
+    endpoints = families()
     context = {
-        "families": families(),
-        "families_json": json.dumps(families()),
+        "families": endpoints,
         "uses_emulator": uses_emulator,
         "emulator_url": emulator_url,
         "emulator_down": uses_emulator and not emulator_reachable(emulator_url),
         "emulator_port": emulator_url.rsplit(":", 1)[-1] if emulator_url.count(":") == 2 else "8787",
+        "system_prompt": SYSTEM_PROMPT,
+        # What chat.js needs, as JSON (json_script): the files each endpoint takes and the server's
+        # limits, checked in the browser first so the user gets a clear message before uploading.
+        "config": {
+            "system": SYSTEM_PROMPT,
+            "accept": {f["name"]: f["accept"] for f in endpoints},
+            "limits": {
+                "maxImages": stream_settings.MAX_IMAGES,
+                "maxImageBytes": stream_settings.MAX_IMAGE_BYTES,
+                "maxDocuments": stream_settings.MAX_DOCUMENTS,
+                "maxDocumentBytes": stream_settings.MAX_DOCUMENT_BYTES,
+                "maxBodyBytes": settings.DATA_UPLOAD_MAX_MEMORY_SIZE,
+            },
+        },
     }
     return render(request, "example/chat.html", context)
 
@@ -99,36 +146,6 @@ def chat(request: HttpRequest) -> HttpResponse:
 def history(request: HttpRequest) -> HttpResponse:
     completions = visible_completions(request)[:100]
     return render(request, "example/history.html", {"completions": completions})
-
-
-def summary(completion: Completion) -> dict[str, Any]:
-    ttft = completion.time_to_first_token
-    return {
-        "id": completion.pk,
-        "model_id": completion.model_id,
-        "family": completion.family,
-        "status": completion.status,
-        "stop_reason": completion.stop_reason,
-        "input_tokens": completion.input_tokens,
-        "output_tokens": completion.output_tokens,
-        "time_to_first_token_ms": round(ttft.total_seconds() * 1000) if ttft is not None else None,
-        "error": completion.error,
-        "error_code": completion.error_code,
-        "created_at": completion.created_at.isoformat(),
-        "finished_at": completion.finished_at.isoformat() if completion.finished_at else None,
-    }
-
-
-@require_GET
-def latest(request: HttpRequest) -> JsonResponse:
-    """The newest completion this visitor may see (staff: their own newest, not everyone's)."""
-    rows = visible_completions(request)
-    if request.user.is_authenticated and getattr(request.user, "is_staff", False):
-        rows = rows.filter(user=request.user)
-    completion = rows.first()
-    if completion is None:
-        return JsonResponse({"error": {"type": "not_found", "message": "No completion yet."}}, status=404)
-    return JsonResponse(summary(completion))
 
 
 def static_file(request: HttpRequest, path: str) -> HttpResponse:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import select
 import shutil
 import socket
@@ -103,10 +104,6 @@ def test_history_is_per_user_and_per_session(bedrock_emulator: Any) -> None:
     assert "question from anon1" in history("anon1") and "question from ada" not in history("anon1")
     assert "question from" not in history("anon2")
     assert all(f"question from {n}" in history("root") for n in ("ada", "bob", "anon1"))
-    latest = clients["ada"].get("/history/latest.json").json()
-    assert latest["status"] == "completed" and latest["output_tokens"] == 3
-    assert clients["anon1"].get("/history/latest.json").json()["output_tokens"] == 3
-    assert clients["anon2"].get("/history/latest.json").status_code == 404
 
 
 @SITE
@@ -138,7 +135,6 @@ def test_a_made_up_session_cookie_sees_no_history(bedrock_emulator: Any, session
     assert response.status_code == 200 and b"".join(response.streaming_content)
     client.cookies["sessionid"] = "x" * 32
     assert "from a made-up session" not in client.get("/history/").content.decode()
-    assert client.get("/history/latest.json").status_code == 404
     assert session_saves == []
 
 
@@ -170,6 +166,28 @@ def test_chat_page_says_it_uses_the_emulator(bedrock_emulator: Any) -> None:
     assert "built-in Bedrock emulator" in page and "llama3" in page
 
 
+@override_settings(
+    STATIC_URL="/static/", BEDROCK_STREAM={"ALLOW_ANONYMOUS": True, "MAX_IMAGE_BYTES": 1000, "MAX_DOCUMENTS": 2},
+    DATA_UPLOAD_MAX_MEMORY_SIZE=123456,
+)
+def test_chat_page_tells_its_script_the_files_each_endpoint_takes_and_the_limits() -> None:
+    """The file picker follows the families' own rules (asked of their request builders) and the
+    server's limits, so the browser's checks say what the server would."""
+    html = Client().get("/").content.decode()
+    found = re.search(r'<script id="demo-config" type="application/json">(.*?)</script>', html, re.S)
+    assert found, html
+    config = json.loads(found.group(1))
+    accept = config["accept"]
+    assert accept["converse"][".pdf"] == "application/pdf" and accept["converse"][".jpg"] == "image/jpeg"
+    assert ".docx" in accept["converse"] and ".docx" not in accept["anthropic-messages"]
+    assert ".pdf" in accept["anthropic-messages"]
+    assert set(accept["nova"].values()) == {"image/png", "image/jpeg", "image/gif", "image/webp"}
+    assert accept["llama3"] == {} and accept["titan"] == {}
+    assert config["limits"] == {"maxImages": 20, "maxImageBytes": 1000, "maxDocuments": 2,
+                                "maxDocumentBytes": 4_718_592, "maxBodyBytes": 123456}
+    assert config["system"] and config["system"] in html  # the system prompt is shown on the page
+
+
 # -- make demo ---------------------------------------------------------------------------------
 
 
@@ -198,20 +216,25 @@ def _session_processes(sid: int) -> list[str]:
     return found
 
 
-def make_demo(target: str, tmp_path: Path, port: int, emulator_port: int) -> dict[str, Any]:
-    """``subprocess`` arguments for ``make <target>`` on the given ports, with the demo's own settings
-    and a database of its own (the checkout's example DB is left alone)."""
+def demo_env(tmp_path: Path) -> dict[str, str]:
+    """The environment ``make demo`` runs in: the example's own settings with a database of its own (the
+    checkout's example DB is left alone), and no AWS or Bedrock variables of ours."""
     (tmp_path / "demo_settings.py").write_text(
         "from example_project.settings import *  # noqa: F403\n"
         f"DATABASES = {{'default': {{'ENGINE': 'django.db.backends.sqlite3', 'NAME': {str(tmp_path / 'db.sqlite3')!r}}}}}\n"
     )
     env = {k: v for k, v in os.environ.items() if not k.startswith(("AWS_", "BEDROCK_", "DJANGO_", "MAKE"))}
     env.update(DJANGO_SETTINGS_MODULE="demo_settings", PYTHONPATH=f"{tmp_path}{os.pathsep}{REPO}", TERM="dumb")
+    return env
+
+
+def make_demo(target: str, tmp_path: Path, port: int, emulator_port: int) -> dict[str, Any]:
+    """``subprocess`` arguments for ``make <target>`` on the given ports, in :func:`demo_env`."""
     venv = Path(sys.executable).parent.parent
     # -o: never (re)install the package from a test, whatever the stamp's age.
     args = ["make", "--no-print-directory", "-o", f"{venv}/.installed", target, f"VENV={venv}", f"PORT={port}",
             f"EMULATOR_PORT={emulator_port}", "EMULATOR_ARGS=--tokens 3"]
-    return {"args": args, "cwd": REPO, "env": env}
+    return {"args": args, "cwd": REPO, "env": demo_env(tmp_path)}
 
 
 needs_make = pytest.mark.skipif(

@@ -1,8 +1,16 @@
-// The chat page: POST the whole conversation to /bedrock/<family>/ and append the streamed text live.
+// The chat page. Each turn POSTs the conversation, in the AI SDK's message shape ({role, parts}), to
+// /bedrock/<family>/?protocol=ui and renders the AI SDK UI message stream (server-sent events of JSON
+// chunks) as it arrives: reasoning in a "Thinking" section, the answer with numbered citation markers,
+// the sources, files and the usage. Plain JavaScript, no build step.
+//
+// Everything the user or the model wrote is inserted as text (textContent / text nodes), never as HTML;
+// links are made only from http(s) URLs.
 (() => {
   "use strict";
 
   const $ = (id) => document.getElementById(id);
+  const config = JSON.parse($("demo-config").textContent);
+  const limits = config.limits;
   const familySelect = $("family");
   const modelId = $("model-id");
   const transcript = $("transcript");
@@ -10,10 +18,17 @@
   const prompt = $("prompt");
   const sendButton = $("send");
   const stopButton = $("stop");
-  const latestUrl = (window.BEDROCK_DEMO || {}).latestUrl || "/history/latest.json";
+  const attachInput = $("attach");
+  const attachLabel = $("attach-label");
+  const pendingList = $("pending");
+  const status = $("composer-status");
 
-  let messages = []; // the conversation sent with every request: [{role, content}]
+  let history = []; // the conversation sent with every request: AI SDK UIMessages {role, parts}
+  let pending = []; // files for the next message: {name, mediaType, kind, size, url}
   let controller = null; // AbortController of the stream in flight
+  let turns = 0; // numbers the assistant turns, for element ids
+
+  // -- small helpers --------------------------------------------------------------------------------
 
   function cookie(name) {
     const match = document.cookie.match(new RegExp("(?:^|; )" + name + "=([^;]*)"));
@@ -23,26 +38,8 @@
   function el(tag, className, text) {
     const node = document.createElement(tag);
     if (className) node.className = className;
-    if (text !== undefined) node.textContent = text;
+    if (text !== undefined && text !== null) node.textContent = text;
     return node;
-  }
-
-  function scrollDown() {
-    transcript.scrollTop = transcript.scrollHeight;
-  }
-
-  function addTurn(role, text) {
-    const hint = $("empty-hint");
-    if (hint) hint.remove();
-    const item = el("li", "turn " + role);
-    item.append(el("div", "who", role === "user" ? "You" : familySelect.value));
-    const body = el("div", "bubble", text);
-    item.append(body);
-    const meta = el("div", "meta");
-    item.append(meta);
-    transcript.append(item);
-    scrollDown();
-    return { item, body, meta };
   }
 
   function ms(value) {
@@ -50,84 +47,495 @@
     return value >= 1000 ? (value / 1000).toFixed(2) + " s" : Math.round(value) + " ms";
   }
 
-  function setStreaming(on) {
-    sendButton.disabled = on;
-    stopButton.disabled = !on;
-    familySelect.disabled = on;
-    form.classList.toggle("busy", on);
+  function megabytes(bytes) {
+    return bytes >= 1024 * 1024 ? (bytes / 1048576).toFixed(2) + " MB" : Math.max(1, Math.round(bytes / 1024)) + " KB";
   }
 
-  function showModel() {
-    const option = familySelect.selectedOptions[0];
-    modelId.textContent = option ? option.dataset.model : "";
+  // An http(s) URL as an absolute href, or null (javascript:, data: and the like never become links).
+  function safeHref(url) {
+    try {
+      const parsed = new URL(url, window.location.href);
+      return parsed.protocol === "http:" || parsed.protocol === "https:" ? parsed.href : null;
+    } catch (err) {
+      return null;
+    }
   }
 
-  // The newest completion of this user/session, once the server has settled it.
-  async function fetchLatest() {
-    for (let attempt = 0; attempt < 10; attempt++) {
-      try {
-        const response = await fetch(latestUrl, { headers: { Accept: "application/json" } });
-        if (response.ok) {
-          const row = await response.json();
-          if (row.status !== "streaming") return row;
-        }
-      } catch (err) {
-        return null;
+  function scrollDown() {
+    transcript.scrollTop = transcript.scrollHeight;
+  }
+
+  function say(message, isError) {
+    status.textContent = message || "";
+    status.classList.toggle("error", Boolean(message && isError));
+  }
+
+  function accepted() {
+    return config.accept[familySelect.value] || {};
+  }
+
+  function fileFamilies() {
+    return Object.keys(config.accept).filter((name) => Object.keys(config.accept[name]).length);
+  }
+
+  // -- the UI message stream --------------------------------------------------------------------------
+
+  // The JSON chunks of an AI SDK UI message stream (SSE: "data: {...}" events, ": ping" comments, and
+  // "data: [DONE]" at the end), yielded as they arrive.
+  async function* uiChunks(body) {
+    const reader = body.getReader();
+    const decoder = new TextDecoder();
+    let buffer = "";
+    for (;;) {
+      const { done, value } = await reader.read();
+      buffer += done ? decoder.decode() : decoder.decode(value, { stream: true });
+      let end;
+      while ((end = buffer.indexOf("\n\n")) >= 0) {
+        const event = buffer.slice(0, end);
+        buffer = buffer.slice(end + 2);
+        const data = event
+          .split("\n")
+          .filter((line) => line.startsWith("data:"))
+          .map((line) => line.slice(line.startsWith("data: ") ? 6 : 5))
+          .join("\n");
+        if (!data) continue;
+        if (data === "[DONE]") return;
+        yield JSON.parse(data);
       }
-      await new Promise((resolve) => setTimeout(resolve, 150));
+      if (done) return;
     }
-    return null;
   }
 
-  function renderMeta(meta, timing, row, outcome) {
-    const parts = [];
-    if (row) {
-      parts.push(["model", row.model_id]);
-      parts.push(["tokens", `${row.input_tokens ?? "?"} in · ${row.output_tokens ?? "?"} out`]);
-      parts.push(["first token", ms(row.time_to_first_token_ms) + " server"]);
+  // -- rendering turns ------------------------------------------------------------------------------
+
+  function clearHint() {
+    const hint = $("empty-hint");
+    if (hint) hint.remove();
+  }
+
+  function typeIcon(file) {
+    const ext = file.name.includes(".") ? file.name.split(".").pop().slice(0, 4) : "file";
+    return el("span", "doc-icon", ext.toUpperCase());
+  }
+
+  function fileTile(file) {
+    const item = el("li", "file " + file.kind);
+    if (file.kind === "image") {
+      const image = el("img");
+      image.alt = "";
+      image.addEventListener("error", () => image.replaceWith(typeIcon(file))); // not an image after all
+      image.src = file.url; // a data:image/... URL of the user's own file
+      item.append(image);
+    } else {
+      item.append(typeIcon(file));
     }
-    parts.push(["first byte", ms(timing.firstByte) + " browser"]);
-    parts.push(["total", ms(timing.total)]);
-    if (row && row.output_tokens && timing.firstByte !== null && timing.total > timing.firstByte) {
-      parts.push(["speed", (row.output_tokens / ((timing.total - timing.firstByte) / 1000)).toFixed(1) + " tok/s"]);
+    const caption = el("span", "file-name", file.name);
+    caption.title = file.name;
+    item.append(caption, el("span", "file-size", megabytes(file.size)));
+    return item;
+  }
+
+  function addUserTurn(text, files) {
+    clearHint();
+    const item = el("li", "turn user");
+    item.append(el("div", "who", "You"));
+    if (files.length) {
+      const list = el("ul", "attachments sent");
+      list.setAttribute("aria-label", "Attached files");
+      files.forEach((file) => list.append(fileTile(file)));
+      item.append(list);
     }
-    const status = row ? row.status : outcome;
+    if (text) item.append(el("div", "bubble", text));
+    transcript.append(item);
+    scrollDown();
+    return item;
+  }
+
+  // One assistant message: its elements, the UIMessage parts rebuilt from the stream (kept to send back
+  // with the next turn) and what the stream said about it.
+  function addAssistantTurn(family) {
+    clearHint();
+    const n = ++turns;
+    const item = el("li", "turn assistant streaming");
+    item.setAttribute("aria-busy", "true");
+    const body = el("div", "bubble");
+    const meta = el("div", "meta");
+    item.append(el("div", "who", family), body, meta);
+    transcript.append(item);
+    scrollDown();
+    return {
+      n,
+      item,
+      body,
+      meta,
+      parts: [],
+      open: new Map(), // chunk id -> {part, node}
+      thinking: null, // the Thinking section, made when reasoning arrives
+      sources: new Map(), // sourceId -> number
+      sourceList: null,
+      metadata: null,
+      error: null,
+      refused: false,
+      started: performance.now(),
+      firstToken: null,
+    };
+  }
+
+  function thinkingSection(turn) {
+    if (turn.thinking) return turn.thinking;
+    const section = el("div", "thinking");
+    const toggle = el("button", "thinking-toggle");
+    toggle.type = "button";
+    const label = el("span", "thinking-label", "Thinking…");
+    toggle.append(el("span", "chevron"), label);
+    const panel = el("div", "thinking-body");
+    panel.id = `thinking-${turn.n}`;
+    toggle.setAttribute("aria-controls", panel.id);
+    section.append(toggle, panel);
+    turn.item.insertBefore(section, turn.body);
+    const thinking = { section, toggle, label, panel, touched: false, started: performance.now(), ended: null };
+    setExpanded(thinking, true);
+    toggle.addEventListener("click", () => {
+      thinking.touched = true;
+      setExpanded(thinking, toggle.getAttribute("aria-expanded") !== "true");
+    });
+    section.classList.add("live");
+    turn.thinking = thinking;
+    return thinking;
+  }
+
+  function setExpanded(thinking, open) {
+    thinking.toggle.setAttribute("aria-expanded", String(open));
+    thinking.panel.hidden = !open;
+  }
+
+  // The reasoning is over (the answer started, or the stream ended): say for how long, and fold it
+  // away unless the user opened or closed it themselves.
+  function endThinking(turn, fold) {
+    const thinking = turn.thinking;
+    if (!thinking || thinking.ended !== null) return;
+    thinking.ended = performance.now();
+    thinking.section.classList.remove("live");
+    const visible = turn.parts.some((part) => part.type === "reasoning" && part.text);
+    thinking.label.textContent = visible ? `Thought for ${ms(thinking.ended - thinking.started)}` : "Reasoning (encrypted)";
+    if (fold && !thinking.touched) setExpanded(thinking, false);
+  }
+
+  function appendText(turn, text) {
+    const last = turn.body.lastChild;
+    if (last && last.nodeType === Node.TEXT_NODE) last.appendData(text);
+    else turn.body.append(document.createTextNode(text));
+  }
+
+  function sourceSection(turn) {
+    if (turn.sourceList) return turn.sourceList;
+    const section = el("section", "sources");
+    const heading = el("h3", "sources-heading", "Sources");
+    heading.id = `sources-${turn.n}`;
+    section.setAttribute("aria-labelledby", heading.id);
+    turn.sourceList = el("ol", "source-list");
+    section.append(heading, turn.sourceList);
+    turn.meta.before(section);
+    return turn.sourceList;
+  }
+
+  // A citation: a numbered marker where it arrives in the text, and its source in the list (a source
+  // cited again keeps its number).
+  function addSource(turn, chunk) {
+    let number = turn.sources.get(chunk.sourceId);
+    const anchor = `m${turn.n}-source-`;
+    if (number === undefined) {
+      number = turn.sources.size + 1;
+      turn.sources.set(chunk.sourceId, number);
+      const bedrock = (chunk.providerMetadata && chunk.providerMetadata.bedrock) || {};
+      const href = chunk.url ? safeHref(chunk.url) : null;
+      const title = chunk.title || chunk.url || `Source ${number}`;
+      const item = el("li", "source");
+      item.id = anchor + number;
+      item.append(el("span", "source-number", `[${number}]`));
+      const main = el("div", "source-main");
+      if (href) {
+        const link = el("a", "source-title", title);
+        link.href = href;
+        link.target = "_blank";
+        link.rel = "noopener noreferrer";
+        main.append(link);
+      } else {
+        main.append(el("span", "source-title", title));
+      }
+      if (bedrock.citedText) main.append(el("blockquote", "cited", bedrock.citedText));
+      if (chunk.url) main.append(el("span", "source-url", chunk.url));
+      item.append(main);
+      sourceSection(turn).append(item);
+    }
+    const marker = el("sup", "cite");
+    const link = el("a", "", `[${number}]`);
+    link.href = "#" + anchor + number;
+    link.setAttribute("aria-label", `source ${number}`);
+    marker.append(link);
+    turn.body.append(marker);
+  }
+
+  // A file the model made: an image is shown, anything else offered as a download.
+  function addModelFile(turn, chunk) {
+    let list = turn.item.querySelector(".model-files");
+    if (!list) {
+      list = el("ul", "attachments model-files");
+      list.setAttribute("aria-label", "Files from the model");
+      turn.body.after(list);
+    }
+    const item = el("li", "file");
+    if (/^image\//.test(chunk.mediaType) && /^data:image\//.test(chunk.url)) {
+      const image = el("img");
+      image.src = chunk.url;
+      image.alt = "An image from the model";
+      item.append(image);
+    } else {
+      const link = el("a", "", `Download (${chunk.mediaType})`);
+      link.href = chunk.url;
+      link.download = "file";
+      item.append(link);
+    }
+    list.append(item);
+  }
+
+  function onChunk(turn, chunk) {
+    const kind = chunk.type;
+    if (kind === "reasoning-start") {
+      const part = { type: "reasoning", text: "" };
+      turn.parts.push(part);
+      const node = el("p", "reasoning-block");
+      thinkingSection(turn).panel.append(node);
+      turn.open.set(chunk.id, { part, node });
+    } else if (kind === "reasoning-delta") {
+      const block = turn.open.get(chunk.id);
+      if (!block) return;
+      if (turn.firstToken === null) turn.firstToken = performance.now() - turn.started;
+      block.part.text += chunk.delta;
+      block.node.append(document.createTextNode(chunk.delta));
+      if (chunk.providerMetadata) {
+        block.part.providerMetadata = chunk.providerMetadata; // the signature, sent back next turn
+        const bedrock = chunk.providerMetadata.bedrock || {};
+        if (bedrock.redactedData) {
+          block.node.classList.add("redacted");
+          block.node.textContent = "Part of the reasoning is encrypted by the provider; it is sent back as is.";
+        }
+      }
+    } else if (kind === "text-start") {
+      const part = { type: "text", text: "" };
+      turn.parts.push(part);
+      turn.open.set(chunk.id, { part });
+    } else if (kind === "text-delta") {
+      const block = turn.open.get(chunk.id);
+      if (!block) return;
+      if (turn.firstToken === null) turn.firstToken = performance.now() - turn.started;
+      block.part.text += chunk.delta;
+      appendText(turn, chunk.delta);
+      if (chunk.delta) endThinking(turn, true);
+    } else if (kind === "reasoning-end" || kind === "text-end") {
+      turn.open.delete(chunk.id);
+    } else if (kind === "source-url" || kind === "source-document") {
+      addSource(turn, chunk);
+    } else if (kind === "file") {
+      addModelFile(turn, chunk);
+    } else if (kind === "message-metadata" || kind === "finish") {
+      if (chunk.messageMetadata) turn.metadata = Object.assign(turn.metadata || {}, chunk.messageMetadata);
+    } else if (kind === "error") {
+      turn.error = chunk.errorText || "The stream failed.";
+    }
+    // start, start-step, finish-step and any newer chunk type need nothing here.
+  }
+
+  // Usage under the answer, from the finish chunk's messageMetadata, plus the browser's own timings.
+  function renderMeta(turn, outcome, total) {
+    const metadata = turn.metadata || {};
+    const usage = metadata.usage || {};
+    const meta = turn.meta;
     meta.replaceChildren();
-    meta.append(el("span", "badge " + status, status + (row && row.stop_reason ? " · " + row.stop_reason : "")));
-    for (const [label, value] of parts) {
-      const item = el("span", "stat");
-      item.append(el("span", "label", label), el("span", "value", value));
+    const badge = outcome + (metadata.finishReason ? " · " + metadata.finishReason : "");
+    meta.append(el("span", "badge " + outcome, badge));
+
+    function stat(label, pieces, className) {
+      const item = el("span", "stat" + (className ? " " + className : ""));
+      item.append(el("span", "label", label));
+      for (const [name, value, unit] of pieces) {
+        const number = el("span", "value", value === undefined || value === null ? "?" : String(value));
+        number.dataset.stat = name;
+        item.append(number);
+        if (unit) item.append(document.createTextNode(" " + unit + " "));
+      }
       meta.append(item);
+    }
+
+    if (metadata.modelId) stat("model", [["model", metadata.modelId]]);
+    if (turn.metadata) {
+      stat("tokens", [["input", usage.inputTokens, "in ·"], ["output", usage.outputTokens, "out"]]);
+      const hit = usage.cacheReadTokens > 0;
+      stat("cache", [["cache-read", usage.cacheReadTokens, "read ·"], ["cache-write", usage.cacheWriteTokens, "written"]],
+        hit ? "cache hit" : "cache");
+    }
+    if (metadata.latencyMs !== undefined) stat("Bedrock latency", [["latency", ms(metadata.latencyMs)]]);
+    stat("first token", [["first-token", ms(turn.firstToken)]]);
+    stat("total", [["total", ms(total)]]);
+    if (usage.outputTokens && turn.firstToken !== null && total > turn.firstToken) {
+      stat("speed", [["speed", (usage.outputTokens / ((total - turn.firstToken) / 1000)).toFixed(1), "tok/s"]]);
     }
   }
 
   function showError(turn, error) {
     turn.item.classList.add("failed");
     const box = el("div", "notice error");
+    box.setAttribute("role", "alert");
     box.append(el("strong", "", (error.type || "error") + (error.code ? ` (${error.code})` : "") + ": "));
     box.append(document.createTextNode(error.message || "Something went wrong."));
     turn.meta.before(box);
   }
 
-  async function send(text) {
+  // -- attachments ----------------------------------------------------------------------------------
+
+  function countFiles(messages) {
+    const counts = { image: 0, document: 0 };
+    for (const message of messages) {
+      for (const part of message.parts || []) {
+        if (part.type === "file") counts[part.mediaType.startsWith("image/") ? "image" : "document"] += 1;
+      }
+    }
+    return counts;
+  }
+
+  function readDataUrl(file, mediaType) {
+    return new Promise((resolve, reject) => {
+      const reader = new FileReader();
+      reader.onload = () => resolve(`data:${mediaType};base64,` + String(reader.result).split(",", 2)[1]);
+      reader.onerror = () => reject(reader.error);
+      reader.readAsDataURL(file);
+    });
+  }
+
+  // Checks the files as the server will (type, size, count) and queues those that pass; the rest are
+  // named in the status line. The server checks everything again, by content.
+  async function addFiles(files) {
+    const family = familySelect.value;
+    const accept = accepted();
+    const problems = [];
+    const counts = countFiles(history);
+    pending.forEach((file) => (counts[file.kind] += 1));
+    for (const file of files) {
+      if (!Object.keys(accept).length) {
+        problems.push(`${family} takes text only; choose ${fileFamilies().join(", ")} to send files.`);
+        break;
+      }
+      const ext = "." + (file.name.includes(".") ? file.name.split(".").pop().toLowerCase() : "");
+      const mediaType = accept[ext] || (Object.values(accept).includes(file.type) ? file.type : null);
+      if (!mediaType) {
+        problems.push(`${file.name}: ${family} does not take this kind of file (it takes ${Object.keys(accept).join(" ")}).`);
+        continue;
+      }
+      const kind = mediaType.startsWith("image/") ? "image" : "document";
+      const limit = kind === "image" ? limits.maxImageBytes : limits.maxDocumentBytes;
+      const most = kind === "image" ? limits.maxImages : limits.maxDocuments;
+      if (file.size === 0) {
+        problems.push(`${file.name} is empty.`);
+      } else if (file.size > limit) {
+        problems.push(`${file.name} is ${megabytes(file.size)}; ${kind}s may be at most ${megabytes(limit)}.`);
+      } else if (counts[kind] + 1 > most) {
+        problems.push(`${file.name}: at most ${most} ${kind}s per conversation (files are sent again with every turn).`);
+      } else {
+        counts[kind] += 1;
+        try {
+          pending.push({ name: file.name, mediaType, kind, size: file.size, url: await readDataUrl(file, mediaType) });
+        } catch (err) {
+          counts[kind] -= 1;
+          problems.push(`${file.name} could not be read.`);
+        }
+      }
+    }
+    renderPending();
+    say(problems.join(" "), problems.length > 0);
+  }
+
+  function renderPending() {
+    pendingList.replaceChildren();
+    pending.forEach((file, index) => {
+      const tile = fileTile(file);
+      const remove = el("button", "remove", "×");
+      remove.type = "button";
+      remove.setAttribute("aria-label", `Remove ${file.name}`);
+      remove.addEventListener("click", () => {
+        pending.splice(index, 1);
+        renderPending();
+        prompt.focus();
+      });
+      tile.append(remove);
+      pendingList.append(tile);
+    });
+  }
+
+  function showFamily() {
+    const option = familySelect.selectedOptions[0];
+    modelId.textContent = option ? option.dataset.model : "";
+    const accept = accepted();
+    const types = Object.keys(accept);
+    attachInput.disabled = types.length === 0;
+    attachInput.accept = [...types, ...new Set(Object.values(accept))].join(",");
+    attachLabel.classList.toggle("disabled", types.length === 0);
+    attachLabel.title = types.length
+      ? "Attach " + types.join(" ")
+      : `${familySelect.value} takes text only (files: ${fileFamilies().join(", ")})`;
+  }
+
+  // -- a turn ---------------------------------------------------------------------------------------
+
+  function problemBeforeSending(text, files) {
+    if (!text && !files.length) return "Type a message or attach a file.";
+    const accept = accepted();
+    const types = new Set(Object.values(accept));
+    const family = familySelect.value;
+    if (files.some((file) => !types.has(file.mediaType))) {
+      return `${family} does not take some of the attached files; remove them or choose ${fileFamilies().join(", ")}.`;
+    }
+    const earlier = countFiles(history);
+    if ((earlier.image || earlier.document) && !Object.keys(accept).length) {
+      return `This conversation has files and ${family} takes text only: start a new chat or choose ${fileFamilies().join(", ")}.`;
+    }
+    if (files.some((file) => file.kind === "document") && !text) {
+      return "Add a question about the document: Bedrock needs text next to a document.";
+    }
+    return null;
+  }
+
+  async function send(text, files) {
     const family = familySelect.value;
     const path = familySelect.selectedOptions[0].dataset.path;
-    messages.push({ role: "user", content: text });
-    addTurn("user", text);
-    const turn = addTurn("assistant", "");
-    turn.item.classList.add("streaming");
+    const parts = files.map((file) => ({ type: "file", mediaType: file.mediaType, filename: file.name, url: file.url }));
+    if (text) parts.push({ type: "text", text });
+    const message = { role: "user", parts };
+    const body = JSON.stringify({
+      messages: [{ role: "system", content: config.system }, ...history, message],
+    });
+    const size = new Blob([body]).size;
+    if (size > limits.maxBodyBytes) {
+      say(`This conversation with its files is ${megabytes(size)}; the server takes requests of up to ` +
+        `${megabytes(limits.maxBodyBytes)}. Remove files or start a new chat.`, true);
+      return;
+    }
+    prompt.value = "";
+    pending = [];
+    renderPending();
+    say("");
+    history.push(message);
+    const userItem = addUserTurn(text, files);
+    const turn = addAssistantTurn(family);
     setStreaming(true);
+    prompt.focus();
     controller = new AbortController();
 
-    const started = performance.now();
-    const timing = { firstByte: null, total: null };
-    let answer = "";
     let outcome = "completed";
     try {
-      const response = await fetch(path, {
+      const response = await fetch(path + "?protocol=ui", {
         method: "POST",
         headers: { "Content-Type": "application/json", "X-CSRFToken": cookie("csrftoken") },
-        body: JSON.stringify({ messages }),
+        body,
         signal: controller.signal,
       });
       if (!response.ok) {
@@ -140,27 +548,31 @@
         if (response.status === 429 && response.headers.get("Retry-After")) {
           error.message += ` Retry after ${response.headers.get("Retry-After")} s.`;
         }
-        messages.pop(); // the request never reached the model: let the user send it again
+        // The request never reached the model: give the message back to the user to fix and resend.
+        history.pop();
+        userItem.classList.add("unsent");
+        userItem.querySelector(".who").textContent = "You · not sent";
         prompt.value = prompt.value || text;
-        turn.item.classList.remove("streaming");
+        if (!pending.length) {
+          pending = files;
+          renderPending();
+        }
         turn.body.remove();
+        turn.refused = true;
         showError(turn, error);
         return;
       }
-      const reader = response.body.getReader();
-      const decoder = new TextDecoder();
-      for (;;) {
-        const { done, value } = await reader.read();
-        if (done) break;
-        const chunk = decoder.decode(value, { stream: true });
-        if (!chunk) continue;
-        if (timing.firstByte === null) timing.firstByte = performance.now() - started;
-        answer += chunk;
-        turn.body.textContent = answer;
+      for await (const chunk of uiChunks(response.body)) {
+        onChunk(turn, chunk);
         scrollDown();
       }
-      answer += decoder.decode();
-      turn.body.textContent = answer;
+      if (turn.error) {
+        outcome = "failed";
+        showError(turn, { type: "stream_error", message: turn.error });
+      } else if (!turn.metadata) {
+        outcome = "failed";
+        showError(turn, { type: "network_error", message: "The stream ended before it finished." });
+      }
     } catch (err) {
       if (err.name === "AbortError") {
         outcome = "cancelled";
@@ -169,31 +581,51 @@
         showError(turn, { type: "network_error", message: String(err.message || err) });
       }
     } finally {
-      timing.total = performance.now() - started;
       controller = null;
       setStreaming(false);
-      turn.item.classList.remove("streaming");
+      finishTurn(turn, outcome);
     }
-    if (answer) messages.push({ role: "assistant", content: answer });
-    else if (outcome !== "completed") messages.pop();
-    if (!answer && outcome === "completed") turn.body.textContent = "(empty answer)";
-
-    const row = await fetchLatest();
-    renderMeta(turn.meta, timing, row, outcome);
-    if (row && row.status === "failed") {
-      // The text protocol cannot carry an error: the body just ends. The stored row says why.
-      showError(turn, { type: row.error_code || "failed", message: row.error || "The stream failed." });
-    }
-    scrollDown();
-    prompt.focus();
   }
+
+  function finishTurn(turn, outcome) {
+    const total = performance.now() - turn.started;
+    turn.item.classList.remove("streaming");
+    turn.item.setAttribute("aria-busy", "false");
+    const answered = turn.parts.some((part) => part.type === "text" && part.text);
+    endThinking(turn, answered);
+    if (turn.refused) return; // no stream: the error says why, and the message is back in the composer
+    if (!answered && outcome === "completed") turn.body.textContent = "(empty answer)";
+    else if (!turn.body.childNodes.length) turn.body.remove();
+    renderMeta(turn, outcome, total);
+    // Keep what the model needs back on the next turn: the text and the signed (or redacted) reasoning.
+    const kept = turn.parts.filter((part) => (part.type === "text" ? part.text : part.providerMetadata));
+    if (kept.length) history.push({ role: "assistant", parts: kept });
+    else if (outcome !== "completed") history.pop(); // nothing came back: the question can be asked again
+    scrollDown();
+  }
+
+  function setStreaming(on) {
+    sendButton.disabled = on;
+    stopButton.disabled = !on;
+    familySelect.disabled = on;
+    form.classList.toggle("busy", on);
+    transcript.setAttribute("aria-busy", String(on));
+  }
+
+  // -- events ---------------------------------------------------------------------------------------
 
   form.addEventListener("submit", (event) => {
     event.preventDefault();
+    if (controller) return;
     const text = prompt.value.trim();
-    if (!text || controller) return;
-    prompt.value = "";
-    send(text);
+    const files = pending.slice();
+    const problem = problemBeforeSending(text, files);
+    if (problem) {
+      say(problem, true);
+      prompt.focus();
+      return;
+    }
+    send(text, files);
   });
 
   prompt.addEventListener("keydown", (event) => {
@@ -203,24 +635,69 @@
     }
   });
 
+  prompt.addEventListener("paste", (event) => {
+    const files = event.clipboardData ? [...event.clipboardData.files] : [];
+    if (files.length) {
+      event.preventDefault();
+      addFiles(files);
+    }
+  });
+
+  form.addEventListener("dragover", (event) => {
+    if ([...event.dataTransfer.types].includes("Files")) {
+      event.preventDefault();
+      form.classList.add("dragging");
+    }
+  });
+  form.addEventListener("dragleave", (event) => {
+    if (!form.contains(event.relatedTarget)) form.classList.remove("dragging");
+  });
+  form.addEventListener("drop", (event) => {
+    form.classList.remove("dragging");
+    if (event.dataTransfer.files.length) {
+      event.preventDefault();
+      addFiles([...event.dataTransfer.files]);
+    }
+  });
+
+  attachInput.addEventListener("change", async () => {
+    await addFiles([...attachInput.files]);
+    attachInput.value = ""; // the same file can be chosen again
+    prompt.focus();
+  });
+
   stopButton.addEventListener("click", () => {
     if (controller) controller.abort();
   });
 
+  document.querySelectorAll(".presets [data-prompt]").forEach((button) => {
+    button.addEventListener("click", () => {
+      prompt.value = button.dataset.prompt;
+      prompt.focus();
+    });
+  });
+
   $("new-chat").addEventListener("click", () => {
     if (controller) controller.abort();
-    messages = [];
-    transcript.replaceChildren(el("li", "empty", "New conversation. Ask anything."));
-    transcript.firstChild.id = "empty-hint";
+    history = [];
+    pending = [];
+    renderPending();
+    say("");
+    const hint = el("li", "empty", "New conversation. Ask anything.");
+    hint.id = "empty-hint";
+    transcript.replaceChildren(hint);
     prompt.focus();
   });
 
   const saved = localStorage.getItem("bedrock-demo-family");
-  if (saved && [...familySelect.options].some((o) => o.value === saved)) familySelect.value = saved;
+  const options = [...familySelect.options].map((option) => option.value);
+  if (saved && options.includes(saved)) familySelect.value = saved;
+  else if (options.includes("converse")) familySelect.value = "converse"; // reasoning, citations and files
   familySelect.addEventListener("change", () => {
     localStorage.setItem("bedrock-demo-family", familySelect.value);
-    showModel();
+    showFamily();
+    say("");
   });
-  showModel();
+  showFamily();
   prompt.focus();
 })();
