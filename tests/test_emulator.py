@@ -15,6 +15,7 @@ import struct
 import subprocess
 import sys
 import time
+import uuid
 import zipfile
 import zlib
 from concurrent.futures import ThreadPoolExecutor
@@ -1476,3 +1477,245 @@ def test_every_registered_family_has_emulator_replies_and_is_routed_by_the_regis
         for model_id in (family.default_model_id, f"us.{family.default_model_id}",
                          f"arn:aws:bedrock:us-east-1:123456789012:inference-profile/eu.{family.default_model_id}"):
             assert invoke_family(model_id, body) is REPLIES[name], (name, model_id)
+
+
+# -- tools (issue 11) ----------------------------------------------------------------------------
+
+CALCULATOR_SPEC = {"toolSpec": {"name": "calculator", "inputSchema": {"json": {"type": "object"}}}}
+TOOL_CONFIG = {"tools": [CALCULATOR_SPEC]}
+CLAUDE_TOOLS = [{"name": "calculator", "input_schema": {"type": "object"}}]
+
+
+def test_tool_markers_take_json_values():
+    text = '[[emulator tools=[{"name": "a", "input": {"q": "x y"}}, {"name": "b", "raw": "{"}]]] and [[emulator tool=c tool_input={"n": [1, 2]} tool_turns=2]]'
+    assert parse_markers(text) == {
+        "tools": [{"name": "a", "input": {"q": "x y"}}, {"name": "b", "raw": "{"}],
+        "tool": "c", "tool_input": {"n": [1, 2]}, "tool_turns": "2",
+    }
+    scenario = Scenario().merged(parse_markers(text))
+    assert scenario.tool_calls() == [
+        {"name": "c", "raw": '{"n": [1, 2]}'}, {"name": "a", "raw": '{"q": "x y"}'}, {"name": "b", "raw": "{"},
+    ]
+    assert Scenario().merged({"tool": "c", "tool_raw": '{"x": 2+'}).tool_calls() == [{"name": "c", "raw": '{"x": 2+'}]
+
+
+@pytest.mark.parametrize("values", [
+    {"tool_input": "[1]"}, {"tool_input": "{not json"}, {"tools": '{"name": "a"}'}, {"tools": [{"input": {}}]},
+    {"tools": [{"name": "a", "input": "text"}]}, {"tools": [{"name": "a", "extra": 1}]}, {"tool_turns": "-1"},
+])
+def test_bad_tool_values_are_refused(values):
+    with pytest.raises(ValueError):
+        Scenario().merged(values)
+
+
+def test_input_pieces_cut_at_awkward_places():
+    from django_bedrock_stream.emulator.scenarios import input_pieces
+
+    text = json.dumps({"q": 'caf\u00e9 "x" \U0001f600'})  # ASCII: {"q": "caf\u00e9 \"x\" \ud83d\ude00"}
+    pieces = input_pieces(text)
+    assert pieces[0] == "" and "".join(pieces) == text and json.loads("".join(pieces))["q"] == 'caf\u00e9 "x" \U0001f600'
+    assert any(piece.endswith("\\") for piece in pieces)  # right after a backslash
+    assert "\\ud83d" in pieces and pieces[pieces.index("\\ud83d") + 1].startswith("\\ude00")  # between a pair's escapes
+    raw = json.dumps({"q": "\U0001f600!"}, ensure_ascii=False)
+    halves = input_pieces(raw, pairs=True)
+    assert any(piece.endswith("\ud83d") for piece in halves) and any(piece.startswith("\ude00") for piece in halves)
+    assert "".join(halves).encode("utf-16-le", "surrogatepass").decode("utf-16-le") == raw
+
+
+def tool_blocks(events):
+    """Converse events -> [(index, id, name, input pieces)] of the toolUse blocks, checking their framing."""
+    blocks, open_blocks = [], {}
+    for event in events:
+        if "contentBlockStart" in event:
+            start = event["contentBlockStart"]
+            open_blocks[start["contentBlockIndex"]] = (start["start"]["toolUse"], [])
+        elif "contentBlockDelta" in event and "toolUse" in event["contentBlockDelta"]["delta"]:
+            open_blocks[event["contentBlockDelta"]["contentBlockIndex"]][1].append(
+                event["contentBlockDelta"]["delta"]["toolUse"]["input"])
+        elif "contentBlockStop" in event and event["contentBlockStop"]["contentBlockIndex"] in open_blocks:
+            index = event["contentBlockStop"]["contentBlockIndex"]
+            use, pieces = open_blocks.pop(index)
+            blocks.append((index, use["toolUseId"], use["name"], pieces))
+    assert not open_blocks
+    return blocks
+
+
+def test_converse_tool_turn_then_an_answer_quoting_the_results(bedrock_emulator, client):
+    calls = [{"name": "calculator", "input": {"expression": "2+3"}}, {"name": "weather", "input": {"city": "Zürich"}}]
+    prompt = f"[[emulator tools={json.dumps(calls)} text='Let me check.']] What now?"
+    messages = [{"role": "user", "content": [{"text": prompt}]}]
+    events = list(client.converse_stream(modelId=CLAUDE, messages=messages, toolConfig=TOOL_CONFIG)["stream"])
+    assert [t["contentBlockDelta"]["delta"]["text"] for t in events if "text" in t.get("contentBlockDelta", {}).get("delta", {})] == [
+        "Let", " me", " check."]
+    blocks = tool_blocks(events)
+    assert [(index, name) for index, _, name, _ in blocks] == [(1, "calculator"), (2, "weather")]  # text is block 0
+    ids = [block[1] for block in blocks]
+    assert len(set(ids)) == 2 and all(len(i) == 30 and i.startswith("tooluse_") for i in ids)
+    assert [json.loads("".join(block[3])) for block in blocks] == [call["input"] for call in calls]
+    assert all(block[3][0] == "" and len(block[3]) > 3 for block in blocks)
+    assert events[-2] == {"messageStop": {"stopReason": "tool_use"}}
+    assert events[-1]["metadata"]["usage"]["outputTokens"] == 3 + sum(len(block[3]) for block in blocks)
+    # The results come back: the model quotes them (an error as an error).
+    messages += [
+        {"role": "assistant", "content": [{"text": "Let me check."}] + [
+            {"toolUse": {"toolUseId": i, "name": c["name"], "input": c["input"]}} for i, c in zip(ids, calls)]},
+        {"role": "user", "content": [
+            {"toolResult": {"toolUseId": ids[0], "content": [{"json": {"value": 5}}]}},
+            {"toolResult": {"toolUseId": ids[1], "content": [{"text": "No station."}], "status": "error"}},
+        ]},
+    ]
+    answer = list(client.converse_stream(modelId=CLAUDE, messages=messages, toolConfig=TOOL_CONFIG)["stream"])
+    assert "".join(e["contentBlockDelta"]["delta"]["text"] for e in answer if "contentBlockDelta" in e) == (
+        'Result of calculator: {"value":5}\nError from weather: No station.')
+    assert answer[-2] == {"messageStop": {"stopReason": "end_turn"}} and not tool_blocks(answer)
+    assert bedrock_emulator.requests[-1]["body"]["messages"][1:] == json.loads(json.dumps(messages[1:]))
+
+
+def test_a_turn_of_tool_calls_alone_and_tools_not_offered(bedrock_emulator, client):
+    marker = '[[emulator tool=calculator tool_input={"expression": "1"} reasoning="Use the tool."]] x'
+    events = converse_events(client, marker, toolConfig=TOOL_CONFIG)
+    assert not [e for e in events if "text" in e.get("contentBlockDelta", {}).get("delta", {})]
+    [(index, _, name, _)] = tool_blocks(events)
+    assert (index, name) == (1, "calculator")  # after the reasoning block (0), no text block
+    assert [e["contentBlockStop"]["contentBlockIndex"] for e in events if "contentBlockStop" in e] == [0, 1]
+    # A tool the request did not offer is called all the same (models do that)...
+    events = converse_events(client, '[[emulator tool=teleport tools=[{"name": "x", "raw": "{oops"}]]] x', toolConfig=TOOL_CONFIG)
+    assert [(name, "".join(pieces)) for _, _, name, pieces in tool_blocks(events)] == [("teleport", "{}"), ("x", "{oops")]
+    # ...but without any tools offered the model cannot call one.
+    events = converse_events(client, '[[emulator tool=calculator text="No tools here."]] x')
+    assert not tool_blocks(events) and events[-2] == {"messageStop": {"stopReason": "end_turn"}}
+
+
+def test_tool_turns_keep_calling_for_that_many_rounds(bedrock_emulator, client):
+    messages = [{"role": "user", "content": [{"text": "[[emulator tool=calculator tool_turns=2]] x"}]}]
+    for _ in range(2):
+        events = list(client.converse_stream(modelId=CLAUDE, messages=messages, toolConfig=TOOL_CONFIG)["stream"])
+        [(_, call_id, _, _)] = tool_blocks(events)
+        messages += [
+            {"role": "assistant", "content": [{"toolUse": {"toolUseId": call_id, "name": "calculator", "input": {}}}]},
+            {"role": "user", "content": [{"toolResult": {"toolUseId": call_id, "content": [{"text": "0"}]}}]},
+        ]
+    events = list(client.converse_stream(modelId=CLAUDE, messages=messages, toolConfig=TOOL_CONFIG)["stream"])
+    assert not tool_blocks(events) and events[-2]["messageStop"]["stopReason"] == "end_turn"
+
+
+def test_non_streaming_converse_returns_the_calls(bedrock_emulator, client):
+    marker = '[[emulator tool=calculator tool_input={"expression": "2+3"}]] x'
+    reply = client.converse(modelId=CLAUDE, messages=[{"role": "user", "content": [{"text": marker}]}], toolConfig=TOOL_CONFIG)
+    [block] = reply["output"]["message"]["content"]
+    assert block["toolUse"]["name"] == "calculator" and block["toolUse"]["input"] == {"expression": "2+3"}
+    assert reply["stopReason"] == "tool_use"
+
+
+def test_anthropic_messages_tool_use_blocks(bedrock_emulator, client):
+    body = anthropic_body('[[emulator tool=calculator tool_input={"expression": "2+3"} text="Sure."]] x', tools=CLAUDE_TOOLS)
+    _, events = invoke_events(client, "anthropic.claude-3-haiku-20240307-v1:0", body)
+    starts = [e for e in events if e["type"] == "content_block_start"]
+    assert [s["content_block"]["type"] for s in starts] == ["text", "tool_use"]
+    use = starts[1]["content_block"]
+    assert use["name"] == "calculator" and use["input"] == {} and use["id"].startswith("toolu_bdrk_01") and len(use["id"]) == 35
+    pieces = [e["delta"]["partial_json"] for e in events if e["type"] == "content_block_delta" and e["index"] == 1]
+    assert pieces[0] == "" and json.loads("".join(pieces)) == {"expression": "2+3"}
+    assert [e["index"] for e in events if e["type"] == "content_block_stop"] == [0, 1]
+    delta = next(e for e in events if e["type"] == "message_delta")
+    assert delta["delta"]["stop_reason"] == "tool_use" and delta["usage"]["output_tokens"] == 1 + len(pieces)
+    # The result comes back as a tool_result block: quoted.
+    body["messages"] += [
+        {"role": "assistant", "content": [{"type": "text", "text": "Sure."}, {**use, "input": {"expression": "2+3"}}]},
+        {"role": "user", "content": [{"type": "tool_result", "tool_use_id": use["id"], "content": [{"type": "text", "text": "5"}]}]},
+    ]
+    _, events = invoke_events(client, "anthropic.claude-3-haiku-20240307-v1:0", body)
+    assert "".join(filter(None, map(decode_invoke_text, events))) == "Result of calculator: 5"
+
+
+def test_nova_native_tool_use_arrives_whole(bedrock_emulator, client):
+    body = nova_body('[[emulator tool=calculator tool_input={"expression": "2+3"}]] x', )
+    body["toolConfig"] = TOOL_CONFIG
+    _, events = invoke_events(client, "amazon.nova-micro-v1:0", body)
+    [start] = [e["contentBlockStart"] for e in events if "contentBlockStart" in e]
+    assert str(uuid.UUID(start["start"]["toolUse"]["toolUseId"])) == start["start"]["toolUse"]["toolUseId"]
+    [delta] = [e["contentBlockDelta"]["delta"]["toolUse"] for e in events if "toolUse" in e.get("contentBlockDelta", {}).get("delta", {})]
+    assert json.loads(delta["input"]) == {"expression": "2+3"}
+    assert {"messageStop": {"stopReason": "tool_use"}} in events
+
+
+def converse_error(client, messages, model_id=CLAUDE, **kwargs):
+    with pytest.raises(ClientError) as caught:
+        client.converse_stream(modelId=model_id, messages=messages, **kwargs)
+    assert caught.value.response["Error"]["Code"] == "ValidationException"
+    return caught.value.response["Error"]["Message"]
+
+
+def use(call_id, name="calculator"):
+    return {"toolUse": {"toolUseId": call_id, "name": name, "input": {}}}
+
+
+def result(call_id, text="5", **extra):
+    return {"toolResult": {"toolUseId": call_id, "content": [{"text": text}] if text else [], **extra}}
+
+
+def test_converse_refuses_broken_tool_rounds_as_bedrock_does(bedrock_emulator, client):
+    ask = {"role": "user", "content": [{"text": "x"}]}
+    calls = {"role": "assistant", "content": [use("tooluse_a"), use("tooluse_b")]}
+    assert converse_error(client, [ask, calls, {"role": "user", "content": [result("tooluse_a"), result("tooluse_b")]}]) == (
+        "The toolConfig field must be defined when using toolUse and toolResult content blocks.")
+    assert converse_error(client, [ask, calls, {"role": "user", "content": [result("tooluse_a")]}], toolConfig=TOOL_CONFIG) == (
+        "Expected toolResult blocks at messages.2.content for the following Ids: tooluse_b")
+    assert converse_error(client, [ask, calls, {"role": "user", "content": [result("tooluse_a"), result("tooluse_x")]}],
+                          toolConfig=TOOL_CONFIG) == "Expected toolResult blocks at messages.2.content for the following Ids: tooluse_b"
+    orphan = [ask, {"role": "assistant", "content": [{"text": "Hi"}]}, {"role": "user", "content": [result("tooluse_a")]}]
+    assert converse_error(client, orphan, toolConfig=TOOL_CONFIG) == (
+        "The number of toolResult blocks at messages.2.content exceeds the number of toolUse blocks of previous turn.")
+    empty = [ask, {"role": "assistant", "content": [use("tooluse_a")]}, {"role": "user", "content": [result("tooluse_a", "", status="error")]}]
+    assert converse_error(client, empty, toolConfig=TOOL_CONFIG) == (
+        "The content field at messages.2.content.0.toolResult cannot be empty when status value is error.")
+    assert not bedrock_emulator.requests[-1]["text"]
+
+
+def test_claude_with_thinking_wants_the_reasoning_back_with_the_tool_round(bedrock_emulator, client):
+    thinking = {"additionalModelRequestFields": {"thinking": {"type": "enabled", "budget_tokens": 1024}}}
+    ask = {"role": "user", "content": [{"text": "x"}]}
+    bare = [ask, {"role": "assistant", "content": [use("tooluse_a")]}, {"role": "user", "content": [result("tooluse_a")]}]
+    message = converse_error(client, bare, toolConfig=TOOL_CONFIG, **thinking)
+    assert message.startswith("The model returned the following errors: messages.1.content.0.type: Expected `thinking` "
+                              "or `redacted_thinking`, but found `tool_use`. When `thinking` is enabled, a final `assistant`")
+    reasoning = {"reasoningContent": {"reasoningText": {"text": "Hmm.", "signature": signature_for("Hmm.")}}}
+    bare[1]["content"].insert(0, reasoning)
+    assert list(client.converse_stream(modelId=CLAUDE, messages=bare, toolConfig=TOOL_CONFIG, **thinking)["stream"])
+    # Other models have no such rule, nor does Claude without thinking.
+    bare[1]["content"].pop(0)
+    assert list(client.converse_stream(modelId=CLAUDE, messages=bare, toolConfig=TOOL_CONFIG)["stream"])
+    assert list(client.converse_stream(modelId="amazon.nova-pro-v1:0", messages=bare, toolConfig=TOOL_CONFIG, **thinking)["stream"])
+
+
+def anthropic_error(client, body):
+    with pytest.raises(ClientError) as caught:
+        client.invoke_model_with_response_stream(modelId="anthropic.claude-3-haiku-20240307-v1:0", body=json.dumps(body))
+    assert caught.value.response["Error"]["Code"] == "ValidationException"
+    return caught.value.response["Error"]["Message"]
+
+
+def test_anthropic_refuses_broken_tool_rounds_as_bedrock_does(bedrock_emulator, client):
+    call = {"type": "tool_use", "id": "toolu_a", "name": "calculator", "input": {}}
+    answer = {"type": "tool_result", "tool_use_id": "toolu_a", "content": "5"}
+
+    def body(*messages, **extra):
+        return {"anthropic_version": "bedrock-2023-05-31", "max_tokens": 50,
+                "messages": [{"role": "user", "content": "x"}, *messages], **extra}
+
+    calls = {"role": "assistant", "content": [call]}
+    assert anthropic_error(client, body(calls, {"role": "user", "content": [answer]})) == (
+        "Requests which include `tool_use` or `tool_result` blocks must define tools.")
+    assert anthropic_error(client, body(calls, {"role": "user", "content": "go on"}, tools=CLAUDE_TOOLS)) == (
+        "messages.1: `tool_use` ids were found without `tool_result` blocks immediately after: toolu_a. "
+        "Each `tool_use` block must have a corresponding `tool_result` block in the next message.")
+    stray = {**answer, "tool_use_id": "toolu_b"}
+    assert anthropic_error(client, body(calls, {"role": "user", "content": [answer, stray]}, tools=CLAUDE_TOOLS)) == (
+        "messages.2.content.1: unexpected `tool_use_id` found in `tool_result` blocks: toolu_b. "
+        "Each `tool_result` block must have a corresponding `tool_use` block in the previous message.")
+    thinking = {"thinking": {"type": "enabled", "budget_tokens": 1024}, "tools": CLAUDE_TOOLS}
+    assert anthropic_error(client, body(calls, {"role": "user", "content": [answer]}, **thinking)).startswith(
+        "messages.1.content.0.type: Expected `thinking` or `redacted_thinking`, but found `tool_use`.")
+    thought = {"type": "thinking", "thinking": "Hmm.", "signature": signature_for("Hmm.")}
+    good = body({"role": "assistant", "content": [thought, call]}, {"role": "user", "content": [answer]}, **thinking)
+    assert invoke_events(client, "anthropic.claude-3-haiku-20240307-v1:0", good)[1]
