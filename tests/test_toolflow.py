@@ -18,7 +18,7 @@ import boto3
 import django
 import pytest
 from asgiref.sync import async_to_sync
-from django.test import AsyncClient, Client
+from django.test import AsyncClient, Client, override_settings
 from django.urls import path
 
 from django_bedrock_stream import client as clients
@@ -28,6 +28,7 @@ from django_bedrock_stream.signals import tool_called
 from django_bedrock_stream.tools import Tool, tool, verify_call
 from django_bedrock_stream.views import BedrockStreamView
 
+from .recorded import RECORDED_DIR, load_index, wire_events, wire_tool_calls
 from .servers import UvicornThread, raw_request, read_head
 
 CLAUDE_4 = "us.anthropic.claude-sonnet-4-20250514-v1:0"
@@ -154,9 +155,11 @@ class BrowserTools(BedrockStreamView):
     tools = [calculator, local_time, delete_file]
 
 
+RECORDED_TOOLS = [Tool(name, "Weather.", {"type": "object"}) for name in ("get_weather", "get_current_weather")]
 VIEWS = {"converse": ConverseTools, "claude": ClaudeTools, "nova": NovaTools}
 urlpatterns = [
     *(path(f"{name}/", view.as_view()) for name, view in VIEWS.items()),
+    *(path(f"recorded-{name}/", view.as_view(tools=RECORDED_TOOLS)) for name, view in VIEWS.items()),
     path("converse-thinking/", ConverseThinking.as_view()),
     path("claude-thinking/", ClaudeThinking.as_view()),
     path("two-steps/", TwoSteps.as_view()),
@@ -420,11 +423,14 @@ def test_input_cut_inside_characters_reaches_the_tool_whole(bedrock_emulator: An
 # -- several calls, failures -----------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("server_kind", ["wsgi", "asgi"])
+@pytest.mark.parametrize("server_kind", ["wsgi", "asgi", "asgi-thread"])
 def test_several_calls_keep_their_order_and_ids_and_run_concurrently(bedrock_emulator: Any, server_kind: str) -> None:
     SPANS.clear()
     calls = [{"name": "slow_async", "input": {"tag": "a"}}, {"name": "slow_sync", "input": {"tag": "b"}}]
-    status, body = post(server_kind, "/converse/", chat(f"[[emulator tools={json.dumps(calls)}]] two at once"))
+    transport = "thread" if server_kind == "asgi-thread" else "auto"
+    with override_settings(BEDROCK_STREAM={"ALLOW_ANONYMOUS": True, "ASYNC_TRANSPORT": transport}):
+        prompt = f"[[emulator tools={json.dumps(calls)}]] two at once"
+        status, body = post(server_kind.removesuffix("-thread"), "/converse/", chat(prompt))
     assert status == 200, body
     chunks = ui_chunks(body)
     ids = [chunk["toolCallId"] for chunk in of(chunks, "tool-input-start")]
@@ -634,19 +640,48 @@ def test_a_client_leaving_while_a_tool_runs_cancels_it(bedrock_emulator: Any, uv
 
 
 @needs_asgi_cancellation
+@pytest.mark.parametrize("transport", ["aiobotocore", "thread"])
 def test_a_client_leaving_during_the_next_turn_cancels_the_model_call(
-    bedrock_emulator: Any, uvicorn_server: UvicornThread
+    bedrock_emulator: Any, uvicorn_server: UvicornThread, transport: str
 ) -> None:
     prompt = '[[emulator tool=calculator tool_input={"expression": "2+3"} delay_ms=300]] slowly'
-    sock = raw_request(uvicorn_server.url, "/converse/", json.dumps(chat(prompt)).encode())
-    try:
-        status, _ = read_head(sock)
-        assert status == 200
-        bedrock_emulator.wait_for(lambda log: len(log) == 2 and log[1]["chunks_sent"] >= 1, timeout=10)
-    finally:
-        sock.close()
+    with override_settings(BEDROCK_STREAM={"ALLOW_ANONYMOUS": True, "ASYNC_TRANSPORT": transport}):
+        sock = raw_request(uvicorn_server.url, "/converse/", json.dumps(chat(prompt)).encode())
+        try:
+            status, _ = read_head(sock)
+            assert status == 200
+            bedrock_emulator.wait_for(lambda log: len(log) == 2 and log[1]["chunks_sent"] >= 1, timeout=10)
+        finally:
+            sock.close()
     _, second = settled(bedrock_emulator, 2)
     assert second["status"] == "disconnected", second
     assert second["chunks_sent"] < 4  # "Result of calculator: 5" is 4 tokens, 0.3 s apart
     completion = row()
     assert completion.status == "cancelled" and completion.parts["tool_runs"][0]["status"] == "success"
+
+
+# -- recorded captures -----------------------------------------------------------------------------
+
+TOOL_CAPTURES = [entry for entry in load_index() if entry.get("tool_input_json_concatenated")
+                 and entry["file"] != "converse_nova2_lite_code_interpreter.eventstream"]
+CAPTURE_VIEWS = {"converse": "converse", "anthropic-messages": "claude", "amazon-nova": "nova"}
+
+
+@pytest.mark.parametrize("entry", TOOL_CAPTURES, ids=[entry["file"] for entry in TOOL_CAPTURES])
+def test_recorded_tool_calls_reach_the_browser_exactly(bedrock_emulator: Any, recorded_dir: Any, entry: dict) -> None:
+    """Bedrock's own tool turns (the recorded captures, one with two calls), through a view whose
+    tools the browser runs: exactly their names, ids and inputs, each signed, and the stream ends."""
+    view = CAPTURE_VIEWS[entry.get("payload_family", "converse")]
+    calls, raw = wire_tool_calls(wire_events(RECORDED_DIR / entry["file"]))
+    status, body = post("wsgi", f"/recorded-{view}/", chat(f"[[emulator replay={RECORDED_DIR / entry['file']}]]"))
+    assert status == 200, body
+    chunks = ui_chunks(body)
+    available = of(chunks, "tool-input-available")
+    assert [(c["toolCallId"], c["toolName"], c["input"]) for c in available] == calls
+    assert "".join(chunk["inputTextDelta"] for chunk in of(chunks, "tool-input-delta")) == raw
+    for chunk in available:
+        signature = chunk["providerMetadata"]["bedrock"]["signature"]
+        assert verify_call(signature, name=chunk["toolName"], input=chunk["input"], binding="anonymous") == chunk["toolCallId"]
+    assert texts(chunks) == entry["expected_text"]
+    assert chunks[-1]["messageMetadata"]["finishReason"] == "tool-calls"
+    assert len(bedrock_emulator.requests) == 1
