@@ -974,6 +974,23 @@ def test_self_signed_tls_lives_as_long_as_the_emulator():
         assert emu.ca_file is not None and emu.ca_file != first and _http(emu, "GET", "/_emulator/health")[0] == 200
 
 
+def test_stopping_a_tls_emulator_drops_idle_keep_alive_clients_at_once():
+    """A TLS close waits for the client's close_notify, which an idle keep-alive client (boto3's
+    pool) never sends: stop() used to sit out its whole 2 s grace period and leave the connections
+    to the garbage collector after the loop was gone (on Python 3.13, asyncio's "TypeError:
+    'NoneType' object is not iterable" from Server._wakeup at exit)."""
+    emu = BedrockEmulator(port=0, tls=True).start()
+    idle = _connection(emu.port, emu.ca_file)
+    idle.request("GET", "/_emulator/health")
+    assert idle.getresponse().read()
+    started = time.monotonic()
+    emu.stop()
+    assert time.monotonic() - started < 1.5  # 2 s (the grace period) when it waited; milliseconds now
+    idle.sock.settimeout(5)
+    assert idle.sock.recv(1) == b""  # the server side is really closed
+    idle.close()
+
+
 def test_self_signed_tls_without_trustme_says_which_extra(monkeypatch):
     from django_bedrock_stream.emulator.server import MissingExtra
 

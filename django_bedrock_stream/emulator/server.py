@@ -431,9 +431,14 @@ class EmulatorServer:
             self._server.close()
         # Close the client transports: idle handlers see EOF, streaming ones are interrupted by
         # their EOF watcher; both then finish normally. Cancel whatever is left after a grace period.
+        # A TLS close would wait for the client's close_notify (up to 30 s), which an idle keep-alive
+        # client never sends, and outlive the loop: TLS connections are aborted instead.
         for conn in list(self._conns):
             try:
-                conn.writer.close()
+                if self.ssl_context is not None:
+                    conn.writer.transport.abort()
+                else:
+                    conn.writer.close()
             except Exception:
                 pass
         tasks = [c.task for c in self._conns if c.task is not None]
