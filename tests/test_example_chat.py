@@ -146,6 +146,12 @@ def stats(turn: Any) -> dict[str, str]:
     return {node.get_attribute("data-stat"): node.inner_text() for node in turn.locator("[data-stat]").all()}
 
 
+def shot(page: Any, name: str) -> None:
+    """A screenshot of the whole page with the whole conversation (not scrolled inside its box)."""
+    page.evaluate("document.getElementById('transcript').style.maxHeight = 'none'")
+    page.screenshot(path=str(SHOTS / name), full_page=True)
+
+
 def settled(demo: Demo, count: int) -> list[dict[str, Any]]:
     deadline = time.monotonic() + 30
     while True:
@@ -197,7 +203,7 @@ def test_reasoning_streams_open_folds_for_the_answer_and_its_signature_goes_back
     assert turn.locator(".bubble").inner_text() == "Two and two make four."
     toggle.click()  # the user can open it again
     assert toggle.get_attribute("aria-expanded") == "true" and turn.locator(".thinking-body").inner_text() == reasoning
-    page.screenshot(path=str(SHOTS / f"example-chat-reasoning-{demo.target}.png"), full_page=True)
+    shot(page, f"example-chat-reasoning-{demo.target}.png")
 
     chunks = [json.loads(line[6:]) for line in streams[0].text().splitlines() if line.startswith("data: {")]
     (signature,) = [c["providerMetadata"]["bedrock"]["signature"] for c in chunks if c.get("providerMetadata")]
@@ -258,7 +264,7 @@ def test_files_citations_usage_and_text_never_html(page: Any, demo: Demo) -> Non
     second = stats(page.locator(".turn.assistant").last)
     assert second["cache-read"] == first["cache-write"] and second["cache-write"] == "0"  # a cache hit
     assert "hit" in page.locator(".turn.assistant").last.locator(".stat.cache").get_attribute("class")
-    page.screenshot(path=str(SHOTS / f"example-chat-files-{demo.target}.png"), full_page=True)
+    shot(page, f"example-chat-files-{demo.target}.png")
     assert page.dialogs == [] and page.errors == []
 
 
@@ -290,10 +296,11 @@ def test_files_are_checked_before_sending_and_a_refusal_gives_them_back(page: An
     send(page, "What is in the photo?")
     error = page.locator(".turn.assistant .notice.error")
     assert "unsupported_media" in error.inner_text() and "photo.png" in error.inner_text()
+    assert page.locator(".turn.user").last.locator(".who").text_content() == "You · not sent"
     assert page.input_value("#prompt") == "What is in the photo?"
     assert page.locator("#pending .file-name").all_inner_texts() == ["photo.png"]
     assert demo.requests() == []  # nothing reached the model
-    page.screenshot(path=str(SHOTS / "example-chat-refused.png"), full_page=True)
+    shot(page, "example-chat-refused.png")
     assert page.dialogs == [] and page.errors == []
 
 
@@ -336,5 +343,5 @@ def test_citations_are_numbered_where_they_arrive_and_only_web_urls_are_links(pa
     assert turn.locator(".cited").all_inner_texts() == ["The Nile is 6,650 km long."]
     assert stats(turn)["cache-read"] == "5"
     turn.locator("sup.cite a").last.click()
-    page.screenshot(path=str(SHOTS / "example-chat-sources.png"), full_page=True)
+    shot(page, "example-chat-sources.png")
     assert page.dialogs == [] and page.errors == [] and demo.requests() == []

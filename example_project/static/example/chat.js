@@ -153,7 +153,7 @@
 
   // One assistant message: its elements, the UIMessage parts rebuilt from the stream (kept to send back
   // with the next turn) and what the stream said about it.
-  function addAssistantTurn(family) {
+  function addAssistantTurn(family, question) {
     clearHint();
     const n = ++turns;
     const item = el("li", "turn assistant streaming");
@@ -165,6 +165,7 @@
     scrollDown();
     return {
       n,
+      question, // the user's turn it answers
       item,
       body,
       meta,
@@ -524,8 +525,7 @@
     renderPending();
     say("");
     history.push(message);
-    const userItem = addUserTurn(text, files);
-    const turn = addAssistantTurn(family);
+    const turn = addAssistantTurn(family, addUserTurn(text, files));
     setStreaming(true);
     prompt.focus();
     controller = new AbortController();
@@ -550,8 +550,7 @@
         }
         // The request never reached the model: give the message back to the user to fix and resend.
         history.pop();
-        userItem.classList.add("unsent");
-        userItem.querySelector(".who").textContent = "You · not sent";
+        setAside(turn, "not sent");
         prompt.value = prompt.value || text;
         if (!pending.length) {
           pending = files;
@@ -600,8 +599,17 @@
     // Keep what the model needs back on the next turn: the text and the signed (or redacted) reasoning.
     const kept = turn.parts.filter((part) => (part.type === "text" ? part.text : part.providerMetadata));
     if (kept.length) history.push({ role: "assistant", parts: kept });
-    else if (outcome !== "completed") history.pop(); // nothing came back: the question can be asked again
+    else if (outcome !== "completed") {
+      history.pop(); // nothing came back: the question is left out, to be asked again
+      setAside(turn, "no answer, not kept");
+    }
     scrollDown();
+  }
+
+  // A question shown in the transcript that is no longer part of the conversation sent to the model.
+  function setAside(turn, why) {
+    turn.question.classList.add("unsent");
+    turn.question.querySelector(".who").textContent = `You · ${why}`;
   }
 
   function setStreaming(on) {
