@@ -162,6 +162,7 @@ ROUTES = [
     ("/api/chat/", "token", {"messages": MESSAGES, "model": "anthropic.claude-3-5-sonnet-20240620-v1:0"}),
     ("/api/llama3/", "basic", {"messages": MESSAGES}),
     ("/api/converse/", "basic", {"messages": MESSAGES}),
+    ("/assistant/", "basic", {"messages": MESSAGES}),
 ]
 # The routes served by the library's views, whose streams fire stream_completed (the plain-function
 # view does not).
@@ -274,6 +275,9 @@ def _exercise(url: str, token: str, emulator: BedrockEmulator) -> None:
             if path == "/api/llama3/":
                 assert response.headers["content-type"].startswith("text/event-stream")
                 assert "event: done" in response.text
+            elif path == "/assistant/":  # "Tools": the ui protocol
+                assert response.headers["x-vercel-ai-ui-message-stream"] == "v1"
+                assert '"type":"finish"' in response.text and response.text.endswith("data: [DONE]\n\n")
             else:
                 assert response.text == call["text"], path
             if path == "/chat/":
