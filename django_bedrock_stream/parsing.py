@@ -7,15 +7,35 @@ status and a stable ``type``, and nothing is sent upstream.
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+import logging
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
 from django.core.exceptions import RequestDataTooBig
 from django.http import HttpRequest, JsonResponse
 
+from .parts import ToolCall, ToolDenied, ToolResult
 from .serializers import BodyTooComplex, ChatRequestSerializer, fast_validated_data, load_json_body, rejection_for
+from .tools import (
+    Tool,
+    ToolCallRefused,
+    ToolOutputError,
+    client_tool_result,
+    denied_result,
+    tools_by_name,
+    verify_call,
+)
 
-__all__ = ["PREPARE_ON_LOOP_MAX_BYTES", "RequestRejected", "read_request_data", "request_size", "validate_chat_request"]
+__all__ = [
+    "PREPARE_ON_LOOP_MAX_BYTES",
+    "RequestRejected",
+    "ToolReplay",
+    "read_request_data",
+    "replay_tool_parts",
+    "request_size",
+    "validate_chat_request",
+]
 
 
 class RequestRejected(Exception):
@@ -118,3 +138,135 @@ def _first_error(errors: Any, path: str = "") -> str:
                 nested = isinstance(value, (dict, list))
                 return _first_error(value, f"{path}[{index}]" if nested else path)
     return f"{path}: {errors}" if path else str(errors)
+
+
+# -- tool parts sent back ------------------------------------------------------------------------------
+
+#: Tool part states without an answer yet: the call is left out of the conversation (a call without
+#: a result cannot be sent to the model), as the AI SDK's ``ignoreIncompleteToolCalls`` does.
+UNANSWERED = ("input-streaming", "input-available", "approval-requested")
+
+
+@dataclass
+class ToolReplay:
+    """The conversation with its tool parts checked and turned into ``tool_calls`` / ``tool_results``
+    (see :mod:`~.prompts`), and what this request must do before the model is called."""
+
+    messages: list[dict[str, Any]]
+    #: Calls the user just approved: run them now, before the model is called.
+    approved: list[ToolCall] = field(default_factory=list)
+    #: Their result entries in ``messages`` (``{"id", "name", "approved": True}``, the body built
+    #: from them holding an empty result), by call id: the view fills both in once they ran.
+    pending: dict[str, dict[str, Any]] = field(default_factory=dict)
+    #: Calls the user just denied: sent first in the stream, so the browser shows them denied.
+    denied: list[ToolDenied] = field(default_factory=list)
+
+
+def replay_tool_parts(
+    messages: Sequence[dict[str, Any]], tools: Sequence[Tool], request: HttpRequest | None
+) -> ToolReplay:
+    """Check every tool call the browser sent back (:class:`RequestRejected` 400 ``invalid_tool_call``
+    otherwise) and put each assistant turn's calls before a user turn with their results.
+
+    A call that is used must name a tool of this view and carry the signature this site gave it
+    (:func:`~.tools.verify_call`: this user, this tool, this input, this call id); an approval
+    answer, its signed approval id. A client-side tool's output must match its ``output_schema``.
+    Then: an output or error is the call's result; an approval answer in the conversation's last
+    message approves (the call runs before the model is called) or denies (the model is told); an
+    earlier denial is history. Left out: calls without an answer, approval answers in earlier
+    messages (they were never acted on) and unsigned errors (the model's own malformed calls or
+    tools it made up, which the view never signs).
+    """
+    if not any(message.get("tool_calls") for message in messages):
+        return ToolReplay(list(messages))
+    offered = tools_by_name(tools)
+    replay = ToolReplay([])
+    seen: set[str] = set()
+    for position, message in enumerate(messages):
+        entries = message.get("tool_calls")
+        if not entries:
+            replay.messages.append(message)
+            continue
+        last = position == len(messages) - 1
+        calls: list[ToolCall] = []
+        results: list[dict[str, Any]] = []
+        for entry in entries:
+            if entry["id"] in seen:
+                raise _refused(f"The tool call {entry['id']!r} appears twice.")
+            seen.add(entry["id"])
+            state = entry["state"]
+            if state in UNANSWERED or (state == "approval-responded" and not last):
+                continue
+            if state == "output-error" and "signature" not in entry:
+                continue
+            call, result = _replayed(entry, offered, request, replay)
+            calls.append(call)
+            results.append(result)
+        turn = {key: value for key, value in message.items() if key != "tool_calls"}
+        if calls:
+            turn["tool_calls"] = [{"id": call.id, "name": call.name, "input": call.input} for call in calls]
+        replay.messages.append(turn)
+        if results:
+            replay.messages.append({"role": "user", "content": "", "tool_results": results})
+    return replay
+
+
+def _replayed(
+    entry: Mapping[str, Any], offered: Mapping[str, Tool], request: HttpRequest | None, replay: ToolReplay
+) -> tuple[ToolCall, dict[str, Any]]:
+    """One answered call, checked: the call and its result entry."""
+    name, call_id, state = entry["name"], entry["id"], entry["state"]
+    tool = offered.get(name)
+    if tool is None:
+        raise _refused(f"The tool {name!r} is not offered here.")
+    call = ToolCall(call_id, name, entry["input"])
+    approval: Mapping[str, Any] | None = entry.get("approval")
+    runs_now = state == "approval-responded" and approval is not None and approval["approved"] is True
+    signature: Any = entry.get("signature")  # verify_call refuses a missing one
+    try:
+        # The signature says who, what and which call; its age matters only when a tool runs now,
+        # so a conversation stays usable after TOOL_CALL_MAX_AGE.
+        verify_call(signature, name=name, input=call.input, request=request, call_id=call_id, max_age=None)
+        if approval is not None:
+            extra = {} if runs_now else {"max_age": None}
+            verify_call(
+                approval["id"], name=name, input=call.input, request=request, purpose="approval",
+                call_id=call_id, **extra,
+            )
+    except ToolCallRefused as err:
+        # Refused here rather than raised, so the answer is this API's JSON; logged as Django
+        # logs a SuspiciousOperation.
+        logging.getLogger(f"django.security.{type(err).__name__}").error(
+            str(err), extra={"status_code": 400, "request": request}
+        )
+        raise _refused(f"{err} (tool {name!r}, call {call_id!r})") from None
+    if runs_now:
+        if tool.client_side:
+            raise _refused(f"The tool {name!r} runs in the browser: it takes an output, not an approval.")
+        replay.approved.append(call)
+        pending = {"id": call_id, "name": name, "approved": True}  # the output once it ran (see ToolReplay)
+        replay.pending[call_id] = pending
+        return call, pending
+    if approval is not None and state in ("approval-responded", "output-denied"):
+        if state == "approval-responded":
+            replay.denied.append(ToolDenied(call_id))
+        return call, result_entry(denied_result(call, approval["reason"]))
+    try:
+        if state == "output-error":
+            result = client_tool_result(tool, call_id, error=entry["error"])
+        else:
+            result = client_tool_result(tool, call_id, output=entry["output"])
+    except ToolOutputError as err:
+        raise _refused(str(err)) from None
+    return call, result_entry(result)
+
+
+def result_entry(result: ToolResult) -> dict[str, Any]:
+    """A result as a message's ``tool_results`` entry (see :mod:`~.prompts`)."""
+    if result.error:
+        return {"id": result.id, "name": result.name, "error": result.error}
+    return {"id": result.id, "name": result.name, "output": result.output}
+
+
+def _refused(message: str) -> RequestRejected:
+    return RequestRejected(400, "invalid_tool_call", message)

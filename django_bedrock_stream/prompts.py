@@ -34,16 +34,25 @@ Beyond text, a message may carry (both optional, both set by the request validat
 * ``reasoning``: the model's earlier reasoning blocks, in assistant messages, to be sent back
   unchanged: ``{"text", "signature"}`` or ``{"redacted"}`` (base64). The structured builders put
   them before the turn's text; the text formats leave them out.
+* ``tool_calls``: the model's tool calls, in assistant messages: ``{"id", "name", "input"}``; the
+  structured builders put them after the turn's text (``toolUse`` / ``tool_use`` blocks).
+* ``tool_results``: their results, in the user message that follows: ``{"id", "name", "output"}``
+  or ``{"id", "name", "error"}`` (text); put before the turn's files and text (``toolResult`` /
+  ``tool_result`` blocks). A turn with calls or results and no text is kept. The text formats
+  refuse both (``ValueError``).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
 from .media import Attachment, FileRefused, decode_base64
+from .parts import ToolCall, ToolResult
+from .tools import anthropic_call_blocks, anthropic_result_blocks, converse_call_blocks, converse_result_blocks
 
 __all__ = [
     "Family",
@@ -137,12 +146,24 @@ class _Turn:
     index: int  # index of the first input message merged into this turn
     attachments: tuple[Attachment, ...] = ()
     reasoning: tuple[Mapping[str, str], ...] = ()
+    tool_calls: tuple[ToolCall, ...] = ()
+    tool_results: tuple[ToolResult, ...] = ()
 
     def merged(self, other: _Turn) -> _Turn:
         text = "\n\n".join(t for t in (self.text, other.text) if t.strip())
         return _Turn(
-            self.role, text, self.index, self.attachments + other.attachments, self.reasoning + other.reasoning
+            self.role,
+            text,
+            self.index,
+            self.attachments + other.attachments,
+            self.reasoning + other.reasoning,
+            self.tool_calls + other.tool_calls,
+            self.tool_results + other.tool_results,
         )
+
+    @property
+    def blank(self) -> bool:
+        return not (self.text.strip() or self.attachments or self.tool_calls or self.tool_results)
 
 
 def _validated(messages: Sequence[Mapping[str, Any]]) -> list[_Turn]:
@@ -174,8 +195,30 @@ def _validated(messages: Sequence[Mapping[str, Any]]) -> list[_Turn]:
                 raise ValueError(
                     f"messages[{i}] reasoning blocks must be {{'text', 'signature'}} or {{'redacted'}} strings"
                 )
-        out.append(_Turn(role, content, i, attachments, reasoning))
+        calls = _tool_values(message, "tool_calls", "assistant", i, _tool_call)
+        results = _tool_values(message, "tool_results", "user", i, _tool_result)
+        out.append(_Turn(role, content, i, attachments, reasoning, calls, results))
     return out
+
+
+def _tool_values(message: Mapping[str, Any], key: str, role: str, index: int, make: Any) -> tuple[Any, ...]:
+    items = message.get(key) or ()
+    if items and message["role"] != role:
+        raise ValueError(f"messages[{index}] ({message['role']}): {key} belong in {role} messages")
+    if not isinstance(items, (list, tuple)) or not all(
+        isinstance(item, Mapping) and isinstance(item.get("id"), str) and isinstance(item.get("name"), str)
+        for item in items
+    ):
+        raise ValueError(f"messages[{index}] {key} must be a list of mappings with 'id' and 'name' strings")
+    return tuple(make(item) for item in items)
+
+
+def _tool_call(item: Mapping[str, Any]) -> ToolCall:
+    return ToolCall(item["id"], item["name"], item.get("input"))
+
+
+def _tool_result(item: Mapping[str, Any]) -> ToolResult:
+    return ToolResult(item["id"], item["name"], output=item.get("output"), error=item.get("error") or "")
 
 
 def _is_reasoning_block(block: Mapping[str, Any]) -> bool:
@@ -198,7 +241,7 @@ def _turns(messages: Sequence[Mapping[str, Any]]) -> list[_Turn]:
     """Non-system turns, blank ones (no text, no file) skipped, same-role runs merged; starts with user."""
     turns: list[_Turn] = []
     for turn in _validated(messages):
-        if turn.role == "system" or not (turn.text.strip() or turn.attachments):
+        if turn.role == "system" or turn.blank:
             continue
         if turns and turns[-1].role == turn.role:
             turns[-1] = turns[-1].merged(turn)
@@ -231,6 +274,8 @@ def _text_conversation(messages: Sequence[Mapping[str, Any]], family: Family) ->
             f"The {family} prompt format takes text only: files are not supported by this endpoint.",
             "unsupported_media",
         )
+    if any(m.get("tool_calls") or m.get("tool_results") for m in messages if isinstance(m, Mapping)):
+        raise ValueError(f"The {family} prompt format cannot carry tool calls or results.")
     system = extract_system(messages)
     turns = [_Turn(t.role, neutralise_markers(t.text.strip(), family), t.index) for t in _turns(messages)]
     clean_system = neutralise_markers(system.strip(), family) if system else None
@@ -276,9 +321,11 @@ def build_anthropic_messages(messages: Sequence[Mapping[str, Any]], *, cache: bo
     out: list[dict[str, Any]] = []
     for turn in _structured_turns(messages):
         content: list[dict[str, Any]] = [_anthropic_reasoning(block) for block in turn.reasoning]
+        content += anthropic_result_blocks(turn.tool_results)
         content += [_anthropic_file(a, turn.index) for a in turn.attachments]
         if turn.text.strip():
             content.append({"type": "text", "text": turn.text})
+        content += anthropic_call_blocks(turn.tool_calls)
         out.append({"role": turn.role, "content": content})
     if cache:
         _last_user_content(out)[-1]["cache_control"] = dict(CACHE_CONTROL)
@@ -327,7 +374,7 @@ def _structured_turns(messages: Sequence[Mapping[str, Any]]) -> list[_Turn]:
     turns = _turns(messages)
     last = turns[-1]
     if last.role == "assistant":
-        turns[-1] = _Turn("assistant", last.text.rstrip(), last.index, last.attachments, last.reasoning)
+        turns[-1] = dataclasses.replace(last, text=last.text.rstrip())
     return turns
 
 
@@ -356,6 +403,7 @@ def build_converse_messages(
     out: list[dict[str, Any]] = []
     for turn in _structured_turns(messages):
         content: list[dict[str, Any]] = [_converse_reasoning(block, binary, turn.index) for block in turn.reasoning]
+        content += converse_result_blocks(turn.tool_results)
         for attachment in turn.attachments:
             data: bytes | str = attachment.data if binary else attachment.base64
             if attachment.kind == "image":
@@ -373,6 +421,7 @@ def build_converse_messages(
             content.append({"document": {"format": attachment.format, "name": name, "source": {"bytes": data}}})
         if turn.text.strip():
             content.append({"text": turn.text})
+        content += converse_call_blocks(turn.tool_calls)
         out.append({"role": turn.role, "content": content})
     if cache:
         _last_user_content(out).append(dict(CACHE_POINT))

@@ -79,8 +79,10 @@ class StrictCharField(serializers.CharField):
 class PartSerializer(_NamedErrors, serializers.Serializer):
     """An AI SDK 5+ message part. ``text`` parts carry the prompt text, ``file`` parts (in user
     messages) images and documents, ``reasoning`` parts (in assistant messages) the model's earlier
-    reasoning with its signature; every other type (``step-start``, ``source-*``, ``data-*``,
-    ``tool-*``…) is ignored. Files are checked by :meth:`MessageSerializer.validate`, which knows the role."""
+    reasoning with its signature, tool parts (``tool-<name>`` / ``dynamic-tool``, in assistant
+    messages) the model's calls with their outputs or the user's approvals; every other type
+    (``step-start``, ``source-*``, ``data-*``…) is ignored. Files and tool parts are checked by
+    :meth:`MessageSerializer.validate`, which knows the role."""
 
     type = StrictCharField()
     text = StrictCharField(required=False, allow_blank=True, trim_whitespace=False)
@@ -91,6 +93,17 @@ class PartSerializer(_NamedErrors, serializers.Serializer):
     filename = StrictCharField(required=False, allow_blank=True)
     #: ``reasoning`` parts: ``{"bedrock": {"signature": ...}}`` or ``{"bedrock": {"redactedData": ...}}``.
     providerMetadata = serializers.DictField(required=False)
+    #: Tool parts (AI SDK ``UIToolInvocation``); the call's signature is in
+    #: ``callProviderMetadata.bedrock.signature``, an approval's id in ``approval.id``.
+    #: (Blank and null values are refused by :func:`_tool_call`, as ``invalid_tool_call``.)
+    toolCallId = StrictCharField(required=False, allow_blank=True, max_length=256)
+    toolName = StrictCharField(required=False, allow_blank=True, max_length=256)
+    state = StrictCharField(required=False, allow_blank=True)
+    input = serializers.JSONField(required=False, allow_null=True)
+    output = serializers.JSONField(required=False, allow_null=True)
+    errorText = StrictCharField(required=False, allow_blank=True, trim_whitespace=False)
+    approval = serializers.DictField(required=False, allow_null=True)
+    callProviderMetadata = serializers.DictField(required=False, allow_null=True)
 
     class Meta:
         list_serializer_class = _ListSerializer
@@ -116,7 +129,9 @@ class MessageListSerializer(_ListSerializer):
                 )
             _check_file_counts(data)
         result: list[dict[str, Any]] = super().to_internal_value(data)
-        return result
+        # An assistant message with tool calls is one assistant turn per model step (see
+        # MessageSerializer.validate): the results of a step's calls go between it and the next.
+        return [step for message in result for step in message.pop("steps", None) or (message,)]
 
 
 def _check_file_counts(messages: list[Any]) -> None:
@@ -148,7 +163,12 @@ class MessageSerializer(_NamedErrors, serializers.Serializer):
     ``attachments`` (checked :class:`~django_bedrock_stream.media.Attachment` values) when a user
     message has files and ``reasoning`` (``{"text", "signature"}`` / ``{"redacted"}``) when an
     assistant message has reasoning the model signed. Files in other roles, and reasoning without a
-    signature (which no model takes back), are ignored."""
+    signature (which no model takes back), are ignored.
+
+    An assistant message with tool parts becomes one assistant message per model step that called
+    tools (split at its ``step-start`` parts), each with ``tool_calls``: the parts as sent (``id``,
+    ``name``, ``state``, ``input``, and ``signature``, ``output``, ``error``, ``approval`` when
+    present), to be verified against the view's tools (:func:`~.parsing.replay_tool_parts`)."""
 
     role = serializers.ChoiceField(choices=ROLES)
     content = StrictCharField(required=False, allow_blank=True, trim_whitespace=False)
@@ -172,7 +192,90 @@ class MessageSerializer(_NamedErrors, serializers.Serializer):
             reasoning = [block for part in parts if part["type"] == "reasoning" and (block := _reasoning(part))]
             if reasoning:
                 message["reasoning"] = reasoning
+            if any(_is_tool_part(part) for part in parts):
+                message["steps"] = _tool_steps(parts)
         return message
+
+
+#: The states of an AI SDK tool part (``UIToolInvocation``; the approval states are AI SDK 6+).
+TOOL_STATES = (
+    "input-streaming",
+    "input-available",
+    "approval-requested",
+    "approval-responded",
+    "output-available",
+    "output-error",
+    "output-denied",
+)
+
+
+def _is_tool_part(part: Mapping[str, Any]) -> bool:
+    kind: str = part["type"]
+    return kind.startswith("tool-") or kind == "dynamic-tool"
+
+
+def _tool_steps(parts: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The assistant messages of a UI message with tool parts: a ``step-start`` after a step that
+    called tools begins the next one (text-only steps stay joined, as in a message without tools)."""
+    steps: list[dict[str, Any]] = []
+    step: dict[str, Any] = {"role": "assistant", "content": ""}
+    for part in parts:
+        kind = part["type"]
+        if kind == "step-start" and "tool_calls" in step:
+            steps.append(step)
+            step = {"role": "assistant", "content": ""}
+        elif kind == "text":
+            step["content"] += part.get("text", "")
+        elif kind == "reasoning" and (block := _reasoning(part)):
+            step.setdefault("reasoning", []).append(block)
+        elif _is_tool_part(part):
+            step.setdefault("tool_calls", []).append(_tool_call(part))
+    steps.append(step)
+    return steps
+
+
+def _tool_call(part: Mapping[str, Any]) -> dict[str, Any]:
+    """A tool part's fields, shape-checked (what they prove is checked by the view)."""
+    kind, state = part["type"], part.get("state")
+    name = part.get("toolName") if kind == "dynamic-tool" else kind[len("tool-") :]
+    if not name:
+        raise _tool_error("a dynamic-tool part needs 'toolName'.")
+    if not part.get("toolCallId"):
+        raise _tool_error(f"the {name!r} tool part needs 'toolCallId'.")
+    if state not in TOOL_STATES:
+        raise _tool_error(f"the {name!r} tool part's state must be one of {', '.join(TOOL_STATES)}.")
+    call: dict[str, Any] = {"id": part["toolCallId"], "name": name, "state": state, "input": part.get("input")}
+    bedrock = (part.get("callProviderMetadata") or {}).get("bedrock")
+    signature = bedrock.get("signature") if isinstance(bedrock, Mapping) else None
+    if signature is not None:
+        if not isinstance(signature, str):
+            raise _tool_error("a tool call's signature must be text.")
+        call["signature"] = signature
+    if state == "output-available":
+        call["output"] = part.get("output")  # a tool that returned undefined: no "output" in the JSON
+    elif state == "output-error":
+        if "errorText" not in part:
+            raise _tool_error(f"the {name!r} tool part in state output-error needs 'errorText'.")
+        call["error"] = part["errorText"]
+    approval = part.get("approval")
+    if approval is not None or state in ("approval-requested", "approval-responded", "output-denied"):
+        call["approval"] = _approval(approval, state, name)
+    return call
+
+
+def _approval(approval: Any, state: str, name: str) -> dict[str, Any]:
+    if not isinstance(approval, Mapping) or not isinstance(approval.get("id"), str) or not approval["id"]:
+        raise _tool_error(f"the {name!r} tool part needs 'approval' with an 'id'.")
+    approved, reason = approval.get("approved"), approval.get("reason")
+    if state in ("approval-responded", "output-denied") and not isinstance(approved, bool):
+        raise _tool_error(f"the {name!r} tool part's approval needs 'approved' (true or false).")
+    if reason is not None and not (isinstance(reason, str) and _plain_text(reason)):
+        raise _tool_error("an approval's reason must be text.")
+    return {"id": approval["id"], "approved": approved, "reason": reason or ""}
+
+
+def _tool_error(message: str) -> serializers.ValidationError:
+    return serializers.ValidationError({"parts": f"Invalid tool part: {message}"}, code="invalid_tool_call")
 
 
 def _attachment(part: Mapping[str, Any], index: int) -> Any:
@@ -209,7 +312,10 @@ def _reasoning(part: Mapping[str, Any]) -> dict[str, str] | None:
 
 
 def _message_chars(message: Mapping[str, Any]) -> int:
-    return len(message["content"]) + sum(len(block.get("text", "")) for block in message.get("reasoning", ()))
+    chars = len(message["content"]) + sum(len(block.get("text", "")) for block in message.get("reasoning", ()))
+    for call in message.get("tool_calls", ()):  # what the model reads again: inputs, outputs, errors
+        chars += sum(len(json.dumps(call.get(key), ensure_ascii=False)) for key in ("input", "output", "error"))
+    return chars
 
 
 #: The request fields a view may allowlist (``request_options``), and how each is validated.
@@ -315,8 +421,12 @@ FILE_REJECTIONS: dict[str, tuple[int, str]] = {
 
 
 def rejection_for(errors: Any) -> tuple[int, str]:
-    """The status and error type of a refused request, from its first error's code."""
-    return FILE_REJECTIONS.get(_first_code(errors) or "", (400, "invalid_request"))
+    """The status and error type of a refused request, from its first error's code (a malformed
+    tool part is 400 ``invalid_tool_call``, like a tool part the view refuses)."""
+    code = _first_code(errors) or ""
+    if code == "invalid_tool_call":
+        return 400, code
+    return FILE_REJECTIONS.get(code, (400, "invalid_request"))
 
 
 def stored_messages(messages: Any) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:

@@ -12,12 +12,14 @@ request lifecycle, and the hooks to override:
    ``throttle_classes`` (set those rather than overriding); anonymous users are refused unless
    ``ALLOW_ANONYMOUS``.
 2. Parse and validate the JSON body (:class:`~.serializers.ChatRequestSerializer`) — 400/413 on bad
-   input, nothing sent upstream.
+   input, nothing sent upstream; the tool calls the browser sent back are verified against
+   :meth:`get_tools` (:func:`~.parsing.replay_tool_parts`).
 3. :meth:`get_messages` — may override to add a system prompt, trim history, etc.
 4. :meth:`get_model_id`, :meth:`get_max_tokens` — should not need overriding; set the class
    attributes ``model_id``, ``allowed_models``, ``max_tokens`` instead.
 5. :meth:`build_body` — may override for custom request bodies (temperature, tools…).
-6. ``stream_started`` → Bedrock call → errors before the first byte become JSON (429/400/5xx).
+6. ``stream_started`` → the calls the user just approved run (:meth:`run_approved_tools`) →
+   Bedrock call → errors before the first byte become JSON (429/400/5xx).
 7. Stream through the negotiated protocol; ``stream_completed`` / ``failed`` / ``cancelled``, then
    ``stream_finished``.
 """
@@ -25,6 +27,7 @@ request lifecycle, and the hooks to override:
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from collections.abc import Mapping, Sequence
 from typing import Any, ClassVar
@@ -49,6 +52,7 @@ from .families import (
     BedrockFamily,
     CohereFamily,
     ConverseFamily,
+    Delta,
     Llama2Family,
     Llama3Family,
     MistralFamily,
@@ -62,17 +66,22 @@ from .parsing import (
     PREPARE_ON_LOOP_MAX_BYTES,
     RequestRejected,
     read_request_data,
+    replay_tool_parts,
     request_size,
+    result_entry,
     validate_chat_request,
 )
+from .parts import Part, ToolResult
 from .protocols import get_protocol, negotiate_protocol
 from .responses import STREAM_HEADERS
 from .runner import AsyncBody, StreamRunner, SyncBody, asend_all, release_connections, send, upstream_error
 from .serializers import FILE_REJECTIONS, stored_messages
-from .signals import stream_started
-from .streams import BedrockStream
+from .signals import stream_started, tool_called
+from .streams import BedrockStream, Parser
 from .toolflow import ToolLoop
-from .tools import TOOL_FORMATS, Tool
+from .tools import TOOL_FORMATS, Tool, ToolRun, run_tools, run_tools_sync
+
+logger = logging.getLogger("django_bedrock_stream")
 
 
 class BedrockStreamMixin:
@@ -124,7 +133,8 @@ class BedrockStreamMixin:
 
     def get_messages(self, request: HttpRequest) -> list[dict[str, Any]]:
         """May override: the chat messages to send (default: the validated request messages:
-        ``role``, ``content``, and ``attachments`` / ``reasoning`` when the parts had them)."""
+        ``role``, ``content``, and ``attachments`` / ``reasoning`` / ``tool_calls`` / ``tool_results``
+        when the parts had them, see :mod:`~.prompts`)."""
         return list(self.validated_data["messages"])
 
     def get_request_options(self) -> Sequence[str]:
@@ -215,6 +225,7 @@ class BedrockStreamMixin:
                 error: BedrockStreamError = StorageUnavailable(model_id=completion.model_id)
                 await asyncio.shield(unstarted._end_async(Completion.Status.FAILED, error))
                 return self.error_response(error)
+            await self.arun_approved_tools(request, completion)
             started_at = time.monotonic()
             source = await self.open_stream_async()
         except asyncio.CancelledError:
@@ -246,6 +257,7 @@ class BedrockStreamMixin:
             error: BedrockStreamError = StorageUnavailable(model_id=completion.model_id)
             unstarted._end_sync(Completion.Status.FAILED, error)
             return self.error_response(error)
+        self.run_approved_tools(request, completion)
         try:
             source = self.open_stream()
         except Exception as err:
@@ -279,6 +291,10 @@ class BedrockStreamMixin:
             self.protocol = get_protocol(self.protocol_name)()
         except ValueError as err:
             raise RequestRejected(400, "invalid_protocol", str(err)) from None
+        self.tool_list = list(self.get_tools(request))
+        # The tool calls the browser sent back, checked before anything else happens.
+        self.tool_replay = replay_tool_parts(self.validated_data["messages"], self.tool_list, request)
+        self.validated_data["messages"] = self.tool_replay.messages
         self.messages = self.get_messages(request)
         self.resolved_options = self.get_converse_options(request)
         try:
@@ -288,7 +304,6 @@ class BedrockStreamMixin:
         except (TypeError, ValueError) as err:
             raise RequestRejected(400, "invalid_request", str(err)) from None
         self.resolved_model_id = self.get_model_id()
-        self.tool_list = list(self.get_tools(request))
         if self.tool_list:
             self._offer_tools()
 
@@ -335,14 +350,59 @@ class BedrockStreamMixin:
 
     def tool_run(self, stream: BedrockStream, request: HttpRequest, completion: Completion) -> BedrockStream:
         """Should not need overriding: with tools offered, the stream continues after each model turn
-        that calls them (:class:`~.toolflow.ToolLoop`), up to ``max_steps`` turns."""
+        that calls them (:class:`~.toolflow.ToolLoop`), up to ``max_steps`` turns. It opens with the
+        outcome of the calls the user answered in this request (run, or denied)."""
         if self.tool_list:
-            loop = ToolLoop(
+            loop = self._tool_loop(request, completion)
+            stream.prepare_call, stream.continuation, stream.acontinuation = loop.prepare_call, loop.next, loop.anext
+            opening: list[Part] = [*self.approved_results, *self.tool_replay.denied]
+            if opening:
+                stream.parse = _opening_with(opening, stream.parse)
+        return stream
+
+    def _tool_loop(self, request: HttpRequest, completion: Completion) -> ToolLoop:
+        if getattr(self, "_loop", None) is None:
+            self._loop = ToolLoop(
                 sender=type(self), request=request, completion=completion, family=self.family,
                 model_id=self.resolved_model_id, body=self.body, tools=self.tool_list, max_steps=self.max_steps,
             )
-            stream.prepare_call, stream.continuation, stream.acontinuation = loop.prepare_call, loop.next, loop.anext
-        return stream
+        return self._loop
+
+    #: The results of the calls the user approved in this request, once they ran.
+    approved_results: Sequence[ToolResult] = ()
+
+    def run_approved_tools(self, request: HttpRequest, completion: Completion) -> None:
+        """Should not need overriding: run the calls the user approved in this request (WSGI), after
+        the start row is stored and before the model is called, which then reads their results."""
+        calls = self.tool_replay.approved
+        if calls:
+            runs = run_tools_sync(calls, self.tool_list, request=request)
+            for kwargs in self._resume(runs, request, completion):
+                send(tool_called, type(self), **kwargs)
+            release_connections()  # what the receivers opened: not held for the stream
+
+    async def arun_approved_tools(self, request: HttpRequest, completion: Completion) -> None:
+        """Should not need overriding: :meth:`run_approved_tools` under ASGI (async tools on the loop,
+        sync ones on the tool pool)."""
+        calls = self.tool_replay.approved
+        if calls:
+            runs = await run_tools(calls, self.tool_list, request=request)
+            sends = [(tool_called, kwargs) for kwargs in self._resume(runs, request, completion)]
+            await asend_all(sends, type(self), then=release_connections)
+
+    def _resume(self, runs: list[ToolRun], request: HttpRequest, completion: Completion) -> list[dict[str, Any]]:
+        """Put the approved calls' results where the request held their place (the messages, and the
+        body built from them); record the runs; the ``tool_called`` kwargs."""
+        loop = self._tool_loop(request, completion)
+        result_blocks = TOOL_FORMATS[self.family.name].result_blocks
+        for run in runs:
+            entry = self.tool_replay.pending[run.call.id]
+            placeholder = result_blocks([ToolResult(entry["id"], entry["name"])])[0]
+            entry.update(result_entry(run.result))
+            if not _replace_block(self.body, placeholder, result_blocks([run.result])[0]):
+                logger.error("build_body() dropped the result of the approved tool call %r", run.call.id)
+        self.approved_results = [run.result for run in runs]
+        return [loop._record(run, 0) for run in runs]
 
     def make_runner(
         self, request: HttpRequest, stream: BedrockStream, completion: Completion, started_at: float
@@ -369,6 +429,33 @@ class BedrockStreamMixin:
         if error.retry_after is not None:
             response["Retry-After"] = str(error.retry_after)
         return response
+
+
+def _opening_with(parts: list[Part], parse: Parser) -> Parser:
+    """``parse``, with ``parts`` added before the first event's: the stream opens with them."""
+    pending = list(parts)
+
+    def parse_first(event: Mapping[str, Any]) -> Delta | None:
+        delta = parse(event)
+        if pending:
+            delta = delta if delta is not None else Delta()
+            delta.parts = (*pending, *delta.parts)
+            pending.clear()
+        return delta
+
+    return parse_first
+
+
+def _replace_block(body: Mapping[str, Any], old: Mapping[str, Any], new: dict[str, Any]) -> bool:
+    """Replace the content block equal to ``old`` in the body's messages (in place); whether found."""
+    for message in body.get("messages") or ():
+        content = message.get("content") if isinstance(message, Mapping) else None
+        if isinstance(content, list):
+            for index, block in enumerate(content):
+                if block == old:
+                    content[index] = new
+                    return True
+    return False
 
 
 def keep_async(view: Any) -> Any:

@@ -1,0 +1,615 @@
+"""The request side of tools (issue 11, items 4 and 5): the conversation the AI SDK posts back after
+the browser ran a client-side tool (``addToolOutput``) or answered an approval
+(``addToolApprovalResponse``). The first request of each flow really streams the call (the emulator's
+tool scenarios); its ui chunks are folded into the assistant ``UIMessage`` as the AI SDK does, the
+browser's answer is applied to it, and the conversation goes back. Django's Client (WSGI) and
+AsyncClient (ASGI), real boto3 / aiobotocore; the emulator's request log shows what reached
+"Bedrock" (and that a refused request reached nothing)."""
+
+from __future__ import annotations
+
+import copy
+import json
+import time
+from typing import Any
+from unittest import mock
+
+import pytest
+from asgiref.sync import async_to_sync, sync_to_async
+from django.contrib.auth import get_user_model
+from django.core import signing
+from django.test import AsyncClient, Client
+from django.urls import path
+
+from django_bedrock_stream import client as clients
+from django_bedrock_stream.drf import BedrockStreamAPIView
+from django_bedrock_stream.families import AnthropicMessagesFamily, ConverseFamily, NovaFamily
+from django_bedrock_stream.models import Completion
+from django_bedrock_stream.parts import ToolCall
+from django_bedrock_stream.prompts import build_anthropic_messages, build_converse_messages, build_llama3_prompt
+from django_bedrock_stream.signals import tool_called
+from django_bedrock_stream.tools import Tool, sign_call, tool
+from django_bedrock_stream.views import BedrockStreamView
+
+# -- tools and views -----------------------------------------------------------------------------
+
+local_time = Tool(
+    "local_time",
+    "The browser's local time.",
+    {"type": "object", "properties": {}, "additionalProperties": False},
+    output_schema={
+        "type": "object",
+        "properties": {"time": {"type": "string"}},
+        "required": ["time"],
+        "additionalProperties": False,
+    },
+)
+
+DELETED: list[str] = []
+
+
+@tool(needs_approval=True)
+def delete_file(path: str) -> str:
+    """Delete a file (asks the user first)."""
+    DELETED.append(path)
+    return f"deleted {path}"
+
+
+@tool
+def calculator(expression: str) -> str:
+    """Add whole numbers.
+
+    Args:
+        expression: Terms joined by +, like "2+3".
+    """
+    return str(sum(int(term) for term in expression.split("+")))
+
+
+TOOLS = [calculator, local_time, delete_file]
+
+
+class ConverseBrowser(BedrockStreamView):
+    family_class = ConverseFamily
+    stream_protocol = "ui"
+    tools = TOOLS
+
+
+class ClaudeBrowser(ConverseBrowser):
+    family_class = AnthropicMessagesFamily
+
+
+class NovaBrowser(ConverseBrowser):
+    family_class = NovaFamily
+
+
+class NoTools(BedrockStreamView):
+    family_class = ConverseFamily
+    stream_protocol = "ui"
+
+
+class DrfBrowser(BedrockStreamAPIView):
+    family_class = ConverseFamily
+    stream_protocol = "ui"
+    tools = TOOLS
+
+
+VIEWS = {"converse": "/converse/", "claude": "/claude/", "nova": "/nova/"}
+urlpatterns = [
+    path("converse/", ConverseBrowser.as_view()),
+    path("claude/", ClaudeBrowser.as_view()),
+    path("nova/", NovaBrowser.as_view()),
+    path("no-tools/", NoTools.as_view()),
+    path("drf/", DrfBrowser.as_view()),
+]
+pytestmark = [pytest.mark.urls(__name__), pytest.mark.django_db(transaction=True)]
+
+# -- helpers -------------------------------------------------------------------------------------
+
+
+def post(server: str, url: str, body: dict[str, Any], user: Any = None) -> tuple[int, str]:
+    """POST through Django's Client (WSGI) or AsyncClient (ASGI), signed in as ``user`` if given;
+    the status and the whole body."""
+    raw = json.dumps(body)
+    if server == "wsgi":
+        client = Client()
+        if user is not None:
+            client.force_login(user)
+        response: Any = client.post(url, raw, content_type="application/json")
+        text = b"".join(response.streaming_content).decode() if response.streaming else response.content.decode()
+        return response.status_code, text
+
+    async def asgi() -> tuple[int, str]:
+        client = AsyncClient()
+        if user is not None:
+            await sync_to_async(client.force_login)(user)
+        response: Any = await client.post(url, raw, content_type="application/json")
+        if response.streaming:
+            text = b"".join([chunk async for chunk in response.streaming_content]).decode()
+        else:
+            text = response.content.decode()
+        await clients.aclose_clients()  # made on this call's own loop
+        return response.status_code, text
+
+    return async_to_sync(asgi)()
+
+
+def ui_chunks(body: str) -> list[dict[str, Any]]:
+    events = [block.removeprefix("data: ") for block in body.split("\n\n") if block.startswith("data: ")]
+    assert events[-1] == "[DONE]", body[-300:]
+    return [json.loads(event) for event in events[:-1]]
+
+
+def of(chunks: list[dict[str, Any]], kind: str) -> list[dict[str, Any]]:
+    return [chunk for chunk in chunks if chunk["type"] == kind]
+
+
+def texts(chunks: list[dict[str, Any]]) -> str:
+    return "".join(chunk["delta"] for chunk in of(chunks, "text-delta"))
+
+
+def fold(message: dict[str, Any], chunks: list[dict[str, Any]]) -> dict[str, Any]:
+    """Apply a stream's ui chunks to the assistant ``UIMessage`` as the AI SDK's
+    ``processUIMessageStream`` does (the parts this app sends)."""
+    parts = message["parts"]
+    tools = {part["toolCallId"]: part for part in parts if "toolCallId" in part}
+    texts_by_id: dict[str, dict[str, Any]] = {}
+    for chunk in chunks:
+        kind, call_id = chunk["type"], chunk.get("toolCallId")
+        if kind == "start-step":
+            parts.append({"type": "step-start"})
+        elif kind == "text-start":
+            texts_by_id[chunk["id"]] = {"type": "text", "text": "", "state": "streaming"}
+            parts.append(texts_by_id[chunk["id"]])
+        elif kind == "text-delta":
+            texts_by_id[chunk["id"]]["text"] += chunk["delta"]
+        elif kind == "text-end":
+            texts_by_id[chunk["id"]]["state"] = "done"
+        elif kind == "tool-input-start":
+            tools[call_id] = {"type": f"tool-{chunk['toolName']}", "toolCallId": call_id, "state": "input-streaming"}
+            parts.append(tools[call_id])
+        elif kind == "tool-input-available":
+            tools[call_id].update(state="input-available", input=chunk["input"])
+            if "providerMetadata" in chunk:
+                tools[call_id]["callProviderMetadata"] = chunk["providerMetadata"]
+        elif kind == "tool-input-error":
+            tools[call_id].update(state="output-error", input=chunk["input"], errorText=chunk["errorText"])
+        elif kind == "tool-approval-request":
+            tools[call_id].update(state="approval-requested", approval={"id": chunk["approvalId"]})
+        elif kind == "tool-output-available":
+            tools[call_id].update(state="output-available", output=chunk["output"])
+        elif kind == "tool-output-error":
+            tools[call_id].update(state="output-error", errorText=chunk["errorText"])
+        elif kind == "tool-output-denied":
+            tools[call_id]["state"] = "output-denied"
+    return message
+
+
+def asked(server: str, view: str, prompt: str, user: Any = None) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The first request of a flow: (the user message, the assistant message its stream made)."""
+    question = {"id": "u1", "role": "user", "parts": [{"type": "text", "text": prompt}]}
+    status, body = post(server, VIEWS[view], {"messages": [question]}, user)
+    assert status == 200, body
+    return question, fold({"id": "a1", "role": "assistant", "parts": []}, ui_chunks(body))
+
+
+def tool_part(message: dict[str, Any]) -> dict[str, Any]:
+    [part] = [part for part in message["parts"] if "toolCallId" in part]
+    return part
+
+
+def settled(emulator: Any, count: int) -> list[dict[str, Any]]:
+    """The emulator's log once it holds ``count`` settled requests."""
+    return emulator.wait_for(lambda log: len(log) >= count and all(r["status"] != "streaming" for r in log))
+
+
+def sent_messages(emulator: Any, number: int) -> list[dict[str, Any]]:
+    """The messages of the ``number``-th request that reached the emulator."""
+    return list(settled(emulator, number)[number - 1]["body"]["messages"])
+
+
+def refused(status: int, body: str, emulator: Any, before: int) -> str:
+    """Assert a 400 ``invalid_tool_call`` that reached nothing upstream; its message."""
+    assert status == 400, body
+    error = json.loads(body)["error"]
+    assert error["type"] == "invalid_tool_call", error
+    assert len(emulator.requests) == before  # no upstream call
+    return str(error["message"])
+
+
+def signed_part(name: str, call_id: str, input: Any, binding: str = "anonymous", **fields: Any) -> dict[str, Any]:
+    """A tool part as the browser keeps it, signed for ``binding`` (as the stream signs calls)."""
+    signature = sign_call(ToolCall(call_id, name, input), binding=binding)
+    return {
+        "type": f"tool-{name}",
+        "toolCallId": call_id,
+        "input": input,
+        "callProviderMetadata": {"bedrock": {"signature": signature}},
+        **fields,
+    }
+
+
+def conversation(*parts: dict[str, Any], then: str | None = None) -> dict[str, Any]:
+    """A user question, an assistant message with ``parts``, and maybe a new user message."""
+    messages = [
+        {"id": "u1", "role": "user", "parts": [{"type": "text", "text": "Help me."}]},
+        {"id": "a1", "role": "assistant", "parts": [{"type": "step-start"}, *parts]},
+    ]
+    if then is not None:
+        messages.append({"id": "u2", "role": "user", "parts": [{"type": "text", "text": then}]})
+    return {"messages": messages}
+
+
+class ToolCalls:
+    """``tool_called`` as sent, while in the ``with`` block."""
+
+    def __init__(self) -> None:
+        self.calls: list[dict[str, Any]] = []
+
+    def __enter__(self) -> ToolCalls:
+        tool_called.connect(self._receive, dispatch_uid="test-tool-requests")
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        tool_called.disconnect(dispatch_uid="test-tool-requests")
+
+    def _receive(self, sender: Any, **kwargs: Any) -> None:
+        self.calls.append(kwargs)
+
+
+@pytest.fixture(autouse=True)
+def _nothing_deleted() -> None:
+    DELETED.clear()
+
+
+# -- a client-side tool round trip -------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("view", ["converse", "claude", "nova"])
+@pytest.mark.parametrize("server", ["wsgi", "asgi"])
+def test_a_client_tool_output_goes_to_the_model_and_it_answers(bedrock_emulator: Any, server: str, view: str) -> None:
+    question, answer = asked(server, view, "[[emulator tool=local_time text=Checking.]] What time is it?")
+    part = tool_part(answer)
+    assert part["state"] == "input-available" and part["callProviderMetadata"]["bedrock"]["signature"]
+    part.update(state="output-available", output={"time": "10:42"})  # addToolOutput
+
+    status, body = post(server, VIEWS[view], {"messages": [question, answer]})
+    assert status == 200, body
+    chunks = ui_chunks(body)
+    assert 'Result of local_time: {"time": "10:42"}' in texts(chunks)
+    assert not of(chunks, "tool-input-available")  # the model answered; nothing to call
+
+    user, assistant, results = sent_messages(bedrock_emulator, 2)
+    call_id = part["toolCallId"]
+    if view == "claude":
+        assert assistant["content"] == [
+            {"type": "text", "text": "Checking."},
+            {"type": "tool_use", "id": call_id, "name": "local_time", "input": {}},
+        ]
+        assert results == {
+            "role": "user",
+            "content": [{"type": "tool_result", "tool_use_id": call_id, "content": '{"time": "10:42"}'}],
+        }
+    else:
+        assert assistant["content"] == [
+            {"text": "Checking."},
+            {"toolUse": {"toolUseId": call_id, "name": "local_time", "input": {}}},
+        ]
+        result = {"toolUseId": call_id, "content": [{"text": '{"time": "10:42"}'}], "status": "success"}
+        assert results == {"role": "user", "content": [{"toolResult": result}]}
+
+
+@pytest.mark.parametrize("server", ["wsgi", "asgi"])
+def test_a_client_tool_error_goes_to_the_model_as_an_error(bedrock_emulator: Any, server: str) -> None:
+    question, answer = asked(server, "converse", "[[emulator tool=local_time]] What time is it?")
+    tool_part(answer).update(state="output-error", errorText="The clock is not available.")
+
+    status, body = post(server, "/converse/", {"messages": [question, answer]})
+    assert status == 200, body
+    assert "Error from local_time: The clock is not available." in texts(ui_chunks(body))
+    result = sent_messages(bedrock_emulator, 2)[-1]["content"][0]["toolResult"]
+    assert (result["status"], result["content"]) == ("error", [{"text": "The clock is not available."}])
+
+
+# -- approvals -------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("view", ["converse", "claude"])
+@pytest.mark.parametrize("server", ["wsgi", "asgi"])
+def test_an_approved_call_runs_before_the_model_is_called_and_opens_the_stream(
+    bedrock_emulator: Any, server: str, view: str
+) -> None:
+    question, answer = asked(server, view, '[[emulator tool=delete_file tool_input={"path": "/tmp/a.txt"}]] Clean up.')
+    part = tool_part(answer)
+    assert part["state"] == "approval-requested" and DELETED == []
+    part.update(state="approval-responded", approval={**part["approval"], "approved": True})
+
+    with ToolCalls() as signals:
+        status, body = post(server, VIEWS[view], {"messages": [question, answer]})
+    assert status == 200, body
+    chunks = ui_chunks(body)
+    assert [chunk["type"] for chunk in chunks[:3]] == ["start", "start-step", "tool-output-available"]
+    assert chunks[2] == {"type": "tool-output-available", "toolCallId": part["toolCallId"], "output": "deleted /tmp/a.txt"}
+    assert DELETED == ["/tmp/a.txt"]
+    # The model read the result (so the tool ran first) and quotes it.
+    assert "Result of delete_file: deleted /tmp/a.txt" in texts(chunks)
+    assert len(settled(bedrock_emulator, 2)) == 2
+
+    fold(answer, chunks)  # the browser's message now: the call done, then the answer's step
+    assert part["state"] == "output-available" and part["approval"]["approved"] is True
+    [run] = signals.calls
+    assert (run["tool_name"], run["input"], run["output"], run["error"]) == (
+        "delete_file", {"path": "/tmp/a.txt"}, "deleted /tmp/a.txt", ""
+    )
+    completion = Completion.objects.exclude(pk=Completion.objects.order_by("pk").first().pk).get()
+    assert run["completion"].pk == completion.pk
+    [stored] = completion.parts["tool_runs"]
+    assert (stored["id"], stored["status"], stored["output"]) == (part["toolCallId"], "success", "deleted /tmp/a.txt")
+    # The row's messages were stored before the call ran: they say it was approved (its run is above).
+    assert completion.messages[-1] == {
+        "role": "user", "content": "", "tool_results": [{"id": part["toolCallId"], "name": "delete_file", "approved": True}]
+    }
+
+    # Posted again with the next question, the run is history: nothing runs twice.
+    again = {"id": "u2", "role": "user", "parts": [{"type": "text", "text": "Thanks."}]}
+    status, body = post(server, VIEWS[view], {"messages": [question, answer, again]})
+    assert status == 200, body
+    assert DELETED == ["/tmp/a.txt"] and not of(ui_chunks(body), "tool-output-available")
+
+
+@pytest.mark.parametrize("server", ["wsgi", "asgi"])
+def test_a_denied_call_does_not_run_and_the_model_is_told(bedrock_emulator: Any, server: str) -> None:
+    question, answer = asked(server, "converse", '[[emulator tool=delete_file tool_input={"path": "/tmp/a.txt"}]] Go.')
+    part = tool_part(answer)
+    part.update(state="approval-responded", approval={**part["approval"], "approved": False, "reason": "Keep it."})
+
+    status, body = post(server, "/converse/", {"messages": [question, answer]})
+    assert status == 200, body
+    chunks = ui_chunks(body)
+    assert chunks[2] == {"type": "tool-output-denied", "toolCallId": part["toolCallId"]}
+    told = "The user denied this tool call. Reason: Keep it."
+    assert f"Error from delete_file: {told}" in texts(chunks)
+    assert DELETED == []
+    result = sent_messages(bedrock_emulator, 2)[-1]["content"][0]["toolResult"]
+    assert (result["status"], result["content"]) == ("error", [{"text": told}])
+
+    fold(answer, chunks)
+    assert part["state"] == "output-denied"
+    again = {"id": "u2", "role": "user", "parts": [{"type": "text", "text": "OK."}]}
+    status, body = post(server, "/converse/", {"messages": [question, answer, again]})
+    assert status == 200, body  # the denial is history now: the model is told again, the browser not
+    assert not of(ui_chunks(body), "tool-output-denied")
+    history = sent_messages(bedrock_emulator, 3)
+    assert history[2]["content"][0]["toolResult"]["content"] == [{"text": told}]
+
+
+def test_an_approval_answered_in_an_earlier_message_does_not_run(bedrock_emulator: Any) -> None:
+    """``approval-responded`` left behind (the user wrote instead of sending the answer): nothing acts
+    on it, now or on any later request, and the call is left out like an unanswered one."""
+    approval = sign_call(ToolCall("t1", "delete_file", {"path": "/x"}), binding="anonymous", purpose="approval")
+    part = signed_part("delete_file", "t1", {"path": "/x"}, state="approval-responded",
+                       approval={"id": approval, "approved": True})
+    status, body = post("wsgi", "/converse/", conversation({"type": "text", "text": "Shall I?"}, part, then="Stop."))
+    assert status == 200, body
+    assert DELETED == []
+    assert [m["content"] for m in sent_messages(bedrock_emulator, 1)] == [
+        [{"text": "Help me."}], [{"text": "Shall I?"}], [{"text": "Stop."}]
+    ]
+
+
+# -- history -----------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("server", ["wsgi", "asgi"])
+def test_server_tool_results_and_steps_go_back_as_history(bedrock_emulator: Any, server: str) -> None:
+    question, answer = asked(
+        server, "converse", '[[emulator tool=calculator tool_input={"expression": "2+3"} text="Let me add."]] 2+3?'
+    )
+    assert tool_part(answer)["state"] == "output-available" and tool_part(answer)["output"] == "5"
+    assert [part["type"] for part in answer["parts"]] == [
+        "step-start", "text", "tool-calculator", "step-start", "text"
+    ]
+    final = answer["parts"][-1]["text"]
+    follow_up = {"id": "u2", "role": "user", "parts": [{"type": "text", "text": "And 3+4?"}]}
+
+    status, body = post(server, "/converse/", {"messages": [question, answer, follow_up]})
+    assert status == 200, body
+    call_id = tool_part(answer)["toolCallId"]
+    assert [(m["role"], m["content"]) for m in sent_messages(bedrock_emulator, 3)[1:]] == [
+        ("assistant", [{"text": "Let me add."}, {"toolUse": {"toolUseId": call_id, "name": "calculator",
+                                                             "input": {"expression": "2+3"}}}]),
+        ("user", [{"toolResult": {"toolUseId": call_id, "content": [{"text": "5"}], "status": "success"}}]),
+        ("assistant", [{"text": final}]),
+        ("user", [{"text": "And 3+4?"}]),
+    ]
+
+
+def test_dynamic_tool_parts_are_read_too(bedrock_emulator: Any) -> None:
+    part = _output(type="dynamic-tool", toolName="local_time")
+    status, body = post("wsgi", "/converse/", conversation(part, then="And now?"))
+    assert status == 200, body
+    _, assistant, results = sent_messages(bedrock_emulator, 1)
+    assert assistant["content"] == [{"toolUse": {"toolUseId": "t1", "name": "local_time", "input": {}}}]
+    result = {"toolUseId": "t1", "content": [{"text": '{"time": "10:42"}'}], "status": "success"}
+    assert results["content"] == [{"toolResult": result}, {"text": "And now?"}]
+
+
+def test_unanswered_calls_and_the_models_own_failed_calls_are_left_out(bedrock_emulator: Any) -> None:
+    """A call with no answer (the user wrote something else) cannot be sent without a result; a call
+    the model got wrong (input not JSON, a tool it made up) was never signed: both are left out."""
+    pending = signed_part("local_time", "t1", {}, state="input-available")
+    malformed = {"type": "tool-calculator", "toolCallId": "t2", "state": "output-error", "input": '{"expr',
+                 "errorText": "The input of tool 'calculator' is not valid JSON."}
+    made_up = {"type": "tool-launch", "toolCallId": "t3", "state": "output-error", "input": {},
+               "errorText": "There is no tool named 'launch'."}
+    streaming = {"type": "tool-local_time", "toolCallId": "t4", "state": "input-streaming"}
+    body = conversation({"type": "text", "text": "Hmm."}, pending, malformed, made_up, streaming, then="Never mind.")
+    status, text = post("wsgi", "/converse/", body)
+    assert status == 200, text
+    sent = sent_messages(bedrock_emulator, 1)
+    assert [m["content"] for m in sent] == [[{"text": "Help me."}], [{"text": "Hmm."}], [{"text": "Never mind."}]]
+
+
+def test_results_stay_valid_after_the_signature_age_but_approvals_do_not(bedrock_emulator: Any) -> None:
+    """A result in the conversation is checked for who and what, not when (a day-old chat goes on);
+    an approval runs a tool now, so an old one is refused."""
+    with mock.patch.object(signing.time, "time", return_value=time.time() - 2 * 86_400):
+        old = signed_part("local_time", "t1", {}, state="output-available", output={"time": "09:00"})
+        approval = sign_call(ToolCall("t2", "delete_file", {"path": "/x"}), binding="anonymous", purpose="approval")
+        old_approval = signed_part("delete_file", "t2", {"path": "/x"}, state="approval-responded",
+                                   approval={"id": approval, "approved": True})
+    status, body = post("wsgi", "/converse/", conversation(old, then="And now?"))
+    assert status == 200, body
+    assert len(settled(bedrock_emulator, 1)) == 1
+
+    status, body = post("wsgi", "/converse/", conversation(old_approval))
+    assert "expired" in refused(status, body, bedrock_emulator, 1)
+    assert DELETED == []
+
+
+# -- bad input: 400 invalid_tool_call and no upstream call ----------------------------------------------------
+
+APPROVAL_INPUT = {"path": "/tmp/a.txt"}
+
+
+def _approved(call_id: str = "t1", input: Any = APPROVAL_INPUT, **approval: Any) -> dict[str, Any]:
+    token = sign_call(ToolCall(call_id, "delete_file", APPROVAL_INPUT), binding="anonymous", purpose="approval")
+    return signed_part(
+        "delete_file", call_id, APPROVAL_INPUT, state="approval-responded",
+        approval={"id": token, "approved": True, **approval},
+    ) | {"input": input}
+
+
+def _output(**changes: Any) -> dict[str, Any]:
+    return signed_part("local_time", "t1", {}, state="output-available", output={"time": "10:42"}) | changes
+
+
+BAD_PARTS = {
+    "a result for a call that never happened": (
+        {"type": "tool-local_time", "toolCallId": "t9", "state": "output-available", "input": {},
+         "output": {"time": "10:42"}},
+        "signature is missing",
+    ),
+    "a forged signature": (
+        _output(callProviderMetadata={"bedrock": {"signature": "eyJpIjoidDEifQ:1u:forged"}}),
+        "not valid",
+    ),
+    "a signed call presented under another id": (_output(toolCallId="t2"), "differs"),
+    "a signed call of another tool": (
+        signed_part("local_time", "t1", {}) | {"type": "tool-calculator", "state": "output-available", "output": "5",
+                                               "input": {}},
+        "differs",
+    ),
+    "altered input": (_approved(input={"path": "/etc/passwd"}), "differs"),
+    "a call id presented as the approval": (
+        _approved() | {"approval": {"id": signed_part("delete_file", "t1", APPROVAL_INPUT)["callProviderMetadata"][
+            "bedrock"]["signature"], "approved": True}},
+        "not valid",
+    ),
+    "a forged approval": (_approved(id="forged"), "not valid"),
+    "an approval for another call": (
+        _approved() | {"approval": {"id": _approved("t2")["approval"]["id"], "approved": True}},
+        "differs",
+    ),
+    "an output that breaks the tool's output schema": (_output(output={"time": 1042}), "does not match its schema"),
+    "an approval of a client-side tool": (
+        signed_part("local_time", "t1", {}, state="approval-responded", approval={
+            "id": sign_call(ToolCall("t1", "local_time", {}), binding="anonymous", purpose="approval"),
+            "approved": True}),
+        "runs in the browser",
+    ),
+    "a tool this view does not offer": (
+        signed_part("launch", "t1", {}, state="output-available", output="ok"),
+        "not offered",
+    ),
+    "an unknown state": (_output(state="done"), "state must be one of"),
+    "no call id": (_output(toolCallId=""), "needs 'toolCallId'"),
+    "an approval answer without its approval": (_output(state="approval-responded", approval=None), "approval"),
+}
+
+
+@pytest.mark.parametrize("case", list(BAD_PARTS))
+@pytest.mark.parametrize("server", ["wsgi", "asgi"])
+def test_bad_tool_parts_are_refused_before_anything_runs(bedrock_emulator: Any, server: str, case: str) -> None:
+    part, message = BAD_PARTS[case]
+    status, body = post(server, "/converse/", conversation(copy.deepcopy(part)))
+    assert message in refused(status, body, bedrock_emulator, 0)
+    assert DELETED == []
+    assert "Traceback" not in body and "127.0.0.1" not in body
+
+
+@pytest.mark.parametrize("server", ["wsgi", "asgi"])
+def test_another_users_call_is_refused(bedrock_emulator: Any, server: str) -> None:
+    alice = get_user_model().objects.create_user("alice")
+    bob = get_user_model().objects.create_user("bob")
+    question, answer = asked(server, "converse", "[[emulator tool=local_time]] What time is it?", user=bob)
+    tool_part(answer).update(state="output-available", output={"time": "10:42"})
+    conversation_of_bob = {"messages": [question, answer]}
+
+    status, body = post(server, "/converse/", conversation_of_bob, user=alice)
+    assert "another user" in refused(status, body, bedrock_emulator, 1)
+    status, body = post(server, "/converse/", conversation_of_bob)  # nor anonymously
+    assert "another user" in refused(status, body, bedrock_emulator, 1)
+    status, body = post(server, "/converse/", conversation_of_bob, user=bob)
+    assert status == 200, body
+
+
+def test_a_call_sent_twice_is_refused(bedrock_emulator: Any) -> None:
+    """Else one approval could run its call twice in one request."""
+    status, body = post("wsgi", "/converse/", conversation(_approved(), _approved()))
+    assert "appears twice" in refused(status, body, bedrock_emulator, 0)
+    assert DELETED == []
+
+
+def test_a_view_without_tools_refuses_tool_results(bedrock_emulator: Any) -> None:
+    status, body = post("wsgi", "/no-tools/", conversation(_output()))
+    assert "not offered" in refused(status, body, bedrock_emulator, 0)
+
+
+def test_the_refusal_is_logged_as_a_suspicious_operation(bedrock_emulator: Any, caplog: pytest.LogCaptureFixture) -> None:
+    with caplog.at_level("ERROR", logger="django.security"):
+        status, body = post("wsgi", "/converse/", conversation(_approved(id="forged")))
+    refused(status, body, bedrock_emulator, 0)
+    [record] = [r for r in caplog.records if r.name.startswith("django.security.")]
+    assert record.name == "django.security.ToolCallForged"
+
+
+@pytest.mark.parametrize("server", ["wsgi", "asgi"])
+def test_the_drf_flavour_refuses_with_its_own_error_shape(bedrock_emulator: Any, server: str) -> None:
+    status, body = post(server, "/drf/", conversation(_output(output={"time": 1042})))
+    assert status == 400, body
+    assert "does not match its schema" in json.loads(body)["detail"]
+    assert len(bedrock_emulator.requests) == 0
+    status, body = post(server, "/drf/", conversation(_output(), then="And now?"))
+    assert status == 200, body
+
+
+# -- the internal message form, built per family ---------------------------------------------------------
+
+TOOL_MESSAGES = [
+    {"role": "user", "content": "Time?"},
+    {"role": "assistant", "content": "Checking.", "tool_calls": [{"id": "t1", "name": "local_time", "input": {}}]},
+    {"role": "user", "content": "", "tool_results": [{"id": "t1", "name": "local_time", "output": {"time": "9"}}]},
+    {"role": "user", "content": "And in Oslo?"},
+]
+
+
+def test_tool_turns_in_converse_and_anthropic_shapes() -> None:
+    assert build_converse_messages(TOOL_MESSAGES)[1:] == [
+        {"role": "assistant", "content": [
+            {"text": "Checking."}, {"toolUse": {"toolUseId": "t1", "name": "local_time", "input": {}}}]},
+        {"role": "user", "content": [
+            {"toolResult": {"toolUseId": "t1", "content": [{"text": '{"time": "9"}'}], "status": "success"}},
+            {"text": "And in Oslo?"}]},
+    ]
+    assert build_anthropic_messages(TOOL_MESSAGES)[1:] == [
+        {"role": "assistant", "content": [
+            {"type": "text", "text": "Checking."}, {"type": "tool_use", "id": "t1", "name": "local_time", "input": {}}]},
+        {"role": "user", "content": [
+            {"type": "tool_result", "tool_use_id": "t1", "content": '{"time": "9"}'},
+            {"type": "text", "text": "And in Oslo?"}]},
+    ]
+
+
+def test_text_formats_refuse_tool_turns() -> None:
+    with pytest.raises(ValueError, match="cannot carry tool calls"):
+        build_llama3_prompt(TOOL_MESSAGES)
