@@ -21,7 +21,17 @@ from . import parts as p
 from .families import BedrockFamily
 from .signals import tool_called
 from .streams import BedrockStream, Step
-from .tools import TOOL_FORMATS, Tool, ToolChoice, ToolRun, run_tools, run_tools_sync, sign_call, tools_by_name
+from .tools import (
+    TOOL_FORMATS,
+    Tool,
+    ToolChoice,
+    ToolInputError,
+    ToolRun,
+    run_tools,
+    run_tools_sync,
+    sign_call,
+    tools_by_name,
+)
 
 
 class ToolLoop:
@@ -54,9 +64,16 @@ class ToolLoop:
     def prepare_call(self, call: p.ToolCall) -> p.ToolCall:
         """Sign each call as it goes out (bound to this user, the tool and the input): the browser
         sends calls back in the conversation, with its answers to client-side ones, and only calls
-        this site made are accepted."""
-        if call.error or call.name not in self.tools:
+        this site made are accepted. A client-side call whose input breaks the tool's schema is an
+        error (the browser does not run it, the model is told), as a server tool's would be."""
+        tool = self.tools.get(call.name)
+        if call.error or tool is None:
             return call
+        if tool.client_side:
+            try:
+                tool.validate_input(call.input)
+            except ToolInputError as err:
+                return dataclasses.replace(call, error=str(err))
         return dataclasses.replace(call, signature=sign_call(call, self.request))
 
     def next(self, stream: BedrockStream) -> Step | None:

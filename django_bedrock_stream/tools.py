@@ -740,13 +740,13 @@ async def run_tools(
     the caller (a client that went away) cancels the async tools still running; a sync tool cannot be
     interrupted: it finishes on its thread and its result is dropped (the same holds after a timeout).
     Client-side tools are not run here (``ValueError``), nor are approvals asked: the caller routes
-    those calls first.
+    those calls first (a call to one whose input is not JSON gets its error result here).
     """
     registry = tools_by_name(tools)
     calls = list(calls)
     for call in calls:
         known = registry.get(call.name)
-        if known is not None and known.client_side:
+        if known is not None and known.client_side and not call.error:
             raise ValueError(f"Tool {call.name!r} is client-side: the browser runs it, not run_tools().")
     limit = stream_settings.TOOL_TIMEOUT if timeout is None else timeout
     return list(await asyncio.gather(*(_run_one(call, registry, limit, request) for call in calls)))

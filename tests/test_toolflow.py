@@ -685,3 +685,26 @@ def test_recorded_tool_calls_reach_the_browser_exactly(bedrock_emulator: Any, re
     assert texts(chunks) == entry["expected_text"]
     assert chunks[-1]["messageMetadata"]["finishReason"] == "tool-calls"
     assert len(bedrock_emulator.requests) == 1
+
+
+@pytest.mark.parametrize("server_kind", ["wsgi", "asgi"])
+@pytest.mark.parametrize("given, problem", [
+    ("tool_raw='{oops'", "The tool input is not valid JSON"),
+    ('tool_input={"zone": "CET"}', "Invalid input for tool 'local_time': zone: unknown key"),
+])
+def test_bad_input_for_a_client_side_tool_is_an_error_the_model_sees(
+    bedrock_emulator: Any, server_kind: str, given: str, problem: str
+) -> None:
+    """The browser is not handed a call whose input is not JSON or breaks the tool's schema: the
+    model is told, as for a server tool (the stream used to fail on the first)."""
+    status, body = post(server_kind, "/browser/", chat(f"[[emulator tool=local_time {given}]] time?"))
+    assert status == 200, body
+    chunks = ui_chunks(body)
+    [call] = of(chunks, "tool-input-error")
+    [error] = of(chunks, "tool-output-error")
+    assert not of(chunks, "tool-input-available")  # what the AI SDK would hand to onToolCall
+    assert error["toolCallId"] == call["toolCallId"] and error["errorText"].startswith(problem)
+    assert not of(chunks, "error") and chunks[-1]["messageMetadata"]["finishReason"] == "stop"
+    _, second = settled(bedrock_emulator, 2)
+    assert second["body"]["messages"][-1]["content"][0]["toolResult"]["status"] == "error"
+    assert texts(chunks) == f"Error from local_time: {error['errorText']}"
