@@ -82,6 +82,16 @@ class NovaBrowser(ConverseBrowser):
     family_class = NovaFamily
 
 
+class ConverseThinking(ConverseBrowser):
+    model_id = "us.anthropic.claude-sonnet-4-20250514-v1:0"
+    converse_options = {"reasoning_budget": 1024}
+
+
+class ClaudeThinking(ClaudeBrowser):
+    model_id = "anthropic.claude-sonnet-4-20250514-v1:0"
+    converse_options = {"reasoning_budget": 1024}
+
+
 class NoTools(BedrockStreamView):
     family_class = ConverseFamily
     stream_protocol = "ui"
@@ -93,8 +103,16 @@ class DrfBrowser(BedrockStreamAPIView):
     tools = TOOLS
 
 
-VIEWS = {"converse": "/converse/", "claude": "/claude/", "nova": "/nova/"}
+VIEWS = {
+    "converse": "/converse/",
+    "claude": "/claude/",
+    "nova": "/nova/",
+    "converse-thinking": "/converse-thinking/",
+    "claude-thinking": "/claude-thinking/",
+}
 urlpatterns = [
+    path("converse-thinking/", ConverseThinking.as_view()),
+    path("claude-thinking/", ClaudeThinking.as_view()),
     path("converse/", ConverseBrowser.as_view()),
     path("claude/", ClaudeBrowser.as_view()),
     path("nova/", NovaBrowser.as_view()),
@@ -163,6 +181,15 @@ def fold(message: dict[str, Any], chunks: list[dict[str, Any]]) -> dict[str, Any
         elif kind == "text-delta":
             texts_by_id[chunk["id"]]["text"] += chunk["delta"]
         elif kind == "text-end":
+            texts_by_id[chunk["id"]]["state"] = "done"
+        elif kind == "reasoning-start":
+            texts_by_id[chunk["id"]] = {"type": "reasoning", "text": "", "state": "streaming"}
+            parts.append(texts_by_id[chunk["id"]])
+        elif kind == "reasoning-delta":
+            texts_by_id[chunk["id"]]["text"] += chunk["delta"]
+            if "providerMetadata" in chunk:
+                texts_by_id[chunk["id"]]["providerMetadata"] = chunk["providerMetadata"]
+        elif kind == "reasoning-end":
             texts_by_id[chunk["id"]]["state"] = "done"
         elif kind == "tool-input-start":
             tools[call_id] = {"type": f"tool-{chunk['toolName']}", "toolCallId": call_id, "state": "input-streaming"}
@@ -296,6 +323,27 @@ def test_a_client_tool_output_goes_to_the_model_and_it_answers(bedrock_emulator:
         ]
         result = {"toolUseId": call_id, "content": [{"text": '{"time": "10:42"}'}], "status": "success"}
         assert results == {"role": "user", "content": [{"toolResult": result}]}
+
+
+@pytest.mark.parametrize("view", ["converse-thinking", "claude-thinking"])
+def test_the_step_goes_back_with_its_signed_reasoning_first(bedrock_emulator: Any, view: str) -> None:
+    """With thinking on, Claude refuses a tool round whose assistant turn does not start with the
+    turn's signed reasoning (the emulator checks it, and the signature, as Bedrock does)."""
+    question, answer = asked("asgi", view, "[[emulator tool=local_time text=Checking.]] What time is it?")
+    assert [part["type"] for part in answer["parts"]] == ["step-start", "reasoning", "text", "tool-local_time"]
+    tool_part(answer).update(state="output-available", output={"time": "10:42"})
+
+    status, body = post("asgi", VIEWS[view], {"messages": [question, answer]})
+    assert status == 200, body
+    assert 'Result of local_time: {"time": "10:42"}' in texts(ui_chunks(body))
+    assistant = sent_messages(bedrock_emulator, 2)[1]["content"]
+    signature = answer["parts"][1]["providerMetadata"]["bedrock"]["signature"]
+    if view == "converse-thinking":
+        assert [next(iter(block)) for block in assistant] == ["reasoningContent", "text", "toolUse"]
+        assert assistant[0]["reasoningContent"]["reasoningText"]["signature"] == signature
+    else:
+        assert [block["type"] for block in assistant] == ["thinking", "text", "tool_use"]
+        assert assistant[0]["signature"] == signature
 
 
 @pytest.mark.parametrize("server", ["wsgi", "asgi"])
