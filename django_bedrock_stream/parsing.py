@@ -31,6 +31,7 @@ __all__ = [
     "PREPARE_ON_LOOP_MAX_BYTES",
     "RequestRejected",
     "ToolReplay",
+    "continued_message_id",
     "read_request_data",
     "replay_tool_parts",
     "request_size",
@@ -94,6 +95,20 @@ def validate_chat_request(
         details = serializer.errors if status == 400 else None  # DRF turns details into a 400
         raise RequestRejected(status, error_type, _first_error(serializer.errors), details)
     return dict(serializer.validated_data)
+
+
+def continued_message_id(data: Mapping[str, Any]) -> str | None:
+    """The id of the assistant message a stream continues: the last message's, when it is the
+    assistant's. The AI SDK posts the conversation back after the browser answered tool calls and
+    appends the new stream to that message only when the ``start`` chunk carries its id (with
+    another id it shows a second copy of the message, which would then be posted back too)."""
+    messages = data.get("messages")
+    last = messages[-1] if isinstance(messages, list) and messages else None
+    if isinstance(last, Mapping) and last.get("role") == "assistant":
+        message_id = last.get("id")
+        if isinstance(message_id, str) and 0 < len(message_id) <= 256 and message_id.isprintable():
+            return message_id
+    return None
 
 
 def _query_data(request: HttpRequest) -> dict[str, Any]:

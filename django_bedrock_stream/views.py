@@ -65,6 +65,7 @@ from .options import REQUEST_OPTIONS, ConverseOptions
 from .parsing import (
     PREPARE_ON_LOOP_MAX_BYTES,
     RequestRejected,
+    continued_message_id,
     read_request_data,
     replay_tool_parts,
     request_size,
@@ -288,7 +289,7 @@ class BedrockStreamMixin:
             self.protocol_name = negotiate_protocol(
                 request.GET.get("protocol"), request.headers.get("Accept"), self.stream_protocol
             )
-            self.protocol = get_protocol(self.protocol_name)()
+            self.protocol = get_protocol(self.protocol_name)(continued_message_id(data))
         except ValueError as err:
             raise RequestRejected(400, "invalid_protocol", str(err)) from None
         self.tool_list = list(self.get_tools(request))

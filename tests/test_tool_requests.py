@@ -10,7 +10,10 @@ from __future__ import annotations
 
 import copy
 import json
+import shutil
+import subprocess
 import time
+from pathlib import Path
 from typing import Any
 from unittest import mock
 
@@ -30,6 +33,8 @@ from django_bedrock_stream.prompts import build_anthropic_messages, build_conver
 from django_bedrock_stream.signals import tool_called
 from django_bedrock_stream.tools import Tool, sign_call, tool
 from django_bedrock_stream.views import BedrockStreamView
+
+from .servers import UvicornThread
 
 # -- tools and views -----------------------------------------------------------------------------
 
@@ -376,6 +381,7 @@ def test_an_approved_call_runs_before_the_model_is_called_and_opens_the_stream(
     assert status == 200, body
     chunks = ui_chunks(body)
     assert [chunk["type"] for chunk in chunks[:3]] == ["start", "start-step", "tool-output-available"]
+    assert chunks[0]["messageId"] == answer["id"]  # so the AI SDK appends to that message, not a copy
     assert chunks[2] == {"type": "tool-output-available", "toolCallId": part["toolCallId"], "output": "deleted /tmp/a.txt"}
     assert DELETED == ["/tmp/a.txt"]
     # The model read the result (so the tool ran first) and quotes it.
@@ -442,6 +448,58 @@ def test_an_approval_answered_in_an_earlier_message_does_not_run(bedrock_emulato
     assert [m["content"] for m in sent_messages(bedrock_emulator, 1)] == [
         [{"text": "Help me."}], [{"text": "Shall I?"}], [{"text": "Stop."}]
     ]
+
+
+# -- the AI SDK's own clients -----------------------------------------------------------------------
+
+JS = Path(__file__).parent / "js"
+NODE = shutil.which("node")
+
+
+@pytest.mark.skipif(
+    NODE is None or not (JS / "node_modules" / "ai6").exists(),
+    reason="node and tests/js/node_modules are needed (run `npm ci --prefix tests/js`)",
+)
+@pytest.mark.parametrize(
+    ("package", "flow"),
+    [("ai", "client"), ("ai6", "client"), ("ai5", "client"), ("ai", "approve"), ("ai6", "approve"), ("ai", "deny"),
+     ("ai6", "deny")],
+)
+def test_the_ai_sdk_answers_tools_through_a_live_server(bedrock_emulator: Any, package: str, flow: str) -> None:
+    """``useChat``'s machinery (AbstractChat + DefaultChatTransport over real fetch, uvicorn): the
+    browser's answer goes back by itself and the final UIMessage holds the call, done, then the answer."""
+    prompt = (
+        "[[emulator tool=local_time text=Checking.]] What time is it?"
+        if flow == "client"
+        else '[[emulator tool=delete_file tool_input={"path": "/tmp/a.txt"}]] Clean up.'
+    )
+    with UvicornThread() as server:
+        done = subprocess.run(
+            [str(NODE), str(JS / "tool-round-trip.mjs"), f"{server.url}/converse/", package, flow, prompt],
+            capture_output=True, text=True, timeout=60, cwd=JS, check=False,
+        )
+    assert done.returncode == 0, done.stderr
+    result = json.loads(done.stdout)
+    assert (result["posts"], result["errors"], result["status"]) == (2, [], "ready")
+    [question, answer] = result["messages"]  # the second stream continued the assistant's message
+    kinds = [part["type"] for part in answer["parts"]]
+    [part] = [part for part in answer["parts"] if "toolCallId" in part]
+    answer_text = answer["parts"][-1]["text"]
+    if flow == "client":
+        assert kinds == ["step-start", "text", "tool-local_time", "step-start", "text"]
+        assert (part["state"], part["output"]) == ("output-available", {"time": "10:42"})
+        assert answer_text == 'Result of local_time: {"time": "10:42"}'
+    elif flow == "approve":
+        assert kinds == ["step-start", "tool-delete_file", "step-start", "text"]
+        assert (part["state"], part["output"], part["approval"]["approved"]) == (
+            "output-available", "deleted /tmp/a.txt", True
+        )
+        assert answer_text == "Result of delete_file: deleted /tmp/a.txt" and DELETED == ["/tmp/a.txt"]
+    else:
+        assert (part["state"], part["approval"]["approved"]) == ("output-denied", False)
+        assert answer_text == "Error from delete_file: The user denied this tool call. Reason: Keep it."
+        assert DELETED == []
+    assert len(settled(bedrock_emulator, 2)) == 2
 
 
 # -- history -----------------------------------------------------------------------------------------
