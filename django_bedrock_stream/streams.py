@@ -89,6 +89,8 @@ class BedrockStream:
         #: Called after each model turn (see :class:`Step`); ``None`` ends the stream after one.
         self.continuation: Callable[[BedrockStream], Step | None] | None = None
         self.acontinuation: Callable[[BedrockStream], Awaitable[Step | None]] | None = None
+        #: Parts to send before the first event's (the outcome of tool calls the user answered).
+        self.opening: list[p.Part] = []
         #: Applied to each complete tool call as it arrives (the view signs the calls it hands out).
         self.prepare_call: Callable[[p.ToolCall], p.ToolCall] | None = None
         self._banked = p.Usage()  # the usage of the turns before this one
@@ -304,6 +306,8 @@ class BedrockStream:
             raise TypeError("This stream reads an async source: iterate it with `async for`.")
         callbacks = self.callbacks
         callbacks.call("on_start")
+        if self.opening:
+            yield self.opening
         on_token = callbacks.on_token is not None
         fold = self._fold
         batches = sync_event_batches(self.source)
@@ -385,6 +389,8 @@ class BedrockStream:
         """``async for`` flavour of :meth:`iter_part_batches` (``each`` is awaited)."""
         callbacks = self.callbacks
         await callbacks.acall("on_start")
+        if self.opening:
+            yield self.opening
         on_token = callbacks.on_token is not None
         fold = self._fold
         batches = self._aevent_batches()

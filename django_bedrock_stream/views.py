@@ -52,7 +52,6 @@ from .families import (
     BedrockFamily,
     CohereFamily,
     ConverseFamily,
-    Delta,
     Llama2Family,
     Llama3Family,
     MistralFamily,
@@ -72,13 +71,13 @@ from .parsing import (
     result_entry,
     validate_chat_request,
 )
-from .parts import Part, ToolResult
+from .parts import ToolResult
 from .protocols import get_protocol, negotiate_protocol
 from .responses import STREAM_HEADERS
 from .runner import AsyncBody, StreamRunner, SyncBody, asend_all, release_connections, send, upstream_error
 from .serializers import FILE_REJECTIONS, stored_messages
 from .signals import stream_started, tool_called
-from .streams import BedrockStream, Parser
+from .streams import BedrockStream
 from .toolflow import ToolLoop
 from .tools import TOOL_FORMATS, Tool, ToolRun, run_tools, run_tools_sync
 
@@ -356,9 +355,7 @@ class BedrockStreamMixin:
         if self.tool_list:
             loop = self._tool_loop(request, completion)
             stream.prepare_call, stream.continuation, stream.acontinuation = loop.prepare_call, loop.next, loop.anext
-            opening: list[Part] = [*self.approved_results, *self.tool_replay.denied]
-            if opening:
-                stream.parse = _opening_with(opening, stream.parse)
+            stream.opening = [*self.approved_results, *self.tool_replay.denied]
         return stream
 
     def _tool_loop(self, request: HttpRequest, completion: Completion) -> ToolLoop:
@@ -403,7 +400,7 @@ class BedrockStreamMixin:
             if not _replace_block(self.body, placeholder, result_blocks([run.result])[0]):
                 logger.error("build_body() dropped the result of the approved tool call %r", run.call.id)
         self.approved_results = [run.result for run in runs]
-        return [loop._record(run, 0) for run in runs]
+        return [loop.record(run, 0) for run in runs]
 
     def make_runner(
         self, request: HttpRequest, stream: BedrockStream, completion: Completion, started_at: float
@@ -430,21 +427,6 @@ class BedrockStreamMixin:
         if error.retry_after is not None:
             response["Retry-After"] = str(error.retry_after)
         return response
-
-
-def _opening_with(parts: list[Part], parse: Parser) -> Parser:
-    """``parse``, with ``parts`` added before the first event's: the stream opens with them."""
-    pending = list(parts)
-
-    def parse_first(event: Mapping[str, Any]) -> Delta | None:
-        delta = parse(event)
-        if pending:
-            delta = delta if delta is not None else Delta()
-            delta.parts = (*pending, *delta.parts)
-            pending.clear()
-        return delta
-
-    return parse_first
 
 
 def _replace_block(body: Mapping[str, Any], old: Mapping[str, Any], new: dict[str, Any]) -> bool:
