@@ -12,6 +12,8 @@ urlpatterns = [
     path("accounts/login/", auth_views.LoginView.as_view(template_name="example/login.html"), name="login"),
     path("accounts/logout/", auth_views.LogoutView.as_view(), name="logout"),
     path("bedrock/", include("django_bedrock_stream.urls")),
+    # The chat page's endpoint with the demo tools (example_project/tools.py).
+    path("demo/converse-tools/", views.ToolsChatView.as_view(), name="converse-tools"),
 ]
 
 if settings.DEBUG:

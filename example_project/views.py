@@ -1,5 +1,6 @@
 """The example site's pages: the chat page (its script, static/example/chat.js, reads the AI SDK UI
-message stream: reasoning, citations, files and usage) and the history of past completions."""
+message stream: reasoning, citations, files, tool calls and usage), its endpoint with the demo tools,
+and the history of past completions."""
 
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ from django.contrib.staticfiles import finders
 from django.db.models import QuerySet
 from django.http import Http404, HttpRequest, HttpResponse
 from django.shortcuts import render
+from django.urls import reverse
 from django.views.decorators.csrf import ensure_csrf_cookie
 from django.views.decorators.http import require_GET
 
@@ -22,8 +24,11 @@ from django_bedrock_stream.conf import stream_settings
 from django_bedrock_stream.families.base import BedrockFamily
 from django_bedrock_stream.media import FORMAT_MEDIA_TYPES, IMAGE_FORMATS, Attachment, FileRefused
 from django_bedrock_stream.models import Completion
+from django_bedrock_stream.tools import Tool
+from django_bedrock_stream.views import ConverseStreamView
 
 from .models import SessionCompletion
+from .tools import DEMO_TOOLS
 
 #: Set in an anonymous visitor's session by the chat page, the one time that session is written.
 HISTORY_FLAG = "example_history"
@@ -38,6 +43,21 @@ SYSTEM_PROMPT = (
 
 #: File name extensions the picker offers for a Bedrock file format (the format's name otherwise).
 EXTENSIONS = {"jpeg": ("jpg", "jpeg"), "html": ("html", "htm"), "md": ("md", "markdown")}
+
+
+class ToolsChatView(ConverseStreamView):
+    """The chat page's ``converse-tools`` endpoint: Converse with the demo tools (``tools.py``): the
+    calculator runs here between two model turns, the browser answers ``local_time``, and
+    ``send_email`` waits for the user's approval."""
+
+    tools = DEMO_TOOLS
+    max_steps = 4
+    #: The model ``/bedrock/converse/`` defaults to (Claude 3 Haiku calls tools), pinned (W003).
+    model_id = ConverseStreamView.family_class.default_model_id
+
+
+#: The page's name for :class:`ToolsChatView` in its endpoint list.
+TOOLS_ENDPOINT = "converse-tools"
 
 
 def remember_completion(sender: type, request: HttpRequest, completion: Completion, **kwargs: Any) -> None:
@@ -84,21 +104,39 @@ def accepted_files(family_class: type[BedrockFamily]) -> dict[str, str]:
     return accepted
 
 
+def endpoint(name: str, path: str, view_class: Any, label: str = "") -> dict[str, Any]:
+    """What the page needs of one endpoint: its URL, default model id, the files and tools it takes."""
+    return {
+        "name": name,
+        "label": label or name,
+        "path": path,
+        "model_id": view_class.model_id or view_class.family_class.default_model_id,
+        "accept": accepted_files(view_class.family_class),
+        "tools": [describe_tool(t) for t in view_class.tools],
+    }
+
+
+def describe_tool(item: Tool) -> dict[str, Any]:
+    """A tool as the page's help lists it: where it runs and whether it asks the user first."""
+    return {
+        "name": item.name,
+        "description": item.description,
+        "runs": "browser" if item.client_side else "server",
+        "approval": item.needs_approval is not False,
+    }
+
+
 def families() -> list[dict[str, Any]]:
-    """Every endpoint of ``django_bedrock_stream.urls`` with its default model id and the files it takes."""
+    """Every endpoint of ``django_bedrock_stream.urls``, with the example's tools endpoint after
+    ``converse``, each with its default model id and the files and tools it takes."""
     out = []
     for pattern in stream_urls.urlpatterns:
         view_class = pattern.callback.view_class
         if not hasattr(view_class, "family_class"):
             continue  # token/ mints tokens for GET streams; it is not a model endpoint
-        out.append(
-            {
-                "name": pattern.name,
-                "path": f"/bedrock/{pattern.pattern}",
-                "model_id": view_class.model_id or view_class.family_class.default_model_id,
-                "accept": accepted_files(view_class.family_class),
-            }
-        )
+        out.append(endpoint(pattern.name, f"/bedrock/{pattern.pattern}", view_class))
+        if view_class.family_class is ToolsChatView.family_class:
+            out.append(endpoint(TOOLS_ENDPOINT, reverse("converse-tools"), ToolsChatView, "converse + tools"))
     return out
 
 
@@ -125,11 +163,15 @@ def chat(request: HttpRequest) -> HttpResponse:
         "emulator_down": uses_emulator and not emulator_reachable(emulator_url),
         "emulator_port": emulator_url.rsplit(":", 1)[-1] if emulator_url.count(":") == 2 else "8787",
         "system_prompt": SYSTEM_PROMPT,
+        "demo_tools": [describe_tool(t) for t in ToolsChatView.tools],
+        "tools_endpoint": TOOLS_ENDPOINT,
         # What chat.js needs, as JSON (json_script): the files each endpoint takes and the server's
         # limits, checked in the browser first so the user gets a clear message before uploading.
         "config": {
             "system": SYSTEM_PROMPT,
             "accept": {f["name"]: f["accept"] for f in endpoints},
+            "tools": {f["name"]: f["tools"] for f in endpoints if f["tools"]},
+            "toolsEndpoint": TOOLS_ENDPOINT,
             "limits": {
                 "maxImages": stream_settings.MAX_IMAGES,
                 "maxImageBytes": stream_settings.MAX_IMAGE_BYTES,
@@ -160,4 +202,3 @@ def static_file(request: HttpRequest, path: str) -> HttpResponse:
     content_type = mimetypes.guess_type(found)[0] or "application/octet-stream"
     with open(found, "rb") as fh:
         return HttpResponse(fh.read(), content_type=content_type)
-

@@ -2,7 +2,9 @@
 (uvicorn) serve it, with the built-in emulator: reasoning streams open and folds when the answer
 starts, its signature goes back with the next turn, citations are numbered with their sources listed,
 an image and a PDF arrive at the emulator as image/document blocks, usage shows the prompt cache, and
-what the user or the model writes is only ever text.
+what the user or the model writes is only ever text. Tools (the example's ``converse-tools`` endpoint):
+a server tool runs between two steps of one message, a browser tool runs in the page and its output
+reaches the model, and an approval granted or denied is acted on and told to the model.
 
 Debian's ``chromium``, driven by Playwright through ``executable_path`` (no browser download).
 Screenshots of each flow are written to ``$TMPDIR/example-chat-*.png``.
@@ -34,6 +36,8 @@ pytestmark = pytest.mark.skipif(CHROMIUM is None, reason="Debian's chromium is n
 SHOTS = Path(tempfile.gettempdir())
 PNG, PDF = png(40, 30, noise=True), pdf("Quarterly numbers")
 XSS = "<img src=x onerror=alert(1)>"
+#: The browser's time zone in these tests (an offset no server default has: +08:45, no daylight saving).
+TIME_ZONE = "Australia/Eucla"
 
 
 @pytest.fixture(autouse=True)
@@ -121,7 +125,7 @@ def page(browser: Any, demo: Demo) -> Iterator[Any]:
     """The chat page on the Converse endpoint, with a fresh emulator (log and prompt cache emptied).
     ``page.dialogs`` and ``page.errors`` collect any alert() and uncaught script error."""
     demo.reset()
-    context = browser.new_context(viewport={"width": 1100, "height": 1000})
+    context = browser.new_context(viewport={"width": 1100, "height": 1000}, timezone_id=TIME_ZONE)
     tab = context.new_page()
     tab.dialogs, tab.errors = [], []
     tab.on("dialog", lambda dialog: (tab.dialogs.append(dialog.message), dialog.dismiss()))
@@ -345,3 +349,188 @@ def test_citations_are_numbered_where_they_arrive_and_only_web_urls_are_links(pa
     turn.locator("sup.cite a").last.click()
     shot(page, "example-chat-sources.png")
     assert page.dialogs == [] and page.errors == [] and demo.requests() == []
+
+
+# -- tools -------------------------------------------------------------------------------------------
+
+TOOLS = "/demo/converse-tools/"
+
+
+def posts(page: Any) -> list[dict[str, Any]]:
+    """The JSON bodies the page posts to the tools endpoint, collected from now on."""
+    bodies: list[dict[str, Any]] = []
+    page.on("request", lambda request: bodies.append(json.loads(request.post_data))
+            if TOOLS in request.url and request.method == "POST" else None)
+    return bodies
+
+
+def ask(page: Any, text: str, until: str) -> None:
+    """Send ``text`` on the tools endpoint and wait until the JS condition ``until`` holds and nothing
+    streams (the page may post the conversation again by itself, so one answer is not the end)."""
+    page.select_option("#family", "converse-tools")
+    page.fill("#prompt", text)
+    page.click("#send")
+    page.wait_for_function(f"({until}) && !document.querySelector('.turn[aria-busy=true]')")
+
+
+def card(page: Any, n: int = 0) -> dict[str, Any]:
+    """What the n-th tool call card of the last message shows."""
+    tool = page.locator(".turn.assistant").last.locator(".tool").nth(n)
+    result = tool.locator(".tool-result")
+    return {
+        "name": tool.locator(".tool-name").inner_text(),
+        "where": tool.locator(".tool-where").inner_text(),
+        "status": tool.locator(".tool-status").inner_text(),
+        "input": tool.locator(".tool-input").inner_text(),
+        "result": result.locator("pre").inner_text() if result.is_visible() else None,
+        "result_label": result.locator(".tool-label").text_content() if result.is_visible() else None,
+        "buttons": tool.locator(".tool-actions button:visible").all_inner_texts(),
+    }
+
+
+def flow(page: Any) -> list[tuple[str, str]]:
+    """The last message's flow, in order: ("text", bubble text) and ("tool", tool name)."""
+    return [tuple(item) for item in page.evaluate("""() => [...[...document.querySelectorAll('.turn.assistant')].pop()
+        .querySelector('.flow').children].map(n => n.classList.contains('tool')
+            ? ['tool', n.querySelector('.tool-name').textContent] : [n.className, n.textContent])""")]
+
+
+def tool_messages(record: dict[str, Any]) -> list[dict[str, Any]]:
+    """The request's messages after the user's question: the model's calls and the results it read."""
+    return record["body"]["messages"][1:]
+
+
+# Each change of the newest tool card's input box and status, as the user saw it.
+RECORD_TOOL = """() => {
+  window.toolSeen = [];
+  new MutationObserver(() => {
+    const tool = document.querySelector('.turn.assistant:last-child .tool');
+    if (!tool) return;
+    const seen = {input: tool.querySelector('.tool-input').textContent, status: tool.querySelector('.tool-status').textContent};
+    const last = window.toolSeen[window.toolSeen.length - 1];
+    if (!last || last.input !== seen.input || last.status !== seen.status) window.toolSeen.push(seen);
+  }).observe(document.getElementById('transcript'), {subtree: true, childList: true, characterData: true, attributes: true});
+}"""
+
+
+def test_a_server_tool_runs_between_two_steps_of_one_message(page: Any, demo: Demo) -> None:
+    """Two calculator calls stream their input live; the server runs them (one fails: its input is
+    markup, shown as text) and the next step, in the same message, quotes the results."""
+    sent = posts(page)
+    page.evaluate(RECORD_TOOL)
+    calls = [{"name": "calculator", "input": {"expression": "(17 + 25) * 3"}},
+             {"name": "calculator", "input": {"expression": XSS}}]
+    ask(page, f'[[emulator tools={json.dumps(calls)} text="Let me work that out." delay_ms=20]] What is (17 + 25) * 3?',
+        "document.querySelectorAll('.tool[data-state^=output]').length === 2 && /Result of/.test("
+        "document.querySelector('.turn.assistant:last-child').textContent)")
+
+    assert page.locator(".turn.assistant").count() == 1  # both steps in one message
+    answer = f"Result of calculator: 126\nError from calculator: Not an arithmetic expression: '{XSS}'."
+    assert flow(page) == [("bubble", "Let me work that out."), ("tool", "calculator"), ("tool", "calculator"),
+                          ("bubble", answer)]
+    first, second = card(page, 0), card(page, 1)
+    assert first == {"name": "calculator", "where": "runs on the server", "status": "Done",
+                     "input": json.dumps(calls[0]["input"], indent=2), "result": "126", "result_label": "Result",
+                     "buttons": []}
+    assert second["status"] == "Error" and second["result_label"] == "Error"
+    assert second["result"] == f"Not an arithmetic expression: '{XSS}'."
+    assert json.loads(second["input"]) == calls[1]["input"]
+    inputs = [seen["input"] for seen in page.evaluate("window.toolSeen")]
+    raw = json.dumps(calls[0]["input"])  # as the emulator streams it, in pieces
+    assert len([i for i in inputs if i and raw.startswith(i) and i != raw]) > 2, inputs  # grew piece by piece
+    turn = page.locator(".turn.assistant").last
+    assert turn.locator(".badge").inner_text() == "completed · stop"
+    shot(page, f"example-chat-tool-server-{demo.target}.png")
+
+    first_turn, second_turn = settled(demo, 2)
+    assert [first_turn["status"], second_turn["status"]] == ["completed", "completed"]
+    offered = [t["toolSpec"]["name"] for t in second_turn["body"]["toolConfig"]["tools"]]
+    assert offered == ["calculator", "local_time", "send_email"]
+    _, results = tool_messages(second_turn)[-2:]
+    assert [(r["toolResult"]["status"], r["toolResult"]["content"]) for r in results["content"]] == [
+        ("success", [{"text": "126"}]), ("error", [{"text": f"Not an arithmetic expression: '{XSS}'."}])]
+    assert len(sent) == 1  # the server ran the tools: the page posted once
+    assert page.locator("img[src='x']").count() == 0 and page.dialogs == [] and page.errors == []
+
+
+def test_a_browser_tool_runs_in_the_page_and_its_output_goes_back(page: Any, demo: Demo) -> None:
+    """local_time has no execute: the stream ends with the signed call, the page runs it and posts the
+    conversation again with the tool part answered, as useChat does; the answer continues the message."""
+    sent = posts(page)
+    ask(page, "[[emulator tool=local_time]] What time is it where I am?", "/Result of local_time/.test("
+        "document.querySelector('.turn.assistant:last-child').textContent)")
+
+    assert page.locator(".turn.assistant").count() == 1
+    shown = card(page)
+    assert (shown["name"], shown["where"], shown["status"], shown["input"]) == (
+        "local_time", "runs in your browser", "Done", "{}")
+    output = json.loads(shown["result"])
+    assert output["timeZone"] == TIME_ZONE and output["utcOffsetMinutes"] == 525 and "GMT+0845" in output["localTime"]
+    assert flow(page) == [("tool", "local_time"), ("bubble", f"Result of local_time: {json.dumps(output)}")]
+    shot(page, f"example-chat-tool-browser-{demo.target}.png")
+
+    # The second post: the same assistant message, its tool part answered in the AI SDK's shape.
+    assert len(sent) == 2
+    assistant = sent[1]["messages"][-1]
+    assert assistant["role"] == "assistant" and [p["type"] for p in assistant["parts"]] == ["step-start", "tool-local_time"]
+    part = assistant["parts"][1]
+    assert part["state"] == "output-available" and part["output"] == output and part["input"] == {}
+    assert part["callProviderMetadata"]["bedrock"]["signature"]
+    # ... and the model read the browser's output.
+    first_turn, second_turn = settled(demo, 2)
+    assert second_turn["status"] == "completed"
+    calls, results = tool_messages(second_turn)
+    (use,) = calls["content"]
+    assert use["toolUse"]["name"] == "local_time" and use["toolUse"]["toolUseId"] == part["toolCallId"]
+    (result,) = results["content"]
+    assert result["toolResult"]["status"] == "success"
+    assert json.loads(result["toolResult"]["content"][0]["text"]) == output
+    assert page.dialogs == [] and page.errors == []
+
+
+EMAIL = {"to": "ada@example.com", "subject": "Lunch on Friday", "body": f"Noon? {XSS}"}
+EMAIL_PROMPT = f"[[emulator tool=send_email tool_input={json.dumps(EMAIL)}]] Email Ada about lunch."
+
+
+def test_an_approved_call_runs_and_a_denied_one_is_told_to_the_model(page: Any, demo: Demo) -> None:
+    sent = posts(page)
+    ask(page, EMAIL_PROMPT, "document.querySelector('.tool[data-state=approval-requested]')")
+    waiting = card(page)
+    assert (waiting["status"], waiting["buttons"], waiting["result"]) == ("Waiting for your approval", ["Approve", "Deny"], None)
+    assert waiting["where"] == "runs on the server · asks you first" and json.loads(waiting["input"]) == EMAIL
+    assert page.locator(".turn.assistant .badge").inner_text() == "waiting · tool-calls"
+    shot(page, f"example-chat-tool-approval-{demo.target}.png")
+    (asked,) = settled(demo, 1)  # nothing ran yet: the model was asked once
+
+    page.click(".tool .approve")
+    page.wait_for_function("/Result of send_email/.test(document.querySelector('.turn.assistant:last-child').textContent)"
+                           " && !document.querySelector('.turn[aria-busy=true]')")
+    approved = card(page)
+    assert approved["status"] == "Done" and approved["buttons"] == []
+    assert json.loads(approved["result"]) == {"status": "sent", "to": EMAIL["to"], "subject": EMAIL["subject"],
+                                              "note": "Demo only: no email left the server."}
+    assert page.locator(".turn.assistant").count() == 1
+    part = sent[1]["messages"][-1]["parts"][-1]
+    assert part["state"] == "approval-responded" and part["approval"]["approved"] is True
+    _, told = settled(demo, 2)
+    (result,) = tool_messages(told)[-1]["content"]
+    assert result["toolResult"]["status"] == "success" and '"status": "sent"' in result["toolResult"]["content"][0]["text"]
+    shot(page, f"example-chat-tool-approved-{demo.target}.png")
+
+    page.click("#new-chat")
+    ask(page, EMAIL_PROMPT, "document.querySelector('.tool[data-state=approval-requested]')")
+    page.click(".tool .deny")
+    page.wait_for_function("/Error from send_email/.test(document.querySelector('.turn.assistant:last-child').textContent)"
+                           " && !document.querySelector('.turn[aria-busy=true]')")
+    denied = card(page)
+    assert (denied["status"], denied["result_label"], denied["buttons"]) == ("Denied", "Outcome", [])
+    assert denied["result"] == "You denied this call; the model was told."
+    assert flow(page) == [("tool", "send_email"), ("bubble", "Error from send_email: The user denied this tool call.")]
+    part = sent[-1]["messages"][-1]["parts"][-1]
+    assert part["state"] == "approval-responded" and part["approval"]["approved"] is False
+    records = settled(demo, 4)
+    (result,) = tool_messages(records[3])[-1]["content"]
+    assert result["toolResult"] == {"toolUseId": part["toolCallId"], "status": "error",
+                                    "content": [{"text": "The user denied this tool call."}]}
+    shot(page, f"example-chat-tool-denied-{demo.target}.png")
+    assert page.locator("img[src='x']").count() == 0 and page.dialogs == [] and page.errors == []

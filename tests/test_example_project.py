@@ -1,5 +1,6 @@
 """The example site: each user sees only their own history; anonymous visitors only their session's,
-kept without writing the session during a stream. And ``make demo``, stopped with Ctrl-C."""
+kept without writing the session during a stream. Its tools endpoint and the calculator's safe
+evaluator. And ``make demo``, stopped with Ctrl-C."""
 
 from __future__ import annotations
 
@@ -25,6 +26,8 @@ from django.core.management import call_command
 from django.test import AsyncClient, Client, modify_settings, override_settings
 
 from django_bedrock_stream.signals import stream_started
+from django_bedrock_stream.tools import ToolError
+from example_project.tools import calculator, evaluate
 
 pytestmark = [
     pytest.mark.django_db,
@@ -174,9 +177,7 @@ def test_chat_page_tells_its_script_the_files_each_endpoint_takes_and_the_limits
     """The file picker follows the families' own rules (asked of their request builders) and the
     server's limits, so the browser's checks say what the server would."""
     html = Client().get("/").content.decode()
-    found = re.search(r'<script id="demo-config" type="application/json">(.*?)</script>', html, re.S)
-    assert found, html
-    config = json.loads(found.group(1))
+    config = demo_config(html)
     accept = config["accept"]
     assert accept["converse"][".pdf"] == "application/pdf" and accept["converse"][".jpg"] == "image/jpeg"
     assert ".docx" in accept["converse"] and ".docx" not in accept["anthropic-messages"]
@@ -186,6 +187,113 @@ def test_chat_page_tells_its_script_the_files_each_endpoint_takes_and_the_limits
     assert config["limits"] == {"maxImages": 20, "maxImageBytes": 1000, "maxDocuments": 2,
                                 "maxDocumentBytes": 4_718_592, "maxBodyBytes": 123456}
     assert config["system"] and config["system"] in html  # the system prompt is shown on the page
+
+
+def demo_config(html: str) -> dict[str, Any]:
+    found = re.search(r'<script id="demo-config" type="application/json">(.*?)</script>', html, re.S)
+    assert found, html
+    config: dict[str, Any] = json.loads(found.group(1))
+    return config
+
+
+# -- tools ---------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("expression", "value"),
+    [("(17 + 25) * 3", 126), ("84 / 2", 42), ("7 / 2", 3.5), ("-2 ** 10", -1024), ("10 ** -3", 0.001),
+     ("17 // 5 % 3", 0), ("2 ** 4000 // 2 ** 3999", 2), ("((((1))))", 1)],
+)
+def test_the_calculator_computes_arithmetic(expression: str, value: float) -> None:
+    result = calculator.validate_input({"expression": expression})
+    assert calculator.invoke(result) == value and type(calculator.invoke(result)) is type(value)
+
+
+@pytest.mark.parametrize(
+    ("expression", "message"),
+    [
+        ('__import__("os").system("id")', "Only numbers"),
+        ("().__class__", "Only numbers"),
+        ("x + 1", "Only numbers"),
+        ("'a' * 3", "Only numbers"),
+        ("True + 1", "Only numbers"),
+        ("[1, 2]", "Only numbers"),
+        ("1 < 2", "Only numbers"),
+        ("(lambda: 1)()", "Only numbers"),
+        ("1 +", "Not an arithmetic expression"),
+        ("1; 2", "Not an arithmetic expression"),
+        ("1 / 0", "Division by zero."),
+        ("5 % 0", "Division by zero."),
+        ("9 ** 9 ** 9", "too large"),  # refused before it is computed
+        ("(2 ** 4000) * (2 ** 4000)", "too large"),
+        ("1e308 * 10", "too large"),
+        ("2.5 ** 100000", "too large"),
+        ("(-8) ** 0.5", "not a real number"),
+        ("1" + " + 1" * 60, "longer than 200 characters"),
+    ],
+)
+def test_the_calculator_refuses_everything_else_with_a_message_for_the_model(expression: str, message: str) -> None:
+    """An ``ast`` whitelist, never ``eval``: names, calls, attributes, strings and huge numbers are
+    refused with a ToolError (the model reads its message), in microseconds."""
+    started = time.perf_counter()
+    with pytest.raises(ToolError, match=message):
+        evaluate(expression)
+    assert time.perf_counter() - started < 1  # nothing expensive was computed
+
+
+def ui_chunks(response: Any) -> list[dict[str, Any]]:
+    text = b"".join(response.streaming_content).decode()
+    return [json.loads(line[6:]) for line in text.splitlines() if line.startswith("data: {")]
+
+
+@SITE
+def test_the_tools_endpoint_runs_the_calculator_between_two_model_turns(bedrock_emulator: Any) -> None:
+    prompt = '[[emulator tool=calculator tool_input={"expression": "6 * 7"}]] What is 6 * 7?'
+    response = Client().post("/demo/converse-tools/?protocol=ui", json.dumps({"messages": [{"role": "user", "content": prompt}]}),
+                             content_type="application/json")
+    assert response.status_code == 200
+    chunks = ui_chunks(response)
+    assert {"type": "tool-output-available", "toolCallId": chunks[3]["toolCallId"], "output": 42} in chunks
+    text = "".join(c["delta"] for c in chunks if c["type"] == "text-delta")
+    assert text == "Result of calculator: 42" and chunks[-1]["messageMetadata"]["finishReason"] == "stop"
+    first, second = bedrock_emulator.requests
+    offered = [t["toolSpec"]["name"] for t in first["body"]["toolConfig"]["tools"]]
+    assert offered == ["calculator", "local_time", "send_email"]
+    assert second["body"]["messages"][-1]["content"][0]["toolResult"]["content"] == [{"text": "42"}]
+
+
+@SITE
+def test_the_tools_endpoint_refuses_the_text_protocol_and_the_families_have_no_tools(bedrock_emulator: Any) -> None:
+    """The text protocol cannot carry the calls the browser answers; the package's endpoints stay as
+    they are (the page's other families offer no tools)."""
+    body = json.dumps({"messages": [{"role": "user", "content": "[[emulator tool=calculator tokens=3]] Hi"}]})
+    refused = Client().post("/demo/converse-tools/?protocol=text", body, content_type="application/json")
+    assert refused.status_code == 400 and refused.json()["error"]["type"] == "invalid_protocol"
+    assert bedrock_emulator.requests == []
+    response = Client().post("/bedrock/converse/?protocol=ui", body, content_type="application/json")
+    assert response.status_code == 200 and not any(c["type"].startswith("tool-") for c in ui_chunks(response))
+    (record,) = bedrock_emulator.requests
+    assert "toolConfig" not in record["body"]
+
+
+@SITE
+@override_settings(EXAMPLE_USES_EMULATOR=True)
+def test_chat_page_offers_the_tools_endpoint_and_describes_its_tools(bedrock_emulator: Any) -> None:
+    with override_settings(EXAMPLE_EMULATOR_URL=bedrock_emulator.url):
+        html = Client().get("/").content.decode()
+    config = demo_config(html)
+    assert config["toolsEndpoint"] == "converse-tools"
+    assert config["tools"] == {"converse-tools": [
+        {"name": "calculator", "description": "Evaluate an arithmetic expression exactly; use it for any computation.",
+         "runs": "server", "approval": False},
+        {"name": "local_time", "description": "The user's current local date, time and time zone, read from their browser.",
+         "runs": "browser", "approval": False},
+        {"name": "send_email", "description": "Send an email on the user's behalf. The user approves or denies each email first.",
+         "runs": "server", "approval": True},
+    ]}
+    assert config["accept"]["converse-tools"] == config["accept"]["converse"]
+    assert '<option value="converse-tools" data-path="/demo/converse-tools/"' in html
+    assert html.count('data-family="converse-tools"') == 3  # the tool demo prompts
 
 
 # -- make demo ---------------------------------------------------------------------------------

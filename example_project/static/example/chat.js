@@ -1,7 +1,14 @@
 // The chat page. Each turn POSTs the conversation, in the AI SDK's message shape ({role, parts}), to
-// /bedrock/<family>/?protocol=ui and renders the AI SDK UI message stream (server-sent events of JSON
-// chunks) as it arrives: reasoning in a "Thinking" section, the answer with numbered citation markers,
-// the sources, files and the usage. Plain JavaScript, no build step.
+// /bedrock/<family>/?protocol=ui (or the example's converse-tools endpoint) and renders the AI SDK UI
+// message stream (server-sent events of JSON chunks) as it arrives: reasoning in a "Thinking" section,
+// the answer with numbered citation markers, tool calls, the sources, files and the usage. Plain
+// JavaScript, no build step.
+//
+// Tools, as the AI SDK's useChat does them: the server runs its own tools and continues the same
+// stream with the model's next turn; a call to a tool the browser runs (local_time) or one waiting for
+// the user's approval ends the stream. The page then runs the tool, or shows Approve / Deny, and posts
+// the conversation again with the tool part answered (state output-available / approval-responded);
+// the model's next turn streams into the same assistant message.
 //
 // Everything the user or the model wrote is inserted as text (textContent / text nodes), never as HTML;
 // links are made only from http(s) URLs.
@@ -27,6 +34,22 @@
   let pending = []; // files for the next message: {name, mediaType, kind, size, url}
   let controller = null; // AbortController of the stream in flight
   let turns = 0; // numbers the assistant turns, for element ids
+  let assistantTurns = []; // the assistant messages shown, oldest first
+
+  // The tools this page runs itself, by name: the endpoint declares them without an `execute`, so the
+  // model's call ends the stream and the page answers it. The output matches the tool's output_schema.
+  const browserTools = {
+    local_time() {
+      const now = new Date();
+      return {
+        localTime: now.toString(),
+        timeZone: Intl.DateTimeFormat().resolvedOptions().timeZone || "unknown",
+        utcOffsetMinutes: -now.getTimezoneOffset(),
+      };
+    },
+  };
+  // Tool part states with an answer the model can read (or, approval-responded, one the server acts on).
+  const ANSWERED = new Set(["output-available", "output-error", "output-denied", "approval-responded"]);
 
   // -- small helpers --------------------------------------------------------------------------------
 
@@ -153,23 +176,35 @@
 
   // One assistant message: its elements, the UIMessage parts rebuilt from the stream (kept to send back
   // with the next turn) and what the stream said about it.
-  function addAssistantTurn(family, question) {
+  //
+  // An assistant message may take several model turns (steps) and several requests (after the page
+  // answered a tool call): its flow holds, in order, each step's Thinking section, text bubble and tool
+  // calls; the sources and the usage follow.
+  function addAssistantTurn(family, path, question) {
     clearHint();
     const n = ++turns;
     const item = el("li", "turn assistant streaming");
     item.setAttribute("aria-busy", "true");
+    const flow = el("div", "flow");
     const body = el("div", "bubble");
+    flow.append(body);
     const meta = el("div", "meta");
-    item.append(el("div", "who", family), body, meta);
+    item.append(el("div", "who", family), flow, meta);
     transcript.append(item);
     scrollDown();
-    return {
+    const turn = {
       n,
+      family, // the endpoint, and its URL: the message continues there
+      path,
       question, // the user's turn it answers
       item,
-      body,
+      flow,
+      body, // the current step's text bubble (null after a tool call, until text comes)
       meta,
-      parts: [],
+      parts: [], // the UIMessage parts, as the AI SDK builds them from the stream
+      message: null, // this message in `history`, once it has something to keep
+      calls: new Map(), // toolCallId -> {part, card, ...}: the tool calls shown
+      steps: 0, // start-step chunks seen
       open: new Map(), // chunk id -> {part, node}
       thinking: null, // the Thinking section, made when reasoning arrives
       sources: new Map(), // sourceId -> number
@@ -179,7 +214,10 @@
       refused: false,
       started: performance.now(),
       firstToken: null,
+      streaming: true,
     };
+    assistantTurns.push(turn);
+    return turn;
   }
 
   function thinkingSection(turn) {
@@ -193,7 +231,8 @@
     panel.id = `thinking-${turn.n}`;
     toggle.setAttribute("aria-controls", panel.id);
     section.append(toggle, panel);
-    turn.item.insertBefore(section, turn.body);
+    if (turn.body) turn.body.before(section);
+    else turn.flow.append(section);
     const thinking = { section, toggle, label, panel, touched: false, started: performance.now(), ended: null };
     setExpanded(thinking, true);
     toggle.addEventListener("click", () => {
@@ -222,10 +261,28 @@
     if (fold && !thinking.touched) setExpanded(thinking, false);
   }
 
+  // The current step's text bubble, made when text follows a tool call.
+  function bodyOf(turn) {
+    if (!turn.body) {
+      turn.body = el("div", "bubble");
+      turn.flow.append(turn.body);
+    }
+    return turn.body;
+  }
+
   function appendText(turn, text) {
-    const last = turn.body.lastChild;
+    const body = bodyOf(turn);
+    const last = body.lastChild;
     if (last && last.nodeType === Node.TEXT_NODE) last.appendData(text);
-    else turn.body.append(document.createTextNode(text));
+    else body.append(document.createTextNode(text));
+  }
+
+  // A step after one that called tools: its reasoning gets a Thinking section of its own, and a fresh
+  // bubble (with the cursor) waits for its text under the tool calls.
+  function nextStep(turn) {
+    endThinking(turn, true);
+    turn.thinking = null;
+    bodyOf(turn);
   }
 
   function sourceSection(turn) {
@@ -274,7 +331,7 @@
     link.href = "#" + anchor + number;
     link.setAttribute("aria-label", `source ${number}`);
     marker.append(link);
-    turn.body.append(marker);
+    bodyOf(turn).append(marker);
   }
 
   // A file the model made: an image is shown, anything else offered as a download.
@@ -283,7 +340,7 @@
     if (!list) {
       list = el("ul", "attachments model-files");
       list.setAttribute("aria-label", "Files from the model");
-      turn.body.after(list);
+      bodyOf(turn).after(list);
     }
     const item = el("li", "file");
     if (/^image\//.test(chunk.mediaType) && /^data:image\//.test(chunk.url)) {
@@ -298,6 +355,204 @@
       item.append(link);
     }
     list.append(item);
+  }
+
+  // -- tool calls ------------------------------------------------------------------------------------
+
+  function isToolPart(part) {
+    return part.type.startsWith("tool-") || part.type === "dynamic-tool";
+  }
+
+  function toolNameOf(part) {
+    return part.type === "dynamic-tool" ? part.toolName : part.type.slice("tool-".length);
+  }
+
+  // What the endpoint said about a tool: {runs: "server" | "browser", approval}, or {} when unknown.
+  function toolInfo(turn, name) {
+    return (config.tools[turn.family] || []).find((info) => info.name === name) || {};
+  }
+
+  function pretty(value) {
+    if (value === undefined) return "";
+    return typeof value === "string" ? value : JSON.stringify(value, null, 2);
+  }
+
+  // A call's card: its name, where it runs, its status, the input as it streams (pretty JSON once
+  // complete), the result or the error, and Approve / Deny while it waits for the user.
+  function toolCard(turn, part) {
+    const name = toolNameOf(part);
+    const info = toolInfo(turn, name);
+    const card = el("section", "tool");
+    card.dataset.toolCallId = part.toolCallId;
+    const head = el("div", "tool-head");
+    const title = el("span", "tool-name", name);
+    title.id = `tool-${turn.n}-${turn.calls.size + 1}`;
+    card.setAttribute("aria-labelledby", title.id);
+    head.append(el("span", "tool-icon", "ƒ"), title);
+    if (info.runs) {
+      const where = info.runs === "browser" ? "runs in your browser" : "runs on the server";
+      head.append(el("span", "tool-where", where + (info.approval ? " · asks you first" : "")));
+    }
+    const state = el("span", "tool-status");
+    state.setAttribute("role", "status");
+    head.append(state);
+    const input = el("pre", "tool-input");
+    const inputBox = el("div", "tool-field");
+    inputBox.append(el("span", "tool-label", "Input"), input);
+    const result = el("pre", "tool-output");
+    const resultBox = el("div", "tool-field tool-result");
+    resultBox.append(el("span", "tool-label", "Result"), result);
+    resultBox.hidden = true;
+    const actions = el("div", "tool-actions");
+    actions.hidden = true;
+    card.append(head, inputBox, resultBox, actions);
+    return { part, name, card, state, input, result, resultBox, actions, inputText: "", answered: false, note: "" };
+  }
+
+  // The card of a call, made the first time the stream mentions it (tool-input-start, or a whole call).
+  function callOf(turn, chunk) {
+    let call = turn.calls.get(chunk.toolCallId);
+    if (call) return call;
+    const part = { type: `tool-${chunk.toolName}`, toolCallId: chunk.toolCallId, state: "input-streaming" };
+    turn.parts.push(part);
+    call = toolCard(turn, part);
+    turn.calls.set(part.toolCallId, call);
+    // The step's text so far stays above the call; text after it goes into a new bubble below.
+    endThinking(turn, true);
+    if (turn.body && !turn.body.childNodes.length) turn.body.remove();
+    turn.body = null;
+    turn.flow.append(call.card);
+    return call;
+  }
+
+  const STATUS = {
+    "input-streaming": ["Writing the input…", "busy"],
+    "approval-requested": ["Waiting for your approval", "wait"],
+    "output-available": ["Done", "ok"],
+    "output-error": ["Error", "bad"],
+    "output-denied": ["Denied", "bad"],
+  };
+
+  function renderCall(turn, call) {
+    const part = call.part;
+    let [text, tone] = STATUS[part.state] || ["", "busy"];
+    if (part.state === "input-available") {
+      const where = toolInfo(turn, call.name).runs === "browser" ? "in your browser" : "on the server";
+      [text, tone] = turn.streaming ? [`Running ${where}…`, "busy"] : ["Not run", "idle"];
+    } else if (part.state === "approval-responded") {
+      [text, tone] = part.approval.approved ? ["Approved · running…", "busy"] : ["Denied · telling the model…", "busy"];
+    }
+    if (call.note) [text, tone] = [call.note, "idle"];
+    call.state.textContent = text;
+    call.card.dataset.state = part.state;
+    call.card.dataset.tone = tone;
+
+    if (part.state !== "input-streaming") call.input.textContent = pretty(part.input);
+    const failed = part.state === "output-error" || part.state === "output-denied";
+    call.resultBox.hidden = !(part.state === "output-available" || failed);
+    call.resultBox.classList.toggle("error", failed);
+    if (part.state === "output-available") call.result.textContent = pretty(part.output);
+    else if (part.state === "output-error") call.result.textContent = part.errorText || "The tool failed.";
+    else if (part.state === "output-denied") call.result.textContent = "You denied this call; the model was told.";
+    call.resultBox.querySelector(".tool-label").textContent = failed ? (part.state === "output-denied" ? "Outcome" : "Error") : "Result";
+
+    const asking = part.state === "approval-requested" && !call.note;
+    if (asking && !call.actions.childElementCount) {
+      const approve = el("button", "approve", "Approve");
+      const deny = el("button", "deny", "Deny");
+      approve.type = deny.type = "button";
+      approve.addEventListener("click", () => answerApproval(turn, call, true));
+      deny.addEventListener("click", () => answerApproval(turn, call, false));
+      call.actions.append(approve, deny);
+    }
+    call.actions.hidden = !asking;
+  }
+
+  function onToolChunk(turn, chunk) {
+    const kind = chunk.type;
+    if (!turn.calls.has(chunk.toolCallId) && !chunk.toolName) return; // an outcome for a call never shown
+    const call = callOf(turn, chunk);
+    const part = call.part;
+    if (kind === "tool-input-delta") {
+      call.inputText += chunk.inputTextDelta;
+      call.input.append(document.createTextNode(chunk.inputTextDelta)); // as it streams: not JSON yet
+    } else if (kind === "tool-input-available") {
+      part.state = "input-available";
+      part.input = chunk.input;
+      // The signature the server gave the call: it checks it when the conversation comes back.
+      if (chunk.providerMetadata) part.callProviderMetadata = chunk.providerMetadata;
+    } else if (kind === "tool-input-error") {
+      part.state = "output-error";
+      part.input = chunk.input;
+      part.errorText = chunk.errorText;
+    } else if (kind === "tool-approval-request") {
+      part.state = "approval-requested";
+      part.approval = { id: chunk.approvalId };
+    } else if (kind === "tool-output-available") {
+      part.state = "output-available";
+      part.output = chunk.output;
+    } else if (kind === "tool-output-error") {
+      part.state = "output-error";
+      part.errorText = chunk.errorText;
+    } else if (kind === "tool-output-denied") {
+      part.state = "output-denied";
+    }
+    renderCall(turn, call);
+  }
+
+  // The tool calls of the message's last step (after its last step-start part).
+  function lastStepCalls(turn) {
+    const start = turn.parts.map((part) => part.type).lastIndexOf("step-start");
+    return turn.parts.slice(start + 1).filter(isToolPart).map((part) => turn.calls.get(part.toolCallId));
+  }
+
+  // After a stream that ended with calls for the browser: run the page's own tools, then go on if
+  // nothing waits for the user (as useChat's sendAutomaticallyWhen: lastAssistantMessageIsComplete...).
+  async function afterStream(turn, outcome) {
+    if (outcome !== "completed") return;
+    for (const call of lastStepCalls(turn)) {
+      const run = browserTools[call.name];
+      if (call.part.state !== "input-available" || !run || toolInfo(turn, call.name).runs !== "browser") continue;
+      try {
+        call.part.output = await run(call.part.input || {});
+        call.part.state = "output-available";
+      } catch (err) {
+        call.part.errorText = String((err && err.message) || err);
+        call.part.state = "output-error";
+      }
+      call.answered = true;
+      renderCall(turn, call);
+    }
+    continueIfAnswered(turn);
+  }
+
+  function answerApproval(turn, call, approved) {
+    if (controller || call.part.state !== "approval-requested") return;
+    call.part.state = "approval-responded";
+    call.part.approval = { id: call.part.approval.id, approved };
+    call.answered = true;
+    renderCall(turn, call); // the buttons go away: keep the keyboard in the composer
+    prompt.focus();
+    continueIfAnswered(turn);
+  }
+
+  function continueIfAnswered(turn) {
+    const calls = lastStepCalls(turn);
+    if (calls.some((call) => call.answered) && calls.every((call) => ANSWERED.has(call.part.state))) {
+      resume(turn, calls.filter((call) => call.answered));
+    }
+  }
+
+  // Calls left waiting when the user writes something else: the server leaves them out.
+  function abandonCalls() {
+    for (const turn of assistantTurns) {
+      for (const call of turn.calls.values()) {
+        if (call.part.state === "approval-requested" && !call.note) {
+          call.note = "Not answered";
+          renderCall(turn, call);
+        }
+      }
+    }
   }
 
   function onChunk(turn, chunk) {
@@ -339,12 +594,17 @@
       addSource(turn, chunk);
     } else if (kind === "file") {
       addModelFile(turn, chunk);
+    } else if (kind === "start-step") {
+      turn.parts.push({ type: "step-start" });
+      if (turn.steps++ > 0) nextStep(turn);
+    } else if (kind.startsWith("tool-")) {
+      onToolChunk(turn, chunk);
     } else if (kind === "message-metadata" || kind === "finish") {
       if (chunk.messageMetadata) turn.metadata = Object.assign(turn.metadata || {}, chunk.messageMetadata);
     } else if (kind === "error") {
       turn.error = chunk.errorText || "The stream failed.";
     }
-    // start, start-step, finish-step and any newer chunk type need nothing here.
+    // start, finish-step and any newer chunk type need nothing here.
   }
 
   // Usage under the answer, from the finish chunk's messageMetadata, plus the browser's own timings.
@@ -505,34 +765,78 @@
     return null;
   }
 
+  // The request body for the conversation, or null (said why) when the server would refuse its size.
+  function requestBody(messages) {
+    const body = JSON.stringify({ messages: [{ role: "system", content: config.system }, ...messages] });
+    const size = new Blob([body]).size;
+    if (size <= limits.maxBodyBytes) return body;
+    say(`This conversation with its files is ${megabytes(size)}; the server takes requests of up to ` +
+      `${megabytes(limits.maxBodyBytes)}. Remove files or start a new chat.`, true);
+    return null;
+  }
+
   async function send(text, files) {
     const family = familySelect.value;
     const path = familySelect.selectedOptions[0].dataset.path;
     const parts = files.map((file) => ({ type: "file", mediaType: file.mediaType, filename: file.name, url: file.url }));
     if (text) parts.push({ type: "text", text });
     const message = { role: "user", parts };
-    const body = JSON.stringify({
-      messages: [{ role: "system", content: config.system }, ...history, message],
-    });
-    const size = new Blob([body]).size;
-    if (size > limits.maxBodyBytes) {
-      say(`This conversation with its files is ${megabytes(size)}; the server takes requests of up to ` +
-        `${megabytes(limits.maxBodyBytes)}. Remove files or start a new chat.`, true);
-      return;
-    }
+    const body = requestBody([...history, message]);
+    if (body === null) return;
+    abandonCalls();
     prompt.value = "";
     pending = [];
     renderPending();
     say("");
     history.push(message);
-    const turn = addAssistantTurn(family, addUserTurn(text, files));
-    setStreaming(true);
+    const turn = addAssistantTurn(family, path, addUserTurn(text, files));
     prompt.focus();
-    controller = new AbortController();
+    await stream(turn, body, (error) => {
+      // The request never reached the model: give the message back to the user to fix and resend.
+      history.pop();
+      setAside(turn, "not sent");
+      prompt.value = prompt.value || text;
+      if (!pending.length) {
+        pending = files;
+        renderPending();
+      }
+      turn.body.remove();
+      turn.body = null;
+      showError(turn, error);
+    });
+  }
 
+  // The conversation again, with the tool calls the page just answered: the model's next turn streams
+  // into the same message.
+  async function resume(turn, answered) {
+    const before = answered.map((call) => ({ call, part: { ...call.part } }));
+    answered.forEach((call) => (call.answered = false));
+    const body = requestBody(history);
+    if (body === null) return;
+    turn.item.classList.add("streaming");
+    turn.item.setAttribute("aria-busy", "true");
+    bodyOf(turn);
+    await stream(turn, body, (error) => {
+      // Refused (say, an approval answered after it expired): the calls go back to unanswered, which
+      // the server leaves out of the conversation, so the chat goes on.
+      for (const { call, part } of before) {
+        for (const key of Object.keys(call.part)) delete call.part[key];
+        Object.assign(call.part, part);
+        call.note = "Not sent: the server refused the answer";
+        renderCall(turn, call);
+      }
+      showError(turn, error);
+    });
+  }
+
+  // One request and its stream, into `turn`; `refused(error)` handles an answer that is not a stream.
+  async function stream(turn, body, refused) {
+    setStreaming(true);
+    controller = new AbortController();
+    Object.assign(turn, { started: performance.now(), firstToken: null, metadata: null, error: null, refused: false, streaming: true });
     let outcome = "completed";
     try {
-      const response = await fetch(path + "?protocol=ui", {
+      const response = await fetch(turn.path + "?protocol=ui", {
         method: "POST",
         headers: { "Content-Type": "application/json", "X-CSRFToken": cookie("csrftoken") },
         body,
@@ -548,17 +852,9 @@
         if (response.status === 429 && response.headers.get("Retry-After")) {
           error.message += ` Retry after ${response.headers.get("Retry-After")} s.`;
         }
-        // The request never reached the model: give the message back to the user to fix and resend.
-        history.pop();
-        setAside(turn, "not sent");
-        prompt.value = prompt.value || text;
-        if (!pending.length) {
-          pending = files;
-          renderPending();
-        }
-        turn.body.remove();
+        outcome = "refused";
         turn.refused = true;
-        showError(turn, error);
+        refused(error);
         return;
       }
       for await (const chunk of uiChunks(response.body)) {
@@ -584,22 +880,33 @@
       setStreaming(false);
       finishTurn(turn, outcome);
     }
+    await afterStream(turn, outcome);
   }
 
   function finishTurn(turn, outcome) {
     const total = performance.now() - turn.started;
+    turn.streaming = false;
     turn.item.classList.remove("streaming");
     turn.item.setAttribute("aria-busy", "false");
-    const answered = turn.parts.some((part) => part.type === "text" && part.text);
-    endThinking(turn, answered);
-    if (turn.refused) return; // no stream: the error says why, and the message is back in the composer
-    if (!answered && outcome === "completed") turn.body.textContent = "(empty answer)";
-    else if (!turn.body.childNodes.length) turn.body.remove();
-    renderMeta(turn, outcome, total);
-    // Keep what the model needs back on the next turn: the text and the signed (or redacted) reasoning.
-    const kept = turn.parts.filter((part) => (part.type === "text" ? part.text : part.providerMetadata));
-    if (kept.length) history.push({ role: "assistant", parts: kept });
-    else if (outcome !== "completed") {
+    const said = turn.parts.some((part) => (part.type === "text" && part.text) || isToolPart(part));
+    endThinking(turn, said);
+    turn.calls.forEach((call) => renderCall(turn, call)); // "Running…" no more
+    if (!said && outcome === "completed" && !turn.refused) bodyOf(turn).textContent = "(empty answer)";
+    else if (turn.body && !turn.body.childNodes.length) {
+      turn.body.remove();
+      turn.body = null;
+    }
+    if (turn.refused) return; // no stream: the error says why
+    const waiting = lastStepCalls(turn).some((call) => call.part.state === "approval-requested");
+    renderMeta(turn, waiting && outcome === "completed" ? "waiting" : outcome, total);
+    // Keep what the model needs back on the next turn: the text, the signed (or redacted) reasoning,
+    // the tool calls with their signatures and outcomes, and the step boundaries between them.
+    const kept = turn.parts.filter((part) =>
+      part.type === "text" ? part.text : part.type === "reasoning" ? part.providerMetadata : true);
+    if (kept.some((part) => part.type !== "step-start")) {
+      if (turn.message) turn.message.parts = kept;
+      else history.push((turn.message = { role: "assistant", parts: kept }));
+    } else if (outcome !== "completed" && !turn.message) {
       history.pop(); // nothing came back: the question is left out, to be asked again
       setAside(turn, "no answer, not kept");
     }
@@ -680,6 +987,12 @@
 
   document.querySelectorAll(".presets [data-prompt]").forEach((button) => {
     button.addEventListener("click", () => {
+      // A tool prompt needs an endpoint with tools: switch to it unless the family in use has some.
+      const wanted = button.dataset.family;
+      if (wanted && !config.tools[familySelect.value] && !familySelect.disabled) {
+        familySelect.value = wanted;
+        familySelect.dispatchEvent(new Event("change"));
+      }
       prompt.value = button.dataset.prompt;
       prompt.focus();
     });
@@ -688,6 +1001,7 @@
   $("new-chat").addEventListener("click", () => {
     if (controller) controller.abort();
     history = [];
+    assistantTurns = [];
     pending = [];
     renderPending();
     say("");
@@ -700,6 +1014,7 @@
   const saved = localStorage.getItem("bedrock-demo-family");
   const options = [...familySelect.options].map((option) => option.value);
   if (saved && options.includes(saved)) familySelect.value = saved;
+  else if (options.includes(config.toolsEndpoint)) familySelect.value = config.toolsEndpoint; // converse + tools
   else if (options.includes("converse")) familySelect.value = "converse"; // reasoning, citations and files
   familySelect.addEventListener("change", () => {
     localStorage.setItem("bedrock-demo-family", familySelect.value);
