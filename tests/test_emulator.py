@@ -1531,8 +1531,10 @@ def test_input_pieces_cut_at_awkward_places():
     text = json.dumps({"q": 'caf\u00e9 "x" \U0001f600'})  # ASCII: {"q": "caf\u00e9 \"x\" \ud83d\ude00"}
     pieces = input_pieces(text)
     assert pieces[0] == "" and "".join(pieces) == text and json.loads("".join(pieces))["q"] == 'caf\u00e9 "x" \U0001f600'
-    assert any(piece.endswith("\\") for piece in pieces)  # right after a backslash
-    assert "\\ud83d" in pieces and pieces[pieces.index("\\ud83d") + 1].startswith("\\ude00")  # between a pair's escapes
+    cuts = {len("".join(pieces[:n])) for n in range(len(pieces))}
+    assert text.index("\\ude00") in cuts  # between a surrogate pair's two escapes
+    assert {i + 1 for i, char in enumerate(text) if char == "\\"} <= cuts  # right after each backslash
+    assert {text.index("\\u00e9") + 4, text.index("\\ud83d") + 4} <= cuts  # inside each \\uXXXX escape
     raw = json.dumps({"q": "\U0001f600!"}, ensure_ascii=False)
     halves = input_pieces(raw, pairs=True)
     assert any(piece.endswith("\ud83d") for piece in halves) and any(piece.startswith("\ude00") for piece in halves)
