@@ -78,11 +78,14 @@ class File:
 
 @dataclass(frozen=True, slots=True)
 class ToolCallStart:
-    """The model began a tool call (its input follows as :class:`ToolInputDelta` parts)."""
+    """The model began a tool call (its input follows as :class:`ToolInputDelta` parts).
+    ``provider_executed``: Bedrock runs the tool itself (a system tool such as Nova 2's
+    ``nova_code_interpreter``); its :class:`ToolResult` comes in the same stream."""
 
     id: str
     name: str
     index: int = 0
+    provider_executed: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -106,16 +109,19 @@ class ToolCall:
     error: str = ""
     index: int = 0
     signature: str = ""
+    provider_executed: bool = False
 
 
 @dataclass(frozen=True, slots=True)
 class ToolResult:
-    """The result of a tool call, as it is sent back to the model."""
+    """The result of a tool call, as it is sent back to the model; ``provider_executed`` when Bedrock
+    ran the tool and streamed its result (nothing to send back)."""
 
     id: str
     name: str
     output: Any = None
     error: str = ""
+    provider_executed: bool = False
 
 
 @dataclass(frozen=True, slots=True)

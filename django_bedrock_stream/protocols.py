@@ -138,6 +138,11 @@ def _source_fields(source: p.Source) -> dict[str, Any]:
     return {key: value for key, value in fields.items() if value not in ("", None, {})}
 
 
+def _provider_executed(fields: dict[str, Any], executed: bool, key: str = "providerExecuted") -> dict[str, Any]:
+    """``fields`` marked as a tool Bedrock ran itself, when it is one (the mark is left out otherwise)."""
+    return {**fields, key: True} if executed else fields
+
+
 _LINE_BREAK = re.compile(r"\r\n|\r|\n")
 
 
@@ -193,6 +198,7 @@ class ServerSentEvent:
 
 
 _PING = ServerSentEvent(comment="ping").encode()
+_SSE_MARK = "provider_executed"  # the sse protocol's providerExecuted
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -472,11 +478,13 @@ class UIMessageStreamProtocol(StreamProtocol):
         return self._encode_tool_part(part)
 
     def _encode_tool_part(self, part: p.Part) -> str:
-        """Tool calls and their outcomes (AI SDK 5+ tool chunks; approvals are AI SDK 6+), and steps."""
+        """Tool calls and their outcomes (AI SDK 5+ tool chunks; approvals are AI SDK 6+), and steps.
+        A tool Bedrock runs itself is marked ``providerExecuted``: the AI SDK neither runs it nor
+        waits for the browser to answer it."""
         chunk: dict[str, Any]
         if isinstance(part, p.ToolCallStart):
             chunk = {"type": "tool-input-start", "toolCallId": part.id, "toolName": part.name}
-            return self._close_block() + self._chunk(chunk)
+            return self._close_block() + self._chunk(_provider_executed(chunk, part.provider_executed))
         if isinstance(part, p.ToolInputDelta):
             return self._chunk({"type": "tool-input-delta", "toolCallId": part.id, "inputTextDelta": part.delta})
         if isinstance(part, p.ToolCall):
@@ -488,11 +496,13 @@ class UIMessageStreamProtocol(StreamProtocol):
                          "input": part.input}
                 if part.signature:
                     chunk["providerMetadata"] = {"bedrock": {"signature": part.signature}}
-            return self._close_block() + self._chunk(chunk)
+            return self._close_block() + self._chunk(_provider_executed(chunk, part.provider_executed))
         if isinstance(part, p.ToolResult):
             if part.error:
-                return self._chunk({"type": "tool-output-error", "toolCallId": part.id, "errorText": part.error})
-            return self._chunk({"type": "tool-output-available", "toolCallId": part.id, "output": part.output})
+                chunk = {"type": "tool-output-error", "toolCallId": part.id, "errorText": part.error}
+            else:
+                chunk = {"type": "tool-output-available", "toolCallId": part.id, "output": part.output}
+            return self._chunk(_provider_executed(chunk, part.provider_executed))
         if isinstance(part, p.ToolDenied):
             return self._chunk({"type": "tool-output-denied", "toolCallId": part.call_id})
         if isinstance(part, p.ToolApprovalRequest):
@@ -573,16 +583,19 @@ class ServerSentEventsProtocol(StreamProtocol):
         if isinstance(part, p.GuardrailTrace):
             return self._event("guardrail", {"action": part.action, "trace": dict(part.trace)})
         if isinstance(part, p.ToolCallStart):
-            return self._event("tool-call-start", {"id": part.id, "name": part.name})
+            start = {"id": part.id, "name": part.name}
+            return self._event("tool-call-start", _provider_executed(start, part.provider_executed, _SSE_MARK))
         if isinstance(part, p.ToolInputDelta):
             return self._event("tool-input", {"id": part.id, "delta": part.delta})
         if isinstance(part, p.ToolCall):
             fields = {"id": part.id, "name": part.name, "input": part.input, "error": part.error,
                       "signature": part.signature}
-            return self._event("tool-call", {key: value for key, value in fields.items() if value != ""})
+            call = {key: value for key, value in fields.items() if value != ""}
+            return self._event("tool-call", _provider_executed(call, part.provider_executed, _SSE_MARK))
         if isinstance(part, p.ToolResult):
             outcome = {"error": part.error} if part.error else {"output": part.output}
-            return self._event("tool-result", {"id": part.id, "name": part.name, **outcome})
+            result = {"id": part.id, "name": part.name, **outcome}
+            return self._event("tool-result", _provider_executed(result, part.provider_executed, _SSE_MARK))
         if isinstance(part, p.ToolDenied):
             return self._event("tool-denied", {"id": part.call_id})
         if isinstance(part, p.ToolApprovalRequest):

@@ -67,7 +67,7 @@ class ToolLoop:
         this site made are accepted. A client-side call whose input breaks the tool's schema is an
         error (the browser does not run it, the model is told), as a server tool's would be."""
         tool = self.tools.get(call.name)
-        if call.error or tool is None:
+        if call.error or call.provider_executed or tool is None:
             return call
         if tool.client_side:
             try:
@@ -110,8 +110,8 @@ class ToolLoop:
         """(the calls to run here, approval requests, whether the browser must answer before the
         model can go on), or None when the turn asked for no tool, or the run has used its
         ``max_steps`` turns. A call to a client-side tool needs no part of its own: it went out,
-        signed, as it arrived."""
-        calls = stream.step_tool_calls
+        signed, as it arrived. A tool Bedrock ran itself (its result came in the turn) is not ours."""
+        calls = _ours(stream.step_tool_calls)
         if stream.stop_reason != "tool_use" or not calls or stream.step + 1 >= self.max_steps:
             return None
         to_run: list[p.ToolCall] = []
@@ -136,7 +136,7 @@ class ToolLoop:
         body = dict(self.body)
         assistant: list[dict[str, Any]] = self.family.assistant_blocks(
             stream.step_text, stream.step_reasoning_blocks
-        ) + self.format.call_blocks(stream.step_tool_calls)
+        ) + self.format.call_blocks(_ours(stream.step_tool_calls))
         body["messages"] = [
             *body["messages"],
             {"role": "assistant", "content": assistant},
@@ -168,3 +168,9 @@ class ToolLoop:
             "error": result.error,
             "duration": run.duration,
         }
+
+
+def _ours(calls: list[p.ToolCall]) -> list[p.ToolCall]:
+    """The calls this loop answers: not those Bedrock ran itself (Nova 2's ``nova_code_interpreter``),
+    which are left out of the next turn too (a ``toolUse`` there would need a result from us)."""
+    return [call for call in calls if not call.provider_executed]

@@ -18,14 +18,20 @@ from typing import Any
 from urllib.parse import urlsplit
 
 import pytest
-from django.urls import reverse
+from django.test import Client
+from django.urls import path, reverse
 
+from django_bedrock_stream.families import ConverseFamily
 from django_bedrock_stream.models import Completion
+from django_bedrock_stream.parts import ToolResult
 from django_bedrock_stream.protocols import map_finish_reason
+from django_bedrock_stream.tools import tool, verify_call
+from django_bedrock_stream.views import BedrockStreamView
 
 from .recorded import (
     FAMILY_OF,
     RECORDED_DIR,
+    boto3_events,
     expected_usage,
     load_index,
     wire_events,
@@ -33,9 +39,11 @@ from .recorded import (
     wire_latency,
     wire_reasoning,
     wire_sources,
+    wire_tool_calls,
 )
 from .servers import UvicornThread, WSGIThread
 from .test_protocols import AI_PACKAGES, parse_sse
+from .urls import urlpatterns as site_urls
 
 JS = Path(__file__).parent / "js"
 NODE = shutil.which("node")
@@ -168,6 +176,29 @@ def run_jobs(ai: str, jobs: list[dict[str, str]]) -> list[dict[str, Any]]:
 GUARDRAIL_ACTION = "amazon-bedrock-guardrailAction"  # an invoke chunk's guardrail verdict
 
 
+def wire_server_tools(events: list[dict[str, Any]]) -> tuple[set[str], dict[str, Any]]:
+    """Bedrock's own tools in a Converse capture, from the raw events: the ids of the calls it ran
+    (``toolUse`` of type ``server_tool_use``) and, by call id, the one ``json`` value of the result
+    block it streamed for each (``toolResult`` start and deltas)."""
+    server: set[str] = set()
+    results: dict[int, tuple[str, list[dict[str, Any]]]] = {}
+    for event in events:
+        start = (event.get("contentBlockStart") or {}).get("start") or {}
+        if (start.get("toolUse") or {}).get("type") == "server_tool_use":
+            server.add(start["toolUse"]["toolUseId"])
+        if "toolResult" in start:
+            results[event["contentBlockStart"]["contentBlockIndex"]] = (start["toolResult"]["toolUseId"], [])
+        delta = event.get("contentBlockDelta") or {}
+        if "toolResult" in delta.get("delta", {}):
+            results[delta["contentBlockIndex"]][1].extend(delta["delta"]["toolResult"])
+    outputs = {}
+    for call_id, content in results.values():
+        [(kind, value)] = [item for block in content for item in block.items()]  # these captures: one json item
+        assert kind == "json"
+        outputs[call_id] = value
+    return server, outputs
+
+
 class Expected:
     """What a capture must come out as, from index.json and the capture's raw events (not our parser)."""
 
@@ -178,6 +209,10 @@ class Expected:
         self.reasoning, self.signatures = wire_reasoning(events)
         assert self.reasoning == entry.get("reasoning_text", "")
         self.sources = wire_sources(events)
+        #: (id, name, input) of each tool call; the ones Bedrock ran itself, and their outputs.
+        self.tool_calls, self.tool_input = wire_tool_calls(events)
+        assert self.tool_input == entry.get("tool_input_json_concatenated", "")
+        self.server_tools, self.server_outputs = wire_server_tools(events)
         self.stop_reason: str = entry["stop_reason"]
         self.usage = expected_usage(entry)
         self.latency_ms = wire_latency(entry)
@@ -217,6 +252,32 @@ class Expected:
             parts.append(part)
         return parts
 
+    def ui_tools(self) -> list[dict[str, Any]]:
+        """The UIMessage's tool parts: each call as it came (the views here offer no tools, so none
+        is signed or run); one Bedrock ran itself is ``providerExecuted``, with the output it streamed."""
+        parts = []
+        for call_id, name, call_input in self.tool_calls:
+            part: dict[str, Any] = {"type": f"tool-{name}", "toolCallId": call_id, "state": "input-available",
+                                    "input": call_input}
+            if call_id in self.server_tools:
+                part.update(state="output-available", output=self.server_outputs[call_id], providerExecuted=True)
+            parts.append(part)
+        return parts
+
+    def sse_tools(self) -> dict[str, list[dict[str, Any]]]:
+        """The sse protocol's tool events, by name (the input pieces joined per call)."""
+        def mark(call_id: str) -> dict[str, bool]:
+            return {"provider_executed": True} if call_id in self.server_tools else {}
+
+        return {
+            "tool-call-start": [{"id": call_id, "name": name, **mark(call_id)} for call_id, name, _ in self.tool_calls],
+            "tool-call": [{"id": i, "name": name, "input": given, **mark(i)} for i, name, given in self.tool_calls],
+            "tool-result": [
+                {"id": call_id, "name": name, "output": self.server_outputs[call_id], **mark(call_id)}
+                for call_id, name, _ in self.tool_calls if call_id in self.server_tools
+            ],
+        }
+
     def ui_metadata(self, model_id: str) -> dict[str, Any]:
         usage = self.usage
         metadata: dict[str, Any] = {
@@ -249,8 +310,10 @@ def test_every_capture_rebuilds_its_ui_message(server: Any, ai: str) -> None:
     jobs = [{"url": capture_url(server, e, "ui"), "protocol": "ui", "prompt": replay_prompt(e)} for e in CAPTURES]
     results = run_jobs(ai, jobs)
     captures = [Expected(entry) for entry in CAPTURES]
-    # The captures hold what this test is about: a signed reasoning block and citations.
+    # The captures hold what this test is about: a signed reasoning block, citations, tool calls (two in
+    # one turn) and a tool Bedrock ran itself.
     assert any(expected.signatures for expected in captures) and any(expected.sources for expected in captures)
+    assert any(len(expected.tool_calls) == 2 for expected in captures) and any(e.server_tools for e in captures)
     for expected, result, row in zip(captures, results, completed_rows(len(CAPTURES))):
         assert (result["httpStatus"], result["contentType"]) == (200, "text/event-stream"), expected.file
         assert (result["status"], result["error"]) == ("ready", None), expected.file
@@ -267,7 +330,12 @@ def test_every_capture_rebuilds_its_ui_message(server: Any, ai: str) -> None:
         sources = [part for part in parts if part["type"].startswith("source-")]
         assert sources == expected.ui_sources(), expected.file
         assert message["metadata"] == expected.ui_metadata(row.model_id), expected.file
-        assert {part["type"] for part in parts} <= {"step-start", "text", "reasoning", "source-document", "source-url"}
+        tools = [part for part in parts if part["type"].startswith("tool-")]
+        assert tools == expected.ui_tools(), expected.file
+        assert [call["id"] for call in row.parts["tool_calls"]] == [call_id for call_id, _, _ in expected.tool_calls]
+        assert {part["type"] for part in parts} - {part["type"] for part in tools} <= {
+            "step-start", "text", "reasoning", "source-document", "source-url"
+        }
 
 
 @needs_node
@@ -290,6 +358,16 @@ def test_every_capture_through_the_v1_data_stream(server: Any) -> None:
         usage = {"promptTokens": expected.usage["input_tokens"], "completionTokens": expected.usage["output_tokens"]}
         assert (raw["finishReason"], raw["usage"]) == (map_finish_reason(expected.stop_reason), usage), expected.file
         assert raw["messageId"] == chat["message"]["id"], expected.file
+        calls = [value for code, value in raw["tools"] if code == "9"]
+        assert calls == [{"toolCallId": i, "toolName": name, "args": given} for i, name, given in expected.tool_calls]
+        assert "".join(value["argsTextDelta"] for code, value in raw["tools"] if code == "c") == expected.tool_input
+        assert [value for code, value in raw["tools"] if code == "a"] == [
+            {"toolCallId": call_id, "result": output} for call_id, output in expected.server_outputs.items()
+        ], expected.file
+        invocations = [part["toolInvocation"] for part in chat["message"]["parts"] if part["type"] == "tool-invocation"]
+        assert [(i["toolCallId"], i["state"]) for i in invocations] == [
+            (call_id, "result" if call_id in expected.server_tools else "call") for call_id, _, _ in expected.tool_calls
+        ], expected.file
         assert row.text == expected.text
 
 
@@ -316,7 +394,10 @@ def test_every_capture_through_typed_server_sent_events(server: Any) -> None:
         by_name: dict[str, list[Any]] = {}
         for name, _, data in events:
             by_name.setdefault(name, []).append(data)
-        assert set(by_name) <= {"token", "reasoning", "source", "guardrail", "done"}, expected.file
+        tool_events = {"tool-call-start", "tool-input", "tool-call", "tool-result"}
+        assert set(by_name) <= {"token", "reasoning", "source", "guardrail", "done", *tool_events}, expected.file
+        assert {name: by_name.get(name, []) for name in tool_events - {"tool-input"}} == expected.sse_tools()
+        assert "".join(data["delta"] for data in by_name.get("tool-input", [])) == expected.tool_input
         assert "".join(data["text"] for data in by_name.get("token", [])) == expected.text, expected.file
         reasoning = by_name.get("reasoning", [])
         assert "".join(data.get("text", "") for data in reasoning) == expected.reasoning, expected.file
@@ -340,3 +421,160 @@ def test_every_capture_through_typed_server_sent_events(server: Any) -> None:
             done["guardrail"] = expected.guardrail
         assert by_name["done"] == [done], expected.file
         assert [name for name, _, _ in events][-1] == "done"
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Runs with tools: useChat's machinery against a live server, and Bedrock's own tools
+# --------------------------------------------------------------------------------------------------------------
+
+
+@tool
+def calculator(expression: str) -> str:
+    """Add whole numbers.
+
+    Args:
+        expression: Terms joined by +, like "2+3".
+    """
+    return str(sum(int(term) for term in expression.split("+")))
+
+
+@tool
+def final_result(result: float) -> str:
+    """The final answer (the tool the recorded Nova 2 request offered besides its code interpreter)."""
+    return f"noted {result}"
+
+
+class CalculatorView(BedrockStreamView):
+    family_class = ConverseFamily
+    stream_protocol = "ui"
+    tools = [calculator]
+
+
+class CodeInterpreterView(BedrockStreamView):
+    family_class = ConverseFamily
+    stream_protocol = "ui"
+    tools = [final_result]
+    max_steps = 2
+
+
+urlpatterns = [
+    *site_urls,
+    path("tools/calculator/", CalculatorView.as_view()),
+    path("tools/code-interpreter/", CodeInterpreterView.as_view()),
+]
+
+
+def round_trip(url: str, ai: str, flow: str, prompt: str) -> dict[str, Any]:
+    """``tests/js/tool-round-trip.mjs``: AbstractChat + DefaultChatTransport over real fetch."""
+    done = subprocess.run(
+        [str(NODE), str(JS / "tool-round-trip.mjs"), url, ai, flow, prompt],
+        capture_output=True, text=True, timeout=60, cwd=JS, check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    result: dict[str, Any] = json.loads(done.stdout)
+    return result
+
+
+@needs_node
+@pytest.mark.urls(__name__)
+@pytest.mark.parametrize("ai", AI_PACKAGES)
+def test_use_chat_shows_a_server_tool_run_over_two_steps(live_server_url: str, bedrock_emulator: Any, ai: str) -> None:
+    """One request, two model turns: the final UIMessage holds the first turn's text, the call (signed,
+    its input, the server's output) and, after a step-start, the answer; the chat sends nothing back
+    (lastAssistantMessageIsCompleteWithToolCalls does not fire on a finished run)."""
+    prompt = '[[emulator tool=calculator tool_input={"expression": "2+3"} text="Let me compute."]] What is 2+3?'
+    result = round_trip(f"{live_server_url}/tools/calculator/", ai, "server", prompt)
+    assert (result["posts"], result["errors"], result["status"]) == (1, [], "ready")
+    first, second = bedrock_emulator.requests
+    [call] = [block["toolUse"] for block in second["body"]["messages"][-2]["content"] if "toolUse" in block]
+    row = Completion.objects.get()
+    [question, answer] = result["messages"]
+    assert question["parts"] == [{"type": "text", "text": prompt}]
+    [part] = [part for part in answer["parts"] if part["type"] == "tool-calculator"]
+    signature = part["callProviderMetadata"]["bedrock"]["signature"]
+    assert verify_call(signature, name="calculator", input={"expression": "2+3"}, binding="anonymous") == call["toolUseId"]
+    assert answer["parts"] == [
+        {"type": "step-start"},
+        {"type": "text", "text": "Let me compute.", "state": "done"},
+        {
+            "type": "tool-calculator",
+            "toolCallId": call["toolUseId"],
+            "state": "output-available",
+            "input": {"expression": "2+3"},
+            "output": "5",
+            "callProviderMetadata": {"bedrock": {"signature": signature}},
+        },
+        {"type": "step-start"},
+        {"type": "text", "text": "Result of calculator: 5", "state": "done"},
+    ]
+    assert first["text"] == "Let me compute." and second["text"] == "Result of calculator: 5"
+    usage = {"inputTokens": row.input_tokens, "outputTokens": row.output_tokens, "cacheReadTokens": 0, "cacheWriteTokens": 0}
+    latency = answer["metadata"]["latencyMs"]  # Bedrock's own measure, of the last turn
+    assert isinstance(latency, int) and latency >= 0
+    assert answer["metadata"] == {"finishReason": "stop", "usage": usage, "modelId": row.model_id, "latencyMs": latency}
+    assert row.parts["tool_runs"][0]["output"] == "5" and row.text == "Let me compute.Result of calculator: 5"
+
+
+NOVA_CODE = RECORDED_DIR / "converse_nova2_lite_code_interpreter.eventstream"
+
+
+@pytest.mark.urls(__name__)
+@pytest.mark.skipif(not NOVA_CODE.exists(), reason=f"recorded Bedrock captures not found at {RECORDED_DIR}")
+def test_a_tool_bedrock_ran_itself_is_shown_and_not_run_again(bedrock_emulator: Any, transactional_db: Any) -> None:
+    """Nova 2's code interpreter (a ``server_tool_use`` call and its ``toolResult`` in the stream) reaches
+    the browser as a provider-executed call with Bedrock's output; the loop runs only the view's own
+    tool and leaves Bedrock's out of the next turn (a ``toolUse`` there would need a result from us)."""
+    events = wire_events(NOVA_CODE)
+    server_ids, outputs = wire_server_tools(events)
+    calls, _ = wire_tool_calls(events)
+    [(code_id, code_name, code_input), (final_id, final_name, final_input)] = calls
+    assert (server_ids, code_name, final_name) == ({code_id}, "nova_code_interpreter", "final_result")
+    body = json.dumps({"messages": [{"role": "user", "content": f"[[emulator replay={NOVA_CODE}]]"}]})
+    response: Any = Client().post("/tools/code-interpreter/", body, content_type="application/json")
+    assert response.status_code == 200
+    events_ui = [line.removeprefix("data: ") for line in b"".join(response.streaming_content).decode().split("\n\n")]
+    chunks = [json.loads(event) for event in events_ui if event.startswith("{")]
+    first_turn = chunks[: [chunk["type"] for chunk in chunks].index("finish-step")]
+    outcomes = [chunk for chunk in first_turn if chunk["type"].startswith("tool-output")]
+    assert outcomes == [
+        {"type": "tool-output-available", "toolCallId": code_id, "output": outputs[code_id], "providerExecuted": True},
+        {"type": "tool-output-available", "toolCallId": final_id, "output": f"noted {final_input['result']}"},
+    ]
+    started = [chunk for chunk in first_turn if chunk["type"] == "tool-input-start"]
+    assert started == [
+        {"type": "tool-input-start", "toolCallId": code_id, "toolName": code_name, "providerExecuted": True},
+        {"type": "tool-input-start", "toolCallId": final_id, "toolName": final_name},
+    ]
+    [code_call, final_call] = [chunk for chunk in first_turn if chunk["type"] == "tool-input-available"]
+    assert code_call == {"type": "tool-input-available", "toolCallId": code_id, "toolName": code_name,
+                         "input": code_input, "providerExecuted": True}  # not signed: not the view's tool
+    assert (final_call["toolCallId"], final_call["input"], "providerMetadata" in final_call) == (final_id, final_input, True)
+    # The next turn carries the view's call and its result only.
+    _, second = bedrock_emulator.requests
+    assistant, results = second["body"]["messages"][-2:]
+    assert [block["toolUse"]["toolUseId"] for block in assistant["content"] if "toolUse" in block] == [final_id]
+    assert [block["toolResult"]["toolUseId"] for block in results["content"]] == [final_id]
+    assert code_id not in json.dumps(second["body"])
+    row = Completion.objects.get()
+    assert [run["name"] for run in row.parts["tool_runs"]] == ["final_result"]
+
+
+@pytest.mark.skipif(not NOVA_CODE.exists(), reason=f"recorded Bedrock captures not found at {RECORDED_DIR}")
+def test_a_failed_run_of_a_tool_bedrock_ran_itself_is_an_error_result() -> None:
+    """The capture's events with the result block turned into a failure (``status: error``, a text
+    item): an error result, marked provider-executed."""
+    [code_id] = wire_server_tools(wire_events(NOVA_CODE))[0]
+    family = ConverseFamily()
+    parts = []
+    for event in boto3_events(NOVA_CODE):
+        start = (event.get("contentBlockStart") or {}).get("start") or {}
+        if "toolResult" in start:
+            start["toolResult"]["status"] = "error"
+        delta = (event.get("contentBlockDelta") or {}).get("delta") or {}
+        if "toolResult" in delta:
+            delta["toolResult"] = [{"text": "Timed out"}]
+        parsed = family.parse_event(event)
+        parts += list(parsed.parts) if parsed is not None else []
+    assert [part for part in parts if isinstance(part, ToolResult)] == [
+        ToolResult(code_id, "nova_code_interpreter", error="Timed out", provider_executed=True)
+    ]

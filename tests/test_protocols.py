@@ -336,11 +336,27 @@ URL_SOURCE = p.Source(id="source-2", title="Example", url="https://example.com/a
 BARE_SOURCE = p.Source(id="source-3")  # no title, URL, text or location
 FILE = p.File(media_type="image/png", data="iVBORw0KGgo=")
 GUARDRAIL = p.GuardrailTrace(action="INTERVENED", trace={"outputAssessments": {"g1": [{"contentPolicy": {}}]}})
-TOOL_PARTS = [
-    p.ToolCallStart(id="t1", name="get_weather"),
-    p.ToolInputDelta(id="t1", delta='{"location": "Par'),
-    p.ToolCall(id="t1", name="get_weather", input={"location": "Paris"}),
-    p.ToolResult(id="t1", name="get_weather", output={"temperature": 21}),
+BAD_JSON = "The tool input is not valid JSON: Unterminated string"
+TOOL_START = p.ToolCallStart(id="t1", name="get_weather")
+TOOL_DELTA = p.ToolInputDelta(id="t1", delta='{"location": "Par')
+TOOL_CALL = p.ToolCall(id="t1", name="get_weather", input={"location": "Paris"})
+SIGNED_CALL = p.ToolCall(id="t1", name="get_weather", input={"location": "Paris"}, signature="c2lnbmVk")
+BAD_CALL = p.ToolCall(id="t2", name="get_weather", input='{"loc', error=BAD_JSON)
+TOOL_RESULT = p.ToolResult(id="t1", name="get_weather", output={"temperature": 21})
+TOOL_ERROR = p.ToolResult(id="t2", name="get_weather", error=BAD_JSON)
+TOOL_DENIED = p.ToolDenied(call_id="t3")
+APPROVAL = p.ToolApprovalRequest(approval_id="YXBwcm92YWw", call_id="t3")
+STEP = p.StepFinish("tool_use", p.Usage(input_tokens=4, output_tokens=2, cache_read_tokens=100, cache_write_tokens=20))
+# A tool Bedrock runs itself (Nova 2's code interpreter): its call and its result arrive in the stream.
+CODE = {"snippet": "6 * 7"}
+CODE_OUTPUT = {"stdOut": "42", "stdErr": "", "exitCode": 0, "isError": False}
+SERVER_START = p.ToolCallStart(id="t4", name="nova_code_interpreter", provider_executed=True)
+SERVER_CALL = p.ToolCall(id="t4", name="nova_code_interpreter", input=CODE, provider_executed=True)
+SERVER_RESULT = p.ToolResult(id="t4", name="nova_code_interpreter", output=CODE_OUTPUT, provider_executed=True)
+SERVER_ERROR = p.ToolResult(id="t4", name="nova_code_interpreter", error="Timed out", provider_executed=True)
+TOOL_PARTS: list[p.Part] = [
+    TOOL_START, TOOL_DELTA, TOOL_CALL, SIGNED_CALL, BAD_CALL, TOOL_RESULT, TOOL_ERROR, TOOL_DENIED, APPROVAL, STEP,
+    SERVER_START, SERVER_CALL, SERVER_RESULT, SERVER_ERROR,
 ]
 
 
@@ -444,6 +460,147 @@ PART_WIRE: dict[str, tuple[p.Part, dict[str, str]]] = {
             '"trace":{"outputAssessments":{"g1":[{"contentPolicy":{}}]}}}\n\n',
         },
     ),
+    # -- tools (the text protocol carries none of them) --
+    "tool-start": (
+        TOOL_START,
+        {
+            "text": "",
+            "data": 'b:{"toolCallId":"t1","toolName":"get_weather"}\n',
+            "ui": 'data: {"type":"tool-input-start","toolCallId":"t1","toolName":"get_weather"}\n\n',
+            "sse": 'event: tool-call-start\nid: 1\ndata: {"id":"t1","name":"get_weather"}\n\n',
+        },
+    ),
+    "tool-input-delta": (
+        TOOL_DELTA,
+        {
+            "text": "",
+            "data": 'c:{"toolCallId":"t1","argsTextDelta":"{\\"location\\": \\"Par"}\n',
+            "ui": 'data: {"type":"tool-input-delta","toolCallId":"t1","inputTextDelta":"{\\"location\\": \\"Par"}\n\n',
+            "sse": 'event: tool-input\nid: 1\ndata: {"id":"t1","delta":"{\\"location\\": \\"Par"}\n\n',
+        },
+    ),
+    "tool-call": (
+        TOOL_CALL,
+        {
+            "text": "",
+            "data": '9:{"toolCallId":"t1","toolName":"get_weather","args":{"location":"Paris"}}\n',
+            "ui": 'data: {"type":"tool-input-available","toolCallId":"t1","toolName":"get_weather",'
+            '"input":{"location":"Paris"}}\n\n',
+            "sse": 'event: tool-call\nid: 1\ndata: {"id":"t1","name":"get_weather","input":{"location":"Paris"}}\n\n',
+        },
+    ),
+    "tool-call-signed": (
+        SIGNED_CALL,
+        {
+            "text": "",
+            "data": '9:{"toolCallId":"t1","toolName":"get_weather","args":{"location":"Paris"}}\n',  # v1: no place
+            "ui": 'data: {"type":"tool-input-available","toolCallId":"t1","toolName":"get_weather",'
+            '"input":{"location":"Paris"},"providerMetadata":{"bedrock":{"signature":"c2lnbmVk"}}}\n\n',
+            "sse": 'event: tool-call\nid: 1\ndata: {"id":"t1","name":"get_weather","input":{"location":"Paris"},'
+            '"signature":"c2lnbmVk"}\n\n',
+        },
+    ),
+    "tool-call-not-json": (
+        BAD_CALL,
+        {
+            "text": "",
+            "data": "",  # v1 has no such part: its a: error result follows
+            "ui": 'data: {"type":"tool-input-error","toolCallId":"t2","toolName":"get_weather","input":"{\\"loc",'
+            f'"errorText":"{BAD_JSON}"}}\n\n',
+            "sse": 'event: tool-call\nid: 1\ndata: {"id":"t2","name":"get_weather","input":"{\\"loc",'
+            f'"error":"{BAD_JSON}"}}\n\n',
+        },
+    ),
+    "tool-result": (
+        TOOL_RESULT,
+        {
+            "text": "",
+            "data": 'a:{"toolCallId":"t1","result":{"temperature":21}}\n',
+            "ui": 'data: {"type":"tool-output-available","toolCallId":"t1","output":{"temperature":21}}\n\n',
+            "sse": 'event: tool-result\nid: 1\ndata: {"id":"t1","name":"get_weather","output":{"temperature":21}}\n\n',
+        },
+    ),
+    "tool-result-error": (
+        TOOL_ERROR,
+        {
+            "text": "",
+            "data": f'a:{{"toolCallId":"t2","result":{{"error":"{BAD_JSON}"}}}}\n',
+            "ui": f'data: {{"type":"tool-output-error","toolCallId":"t2","errorText":"{BAD_JSON}"}}\n\n',
+            "sse": f'event: tool-result\nid: 1\ndata: {{"id":"t2","name":"get_weather","error":"{BAD_JSON}"}}\n\n',
+        },
+    ),
+    "tool-denied": (
+        TOOL_DENIED,
+        {
+            "text": "",
+            "data": "",
+            "ui": 'data: {"type":"tool-output-denied","toolCallId":"t3"}\n\n',
+            "sse": 'event: tool-denied\nid: 1\ndata: {"id":"t3"}\n\n',
+        },
+    ),
+    "tool-approval-request": (
+        APPROVAL,
+        {
+            "text": "",
+            "data": "",
+            "ui": 'data: {"type":"tool-approval-request","approvalId":"YXBwcm92YWw","toolCallId":"t3"}\n\n',
+            "sse": 'event: tool-approval-request\nid: 1\ndata: {"approval_id":"YXBwcm92YWw","id":"t3"}\n\n',
+        },
+    ),
+    "step": (
+        STEP,
+        {
+            "text": "",
+            "data": 'e:{"finishReason":"tool-calls","usage":{"promptTokens":4,"completionTokens":2},"isContinued":false}\n'
+            'f:{"messageId":"m"}\n',
+            "ui": 'data: {"type":"finish-step"}\n\ndata: {"type":"start-step"}\n\n',
+            "sse": 'event: step\nid: 1\ndata: {"finish_reason":"tool-calls","stop_reason":"tool_use",'
+            '"usage":{"input_tokens":4,"output_tokens":2,"cache_read_tokens":100,"cache_write_tokens":20}}\n\n',
+        },
+    ),
+    "server-tool-start": (
+        SERVER_START,
+        {
+            "text": "",
+            "data": 'b:{"toolCallId":"t4","toolName":"nova_code_interpreter"}\n',
+            "ui": 'data: {"type":"tool-input-start","toolCallId":"t4","toolName":"nova_code_interpreter",'
+            '"providerExecuted":true}\n\n',
+            "sse": 'event: tool-call-start\nid: 1\ndata: {"id":"t4","name":"nova_code_interpreter",'
+            '"provider_executed":true}\n\n',
+        },
+    ),
+    "server-tool-call": (
+        SERVER_CALL,
+        {
+            "text": "",
+            "data": '9:{"toolCallId":"t4","toolName":"nova_code_interpreter","args":{"snippet":"6 * 7"}}\n',
+            "ui": 'data: {"type":"tool-input-available","toolCallId":"t4","toolName":"nova_code_interpreter",'
+            '"input":{"snippet":"6 * 7"},"providerExecuted":true}\n\n',
+            "sse": 'event: tool-call\nid: 1\ndata: {"id":"t4","name":"nova_code_interpreter","input":{"snippet":"6 * 7"},'
+            '"provider_executed":true}\n\n',
+        },
+    ),
+    "server-tool-result": (
+        SERVER_RESULT,
+        {
+            "text": "",
+            "data": 'a:{"toolCallId":"t4","result":{"stdOut":"42","stdErr":"","exitCode":0,"isError":false}}\n',
+            "ui": 'data: {"type":"tool-output-available","toolCallId":"t4",'
+            '"output":{"stdOut":"42","stdErr":"","exitCode":0,"isError":false},"providerExecuted":true}\n\n',
+            "sse": 'event: tool-result\nid: 1\ndata: {"id":"t4","name":"nova_code_interpreter",'
+            '"output":{"stdOut":"42","stdErr":"","exitCode":0,"isError":false},"provider_executed":true}\n\n',
+        },
+    ),
+    "server-tool-error": (
+        SERVER_ERROR,
+        {
+            "text": "",
+            "data": 'a:{"toolCallId":"t4","result":{"error":"Timed out"}}\n',
+            "ui": 'data: {"type":"tool-output-error","toolCallId":"t4","errorText":"Timed out","providerExecuted":true}\n\n',
+            "sse": 'event: tool-result\nid: 1\ndata: {"id":"t4","name":"nova_code_interpreter","error":"Timed out",'
+            '"provider_executed":true}\n\n',
+        },
+    ),
 }
 
 
@@ -456,12 +613,15 @@ def test_part_bytes(case: str, name: str) -> None:
     assert protocol.part(part) == wire[name]
 
 
-@pytest.mark.parametrize("name", list(PROTOCOLS))
+def test_every_tool_part_has_its_bytes() -> None:
+    assert [part for part in TOOL_PARTS if not any(part is wire[0] for wire in PART_WIRE.values())] == []
+
+
 @pytest.mark.parametrize("part", TOOL_PARTS, ids=lambda part: type(part).__name__)
-def test_tool_parts_are_not_sent_yet(part: p.Part, name: str) -> None:
-    protocol = PROTOCOLS[name]("m")
+def test_the_text_protocol_carries_no_tool_part(part: p.Part) -> None:
+    protocol = TextProtocol("m")
     assert protocol.part(part) == ""
-    assert protocol.delta("x") == PROTOCOLS[name]("m").delta("x")  # and the stream state is untouched
+    assert protocol.delta("x") == "x" and not protocol.closed  # and the stream goes on untouched
 
 
 @pytest.mark.parametrize("name", list(PROTOCOLS))
@@ -519,6 +679,46 @@ def test_ui_blocks_open_lazily_and_close_in_order() -> None:
         'data: {"type":"text-start","id":"m-text-6"}\n\n'
         'data: {"type":"text-delta","id":"m-text-6","delta":"!"}\n\n'
         'data: {"type":"text-end","id":"m-text-6"}\n\n'
+        'data: {"type":"finish-step"}\n\n'
+        'data: {"type":"finish","messageMetadata":{"finishReason":"stop",'
+        '"usage":{"inputTokens":12,"outputTokens":7,"cacheReadTokens":0,"cacheWriteTokens":0}}}\n\n'
+        "data: [DONE]\n\n"
+    )
+
+
+def test_ui_tool_calls_close_the_open_block_and_a_step_splits_the_message() -> None:
+    protocol = UIMessageStreamProtocol("m")
+    body = (
+        protocol.delta("Let me check.")
+        + protocol.part(TOOL_START)  # closes the text block
+        + protocol.part(TOOL_DELTA)
+        + protocol.part(p.ToolInputDelta(id="t1", delta='is"}'))
+        + protocol.part(SIGNED_CALL)
+        + protocol.part(REASONING)  # a block opened between a call and its result
+        + protocol.part(TOOL_RESULT)  # does not close it
+        + protocol.part(STEP)  # closes it; the next turn is a new step
+        + protocol.delta("Sunny.")
+        + protocol.finish("end_turn", USAGE)
+    )
+    assert body == (
+        'data: {"type":"start","messageId":"m"}\n\n'
+        'data: {"type":"start-step"}\n\n'
+        'data: {"type":"text-start","id":"m-text-1"}\n\n'
+        'data: {"type":"text-delta","id":"m-text-1","delta":"Let me check."}\n\n'
+        'data: {"type":"text-end","id":"m-text-1"}\n\n'
+        + PART_WIRE["tool-start"][1]["ui"]
+        + PART_WIRE["tool-input-delta"][1]["ui"]
+        + 'data: {"type":"tool-input-delta","toolCallId":"t1","inputTextDelta":"is\\"}"}\n\n'
+        + PART_WIRE["tool-call-signed"][1]["ui"]
+        + 'data: {"type":"reasoning-start","id":"m-reasoning-2"}\n\n'
+        'data: {"type":"reasoning-delta","id":"m-reasoning-2","delta":"Let me \\"think\\" 🤔"}\n\n'
+        + PART_WIRE["tool-result"][1]["ui"]
+        + 'data: {"type":"reasoning-end","id":"m-reasoning-2"}\n\n'
+        'data: {"type":"finish-step"}\n\n'
+        'data: {"type":"start-step"}\n\n'
+        'data: {"type":"text-start","id":"m-text-3"}\n\n'
+        'data: {"type":"text-delta","id":"m-text-3","delta":"Sunny."}\n\n'
+        'data: {"type":"text-end","id":"m-text-3"}\n\n'
         'data: {"type":"finish-step"}\n\n'
         'data: {"type":"finish","messageMetadata":{"finishReason":"stop",'
         '"usage":{"inputTokens":12,"outputTokens":7,"cacheReadTokens":0,"cacheWriteTokens":0}}}\n\n'
@@ -807,6 +1007,8 @@ def test_ai_sdk_4_reads_data_stream(tmp_path: Path, chunk_size: int) -> None:
         "redacted": [],
         "sources": [],
         "files": [],
+        "tools": [],
+        "steps": [{"finishReason": "length", "isContinued": False, "usage": usage}],
         "step": {"finishReason": "length", "isContinued": False, "usage": usage},
         "finishReason": "length",
         "usage": usage,
@@ -897,7 +1099,21 @@ ANSWER: list[p.Part | str] = [
     SIGNATURE,
     REDACTED,
     "Answer",
-    *TOOL_PARTS,
+    # step 1 ends with three calls: one that ran here, one whose input was not JSON, one Bedrock ran
+    TOOL_START,
+    TOOL_DELTA,
+    p.ToolInputDelta(id="t1", delta='is"}'),
+    SIGNED_CALL,
+    p.ToolCallStart(id="t2", name="get_weather"),
+    p.ToolInputDelta(id="t2", delta='{"loc'),
+    BAD_CALL,
+    SERVER_START,
+    p.ToolInputDelta(id="t4", delta='{"snippet": "6 * 7"}'),
+    SERVER_CALL,
+    SERVER_RESULT,
+    TOOL_RESULT,
+    TOOL_ERROR,
+    STEP,
     DOCUMENT_SOURCE,
     URL_SOURCE,
     BARE_SOURCE,
@@ -950,7 +1166,33 @@ def test_ai_sdk_rebuilds_every_ui_part(tmp_path: Path, ai: str, chunk_size: int)
                 "providerMetadata": {"bedrock": {"redactedData": "cmVkYWN0ZWQ="}},
                 "state": "done",
             },
-            {"type": "text", "text": "Answer more 😀", "state": "done"},
+            {"type": "text", "text": "Answer", "state": "done"},  # a tool call ends the text block
+            # Each call becomes a tool-<name> part; its result lands on it, whenever it arrives.
+            {
+                "type": "tool-get_weather",
+                "toolCallId": "t1",
+                "state": "output-available",
+                "input": {"location": "Paris"},
+                "output": {"temperature": 21},
+                "callProviderMetadata": {"bedrock": {"signature": "c2lnbmVk"}},  # sent back with the call
+            },
+            {
+                "type": "tool-get_weather",
+                "toolCallId": "t2",
+                "state": "output-error",
+                # ai 7 keeps input that is not JSON as the input, ai 6 and 5 as rawInput
+                "input" if ai == "ai" else "rawInput": '{"loc',
+                "errorText": BAD_JSON,
+            },
+            {
+                "type": "tool-nova_code_interpreter",
+                "toolCallId": "t4",
+                "state": "output-available",
+                "input": CODE,
+                "output": CODE_OUTPUT,
+                "providerExecuted": True,  # lastAssistantMessageIsCompleteWithToolCalls leaves it out
+            },
+            {"type": "step-start"},  # the StepFinish: the next model turn
             {
                 "type": "source-document",
                 "sourceId": "source-1",
@@ -969,6 +1211,73 @@ def test_ai_sdk_rebuilds_every_ui_part(tmp_path: Path, ai: str, chunk_size: int)
             },
             {"type": "source-document", "sourceId": "source-3", "mediaType": "text/plain", "title": "Document 1"},
             {"type": "file", "mediaType": "image/png", "url": "data:image/png;base64,iVBORw0KGgo="},
+            {"type": "text", "text": " more 😀", "state": "done"},
+        ],
+    }
+    assert result == {
+        "status": "ready",
+        "error": None,
+        "finishReason": None,
+        "message": message,
+        "read": {"error": None, "message": message},
+    }
+
+
+#: A turn that ends waiting for the user: one call asks for approval, another is denied at once (the
+#: denial normally opens the next request's stream; here it checks the chunk on its own).
+DELETE = {"path": "/tmp/x"}
+APPROVAL_TURN: list[p.Part | str] = [
+    "Deleting.",
+    p.ToolCallStart(id="t3", name="delete_file"),
+    p.ToolInputDelta(id="t3", delta='{"path": "/tmp/x"}'),
+    p.ToolCall(id="t3", name="delete_file", input=DELETE, signature="c2lnbmVk"),
+    APPROVAL,
+    p.ToolCallStart(id="t5", name="delete_file"),
+    p.ToolCall(id="t5", name="delete_file", input={}, signature="c2lnMg"),
+    p.ToolApprovalRequest(approval_id="YXBwcm92YWwy", call_id="t5"),
+    p.ToolDenied(call_id="t5"),
+]
+
+
+def encode_turn(protocol: StreamProtocol, turn: list[p.Part | str], stop_reason: str) -> str:
+    body = protocol.start()
+    for item in turn:
+        body += protocol.delta(item) if isinstance(item, str) else protocol.part(item)
+    return body + protocol.finish(stop_reason, USAGE)
+
+
+@needs_node
+@pytest.mark.parametrize("ai", ["ai", "ai6"])
+def test_ai_sdk_6_and_7_rebuild_approval_requests_and_denials(tmp_path: Path, ai: str) -> None:
+    body = encode_turn(UIMessageStreamProtocol("msg"), APPROVAL_TURN, "tool_use")
+    result = parse_with_node("parse-ui-stream.mjs", body, tmp_path, 0, ai)
+    metadata = {
+        "finishReason": "tool-calls",
+        "usage": {"inputTokens": 12, "outputTokens": 7, "cacheReadTokens": 0, "cacheWriteTokens": 0},
+    }
+    message = {
+        "id": "msg",
+        "role": "assistant",
+        "metadata": metadata,
+        "parts": [
+            {"type": "step-start"},
+            {"type": "text", "text": "Deleting.", "state": "done"},
+            {
+                "type": "tool-delete_file",
+                "toolCallId": "t3",
+                "state": "approval-requested",  # what addToolApprovalResponse answers
+                "input": DELETE,
+                "callProviderMetadata": {"bedrock": {"signature": "c2lnbmVk"}},
+                "approval": {"id": "YXBwcm92YWw"},
+            },
+            {
+                "type": "tool-delete_file",
+                "toolCallId": "t5",
+                "state": "output-denied",
+                "input": {},
+                "callProviderMetadata": {"bedrock": {"signature": "c2lnMg"}},
+                "approval": {"id": "YXBwcm92YWwy"},
+            },
         ],
     }
     assert result == {
@@ -981,12 +1290,32 @@ def test_ai_sdk_rebuilds_every_ui_part(tmp_path: Path, ai: str, chunk_size: int)
 
 
 @needs_node
+def test_ai_sdk_5_has_no_approvals(tmp_path: Path) -> None:
+    """Approvals are AI SDK 6+ (README): ai 5 fails the response on the chunk, so a view whose tools
+    need approval needs ai 6 or later in the browser."""
+    body = encode_turn(UIMessageStreamProtocol("msg"), APPROVAL_TURN[:5], "tool_use")
+    result = parse_with_node("parse-ui-stream.mjs", body, tmp_path, 0, "ai5")
+    assert result["status"] == "error" and "tool-approval-request" in result["error"]
+    assert result["read"]["error"] is not None
+
+
+@needs_node
 @pytest.mark.parametrize("chunk_size", [0, 7])
 def test_ai_sdk_4_rebuilds_every_data_part(tmp_path: Path, chunk_size: int) -> None:
     result = parse_with_node("parse-data-stream.mjs", encode_answer(DataStreamProtocol("msg")), tmp_path, chunk_size)
     url_source = {"sourceType": "url", "id": "source-2", "url": "https://example.com/a?b=1&c=2", "title": "Example"}
     file = {"data": "iVBORw0KGgo=", "mimeType": "image/png"}
     usage = {"promptTokens": 10, "completionTokens": 5}
+    final_step = {"finishReason": "stop", "isContinued": False, "usage": usage}
+    t1, t2, t4 = (
+        {"toolCallId": "t1", "toolName": "get_weather"},
+        {"toolCallId": "t2", "toolName": "get_weather"},
+        {"toolCallId": "t4", "toolName": "nova_code_interpreter"},
+    )
+
+    def invocation(call: dict[str, str], args: Any, result: Any) -> dict[str, Any]:
+        return {"type": "tool-invocation", "toolInvocation": {"state": "result", "step": 0, **call, "args": args, "result": result}}
+
     assert result == {
         "messageId": "msg",
         "text": "Answer more 😀",
@@ -995,7 +1324,23 @@ def test_ai_sdk_4_rebuilds_every_data_part(tmp_path: Path, chunk_size: int) -> N
         "redacted": [{"data": "cmVkYWN0ZWQ="}],
         "sources": [url_source],  # v1 has URL sources only
         "files": [file],
-        "step": {"finishReason": "stop", "isContinued": False, "usage": usage},
+        "tools": [
+            ["b", t1],
+            ["c", {"toolCallId": "t1", "argsTextDelta": '{"location": "Par'}],
+            ["c", {"toolCallId": "t1", "argsTextDelta": 'is"}'}],
+            ["9", {**t1, "args": {"location": "Paris"}}],  # v1 has no place for the signature
+            ["b", t2],
+            ["c", {"toolCallId": "t2", "argsTextDelta": '{"loc'}],  # input that is not JSON: no 9: part
+            ["b", t4],
+            ["c", {"toolCallId": "t4", "argsTextDelta": '{"snippet": "6 * 7"}'}],
+            ["9", {**t4, "args": CODE}],
+            ["a", {"toolCallId": "t4", "result": CODE_OUTPUT}],
+            ["a", {"toolCallId": "t1", "result": {"temperature": 21}}],
+            ["a", {"toolCallId": "t2", "result": {"error": BAD_JSON}}],  # v1 has no tool error: it is the result
+        ],
+        "steps": [{"finishReason": "tool-calls", "isContinued": False, "usage": {"promptTokens": 4, "completionTokens": 2}},
+                  final_step],
+        "step": final_step,
         "finishReason": "stop",
         "usage": usage,
         "errors": [],
@@ -1018,9 +1363,14 @@ def test_ai_sdk_4_rebuilds_every_data_part(tmp_path: Path, chunk_size: int) -> N
                             {"type": "redacted", "data": "cmVkYWN0ZWQ="},
                         ],
                     },
-                    {"type": "text", "text": "Answer more 😀"},
+                    {"type": "text", "text": "Answer"},
+                    invocation(t1, {"location": "Paris"}, {"temperature": 21}),
+                    invocation(t2, {}, {"error": BAD_JSON}),  # args: what AI SDK 4 made of '{"loc'
+                    invocation(t4, CODE, CODE_OUTPUT),
+                    {"type": "step-start"},
                     {"type": "source", "source": url_source},
                     {"type": "file", "mimeType": "image/png", "data": "iVBORw0KGgo="},
+                    {"type": "text", "text": " more 😀"},
                 ],
             },
         },
@@ -1036,6 +1386,27 @@ def test_sse_typed_events_parse_as_documented() -> None:
         ("reasoning", {"signature": "c2lnbmF0dXJl"}),
         ("reasoning", {"redacted": "cmVkYWN0ZWQ="}),
         ("token", {"text": "Answer"}),
+        ("tool-call-start", {"id": "t1", "name": "get_weather"}),
+        ("tool-input", {"id": "t1", "delta": '{"location": "Par'}),
+        ("tool-input", {"id": "t1", "delta": 'is"}'}),
+        ("tool-call", {"id": "t1", "name": "get_weather", "input": {"location": "Paris"}, "signature": "c2lnbmVk"}),
+        ("tool-call-start", {"id": "t2", "name": "get_weather"}),
+        ("tool-input", {"id": "t2", "delta": '{"loc'}),
+        ("tool-call", {"id": "t2", "name": "get_weather", "input": '{"loc', "error": BAD_JSON}),
+        ("tool-call-start", {"id": "t4", "name": "nova_code_interpreter", "provider_executed": True}),
+        ("tool-input", {"id": "t4", "delta": '{"snippet": "6 * 7"}'}),
+        ("tool-call", {"id": "t4", "name": "nova_code_interpreter", "input": CODE, "provider_executed": True}),
+        ("tool-result", {"id": "t4", "name": "nova_code_interpreter", "output": CODE_OUTPUT, "provider_executed": True}),
+        ("tool-result", {"id": "t1", "name": "get_weather", "output": {"temperature": 21}}),
+        ("tool-result", {"id": "t2", "name": "get_weather", "error": BAD_JSON}),
+        (
+            "step",
+            {
+                "finish_reason": "tool-calls",
+                "stop_reason": "tool_use",
+                "usage": {"input_tokens": 4, "output_tokens": 2, "cache_read_tokens": 100, "cache_write_tokens": 20},
+            },
+        ),
         (
             "source",
             {
@@ -1067,3 +1438,34 @@ def test_sse_typed_events_parse_as_documented() -> None:
             },
         ),
     ]
+
+
+README = Path(__file__).resolve().parents[1] / "README.md"
+
+
+def documented_sse_events() -> dict[str, set[str]]:
+    """The README's sse contract ("Output protocols"): event name -> the names in backticks in its row."""
+    text = README.read_text(encoding="utf-8")
+    table = text.split("**The `sse` events**", 1)[1].split("\n\n", 2)[1]
+    rows = table.splitlines()[2:]  # after the header and the |---| line
+    documented = {}
+    for row in rows:
+        event, fields = (cell.strip() for cell in row.strip("|").split("|", 1))
+        documented[event.strip("`")] = set(re.findall(r"`([^`]+)`", fields))
+    return documented
+
+
+def test_the_readme_documents_every_sse_event_and_field() -> None:
+    """Every event the sse protocol sends, and every field of its payload (nested usage counts
+    included), is in the README's contract table; every documented event is sent by something."""
+    sent: list[tuple[str, Any]] = []
+    for part, _ in PART_WIRE.values():
+        protocol = ServerSentEventsProtocol("m")
+        sent += [(event, data) for event, _, data in parse_sse(protocol.part(part))]
+    sent += [(event, data) for event, _, data in parse_sse(encode_answer(ServerSentEventsProtocol("m")))]
+    sent += [(event, data) for event, _, data in parse_sse(ServerSentEventsProtocol("m").error("boom"))]
+    documented = documented_sse_events()
+    assert {event for event, _ in sent} == set(documented)
+    for event, data in sent:
+        fields = set(data) | set(data.get("usage", {}))
+        assert fields <= documented[event], (event, fields - documented[event])

@@ -193,12 +193,15 @@ class ContentBlocks:
 
     def __init__(self) -> None:
         self._tools: dict[int, tuple[str, str, list[str]]] = {}
+        self._provider_executed: set[int] = set()  # the open tool blocks Bedrock runs itself
         self._signatures: dict[int, list[str]] = {}
         self._sources = 0
 
-    def start_tool(self, index: int, tool_id: str, name: str) -> ToolCallStart:
+    def start_tool(self, index: int, tool_id: str, name: str, *, provider_executed: bool = False) -> ToolCallStart:
         self._tools[index] = (tool_id, name, [])
-        return ToolCallStart(tool_id, name, index)
+        if provider_executed:
+            self._provider_executed.add(index)
+        return ToolCallStart(tool_id, name, index, provider_executed=provider_executed)
 
     def tool_input(self, index: int, piece: str) -> ToolInputDelta | None:
         tool = self._tools.get(index)
@@ -223,14 +226,19 @@ class ContentBlocks:
         tool = self._tools.pop(index, None)
         if tool is not None:
             tool_id, name, pieces = tool
+            provider_executed = index in self._provider_executed
+            self._provider_executed.discard(index)
             raw = "".join(pieces)
             if not raw.isascii():  # a piece may end between the two UTF-16 halves of a character
                 raw = raw.encode("utf-16-le", "surrogatepass").decode("utf-16-le", "replace")
             try:
-                parts.append(ToolCall(tool_id, name, json.loads(raw) if raw.strip() else {}, index=index))
+                call_input = json.loads(raw) if raw.strip() else {}
+                parts.append(ToolCall(tool_id, name, call_input, index=index, provider_executed=provider_executed))
             except ValueError as err:  # the model sent input that is not JSON: the model must hear of it
                 error = f"The tool input is not valid JSON: {err}"
-                parts.append(ToolCall(tool_id, name, raw, error=error, index=index))
+                parts.append(
+                    ToolCall(tool_id, name, raw, error=error, index=index, provider_executed=provider_executed)
+                )
         return tuple(parts)
 
 

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import base64
+import json
 from collections.abc import Mapping, Sequence
 from typing import Any
 
 from ..options import ConverseOptions, check_converse_body
-from ..parts import Part, ReasoningDelta, Source
+from ..parts import Part, ReasoningDelta, Source, ToolResult
 from ..prompts import _converse_reasoning, build_converse_messages, extract_system
 from .base import BedrockFamily, ContentBlocks, Delta, Message, complete_reasoning, guardrail_trace
 
@@ -19,6 +20,13 @@ class ConverseEvents:
         super().__init__()
         self.blocks = ContentBlocks()
         self._stop_reason: str | None = None
+        self._reset_server_tools()
+
+    def _reset_server_tools(self) -> None:
+        #: Bedrock's own tools (``server_tool_use``, e.g. Nova 2's ``nova_code_interpreter``): the
+        #: calls' names by id, and the result blocks Bedrock streams for them, by block index.
+        self._server_calls: dict[str, str] = {}
+        self._server_results: dict[int, tuple[str, str, list[Mapping[str, Any]]]] = {}
 
     #: Whether the request carries blobs as bytes (boto3's ``converse_stream``) or base64 text (a
     #: JSON invoke body, Nova's native format).
@@ -38,15 +46,27 @@ class ConverseEvents:
             return Delta(parts=self._block_parts(index, delta))
         if "contentBlockStart" in event:
             body = event["contentBlockStart"]
-            tool = (body.get("start") or {}).get("toolUse")
+            index = body.get("contentBlockIndex") or 0
+            start = body.get("start") or {}
+            tool = start.get("toolUse")
             if tool:
-                index = body.get("contentBlockIndex") or 0
-                return Delta(parts=(self.blocks.start_tool(index, tool.get("toolUseId", ""), tool.get("name", "")),))
+                tool_id, name = tool.get("toolUseId", ""), tool.get("name", "")
+                server = tool.get("type") == "server_tool_use"
+                if server:
+                    self._server_calls[tool_id] = name
+                return Delta(parts=(self.blocks.start_tool(index, tool_id, name, provider_executed=server),))
+            result = start.get("toolResult")
+            if result:  # only Bedrock's own tools stream a result
+                self._server_results[index] = (result.get("toolUseId", ""), result.get("status", ""), [])
             return None
         if "contentBlockStop" in event:
-            return Delta(parts=self.blocks.stop(event["contentBlockStop"].get("contentBlockIndex") or 0))
+            index = event["contentBlockStop"].get("contentBlockIndex") or 0
+            if index in self._server_results:
+                return Delta(parts=(self._server_result(*self._server_results.pop(index)),))
+            return Delta(parts=self.blocks.stop(index))
         if "messageStart" in event:
             self.blocks = ContentBlocks()
+            self._reset_server_tools()
             return None
         if "messageStop" in event:
             self._stop_reason = event["messageStop"].get("stopReason")
@@ -72,7 +92,21 @@ class ConverseEvents:
         if tool is not None:
             piece = self.blocks.tool_input(index, tool.get("input") or "")
             return (piece,) if piece is not None else ()
+        if "toolResult" in delta and index in self._server_results:
+            self._server_results[index][2].extend(delta["toolResult"] or [])
         return ()
+
+    def _server_result(self, tool_id: str, status: str, content: list[Mapping[str, Any]]) -> ToolResult:
+        """The result Bedrock streamed for its own tool: one ``json`` or ``text`` item as its value
+        (the code interpreter's ``{stdOut, stdErr, exitCode, isError}``), several as the list."""
+        name = self._server_calls.get(tool_id, "")
+        value: Any = content
+        if len(content) == 1 and len(content[0]) == 1 and ("json" in content[0] or "text" in content[0]):
+            value = next(iter(content[0].values()))
+        if status == "error":
+            error = value if isinstance(value, str) else json.dumps(value, ensure_ascii=False)
+            return ToolResult(tool_id, name, error=error or "The tool failed.", provider_executed=True)
+        return ToolResult(tool_id, name, output=value, provider_executed=True)
 
     def _source(self, citation: Mapping[str, Any], index: int) -> Source:
         location = citation.get("location") or {}

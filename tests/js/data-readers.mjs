@@ -3,12 +3,13 @@
 import { callChatApi, processDataStream } from '@ai-sdk/ui-utils';
 import { bodyStream } from './read-body.mjs';
 
-/** Every part processDataStream reports, by kind, in order. */
+/** Every part processDataStream reports, by kind, in order (tool parts as [code, value]; every step's e:). */
 export async function readData(body, chunkSize = 0) {
   const result = {
     messageId: null, text: '', reasoning: [], signatures: [], redacted: [], sources: [], files: [],
-    step: null, finishReason: null, usage: null, errors: [],
+    tools: [], steps: [], step: null, finishReason: null, usage: null, errors: [],
   };
+  const tool = (kind) => (value) => void result.tools.push([kind, value]);
   await processDataStream({
     stream: bodyStream(body, chunkSize),
     onStartStepPart: (value) => void (result.messageId = value.messageId),
@@ -19,7 +20,14 @@ export async function readData(body, chunkSize = 0) {
     onSourcePart: (value) => void result.sources.push(value),
     onFilePart: (value) => void result.files.push(value),
     onErrorPart: (value) => void result.errors.push(value),
-    onFinishStepPart: (value) => void (result.step = value),
+    onToolCallStreamingStartPart: tool('b'),
+    onToolCallDeltaPart: tool('c'),
+    onToolCallPart: tool('9'),
+    onToolResultPart: tool('a'),
+    onFinishStepPart: (value) => {
+      result.steps.push(value);
+      result.step = value;
+    },
     onFinishMessagePart: (value) => {
       result.finishReason = value.finishReason;
       result.usage = value.usage ?? null;

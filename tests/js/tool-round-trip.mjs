@@ -1,6 +1,8 @@
 // A tool round trip through useChat's machinery (AbstractChat + DefaultChatTransport, real fetch) against
 // a LIVE endpoint: the browser answers what the stream hands it and the chat posts the conversation back.
-// Usage: node tool-round-trip.mjs <endpoint-url> <ai|ai6|ai5> <client|approve|deny> <prompt>
+// Usage: node tool-round-trip.mjs <endpoint-url> <ai|ai6|ai5> <server|client|approve|deny> <prompt>
+//   server : the server runs its tool between two model turns of one response; nothing is sent back
+//            (sendAutomaticallyWhen: lastAssistantMessageIsCompleteWithToolCalls, which must not fire)
 //   client : onToolCall answers the client-side tool `local_time` with {time: "10:42"} (addToolOutput, or
 //            ai 5's addToolResult); sendAutomaticallyWhen: lastAssistantMessageIsCompleteWithToolCalls
 //   approve / deny : the approval request is answered with addToolApprovalResponse (ai 6+);
@@ -19,7 +21,9 @@ const errors = [];
 const chat = new MemoryChat({
   transport: new ai.DefaultChatTransport({ api: url, fetch: counting }),
   sendAutomaticallyWhen:
-    flow === 'client' ? ai.lastAssistantMessageIsCompleteWithToolCalls : ai.lastAssistantMessageIsCompleteWithApprovalResponses,
+    flow === 'client' || flow === 'server'
+      ? ai.lastAssistantMessageIsCompleteWithToolCalls
+      : ai.lastAssistantMessageIsCompleteWithApprovalResponses,
   onToolCall: async ({ toolCall }) => {
     if (toolCall.toolName !== 'local_time') return;
     const answer = (chat.addToolOutput ?? chat.addToolResult).bind(chat);
@@ -38,7 +42,7 @@ async function settled() {
 
 await chat.sendMessage({ text: prompt });
 await settled();
-if (flow !== 'client') {
+if (flow === 'approve' || flow === 'deny') {
   const part = chat.messages.at(-1).parts.find((p) => p.state === 'approval-requested');
   const approved = flow === 'approve';
   await chat.addToolApprovalResponse({ id: part.approval.id, approved, reason: approved ? undefined : 'Keep it.' });
