@@ -24,6 +24,9 @@ Id                     Meaning
                        and the endpoint override is plain ``http://``: botocore 1.44+ refuses to
                        send a bearer token without TLS (and the key would cross the network in
                        clear). Serve the emulator over HTTPS (``--tls-self-signed``).
+``E004``               A routed stream view offers tools (``tools``) its family cannot call, or
+                       its ``tool_choice`` names a tool it does not offer (else every request
+                       would be a 500).
 =====================  =======================================================================
 
 Silence one with ``SILENCED_SYSTEM_CHECKS = ["bedrock_stream.W003"]``. Every check is tagged
@@ -385,6 +388,34 @@ def check_converse_models(app_configs: Any = None, **kwargs: Any) -> list[CheckM
     return warnings
 
 
+# -- E004 --------------------------------------------------------------------------------------
+
+
+def check_tools(app_configs: Any = None, **kwargs: Any) -> list[CheckMessage]:
+    """E004: a routed view's ``tools`` its family cannot call, or a ``tool_choice`` naming none of them.
+    Only the class attributes (and ``as_view()`` arguments) are seen: ``get_tools()`` runs per request."""
+    from .tools import TOOL_FORMATS
+
+    errors: list[CheckMessage] = []
+    for route, view_class, initkwargs, _ in _routes():
+        tools = initkwargs.get("tools", getattr(view_class, "tools", None))
+        family_name = getattr(getattr(view_class, "family_class", None), "name", None)
+        if not tools or family_name is None:
+            continue
+        problem = None
+        choice = initkwargs.get("tool_choice", getattr(view_class, "tool_choice", "auto"))
+        if family_name not in TOOL_FORMATS:
+            problem = f"offers tools, but its {family_name!r} family cannot call them"
+            hint = f"Use one of these families for views with tools: {', '.join(sorted(TOOL_FORMATS))}."
+        elif choice not in ("auto", "any") and choice not in {tool.name for tool in tools}:
+            problem = f"has tool_choice={choice!r}, which names none of its tools"
+            hint = 'Use "auto", "any" or the name of one of the view\'s tools.'
+        if problem:
+            errors.append(Error(f"{view_class.__name__} at '/{route}' {problem}.", hint=hint, obj=view_class,
+                                id="bedrock_stream.E004"))
+    return errors
+
+
 # -- W004 --------------------------------------------------------------------------------------
 
 
@@ -562,6 +593,7 @@ CHECKS = (
     (check_aiobotocore_installed, (Tags.compatibility,)),
     (check_credentials, (Tags.compatibility,)),
     (check_converse_models, (Tags.urls,)),
+    (check_tools, (Tags.urls,)),
     (check_middleware, (Tags.compatibility,)),
     (check_async_transport_deployment, (Tags.compatibility,)),
     (check_anonymous_access, (Tags.security, Tags.urls)),

@@ -853,11 +853,29 @@ def _capped_text(text: str) -> str:
 def _capped_output(output: Any) -> Any:
     """The output as is, or, when its JSON is longer than ``TOOL_RESULT_MAX_CHARS``, that JSON cut to the
     limit as text, with a note saying so (the model learns it saw only part)."""
+    output = _without_lone_surrogates(output)
     limit = stream_settings.TOOL_RESULT_MAX_CHARS
     if limit is None:
         return output
     text = output if isinstance(output, str) else json.dumps(output, ensure_ascii=False)
     return output if len(text) <= limit else _capped_text(text)
+
+
+_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+def _without_lone_surrogates(value: Any) -> Any:
+    """Half an emoji cannot be encoded as UTF-8, so a request body carrying it cannot be sent: pairs
+    are joined, and a lone half becomes U+FFFD (strings at any depth)."""
+    if isinstance(value, str):
+        if _SURROGATE.search(value):
+            return value.encode("utf-16-le", "surrogatepass").decode("utf-16-le", "replace")
+        return value
+    if isinstance(value, dict):
+        return {_without_lone_surrogates(key): _without_lone_surrogates(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_without_lone_surrogates(item) for item in value]
+    return value
 
 
 def denied_result(call: ToolCall, reason: str = "") -> ToolResult:

@@ -316,6 +316,10 @@ class BedrockStreamMixin:
         if self.protocol_name == "text" and any(t.client_side or t.needs_approval for t in self.tool_list):
             message = "This endpoint's tools run in the browser or need approval: use the ui, data or sse protocol."
             raise RequestRejected(400, "invalid_protocol", message)
+        if self.protocol_name == "data" and any(t.needs_approval for t in self.tool_list):
+            # AI SDK 4's data stream has no approval request: the client could never answer one.
+            message = "This endpoint's tools need approval, which the data protocol cannot ask for: use ui or sse."
+            raise RequestRejected(400, "invalid_protocol", message)
         self.body = {**self.body, **ToolLoop.request_fragment(self.family, self.tool_list, self.tool_choice)}
 
     def reject(self, rejection: RequestRejected) -> HttpResponseBase:

@@ -732,3 +732,23 @@ def test_e003_accepts_a_good_converse_setting() -> None:
 
     with override_settings(BEDROCK_STREAM={"CONVERSE": {"temperature": 0.2, "prompt_cache": True}}):
         assert check_settings_values() == []
+
+
+def test_e004_tools_the_family_cannot_call_and_a_tool_choice_naming_none() -> None:
+    from django_bedrock_stream.checks import check_tools
+    from django_bedrock_stream.tools import tool
+
+    @tool
+    def add(a: int, b: int) -> int:
+        """Add two numbers."""
+        return a + b
+
+    with _with_urls(
+        path("llama/", Llama2StreamView.as_view(tools=[add])),
+        path("choice/", ConverseStreamView.as_view(tools=[add], tool_choice="subtract")),
+        path("fine/", ConverseStreamView.as_view(tools=[add], tool_choice="add")),
+        path("none/", Llama2StreamView.as_view()),
+    ):
+        errors = check_tools()
+    assert [e.id for e in errors] == ["bedrock_stream.E004"] * 2
+    assert "'llama2' family cannot call them" in errors[0].msg and "'subtract'" in errors[1].msg

@@ -570,6 +570,14 @@ def test_the_text_protocol_is_refused_where_the_browser_answers_calls(bedrock_em
     assert status == 200 and body
 
 
+@pytest.mark.parametrize("server_kind", ["wsgi", "asgi"])
+def test_the_data_protocol_is_refused_where_calls_need_approval(bedrock_emulator: Any, server_kind: str) -> None:
+    """AI SDK 4's data stream has no approval request part: its client could never answer one."""
+    status, body = post(server_kind, "/browser/", chat("hi"), query="?protocol=data")
+    assert status == 400 and json.loads(body)["error"]["type"] == "invalid_protocol"
+    assert bedrock_emulator.requests == []
+
+
 # -- other protocols -----------------------------------------------------------------------------
 
 

@@ -929,3 +929,17 @@ def test_expired_tokens_are_refused() -> None:
 def test_refusals_are_suspicious_operations() -> None:
     for error in (ToolCallForged, ToolCallExpired, ToolCallNotYours, ToolCallAltered):
         assert issubclass(error, ToolCallRefused) and issubclass(error, SuspiciousOperation)
+
+
+async def test_a_lone_surrogate_in_an_output_cannot_break_the_next_request() -> None:
+    """Half an emoji cannot be encoded as UTF-8 (Anthropic's and Nova's request bodies are UTF-8 JSON)."""
+
+    @tool
+    def halves() -> dict:
+        """Returns broken text."""
+        return {"pair": "\ud83d\ude00", "lone": "a\ud83d", "nested": ["\ude00b"]}
+
+    [run] = await run_tools([ToolCall("t1", "halves", {})], [halves])
+    assert run.result.output == {"pair": "\U0001F600", "lone": "a\ufffd", "nested": ["\ufffdb"]}
+    json.dumps(run.result.output, ensure_ascii=False).encode("utf-8")
+
