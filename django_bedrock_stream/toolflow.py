@@ -84,7 +84,7 @@ class ToolLoop:
         to_run, approvals, waits = plan
         runs = run_tools_sync(to_run, self.tools, request=self.request) if to_run else []
         for run in runs:
-            tool_called.send_robust(self.sender, **self._record(run, stream.step))
+            tool_called.send_robust(self.sender, **self.record(run, stream.step))
         step = Step(parts=[*(run.result for run in runs), *approvals])
         if not waits:
             step.source = self.family.open(self.model_id, self._continue(stream, runs))
@@ -97,7 +97,7 @@ class ToolLoop:
             return None
         to_run, approvals, waits = plan
         runs = await run_tools(to_run, self.tools, request=self.request) if to_run else []
-        sends = [self._record(run, stream.step) for run in runs]
+        sends = [self.record(run, stream.step) for run in runs]
         if sends and tool_called.has_listeners(self.sender):
             await sync_to_async(lambda: [tool_called.send_robust(self.sender, **kwargs) for kwargs in sends])()
         step = Step(parts=[*(run.result for run in runs), *approvals])
@@ -145,7 +145,7 @@ class ToolLoop:
         self.body = body
         return body
 
-    def _record(self, run: ToolRun, step: int) -> dict[str, Any]:
+    def record(self, run: ToolRun, step: int) -> dict[str, Any]:
         """Store the run on the completion (``parts["tool_runs"]``); the ``tool_called`` kwargs."""
         result = run.result
         entry = {
