@@ -534,3 +534,50 @@ def test_an_approved_call_runs_and_a_denied_one_is_told_to_the_model(page: Any, 
                                     "content": [{"text": "The user denied this tool call."}]}
     shot(page, f"example-chat-tool-denied-{demo.target}.png")
     assert page.locator("img[src='x']").count() == 0 and page.dialogs == [] and page.errors == []
+
+
+def test_an_answer_the_server_refuses_is_taken_back_and_the_chat_goes_on(page: Any, demo: Demo) -> None:
+    """A refused approval (here forged on its way out) shows the server's error; the call goes back to
+    unanswered, which the server leaves out, so the next message is accepted."""
+    if demo.target != "demo":
+        pytest.skip("the page's own handling; one server is enough")
+    sent = posts(page)
+
+    def forge(route: Any) -> None:
+        body = json.loads(route.request.post_data)
+        for part in body["messages"][-1].get("parts", []):
+            if part.get("state") == "approval-responded":
+                part["approval"]["id"] = "forged"
+        route.continue_(post_data=json.dumps(body))
+
+    page.route(f"**{TOOLS}?protocol=ui", forge)
+    ask(page, EMAIL_PROMPT, "document.querySelector('.tool[data-state=approval-requested]')")
+    page.click(".tool .approve")
+    page.wait_for_function("document.querySelector('.turn.assistant .notice.error')"
+                           " && !document.querySelector('.turn[aria-busy=true]')")
+    error = page.locator(".turn.assistant .notice.error").inner_text()
+    assert error.startswith("invalid_tool_call: ") and "send_email" in error
+    refused = card(page)
+    assert refused["status"] == "Not sent: the server refused the answer" and refused["buttons"] == []
+    assert page.locator(".turn.assistant .badge").inner_text() == "completed · tool-calls"  # waits no more
+    assert len(demo.requests()) == 1  # the forged approval never reached the model
+
+    page.unroute(f"**{TOOLS}?protocol=ui")
+    ask(page, "Never mind.", "document.querySelectorAll('.turn.assistant').length === 2")
+    assert page.locator(".turn.assistant").last.locator(".notice.error").count() == 0
+    part = sent[-1]["messages"][-2]["parts"][-1]
+    assert part["state"] == "approval-requested" and "approved" not in part["approval"]  # taken back
+    assert [r["status"] for r in settled(demo, 2)] == ["completed", "completed"]
+    shot(page, "example-chat-tool-refused.png")
+
+    # The model asked again (the marker is still in the conversation); writing something else instead
+    # leaves that call unanswered.
+    assert card(page)["buttons"] == ["Approve", "Deny"]
+    ask(page, "No email, thanks.", "document.querySelectorAll('.turn.assistant').length === 3")
+    skipped = page.locator(".turn.assistant").nth(1)
+    assert skipped.locator(".tool-status").inner_text() == "Not answered"
+    assert skipped.locator(".tool-actions button:visible").count() == 0
+    assert skipped.locator(".badge").inner_text() == "completed · tool-calls"
+    assert sent[-1]["messages"][-2]["parts"][-1]["state"] == "approval-requested"
+    assert [r["status"] for r in settled(demo, 3)] == ["completed"] * 3
+    assert page.dialogs == [] and page.errors == []

@@ -406,7 +406,8 @@
     const actions = el("div", "tool-actions");
     actions.hidden = true;
     card.append(head, inputBox, resultBox, actions);
-    return { part, name, card, state, input, result, resultBox, actions, inputText: "", answered: false, note: "" };
+    // answered: the page answered it since the last request; unanswered: the part as it was before.
+    return { part, name, card, state, input, result, resultBox, actions, inputText: "", answered: false, unanswered: null, note: "" };
   }
 
   // The card of a call, made the first time the stream mentions it (tool-input-start, or a whole call).
@@ -513,6 +514,7 @@
     for (const call of lastStepCalls(turn)) {
       const run = browserTools[call.name];
       if (call.part.state !== "input-available" || !run || toolInfo(turn, call.name).runs !== "browser") continue;
+      call.unanswered = { ...call.part };
       try {
         call.part.output = await run(call.part.input || {});
         call.part.state = "output-available";
@@ -528,6 +530,7 @@
 
   function answerApproval(turn, call, approved) {
     if (controller || call.part.state !== "approval-requested") return;
+    call.unanswered = { ...call.part };
     call.part.state = "approval-responded";
     call.part.approval = { id: call.part.approval.id, approved };
     call.answered = true;
@@ -550,9 +553,15 @@
         if (call.part.state === "approval-requested" && !call.note) {
           call.note = "Not answered";
           renderCall(turn, call);
+          stopWaiting(turn);
         }
       }
     }
+  }
+
+  // The message no longer waits for the user (the answer was refused, or they wrote something else).
+  function stopWaiting(turn) {
+    if (turn.outcome === "waiting") renderMeta(turn, (turn.outcome = "completed"), turn.total);
   }
 
   function onChunk(turn, chunk) {
@@ -809,7 +818,6 @@
   // The conversation again, with the tool calls the page just answered: the model's next turn streams
   // into the same message.
   async function resume(turn, answered) {
-    const before = answered.map((call) => ({ call, part: { ...call.part } }));
     answered.forEach((call) => (call.answered = false));
     const body = requestBody(history);
     if (body === null) return;
@@ -819,12 +827,13 @@
     await stream(turn, body, (error) => {
       // Refused (say, an approval answered after it expired): the calls go back to unanswered, which
       // the server leaves out of the conversation, so the chat goes on.
-      for (const { call, part } of before) {
+      for (const call of answered) {
         for (const key of Object.keys(call.part)) delete call.part[key];
-        Object.assign(call.part, part);
+        Object.assign(call.part, call.unanswered);
         call.note = "Not sent: the server refused the answer";
         renderCall(turn, call);
       }
+      stopWaiting(turn);
       showError(turn, error);
     });
   }
@@ -833,7 +842,9 @@
   async function stream(turn, body, refused) {
     setStreaming(true);
     controller = new AbortController();
-    Object.assign(turn, { started: performance.now(), firstToken: null, metadata: null, error: null, refused: false, streaming: true });
+    turn.started = performance.now();
+    turn.refused = false;
+    turn.streaming = true;
     let outcome = "completed";
     try {
       const response = await fetch(turn.path + "?protocol=ui", {
@@ -857,6 +868,8 @@
         refused(error);
         return;
       }
+      // A stream: what the last one said about this message (its usage, timings) makes way.
+      Object.assign(turn, { firstToken: null, metadata: null, error: null });
       for await (const chunk of uiChunks(response.body)) {
         onChunk(turn, chunk);
         scrollDown();
@@ -884,7 +897,6 @@
   }
 
   function finishTurn(turn, outcome) {
-    const total = performance.now() - turn.started;
     turn.streaming = false;
     turn.item.classList.remove("streaming");
     turn.item.setAttribute("aria-busy", "false");
@@ -898,7 +910,9 @@
     }
     if (turn.refused) return; // no stream: the error says why
     const waiting = lastStepCalls(turn).some((call) => call.part.state === "approval-requested");
-    renderMeta(turn, waiting && outcome === "completed" ? "waiting" : outcome, total);
+    turn.outcome = waiting && outcome === "completed" ? "waiting" : outcome;
+    turn.total = performance.now() - turn.started;
+    renderMeta(turn, turn.outcome, turn.total);
     // Keep what the model needs back on the next turn: the text, the signed (or redacted) reasoning,
     // the tool calls with their signatures and outcomes, and the step boundaries between them.
     const kept = turn.parts.filter((part) =>
