@@ -189,8 +189,8 @@ def replay_tool_parts(
     Then: an output or error is the call's result; an approval answer in the conversation's last
     message approves (the call runs before the model is called) or denies (the model is told); an
     earlier denial is history. Left out: calls without an answer, approval answers in earlier
-    messages (they were never acted on) and unsigned errors (the model's own malformed calls or
-    tools it made up, which the view never signs).
+    messages (they were never acted on), unsigned errors (the model's own malformed calls or
+    tools it made up, which the view never signs) and tools Bedrock ran itself (``providerExecuted``).
     """
     if not any(message.get("tool_calls") for message in messages):
         return ToolReplay(list(messages))
@@ -212,8 +212,8 @@ def replay_tool_parts(
             state = entry["state"]
             if state in UNANSWERED or (state == "approval-responded" and not last):
                 continue
-            if state == "output-error" and "signature" not in entry:
-                continue
+            if (state == "output-error" and "signature" not in entry) or entry.get("provider_executed"):
+                continue  # the model's own malformed calls, and tools Bedrock ran itself: not ours to replay
             call, result = _replayed(entry, offered, request, replay)
             calls.append(call)
             results.append(result)

@@ -104,6 +104,8 @@ class PartSerializer(_NamedErrors, serializers.Serializer):
     errorText = StrictCharField(required=False, allow_blank=True, trim_whitespace=False)
     approval = serializers.DictField(required=False, allow_null=True)
     callProviderMetadata = serializers.DictField(required=False, allow_null=True)
+    #: A tool Bedrock ran itself (Nova's code interpreter): history, not a call of ours.
+    providerExecuted = serializers.BooleanField(required=False, allow_null=True)
 
     class Meta:
         list_serializer_class = _ListSerializer
@@ -245,6 +247,8 @@ def _tool_call(part: Mapping[str, Any]) -> dict[str, Any]:
     if state not in TOOL_STATES:
         raise _tool_error(f"the {name!r} tool part's state must be one of {', '.join(TOOL_STATES)}.")
     call: dict[str, Any] = {"id": part["toolCallId"], "name": name, "state": state, "input": part.get("input")}
+    if part.get("providerExecuted") is True:
+        call["provider_executed"] = True  # Bedrock ran it (a built-in tool): not a call of ours
     bedrock = (part.get("callProviderMetadata") or {}).get("bedrock")
     signature = bedrock.get("signature") if isinstance(bedrock, Mapping) else None
     if signature is not None:

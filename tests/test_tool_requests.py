@@ -555,6 +555,18 @@ def test_unanswered_calls_and_the_models_own_failed_calls_are_left_out(bedrock_e
     assert [m["content"] for m in sent] == [[{"text": "Help me."}], [{"text": "Hmm."}], [{"text": "Never mind."}]]
 
 
+def test_a_tool_bedrock_ran_itself_is_left_out_not_refused(bedrock_emulator: Any) -> None:
+    """Nova's code interpreter runs in Bedrock (``providerExecuted``): the view neither offers nor signs
+    it, so it is not a call of ours to verify or replay; the conversation goes on."""
+    ran = {"type": "tool-nova_code_interpreter", "toolCallId": "t9", "state": "output-available",
+           "providerExecuted": True, "input": {"snippet": "1234 * 5678"}, "output": {"stdOut": "7006652"}}
+    body = conversation({"type": "text", "text": "Computed."}, ran, then="Thanks.")
+    status, text = post("wsgi", "/converse/", body)
+    assert status == 200, text
+    sent = sent_messages(bedrock_emulator, 1)
+    assert [m["content"] for m in sent] == [[{"text": "Help me."}], [{"text": "Computed."}], [{"text": "Thanks."}]]
+
+
 def test_results_stay_valid_after_the_signature_age_but_approvals_do_not(bedrock_emulator: Any) -> None:
     """A result in the conversation is checked for who and what, not when (a day-old chat goes on);
     an approval runs a tool now, so an old one is refused."""
