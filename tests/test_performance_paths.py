@@ -133,8 +133,8 @@ def decode_all(buffer: Any, data: bytes) -> list[Any]:
 def test_header_memo_decodes_exactly_like_botocore() -> None:
     from botocore.eventstream import EventStreamBuffer
 
-    from django_bedrock_stream.emulator.eventstream import encode_chunk, encode_event, encode_exception
     from django_bedrock_stream.batches import _Buffer
+    from django_bedrock_stream.emulator.eventstream import encode_chunk, encode_event, encode_exception
 
     good = b"".join(
         [encode_chunk(b'{"generation": "hi"}') for _ in range(3)]
