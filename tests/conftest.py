@@ -9,6 +9,22 @@ from .recorded import RECORDED_DIR
 
 pytest_plugins = ["django_bedrock_stream.testing"]
 
+#: Modules marked ``clients``: real browsers, Node's AI SDK clients, fresh projects and ``make demo``
+#: (the clients' view of the wire formats, not the database's or the Python version's).
+CLIENT_MODULES = {"test_clients", "test_example_chat", "test_example_project", "test_readme"}
+#: Modules marked ``postgres``: load and database-fault tests, which run on PostgreSQL only.
+POSTGRES_MODULES = {"test_load", "test_db_faults"}
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """``-m "not clients"`` / ``-m "not postgres"`` select by what a run is for (CI's legs)."""
+    for item in items:
+        module = item.module.__name__.rsplit(".", 1)[-1] if item.module else ""
+        if module in CLIENT_MODULES:
+            item.add_marker(pytest.mark.clients)
+        if module in POSTGRES_MODULES:
+            item.add_marker(pytest.mark.postgres)
+
 
 @pytest.fixture
 def recorded_dir() -> Path:
