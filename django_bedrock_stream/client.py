@@ -33,7 +33,6 @@ _sync_clients: dict[tuple[Any, ...], Any] = {}
 _async_clients: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, dict[tuple[Any, ...], Any]] = (
     weakref.WeakKeyDictionary()
 )
-_executor: ThreadPoolExecutor | None = None
 
 
 def _client_kwargs() -> dict[str, Any]:
@@ -164,16 +163,31 @@ async def get_async_client() -> Any:
     return client
 
 
+class LazyPool:
+    """A dedicated, bounded thread pool, made on first use with ``BEDROCK_STREAM[size_setting]``
+    threads: work that blocks goes there, never to Django's one thread-sensitive thread (where every
+    sync view of an ASGI process takes turns) nor to the event loop."""
+
+    def __init__(self, size_setting: str, thread_name_prefix: str) -> None:
+        self.size_setting, self.thread_name_prefix = size_setting, thread_name_prefix
+        self._pool: ThreadPoolExecutor | None = None
+        self._lock = threading.Lock()
+
+    def get(self) -> ThreadPoolExecutor:
+        if self._pool is None:
+            with self._lock:
+                if self._pool is None:
+                    size = getattr(stream_settings, self.size_setting)
+                    self._pool = ThreadPoolExecutor(max_workers=size, thread_name_prefix=self.thread_name_prefix)
+        return self._pool
+
+
+_stream_pool = LazyPool("THREAD_POOL_SIZE", "bedrock-stream")
+
+
 def get_executor() -> ThreadPoolExecutor:
-    """The dedicated, bounded pool for the "thread" transport (never Django's shared thread)."""
-    global _executor
-    if _executor is None:
-        with _lock:
-            if _executor is None:
-                _executor = ThreadPoolExecutor(
-                    max_workers=stream_settings.THREAD_POOL_SIZE, thread_name_prefix="bedrock-stream"
-                )
-    return _executor
+    """The pool of the "thread" transport: each open stream waits for Bedrock's bytes on one of its threads."""
+    return _stream_pool.get()
 
 
 def reset_clients() -> None:

@@ -25,12 +25,10 @@ import inspect
 import json
 import logging
 import re
-import threading
 import time
 import types
 import typing
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from types import MappingProxyType
 from typing import Annotated, Any, Literal, NamedTuple, TypeAlias, overload
@@ -45,6 +43,7 @@ from django.utils.crypto import constant_time_compare, salted_hmac
 from pydantic.json_schema import GenerateJsonSchema
 from pydantic_core import PydanticSerializationError, to_jsonable_python
 
+from .client import LazyPool
 from .conf import stream_settings
 from .parts import ToolCall, ToolResult
 
@@ -709,21 +708,8 @@ class ToolRun:
     status: Literal["success", "error", "timeout", "invalid"]
 
 
-_executor: ThreadPoolExecutor | None = None
-_executor_lock = threading.Lock()
-
-
-def _tool_executor() -> ThreadPoolExecutor:
-    """Sync tools run on this dedicated, bounded pool: never on the event loop, never on Django's one
-    thread-sensitive thread (where every sync view of an ASGI process takes turns)."""
-    global _executor
-    if _executor is None:
-        with _executor_lock:
-            if _executor is None:
-                _executor = ThreadPoolExecutor(
-                    max_workers=stream_settings.TOOL_THREAD_POOL_SIZE, thread_name_prefix="bedrock-tool"
-                )
-    return _executor
+#: Sync tools run on this pool: never on the event loop, never on Django's thread-sensitive thread.
+_tool_pool = LazyPool("TOOL_THREAD_POOL_SIZE", "bedrock-tool")
 
 
 async def run_tools(
@@ -814,7 +800,7 @@ async def _execute(found: Tool, arguments: Any, request: HttpRequest | None) -> 
     else:
         context = contextvars.copy_context()
         call = functools.partial(context.run, _sync_call, found, arguments, request)
-        result = await asyncio.get_running_loop().run_in_executor(_tool_executor(), call)
+        result = await asyncio.get_running_loop().run_in_executor(_tool_pool.get(), call)
     if inspect.isawaitable(result):  # a sync callable that returned a coroutine
         result = await result
     return result
