@@ -41,6 +41,7 @@ import random
 import re
 import string
 import uuid
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -789,15 +790,13 @@ class AnthropicMessages(Family):
                         f"messages.{i}.content.{j}: unexpected `tool_use_id` found in `tool_result` blocks: {call_id}. "
                         "Each `tool_result` block must have a corresponding `tool_use` block in the previous message."
                     )
-            if turn.uses and i + 1 < len(turns):
-                answered = {result[1] for result in turns[i + 1].results}
-                missing = [call_id for call_id, _ in turn.uses if call_id not in answered]
-                if missing:
-                    raise InvalidRequest(
-                        f"messages.{i}: `tool_use` ids were found without `tool_result` blocks immediately after: "
-                        f"{', '.join(missing)}. Each `tool_use` block must have a corresponding `tool_result` block "
-                        "in the next message."
-                    )
+            missing = _unanswered(turns, i)
+            if missing:
+                raise InvalidRequest(
+                    f"messages.{i}: `tool_use` ids were found without `tool_result` blocks immediately after: "
+                    f"{', '.join(missing)}. Each `tool_use` block must have a corresponding `tool_result` block "
+                    "in the next message."
+                )
         unthought = _thinking_turn_missing(turns, body)
         if unthought is not None:
             raise _thinking_first(f"messages.{unthought[0]}.content.0.type", unthought[1])
@@ -1197,14 +1196,12 @@ class _ConverseShapes(Family):
                         f"The content field at messages.{i}.content.{j}.toolResult cannot be empty when status "
                         "value is error."
                     )
-            if turn.uses and i + 1 < len(turns):
-                answered = {result[1] for result in turns[i + 1].results}
-                missing = [call_id for call_id, _ in turn.uses if call_id not in answered]
-                if missing:
-                    raise InvalidRequest(
-                        f"Expected toolResult blocks at messages.{i + 1}.content for the following Ids: "
-                        + ", ".join(missing)
-                    )
+            missing = _unanswered(turns, i)
+            if missing:
+                raise InvalidRequest(
+                    f"Expected toolResult blocks at messages.{i + 1}.content for the following Ids: "
+                    + ", ".join(missing)
+                )
         unthought = _thinking_turn_missing(turns, body) if claude else None
         if unthought is not None:
             where = f"The model returned the following errors: messages.{unthought[0]}.content.0.type"
@@ -1472,6 +1469,14 @@ REPLIES: dict[str, Family] = {
     "nova": NOVA,
     "converse": CONVERSE,
 }
+
+
+def _unanswered(turns: Sequence[Any], index: int) -> list[str]:
+    """The ids of the tool calls of turn ``index`` that the next turn does not answer."""
+    if not turns[index].uses or index + 1 >= len(turns):
+        return []
+    answered = {result[1] for result in turns[index + 1].results}
+    return [call_id for call_id, _ in turns[index].uses if call_id not in answered]
 
 
 def invoke_family(model_id: str, body: Any) -> Family:
