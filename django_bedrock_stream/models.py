@@ -49,6 +49,10 @@ class Completion(models.Model):
     #: True when Bedrock never reported the counts (a stream that failed or was cancelled before
     #: the final usage event) and they were estimated from the text (about 4 characters a token).
     usage_estimated = models.BooleanField(default=False)
+    #: What the stream cost, from the final usage and ``BEDROCK_STREAM["PRICES"]``, in
+    #: ``PRICE_CURRENCY`` (None: unknown: no price table, or the model is not in it).
+    #: Ten decimal places: a single token of the cheapest model is well under a micro-cent.
+    cost = models.DecimalField(max_digits=20, decimal_places=10, null=True, blank=True)
     error = models.TextField(blank=True)
     error_code = models.CharField(max_length=64, blank=True)
     time_to_first_token = models.DurationField(null=True, blank=True)
