@@ -18,7 +18,9 @@ from django.http import HttpRequest, HttpResponse
 from django.template.response import TemplateResponse
 from django.utils.html import format_html
 
+from .conf import stream_settings
 from .models import Completion, usage_aggregates
+from .pricing import format_cost
 
 if TYPE_CHECKING:
     _ModelAdmin = admin.ModelAdmin[Completion]
@@ -47,6 +49,7 @@ class CompletionAdmin(_ModelAdmin):
         "status",
         "input_tokens",
         "output_tokens",
+        "cost_column",
         "first_token",
         "user",
         "stop_reason",
@@ -64,7 +67,7 @@ class CompletionAdmin(_ModelAdmin):
     fieldsets = (
         (None, {"fields": ("model_id", "family", "user", "status", "stop_reason", "created_at", "finished_at")}),
         ("Usage", {"fields": ("input_tokens", "output_tokens", "cache_read_tokens", "cache_write_tokens",
-                              "total_tokens", "usage_estimated", "time_to_first_token")}),
+                              "total_tokens", "cost_display", "usage_estimated", "time_to_first_token")}),
         ("Conversation", {"fields": ("messages_display", "text_display")}),
         ("Beyond text", {"fields": ("reasoning_display", "sources_display", "tools_display", "guardrail_display",
                                     "attachments_display")}),
@@ -73,6 +76,7 @@ class CompletionAdmin(_ModelAdmin):
     readonly_fields = (
         *(field.name for field in Completion._meta.fields),
         "total_tokens",
+        "cost_display",
         "messages_display",
         "text_display",
         "error_display",
@@ -99,6 +103,15 @@ class CompletionAdmin(_ModelAdmin):
     @admin.display(description="Total tokens")
     def total_tokens(self, obj: Completion) -> int | None:
         return obj.total_tokens
+
+    @admin.display(description="Cost", ordering="cost")
+    def cost_column(self, obj: Completion) -> str:
+        return "-" if obj.cost is None else format_cost(obj.cost)
+
+    @admin.display(description="Cost")
+    def cost_display(self, obj: Completion) -> str:
+        """In ``PRICE_CURRENCY``; "unknown" when no price table covers the model (never a guess)."""
+        return "unknown" if obj.cost is None else f"{format_cost(obj.cost)} {stream_settings.PRICE_CURRENCY}"
 
     @admin.display(description="First token", ordering="time_to_first_token")
     def first_token(self, obj: Completion) -> str:

@@ -5,8 +5,9 @@ Id                     Meaning
 =====================  =======================================================================
 ``E001``               ``BEDROCK_STREAM`` is not a dict.
 ``E002``               ``ASYNC_TRANSPORT = "aiobotocore"`` but aiobotocore is not installed.
-``E003``               A ``BEDROCK_STREAM`` value is invalid (type, range, or a ``CLIENT_CONFIG``
-                       that ``botocore.config.Config`` rejects). One error per key.
+``E003``               A ``BEDROCK_STREAM`` value is invalid (type, range, a ``CLIENT_CONFIG``
+                       that ``botocore.config.Config`` rejects, or a ``PRICES`` /
+                       ``PRICE_SURCHARGES`` table of the wrong shape). One error per key.
 ``W001``               Unknown ``BEDROCK_STREAM`` key (a typo is otherwise silently ignored).
 ``W002``               No AWS credentials and/or region can be found, and no endpoint override
                        (``ENDPOINT_URL``, ``AWS_ENDPOINT_URL_BEDROCK_RUNTIME``, ``AWS_ENDPOINT_URL``)
@@ -24,6 +25,9 @@ Id                     Meaning
                        and the endpoint override is plain ``http://``: botocore 1.44+ refuses to
                        send a bearer token without TLS (and the key would cross the network in
                        clear). Serve the emulator over HTTPS (``--tls-self-signed``).
+``W008``               A price table (``PRICES``) is configured and a model the project serves
+                       (a routed stream view's model or allowed models, ``ALLOWED_MODELS``) has
+                       no price in it: its completions would get no cost.
 ``E004``               A routed stream view offers tools (``tools``) its family cannot call, or
                        its ``tool_choice`` names a tool it does not offer (else every request
                        would be a 500).
@@ -136,6 +140,19 @@ def _invalid_value(key: str, value: Any) -> str | None:
         if isinstance(value, (list, tuple)) and all(isinstance(m, str) and m for m in value):
             return None
         return "must be a list of model id strings"
+    if key == "PRICE_CURRENCY":
+        return None if isinstance(value, str) and value.strip() else "must be a non-empty string such as 'USD'"
+    if key in ("PRICES", "PRICE_SURCHARGES"):
+        from .pricing import PriceTable, PriceTableError, parse_surcharges
+
+        try:
+            if key == "PRICE_SURCHARGES":
+                parse_surcharges(value)
+            elif value is not None:
+                PriceTable(value)
+        except PriceTableError as err:
+            return f"is invalid: {err}"
+        return None
     if key == "CONVERSE":
         if not isinstance(value, dict):
             return f"must be a dict of model options, not {type(value).__name__}"
@@ -388,6 +405,64 @@ def check_converse_models(app_configs: Any = None, **kwargs: Any) -> list[CheckM
     return warnings
 
 
+# -- W008 --------------------------------------------------------------------------------------
+
+
+def served_models() -> dict[str, list[str]]:
+    """Every model id the project serves, with where: ``ALLOWED_MODELS``, and each routed stream
+    view's own model (its ``model_id``, else its family's default) and allowed models, as the view
+    itself lists them (``get_allowed_models()``)."""
+    from .conf import stream_settings
+    from .views import BedrockStreamMixin
+
+    served: dict[str, list[str]] = {}
+    for model in stream_settings.ALLOWED_MODELS or []:
+        served.setdefault(model, []).append("BEDROCK_STREAM['ALLOWED_MODELS']")
+    for route, view_class, initkwargs, _urlconf in _routes():
+        if not (isinstance(view_class, type) and issubclass(view_class, BedrockStreamMixin)):
+            continue
+        try:
+            models = view_class(**initkwargs).get_allowed_models()
+        except Exception:
+            continue  # no family_class: the view fails on its own, loudly
+        for model in models:
+            served.setdefault(model, []).append(f"{view_class.__name__} at '/{route}'")
+    return served
+
+
+def check_prices(app_configs: Any = None, **kwargs: Any) -> list[CheckMessage]:
+    """W008: a price table is configured and a served model is not in it. Without a table there is
+    no cost at all, and nothing to warn about; a table E003 refuses is reported there."""
+    from .pricing import PriceTable, PriceTableError
+
+    user = _user_settings() or {}
+    if user.get("PRICES") is None:
+        return []
+    try:
+        table = PriceTable(user["PRICES"], user.get("PRICE_SURCHARGES"))
+    except PriceTableError:
+        return []
+    warnings: list[CheckMessage] = []
+    for model, places in sorted(served_models().items()):
+        if table.price_for(model) is not None:
+            continue
+        where = ", ".join(places[:3]) + (f" and {len(places) - 3} more" if len(places) > 3 else "")
+        warnings.append(
+            Warning(
+                f"BEDROCK_STREAM['PRICES'] has no price for {model!r}, served by {where}: "
+                "its completions will have no cost.",
+                hint=(
+                    "Add its base model id (profile prefixes such as 'us.' are resolved) with its input and output "
+                    "rates per 1,000 tokens; map an application inference profile ARN to the model it runs "
+                    "(\"arn:...\": \"<model id>\")."
+                ),
+                obj=model,
+                id="bedrock_stream.W008",
+            )
+        )
+    return warnings
+
+
 # -- E004 --------------------------------------------------------------------------------------
 
 
@@ -598,6 +673,7 @@ CHECKS = (
     (check_async_transport_deployment, (Tags.compatibility,)),
     (check_anonymous_access, (Tags.security, Tags.urls)),
     (check_api_key_endpoint, (Tags.security, Tags.compatibility)),
+    (check_prices, (Tags.urls,)),
 )
 
 

@@ -74,6 +74,14 @@ DEFAULTS: dict[str, Any] = {
     "MAX_IMAGE_BYTES": media.MAX_IMAGE_BYTES,  # 3.75 MB, decoded
     "MAX_DOCUMENTS": media.MAX_DOCUMENTS,
     "MAX_DOCUMENT_BYTES": media.MAX_DOCUMENT_BYTES,  # 4.5 MB, decoded
+    # Cost (pricing.py): per model id (or profile id, or ARN), USD per 1,000 tokens as strings or
+    # Decimals: {"input": "0.25", "output": "1.25", "cache_read": "0.03", "cache_write": "0.30"}, or a
+    # model id string (an application inference profile ARN -> the model it runs). None: no costs.
+    "PRICES": None,
+    # The currency of PRICES and Completion.cost: a label only, nothing is converted.
+    "PRICE_CURRENCY": "USD",
+    # Fraction added to the base model's price through a profile prefix, e.g. {"global.": "0.10"}.
+    "PRICE_SURCHARGES": {},
     # Options of the Converse, Nova and Anthropic Messages families (see options.py and the README's
     # "Beyond text"), merged over these defaults; a view's ``converse_options`` is merged over them.
     "CONVERSE": {
@@ -125,7 +133,8 @@ stream_settings = StreamSettings()
 def _reload_settings(*, setting: str, **kwargs: Any) -> None:
     if setting == "BEDROCK_STREAM":
         stream_settings.reload()
-        from . import client, receivers
+        from . import client, pricing, receivers
 
         client.reset_clients()
+        pricing.reset()
         receivers.connect()

@@ -12,6 +12,8 @@ from django.db.models import Count, Q, Sum
 from django.db.models.functions import Coalesce
 from django.utils import timezone
 
+from .pricing import cost_of
+
 
 class Completion(models.Model):
     """One row per stream: created when it starts, finished once when it ends (never per token)."""
@@ -79,13 +81,15 @@ class Completion(models.Model):
         error_code: str,
         time_to_first_token: timedelta | None,
     ) -> None:
-        """Set the final state (unsaved: the ``stream_finished`` receiver saves it, once)."""
+        """Set the final state (unsaved: the ``stream_finished`` receiver saves it, once), and the
+        cost of ``usage`` by the price table (None when unknown; an estimate when the usage is)."""
         self.status, self.text, self.stop_reason = status, text, stop_reason
         self.input_tokens = usage["input_tokens"]
         self.output_tokens = usage["output_tokens"]
         self.cache_read_tokens = usage.get("cache_read_tokens") or None
         self.cache_write_tokens = usage.get("cache_write_tokens") or None
         self.usage_estimated = usage_estimated
+        self.cost = cost_of(self.model_id, usage)
         self.parts = parts
         self.error, self.error_code = error, error_code
         self.time_to_first_token = time_to_first_token

@@ -41,6 +41,7 @@ FINAL_FIELDS = [
     "cache_write_tokens",
     "parts",
     "usage_estimated",
+    "cost",
     "error",
     "error_code",
     "time_to_first_token",
@@ -110,4 +111,5 @@ def completion_record(completion: Completion) -> dict[str, Any]:
             completion.time_to_first_token.total_seconds() if completion.time_to_first_token else None
         ),
         "finished_at": completion.finished_at.isoformat() if completion.finished_at else None,
+        "cost": None if completion.cost is None else str(completion.cost),  # a string: JSON has no Decimal
     }

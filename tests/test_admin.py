@@ -189,8 +189,8 @@ def test_changelist_columns_show_usage_right_after_the_model(admin_client: Clien
     html = admin_client.get(reverse(CHANGELIST)).content.decode()
     headers = re.findall(r'<th scope="col" class="[^"]*column-(\w+)', html)
     assert headers == [
-        "created_at", "model_id", "status", "input_tokens", "output_tokens", "first_token", "user", "stop_reason",
-        "family",
+        "created_at", "model_id", "status", "input_tokens", "output_tokens", "cost_column", "first_token", "user",
+        "stop_reason", "family",
     ]
     assert re.search(r"column-output_tokens.*?<a [^>]*>Output tokens</a>", html, re.S)
     assert sorted(column_cells(html, "output_tokens")) == ["100", "2", "200", "5"]
