@@ -3,7 +3,9 @@
 Rows are written by the stream views (through signals), never by hand: there is no add view, the
 change view is read-only for everyone (superusers included), and deleting stays governed by the
 usual ``delete_completion`` permission so old rows can be purged. The changelist shows token totals
-of the rows currently filtered (template ``admin/django_bedrock_stream/completion/change_list.html``).
+of the rows currently filtered (template ``admin/django_bedrock_stream/completion/change_list.html``),
+and links to the usage dashboard (``usage/``, :mod:`.dashboard`): totals per day, user or model, charts
+and a CSV export.
 """
 
 from __future__ import annotations
@@ -13,26 +15,23 @@ from typing import TYPE_CHECKING, Any
 
 from django.contrib import admin
 from django.contrib.auth import get_user_model
-from django.db.models import QuerySet
 from django.http import HttpRequest, HttpResponse
 from django.template.response import TemplateResponse
+from django.urls import URLPattern, path
 from django.utils.html import format_html
 
+from . import dashboard
 from .conf import stream_settings
-from .models import Completion, usage_aggregates
+from .models import Completion
 from .pricing import format_cost
+from .usage import usage_totals
 
 if TYPE_CHECKING:
     _ModelAdmin = admin.ModelAdmin[Completion]
 else:
     _ModelAdmin = admin.ModelAdmin
 
-
-def usage_totals(queryset: QuerySet[Completion]) -> dict[str, int]:
-    """Count and token sums of ``queryset`` (one aggregate query)."""
-    totals = queryset.aggregate(**usage_aggregates())
-    totals["total_tokens"] = totals["input_tokens"] + totals["output_tokens"]
-    return totals
+__all__ = ["CompletionAdmin", "usage_totals"]  # usage_totals: its home was here before usage.py
 
 
 def _pre(text: str) -> str:
@@ -186,3 +185,20 @@ class CompletionAdmin(_ModelAdmin):
             # cl.queryset is the filtered and searched queryset, before pagination.
             response.context_data["usage_totals"] = usage_totals(response.context_data["cl"].queryset)
         return response
+
+    # -- usage dashboard ------------------------------------------------------------------------
+    def get_urls(self) -> list[URLPattern]:
+        """``usage/`` and ``usage/csv/`` ahead of the catch-all ``<object_id>/`` patterns; admin_view
+        lets active staff only in, the views then ask for the view permission."""
+        name = f"{self.opts.app_label}_{self.opts.model_name}"
+        return [
+            path("usage/", self.admin_site.admin_view(self.usage_view), name=f"{name}_usage"),
+            path("usage/csv/", self.admin_site.admin_view(self.usage_csv_view), name=f"{name}_usage_csv"),
+            *super().get_urls(),
+        ]
+
+    def usage_view(self, request: HttpRequest) -> HttpResponse:
+        return dashboard.usage_page(request, self)
+
+    def usage_csv_view(self, request: HttpRequest) -> HttpResponse:
+        return dashboard.usage_csv(request, self)

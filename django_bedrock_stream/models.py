@@ -103,14 +103,22 @@ class Completion(models.Model):
 
 
 def usage_aggregates() -> dict[str, Any]:
-    """Count, token sums and failure counts of completions, for ``aggregate()`` or ``annotate()``.
+    """Count, token and cost sums and failure counts of completions, for ``aggregate()`` or
+    ``annotate()``.
 
-    One definition shared by the admin totals and ``bedrock_usage``.
+    One definition shared by the admin totals, the usage dashboard and ``bedrock_usage``. ``cost`` is
+    the sum of the known costs (None when none is known); ``unpriced`` counts the rows it leaves out,
+    so that a partial sum is never shown as the whole.
     """
     return {
         "completions": Count("id"),
         "input_tokens": Coalesce(Sum("input_tokens"), 0),
         "output_tokens": Coalesce(Sum("output_tokens"), 0),
+        "cache_read_tokens": Coalesce(Sum("cache_read_tokens"), 0),
+        "cache_write_tokens": Coalesce(Sum("cache_write_tokens"), 0),
+        # Before "cost": once annotated, that name means the sum, not the field.
+        "unpriced": Count("id", filter=Q(cost__isnull=True)),
+        "cost": Sum("cost"),
         "failed": Count("id", filter=Q(status=Completion.Status.FAILED)),
         "cancelled": Count("id", filter=Q(status=Completion.Status.CANCELLED)),
     }

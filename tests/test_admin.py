@@ -175,6 +175,10 @@ def test_usage_totals_helper_handles_nulls() -> None:
         "input_tokens": 0,
         "output_tokens": 0,
         "total_tokens": 0,
+        "cache_read_tokens": 0,
+        "cache_write_tokens": 0,
+        "cost": None,
+        "unpriced": 1,
         "failed": 0,
         "cancelled": 0,
     }

@@ -15,13 +15,12 @@ import re
 from collections.abc import Sequence
 from typing import Any
 
-from django.contrib.auth import get_user_model
 from django.core.management.base import BaseCommand, CommandParser
-from django.db.models.functions import TruncDate
 from django.utils import timezone
 from django.utils.dateparse import parse_date, parse_datetime
 
-from ...models import Completion, usage_aggregates
+from ...models import Completion
+from ...usage import GROUPINGS, group_usage
 
 COLUMNS = ("completions", "input_tokens", "output_tokens", "total_tokens", "failed", "cancelled")
 _RELATIVE = re.compile(r"^\s*(\d+)\s*([mhdw])\s*$", re.IGNORECASE)
@@ -53,7 +52,7 @@ class Command(BaseCommand):
 
     def add_arguments(self, parser: CommandParser) -> None:
         parser.add_argument(
-            "--by", choices=("model", "user", "day"), default="model", help="Grouping (default: model)."
+            "--by", choices=GROUPINGS, default="model", help="Grouping (default: model)."
         )
         parser.add_argument(
             "--since", type=parse_since, help="Only completions created since: 30m, 12h, 7d, 2w, or YYYY-MM-DD."
@@ -84,31 +83,7 @@ def usage_rows(by: str, since: dt.datetime | None = None) -> list[tuple[Any, ...
     queryset = Completion.objects.all()
     if since is not None:
         queryset = queryset.filter(created_at__gte=since)
-    grouped: Any  # a values() queryset whose row shape depends on the grouping
-    if by == "model":
-        keys: Sequence[str] = ("model_id",)
-        grouped = queryset.values("model_id")
-    elif by == "user":
-        keys = ("user_id", f"user__{get_user_model().USERNAME_FIELD}")
-        grouped = queryset.values(*keys)
-    elif by == "day":
-        keys = ("day",)
-        grouped = queryset.annotate(day=TruncDate("created_at")).values("day")
-    else:
-        raise ValueError(f"unknown grouping {by!r}")
-    aggregated = grouped.annotate(**usage_aggregates())
-    records: list[dict[str, Any]] = list(aggregated.order_by(*keys))
-    rows = []
-    for record in records:
-        if by == "user":
-            key = "(anonymous)" if record["user_id"] is None else str(record[keys[1]])
-        else:
-            key = str(record[keys[0]])
-        inp, out = int(record["input_tokens"]), int(record["output_tokens"])
-        rows.append(
-            (key, int(record["completions"]), inp, out, inp + out, int(record["failed"]), int(record["cancelled"]))
-        )
-    return rows
+    return [(str(row["key"]), *(row[column] for column in COLUMNS)) for row in group_usage(queryset, by)]
 
 
 def render_table(header: Sequence[str], rows: Sequence[Sequence[Any]], *, footer: bool = False) -> str:
