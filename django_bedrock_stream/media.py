@@ -138,11 +138,28 @@ _OLE2 = b"\xd0\xcf\x11\xe0\xa1\xb1\x1a\xe1"  # Word 97 / Excel 97 compound file
 _ZIP = b"PK\x03\x04"
 
 
+#: An Office file has a few dozen entries; an archive with far more is not one (and costs CPU to list).
+MAX_ZIP_ENTRIES = 2000
+_EOCD = b"PK\x05\x06"
+
+
+def _zip_entry_count(data: bytes) -> int | None:
+    """The entry count from the end-of-central-directory record (read without parsing the archive)."""
+    at = data.rfind(_EOCD, max(0, len(data) - 65_557))  # the record, then at most a 64 KiB comment
+    if at < 0 or at + 22 > len(data):
+        return None
+    return int.from_bytes(data[at + 10 : at + 12], "little")
+
+
 def _zip_folders(data: bytes) -> set[str]:
-    """The top-level folders of a ZIP archive (an Office Open XML file has ``word/`` or ``xl/``)."""
+    """The top-level folders of a ZIP archive (an Office Open XML file has ``word/`` or ``xl/``); none for
+    anything that is not a small, readable archive (a crafted one must be a 400, never a 500)."""
+    count = _zip_entry_count(data)
+    if count is None or count > MAX_ZIP_ENTRIES:
+        return set()
     try:
         names = zipfile.ZipFile(io.BytesIO(data)).namelist()
-    except (zipfile.BadZipFile, ValueError, EOFError):
+    except Exception:  # noqa: BLE001 - zipfile raises BadZipFile, ValueError, EOFError, NotImplementedError…
         return set()
     return {name.split("/", 1)[0] + "/" for name in names if "/" in name}
 

@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+import re
+
 #: Model providers, to tell a cross-region inference profile's prefix (``us.``, ``eu.``, ``global.``…)
 #: from the provider that starts a base model id.
 PROVIDERS = (
@@ -21,3 +23,12 @@ def base_model_id(model_id: str) -> str:
     if dot and first not in PROVIDERS and rest.split(".", 1)[0] in PROVIDERS:
         mid = rest
     return mid
+
+
+_ACCOUNT_IN_ARN = re.compile(r"^(arn:aws[\w-]*:bedrock:[\w-]*:)\d{12}(:)")
+
+
+def public_model_id(model_id: str) -> str:
+    """A model id as clients may see it: an ARN's AWS account id becomes ``***`` (an application
+    inference profile ARN carries the account's id, which a client has no business knowing)."""
+    return _ACCOUNT_IN_ARN.sub(r"\1***\2", model_id)

@@ -6,15 +6,18 @@ status and a stable ``type``, and nothing is sent upstream.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from django.core.cache import caches
 from django.core.exceptions import RequestDataTooBig
 from django.http import HttpRequest, JsonResponse
 
+from .conf import stream_settings
 from .parts import ToolCall, ToolDenied, ToolResult
 from .serializers import BodyTooComplex, ChatRequestSerializer, fast_validated_data, load_json_body, rejection_for
 from .tools import (
@@ -258,6 +261,8 @@ def _replayed(
     if runs_now:
         if tool.client_side:
             raise _refused(f"The tool {name!r} runs in the browser: it takes an output, not an approval.")
+        if not _first_use(approval["id"]):  # type: ignore[index]
+            raise _refused(f"This approval was already acted on (tool {name!r}, call {call_id!r}).")
         replay.approved.append(call)
         pending = {"id": call_id, "name": name, "approved": True}  # the output once it ran (see ToolReplay)
         replay.pending[call_id] = pending
@@ -274,6 +279,15 @@ def _replayed(
     except ToolOutputError as err:
         raise _refused(str(err)) from None
     return call, result_entry(result)
+
+
+def _first_use(approval_id: str) -> bool:
+    """Mark an approval as acted on; False if it already was. One approval runs its call once (a double
+    submit or a replay would run a side effect again); kept ``TOOL_CALL_MAX_AGE`` seconds in Django's
+    default cache, which must be shared by the workers (Redis, Memcached, the database) for this to
+    hold across them."""
+    key = "bedrock_stream.approval." + hashlib.sha256(approval_id.encode("utf-8", "surrogatepass")).hexdigest()
+    return bool(caches["default"].add(key, 1, timeout=stream_settings.TOOL_CALL_MAX_AGE))
 
 
 def result_entry(result: ToolResult) -> dict[str, Any]:

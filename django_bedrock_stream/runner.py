@@ -29,6 +29,7 @@ from django.http import HttpRequest
 from . import signals
 from .conf import stream_settings
 from .exceptions import BedrockStreamError, ResponseDiscarded, wrap_botocore_error
+from .modelids import public_model_id
 from .parts import Part, TextDelta
 from .protocols import StreamProtocol
 from .streams import BedrockStream
@@ -236,7 +237,7 @@ class StreamRunner:
         if status == COMPLETED:
             stream = self.stream
             metadata = {
-                "model_id": self.completion.model_id,
+                "model_id": public_model_id(self.completion.model_id),
                 "latency_ms": stream.latency_ms,
                 "service_tier": stream.service_tier,
                 "guardrail": stream.guardrail.action if stream.guardrail is not None else None,

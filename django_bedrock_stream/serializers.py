@@ -19,6 +19,7 @@ from rest_framework.validators import ProhibitSurrogateCharactersValidator
 
 from .conf import stream_settings
 from .media import FileRefused, read_file
+from .modelids import public_model_id
 from .options import LATENCIES, REASONING_EFFORTS, SERVICE_TIERS
 
 ROLES = ("system", "user", "assistant")
@@ -211,6 +212,21 @@ TOOL_STATES = (
 )
 
 
+#: How deep a tool call's input or output sent back may nest (what signs and checks it recurses).
+MAX_TOOL_JSON_DEPTH = 64
+
+
+def json_depth(value: Any) -> int:
+    """How deeply ``value`` nests lists and dicts, walked without recursion (so no depth can crash it)."""
+    deepest, stack = 0, [(value, 0)]
+    while stack:
+        item, depth = stack.pop()
+        if isinstance(item, (list, dict)):
+            deepest = max(deepest, depth + 1)
+            stack.extend((child, depth + 1) for child in (item.values() if isinstance(item, dict) else item))
+    return deepest
+
+
 def _is_tool_part(part: Mapping[str, Any]) -> bool:
     kind: str = part["type"]
     return kind.startswith("tool-") or kind == "dynamic-tool"
@@ -246,6 +262,10 @@ def _tool_call(part: Mapping[str, Any]) -> dict[str, Any]:
         raise _tool_error(f"the {name!r} tool part needs 'toolCallId'.")
     if state not in TOOL_STATES:
         raise _tool_error(f"the {name!r} tool part's state must be one of {', '.join(TOOL_STATES)}.")
+    for field in ("input", "output"):
+        if json_depth(part.get(field)) > MAX_TOOL_JSON_DEPTH:
+            limit = MAX_TOOL_JSON_DEPTH
+            raise _tool_error(f"the {name!r} tool part's {field} is nested more than {limit} levels deep.")
     call: dict[str, Any] = {"id": part["toolCallId"], "name": name, "state": state, "input": part.get("input")}
     if part.get("providerExecuted") is True:
         call["provider_executed"] = True  # Bedrock ran it (a built-in tool): not a call of ours
@@ -381,7 +401,8 @@ class ChatRequestSerializer(_NamedErrors, serializers.Serializer):
     def validate_model(self, model: str) -> str:
         allowed = self.context["allowed_models"]
         if model not in allowed:
-            raise serializers.ValidationError(f"Model {model!r} is not allowed here. Allowed: {', '.join(allowed)}.")
+            listed = ", ".join(public_model_id(m) for m in allowed)
+            raise serializers.ValidationError(f"Model {model!r} is not allowed here. Allowed: {listed}.")
         return model
 
     def validate_max_tokens(self, value: int) -> int:

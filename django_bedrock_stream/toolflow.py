@@ -11,7 +11,7 @@ server between the two requests.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from asgiref.sync import sync_to_async
@@ -19,6 +19,7 @@ from django.http import HttpRequest
 
 from . import parts as p
 from .families import BedrockFamily
+from .runner import asend_all, release_connections
 from .signals import tool_called
 from .streams import BedrockStream, Step
 from .tools import (
@@ -36,6 +37,10 @@ from .tools import (
 
 class ToolLoop:
     """The server side of one request's tool run (see the module docstring)."""
+
+    #: Called (sync) with the request body of each further model turn before it is sent; may raise
+    #: a :class:`~.exceptions.BedrockStreamError` to end the stream there (a budget's reservation).
+    before_step: Callable[[dict[str, Any]], None] | None = None
 
     def __init__(
         self,
@@ -85,9 +90,13 @@ class ToolLoop:
         runs = run_tools_sync(to_run, self.tools, request=self.request) if to_run else []
         for run in runs:
             tool_called.send_robust(self.sender, **self.record(run, stream.step))
+        release_connections()  # what tool_called's receivers opened: not held for the next turn
         step = Step(parts=[*(run.result for run in runs), *approvals])
         if not waits:
-            step.source = self.family.open(self.model_id, self._continue(stream, runs))
+            body = self._continue(stream, runs)
+            if self.before_step is not None:
+                self.before_step(body)
+            step.source = self.family.open(self.model_id, body)
         return step
 
     async def anext(self, stream: BedrockStream) -> Step | None:
@@ -97,12 +106,15 @@ class ToolLoop:
             return None
         to_run, approvals, waits = plan
         runs = await run_tools(to_run, self.tools, request=self.request) if to_run else []
-        sends = [self.record(run, stream.step) for run in runs]
-        if sends and tool_called.has_listeners(self.sender):
-            await sync_to_async(lambda: [tool_called.send_robust(self.sender, **kwargs) for kwargs in sends])()
+        sends = [(tool_called, self.record(run, stream.step)) for run in runs]
+        if sends:
+            await asend_all(sends, self.sender, then=release_connections)
         step = Step(parts=[*(run.result for run in runs), *approvals])
         if not waits:
-            step.source = await self.family.aopen(self.model_id, self._continue(stream, runs))
+            body = self._continue(stream, runs)
+            if self.before_step is not None:
+                await sync_to_async(self.before_step)(body)
+            step.source = await self.family.aopen(self.model_id, body)
         return step
 
     # -- the decision -------------------------------------------------------------------------------

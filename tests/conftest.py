@@ -40,3 +40,12 @@ async def _close_bedrock_clients() -> AsyncIterator[None]:
     """Each async test runs on its own loop: close the aiobotocore clients made on it."""
     yield
     await aclose_clients()
+
+
+@pytest.fixture(autouse=True)
+def _clear_cache() -> None:
+    """Django's cache keeps which approvals were acted on: each test starts with none."""
+    from django.core.cache import caches
+
+    caches["default"].clear()
+

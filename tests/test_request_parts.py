@@ -520,3 +520,47 @@ def test_an_arn_as_the_views_model_and_in_allowed_models_settings(bedrock_emulat
                                                  "model": PROFILES[2]})
         assert status == 200, body
     assert settled(bedrock_emulator)[-1]["model_id"] == PROFILES[2]
+
+
+# -- found by attacking it ---------------------------------------------------------------------------
+
+
+def test_a_docx_whose_zip_zipfile_cannot_read_is_a_400_not_a_500(bedrock_emulator: Any) -> None:
+    """An unknown ZIP "version needed" made zipfile raise NotImplementedError (a 500)."""
+    import io
+    import zipfile
+
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w") as archive:
+        archive.writestr("word/document.xml", "<w/>")
+    data = bytearray(buffer.getvalue())
+    data[data.rfind(b"PK\x01\x02") + 6] = 100  # the central directory's "version needed to extract"
+    media_type = "application/vnd.openxmlformats-officedocument.wordprocessingml.document"
+    url = f"data:{media_type};base64," + base64.b64encode(bytes(data)).decode()
+    status, text = post("wsgi", "/converse/", {"messages": [{"role": "user", "parts": [
+        {"type": "text", "text": "hi"}, {"type": "file", "mediaType": media_type, "url": url}]}]})
+    assert status == 400, text
+    assert bedrock_emulator.requests == []
+
+
+def test_a_zip_of_too_many_entries_is_not_listed(bedrock_emulator: Any) -> None:
+    """Listing 50,000 entries costs CPU on the worker: the central directory's count refuses it first."""
+    import io
+    import zipfile
+
+    from django_bedrock_stream.media import MAX_ZIP_ENTRIES, _zip_folders
+
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w") as archive:
+        for n in range(MAX_ZIP_ENTRIES + 1):
+            archive.writestr(f"word/{n}", b"")
+    assert _zip_folders(buffer.getvalue()) == set()
+
+
+@pytest.mark.parametrize("protocol", ["ui", "sse"])
+def test_an_inference_profile_arn_never_shows_the_account_id(bedrock_emulator: Any, protocol: str) -> None:
+    _, streamed = post("wsgi", "/profile/", {"messages": [{"role": "user", "content": "Hi"}]}, query=f"?protocol={protocol}")
+    assert "123456789012" not in streamed and "arn:aws:bedrock:us-east-1:***:application-inference-profile" in streamed
+    status, refused = post("wsgi", "/converse/", {"messages": [{"role": "user", "content": "Hi"}], "model": "nope"})
+    assert status == 400 and "123456789012" not in refused and ":***:" in refused
+    assert Completion.objects.get().model_id == PROFILES[-1]  # stored whole: the operator's own data

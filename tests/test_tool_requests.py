@@ -731,3 +731,35 @@ def test_tool_turns_in_converse_and_anthropic_shapes() -> None:
 def test_text_formats_refuse_tool_turns() -> None:
     with pytest.raises(ValueError, match="cannot carry tool calls"):
         build_llama3_prompt(TOOL_MESSAGES)
+
+
+# -- found by attacking it ---------------------------------------------------------------------------
+
+
+def _nested(depth: int) -> Any:
+    value: Any = 1
+    for _ in range(depth):
+        value = [value]
+    return value
+
+
+@pytest.mark.parametrize("server", ["wsgi", "asgi"])
+@pytest.mark.parametrize("where", ["input", "output"])
+def test_a_deeply_nested_tool_input_or_output_is_a_400_not_a_500(bedrock_emulator: Any, server: str, where: str) -> None:
+    """Signing and checking recurse through the JSON: 700 levels were a RecursionError (a 500)."""
+    part = signed_part("calculator", "t1", {"expression": "2+3"}, state="output-available", output="5")
+    if where == "input":
+        part["input"] = {"expression": _nested(700)}
+    else:
+        part["output"] = _nested(700)
+    status, text = post(server, "/converse/", conversation(part, then="And?"))
+    assert status == 400 and json.loads(text)["error"]["type"] == "invalid_tool_call", text
+    assert bedrock_emulator.requests == []
+
+
+def test_an_approval_runs_its_call_once(bedrock_emulator: Any) -> None:
+    """A double submit or a replay of the same approval must not delete the file three times."""
+    body = conversation(_approved())
+    statuses = [post("wsgi", "/converse/", body)[0] for _ in range(3)]
+    assert statuses[0] == 200 and statuses[1:] == [400, 400]
+    assert DELETED == ["/tmp/a.txt"]

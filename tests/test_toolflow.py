@@ -716,3 +716,34 @@ def test_bad_input_for_a_client_side_tool_is_an_error_the_model_sees(
     _, second = settled(bedrock_emulator, 2)
     assert second["body"]["messages"][-1]["content"][0]["toolResult"]["status"] == "error"
     assert texts(chunks) == f"Error from local_time: {error['errorText']}"
+
+
+@pytest.mark.parametrize("server_kind", ["wsgi", "asgi"])
+def test_no_database_connection_is_held_into_the_turn_after_a_tool(bedrock_emulator: Any, server_kind: str) -> None:
+    """A ``tool_called`` receiver that queries (an audit log) opened a connection the next model turn
+    then held for its whole length (found by attacking it)."""
+    from django.db import connection, connections
+
+    from django_bedrock_stream.models import Completion
+    from django_bedrock_stream.signals import token_received
+
+    if connection.vendor == "sqlite" and connection.is_in_memory_db():
+        pytest.skip("an in-memory SQLite connection is never closed (it would lose the database)")
+    held: list[bool] = []
+
+    def audit(sender: Any, **kwargs: Any) -> None:
+        Completion.objects.count()
+
+    def probe(sender: Any, **kwargs: Any) -> None:
+        held.append(connections["default"].connection is not None)
+
+    tool_called.connect(audit, dispatch_uid="audit")
+    token_received.connect(probe, dispatch_uid="probe")
+    try:
+        prompt = '[[emulator tool=calculator tool_input={"expression": "2+3"} text="Let me add."]] 2+3?'
+        status, body = post(server_kind, "/converse/", chat(prompt))
+    finally:
+        tool_called.disconnect(dispatch_uid="audit")
+        token_received.disconnect(dispatch_uid="probe")
+    assert status == 200 and "Result of calculator" in body
+    assert held and not any(held), held
