@@ -22,7 +22,7 @@ from django.utils.html import format_html
 
 from . import dashboard
 from .conf import stream_settings
-from .models import Completion
+from .models import BudgetUsage, Completion, UserBudget
 from .pricing import format_cost
 from .usage import usage_totals
 
@@ -202,3 +202,41 @@ class CompletionAdmin(_ModelAdmin):
 
     def usage_csv_view(self, request: HttpRequest) -> HttpResponse:
         return dashboard.usage_csv(request, self)
+
+
+if TYPE_CHECKING:
+    _UserBudgetAdmin = admin.ModelAdmin[UserBudget]
+    _BudgetUsageAdmin = admin.ModelAdmin[BudgetUsage]
+else:
+    _UserBudgetAdmin = _BudgetUsageAdmin = admin.ModelAdmin
+
+
+@admin.register(UserBudget)
+class UserBudgetAdmin(_UserBudgetAdmin):
+    """Per-user budgets: they win over ``BEDROCK_STREAM["BUDGETS"]`` (README, "Budgets")."""
+
+    list_display = ("user", "tokens", "cost", "period", "note")
+    list_filter = ("period",)
+    raw_id_fields = ("user",)
+
+    def get_search_fields(self, request: HttpRequest) -> list[str]:
+        return [f"user__{get_user_model().USERNAME_FIELD}", "note"]
+
+
+@admin.register(BudgetUsage)
+class BudgetUsageAdmin(_BudgetUsageAdmin):
+    """What each user used and holds per budget period; written by the streams only."""
+
+    list_display = ("user", "unit", "period", "period_start", "used", "reserved", "notified")
+    list_filter = ("unit", "period", "period_start")
+    list_select_related = ("user",)
+    readonly_fields = ("user", "unit", "period", "period_start", "used", "reserved", "notified")
+
+    def get_search_fields(self, request: HttpRequest) -> list[str]:
+        return [f"user__{get_user_model().USERNAME_FIELD}"]
+
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        return False
+
+    def has_change_permission(self, request: HttpRequest, obj: BudgetUsage | None = None) -> bool:
+        return False

@@ -68,6 +68,12 @@ DEFAULTS: dict[str, Any] = {
     "TOOL_RESULT_MAX_CHARS": 20_000,
     "TOOL_THREAD_POOL_SIZE": 16,
     "TOOL_CALL_MAX_AGE": 86_400,
+    # Per-user budgets (budgets.py), checked before Bedrock is called: {"default": {"tokens": 50_000,
+    # "period": "day"}, "groups": {"<group>": {...}}, "users": {"<username>": {...}}}; a budget is
+    # {"tokens": n} or {"cost": "5.00"} per "day" | "month" | "<n>h" | "<n>d". None: no budgets.
+    "BUDGETS": None,
+    # Count prompt-cache writes against token budgets too (input + output are always counted).
+    "BUDGET_COUNTS_CACHE_WRITES": False,
     # Files in a request (AI SDK "file" parts), checked by content before anything is sent upstream.
     # The defaults are Bedrock's own limits: more or larger files would be refused by Bedrock anyway.
     "MAX_IMAGES": media.MAX_IMAGES,

@@ -29,6 +29,7 @@ from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from .access import stream_permission_classes
+from .budgets import BudgetRefused
 from .exceptions import BedrockStreamError
 from .families import FAMILIES
 from .parsing import RequestRejected
@@ -86,6 +87,8 @@ class BedrockUpstreamError(exceptions.APIException):
         super().__init__(detail=error.message, code=error.error_type)
         self.status_code = error.status_code
         self.wait = error.retry_after
+        if isinstance(error, BudgetRefused):  # DRF's "detail", and the plain views' body with its figures
+            self.detail = {"detail": error.message, **error.as_json()}
 
 
 class RejectedRequestError(exceptions.APIException):

@@ -60,6 +60,11 @@ class Completion(models.Model):
     time_to_first_token = models.DurationField(null=True, blank=True)
     created_at = models.DateTimeField(auto_now_add=True, db_index=True)
     finished_at = models.DateTimeField(null=True, blank=True)
+    #: The budget reservation this stream made before calling Bedrock (budgets.py): the budget
+    #: (``tokens`` or ``cost``, ``period``), its period row's ``start`` and the amount ``reserved``
+    #: (in tokens or millionths of the currency), traded for the real usage when the stream ends.
+    #: None: no budget applied.
+    budget_reservation = models.JSONField(null=True, blank=True, editable=False)
 
     class Meta:
         ordering = ["-created_at", "-id"]
@@ -122,3 +127,77 @@ def usage_aggregates() -> dict[str, Any]:
         "failed": Count("id", filter=Q(status=Completion.Status.FAILED)),
         "cancelled": Count("id", filter=Q(status=Completion.Status.CANCELLED)),
     }
+
+
+class UserBudget(models.Model):
+    """A user's own budget, set in the admin; it wins over ``BEDROCK_STREAM["BUDGETS"]``.
+
+    Set ``tokens`` or ``cost`` (not both); leave both empty for no limit at all.
+    """
+
+    user = models.OneToOneField(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="bedrock_budget")
+    tokens = models.PositiveBigIntegerField(
+        null=True, blank=True, help_text="Tokens per period (input + output). Empty with an empty cost: no limit."
+    )
+    cost = models.DecimalField(
+        max_digits=20, decimal_places=6, null=True, blank=True,
+        help_text="Money per period, in the price table's currency (needs BEDROCK_STREAM['PRICES']).",
+    )
+    period = models.CharField(
+        max_length=16, default="day",
+        help_text='"day", "month" (calendar, in TIME_ZONE) or a rolling window: "24h", "7d".',
+    )
+    note = models.CharField(max_length=255, blank=True)
+
+    class Meta:
+        verbose_name = "user budget"
+
+    def __str__(self) -> str:
+        limit = "no limit" if self.tokens is None and self.cost is None else (
+            f"{self.tokens} tokens" if self.tokens is not None else f"{self.cost}"
+        )
+        return f"{self.user} · {limit} / {self.period}"
+
+    def clean(self) -> None:
+        from django.core.exceptions import ImproperlyConfigured, ValidationError
+
+        if self.tokens is not None and self.cost is not None:
+            raise ValidationError("Set tokens or cost, not both.")
+        try:
+            self.as_budget()
+        except ImproperlyConfigured as err:
+            raise ValidationError({"period": str(err)}) from None
+
+    def as_budget(self) -> Any:
+        """The :class:`~.budgets.Budget` of this row, or None (no limit)."""
+        from .budgets import Budget
+
+        if self.tokens is None and self.cost is None:
+            return None
+        return Budget(tokens=self.tokens, cost=self.cost, period=self.period)
+
+
+class BudgetUsage(models.Model):
+    """What a user has used (``used``) and holds for running streams (``reserved``) in one period of
+    a budget (a bucket of a rolling one): in tokens, or millionths of the currency (``unit="cost"``).
+    Written with conditional UPDATEs only (budgets.py); ``notified`` is the highest threshold
+    (80, 100) signalled for the period."""
+
+    user = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="bedrock_budget_usage")
+    unit = models.CharField(max_length=8)
+    period = models.CharField(max_length=16)
+    period_start = models.DateTimeField()
+    used = models.BigIntegerField(default=0)
+    reserved = models.BigIntegerField(default=0)
+    notified = models.PositiveSmallIntegerField(default=0)
+
+    class Meta:
+        verbose_name_plural = "budget usage"
+        constraints = [
+            models.UniqueConstraint(
+                fields=["user", "unit", "period", "period_start"], name="bedrock_budget_usage_once"
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.user} · {self.unit} · {self.period} from {self.period_start:%Y-%m-%d %H:%M}"

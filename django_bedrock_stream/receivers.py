@@ -46,6 +46,7 @@ FINAL_FIELDS = [
     "error_code",
     "time_to_first_token",
     "finished_at",
+    "budget_reservation",  # grown by each further turn of a run with tools
 ]
 
 
@@ -60,6 +61,48 @@ def connect() -> None:
             signal.connect(receiver, dispatch_uid=uid)
         else:
             signal.disconnect(dispatch_uid=uid)
+    if stream_settings.BUDGETS is not None:
+        connect_budget_settle()
+    else:  # a view with budgets of its own connects it again when it reserves
+        signals.stream_finished.disconnect(dispatch_uid=BUDGET_SETTLE_UID)
+
+
+BUDGET_SETTLE_UID = "bedrock_stream_budget_settle"
+
+
+def connect_budget_settle() -> None:
+    """Connect :func:`settle_budget` unless it is (cheap: a view calls it for each reservation)."""
+    if not any(key[0] == BUDGET_SETTLE_UID for key, *_ in signals.stream_finished.receivers):
+        signals.stream_finished.connect(settle_budget, dispatch_uid=BUDGET_SETTLE_UID)
+
+
+def settle_budget(*, sender: type, completion: Completion, **kwargs: Any) -> None:
+    """Trade the stream's budget reservation for its real usage (exactly once: ``stream_finished``
+    is sent once per stream, whatever happened), and send ``budget_threshold_reached`` for each
+    threshold it crossed. Retried on a fresh connection like the final write."""
+    from .budgets import settle
+
+    reservation = completion.budget_reservation
+    if not reservation:
+        return
+    crossed: list[Any] = []
+    for delay in (*FINAL_WRITE_BACKOFF, None):
+        try:
+            crossed = settle(completion)
+            break
+        except DatabaseError:
+            if delay is None or connections[router.db_for_write(Completion)].in_atomic_block:
+                logger.exception("Could not settle a budget reservation: %s", json.dumps(reservation))
+                return
+            logger.warning("Retrying a budget settlement after a database error", exc_info=True)
+            with contextlib.suppress(DatabaseError):
+                connections[router.db_for_write(Completion)].close()
+            time.sleep(delay)
+    for threshold, budget, used in crossed:
+        signals.budget_threshold_reached.send_robust(
+            sender, user=completion.user, budget=budget, used=budget.amount(used),
+            limit=budget.amount(budget.limit), threshold=threshold,
+        )
 
 
 def create_completion(*, completion: Completion, **kwargs: Any) -> None:

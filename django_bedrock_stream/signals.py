@@ -41,3 +41,10 @@ stream_finished = Signal()
 #: kwargs: ``request``, ``completion``, ``tool_name``, ``input`` (the model's input), ``output`` (None
 #: when it failed), ``error`` ("" when it ran well: else what the model was told), ``duration`` (seconds).
 tool_called = Signal()
+
+#: Sent when a user's usage in a budget period reaches 80 % and 100 % of the limit, once per crossing
+#: per period (a bucket of a rolling window), when a stream settles (``budgets.py``).
+#: kwargs: ``user``, ``budget`` (a :class:`~django_bedrock_stream.budgets.Budget`: ``tokens`` or
+#: ``cost``, ``period``), ``used`` (settled usage this period: tokens, or a Decimal amount of money),
+#: ``limit`` (same unit), ``threshold`` (80 or 100).
+budget_threshold_reached = Signal()

@@ -35,6 +35,7 @@ from typing import Any, ClassVar
 from asgiref.sync import iscoroutinefunction, markcoroutinefunction, sync_to_async
 from django.core.exceptions import ImproperlyConfigured
 from django.core.handlers.asgi import ASGIRequest
+from django.db import DatabaseError
 from django.http import HttpRequest, JsonResponse, StreamingHttpResponse
 from django.http.response import HttpResponseBase
 from django.utils.decorators import classonlymethod
@@ -42,6 +43,7 @@ from django.views import View
 from django.views.decorators.csrf import csrf_exempt
 
 from .access import AccessMixin, stream_permission_classes
+from .budgets import Budget, BudgetRefused, budget_for, reserve, step_reserver
 from .callbacks import StreamCallbacks
 from .conf import stream_settings
 from .exceptions import BedrockStreamError, StorageUnavailable
@@ -73,6 +75,7 @@ from .parsing import (
 )
 from .parts import ToolResult
 from .protocols import get_protocol, negotiate_protocol
+from .receivers import connect_budget_settle
 from .responses import STREAM_HEADERS
 from .runner import AsyncBody, StreamRunner, SyncBody, asend_all, release_connections, send, upstream_error
 from .serializers import FILE_REJECTIONS, stored_messages
@@ -113,6 +116,9 @@ class BedrockStreamMixin:
     #: Option names a request may set in its body (``temperature``, ``top_p``, ``stop_sequences``,
     #: ``reasoning_budget``, ``reasoning_effort``, ``latency``, ``service_tier``); others are ignored.
     request_options: Sequence[str] = ()
+    #: Budgets for this view, in the shape of ``BEDROCK_STREAM["BUDGETS"]`` (which they replace
+    #: here), or override :meth:`get_budget`. Usage is counted per user across views.
+    budgets: Mapping[str, Any] | None = None
 
     # -- hooks --------------------------------------------------------------------------------
     def get_family(self) -> BedrockFamily:
@@ -196,6 +202,13 @@ class BedrockStreamMixin:
         """May override: headers for the streaming response."""
         return dict(STREAM_HEADERS)
 
+    def get_budget(self, request: HttpRequest) -> Budget | Mapping[str, Any] | None:
+        """May override: the budget this request counts against (a :class:`~.budgets.Budget` or its
+        settings form), or None for no limit. Runs in sync code, after :meth:`prepare`, for signed-in
+        users only. Default: the user's ``UserBudget`` (admin), else :attr:`budgets` (or
+        ``BEDROCK_STREAM["BUDGETS"]``) by username, groups and default (:func:`~.budgets.budget_for`)."""
+        return budget_for(request.user, self.budgets if self.budgets is not None else stream_settings.BUDGETS)
+
     # -- the flow -------------------------------------------------------------------------------
     async def handle_async(self, request: HttpRequest) -> HttpResponseBase:
         """The ASGI path: nothing here blocks the event loop or holds Django's shared thread
@@ -220,7 +233,10 @@ class BedrockStreamMixin:
             # hold it for the whole stream (300 open streams would hold 300 connections; PostgreSQL
             # allows 100). With only sync receivers, both happen in one hop to that thread.
             started = {"request": request, "model_id": completion.model_id, "completion": completion}
-            await asend_all([(stream_started, started)], type(self), then=release_connections)
+            if self._budget_may_apply(completion):  # the reservation and the INSERT in one hop
+                await sync_to_async(self._reserve_and_start)(request, completion)
+            else:
+                await asend_all([(stream_started, started)], type(self), then=release_connections)
             if not self.start_was_stored(completion):
                 error: BedrockStreamError = StorageUnavailable(model_id=completion.model_id)
                 await asyncio.shield(unstarted._end_async(Completion.Status.FAILED, error))
@@ -233,6 +249,8 @@ class BedrockStreamMixin:
             # upstream call is abandoned (see open_stream_async). Settle the row, then re-raise.
             await asyncio.shield(unstarted._end_async(Completion.Status.CANCELLED, None))
             raise
+        except (BudgetRefused, StorageUnavailable) as refusal:  # by reserve_budget: nothing started, no signals
+            return self.error_response(refusal)
         except Exception as err:
             error = upstream_error(err, completion.model_id)
             await asyncio.shield(unstarted._end_async(Completion.Status.FAILED, error))
@@ -249,6 +267,12 @@ class BedrockStreamMixin:
         except RequestRejected as rejection:
             return self.reject(rejection)
         completion = self.new_completion(request)
+        if self._budget_may_apply(completion):
+            try:
+                self.reserve_budget(request, completion)
+            except (BudgetRefused, StorageUnavailable) as refusal:
+                release_connections()
+                return self.error_response(refusal)
         send(stream_started, type(self), request=request, model_id=completion.model_id, completion=completion)
         release_connections()  # as under ASGI: no connection held for the length of the stream
         started_at = time.monotonic()
@@ -271,6 +295,39 @@ class BedrockStreamMixin:
     def _check_and_prepare(self, request: HttpRequest) -> None:
         self.check_access(request)
         self.prepare(request)
+
+    def _budget_may_apply(self, completion: Completion) -> bool:
+        """No I/O: a signed-in user, and budgets configured or this view has its own."""
+        return completion.user_id is not None and (
+            stream_settings.BUDGETS is not None
+            or self.budgets is not None
+            or type(self).get_budget is not BedrockStreamMixin.get_budget
+        )
+
+    def reserve_budget(self, request: HttpRequest, completion: Completion) -> None:
+        """Should not need overriding: reserve ``max_tokens`` plus the input's estimate against the
+        user's budget (:meth:`get_budget`) before Bedrock is called, on ``completion`` (settled by the
+        ``stream_finished`` receiver). Raises :class:`~.budgets.BudgetExceeded` (429), or
+        :class:`~.exceptions.StorageUnavailable` (503) when the database cannot say."""
+        try:
+            budget = Budget.parse(self.get_budget(request), f"{type(self).__name__}.get_budget()")
+            if budget is None:
+                return
+            completion.budget_reservation = reserve(
+                completion.user_id, budget, self.resolved_model_id, self.body, self.get_max_tokens()
+            )
+        except DatabaseError:
+            logger.exception("Could not check the budget of a Bedrock stream for %s", completion.model_id)
+            raise StorageUnavailable(model_id=completion.model_id) from None
+        connect_budget_settle()
+
+    def _reserve_and_start(self, request: HttpRequest, completion: Completion) -> None:
+        """ASGI: :meth:`reserve_budget` and ``stream_started`` (the INSERT) in one thread hop."""
+        try:
+            self.reserve_budget(request, completion)
+            send(stream_started, type(self), request=request, model_id=completion.model_id, completion=completion)
+        finally:
+            release_connections()
 
     def start_was_stored(self, completion: Completion) -> bool:
         """Should not need overriding: False when persistence is on but the start row could not be
@@ -359,6 +416,7 @@ class BedrockStreamMixin:
         if self.tool_list:
             loop = self._tool_loop(request, completion)
             stream.prepare_call, stream.continuation, stream.acontinuation = loop.prepare_call, loop.next, loop.anext
+            loop.before_step = step_reserver(completion, self.resolved_model_id, self.get_max_tokens())
             stream.opening = [*self.approved_results, *self.tool_replay.denied]
         return stream
 

@@ -1,0 +1,421 @@
+"""Per-user budgets, checked before Bedrock is called.
+
+A budget is a limit in tokens or in money over a period::
+
+    BEDROCK_STREAM = {"BUDGETS": {
+        "default": {"tokens": 50_000, "period": "day"},
+        "groups": {"staff": {"tokens": 500_000, "period": "month"}, "interns": {"cost": "5.00", "period": "7d"}},
+        "users": {"alice": None},  # no limit for alice
+    }}
+
+Which budget a user gets (:func:`budget_for`): their :class:`~.models.UserBudget` row (the admin), else
+``users[<username>]``, else the largest of their groups' budgets, else ``default``. ``None`` anywhere
+means "no limit". Anonymous users have no budget.
+
+Counting (:class:`~.models.BudgetUsage`, one row per user, unit, period kind and period): before the
+call a stream reserves ``max_tokens`` plus an estimate of its input with one conditional ``UPDATE …
+SET reserved = reserved + n WHERE used + reserved + n <= limit``; ``rowcount`` 0 means over budget
+(429). When the stream ends, whatever happened, the ``stream_finished`` receiver (:func:`settle`)
+trades the reservation for the real usage (input + output tokens, plus cache writes when
+``BUDGET_COUNTS_CACHE_WRITES``; or its cost, see :mod:`~.pricing`). Each further model turn of a run
+with tools reserves again before it is called.
+
+Periods: ``"day"`` and ``"month"`` are calendar periods in Django's current time zone (``TIME_ZONE``,
+or the one activated for the request; UTC when ``USE_TZ`` is on and nothing else is said). ``"<n>h"``
+and ``"<n>d"`` are rolling windows, counted in 24 buckets (a "24h" window forgets usage an hour at a
+time, a "7d" one seven hours at a time).
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from datetime import timezone as dt_timezone
+from decimal import ROUND_CEILING, ROUND_FLOOR, Decimal, InvalidOperation
+from typing import Any
+
+from django.core.exceptions import ImproperlyConfigured
+from django.db import connections, router, transaction
+from django.db.models import F, Field, Max, Min, Q, Subquery, Sum, Value
+from django.db.models.functions import Coalesce
+from django.db.models.lookups import LessThanOrEqual
+from django.utils import timezone
+
+from .conf import stream_settings
+from .exceptions import BedrockStreamError
+from .models import BudgetUsage, UserBudget
+from .runner import CHARS_PER_TOKEN, release_connections
+
+#: Money is counted in millionths of the price table's currency (exact integers in the database).
+COST_UNIT = Decimal("0.000001")
+#: Percentages of the limit at which ``budget_threshold_reached`` is sent, once per crossing per period.
+THRESHOLDS = (80, 100)
+#: A rolling window is counted in this many buckets.
+ROLLING_BUCKETS = 24
+#: Keys of a request body whose strings are file bytes or signatures, not tokens of text.
+_BINARY_KEYS = frozenset({"bytes", "data", "signature", "redactedContent"})
+
+_ROLLING = re.compile(r"(\d+)([hd])\Z")
+
+
+def _period(value: Any, where: str) -> str:
+    if value in ("day", "month"):
+        return str(value)
+    match = _ROLLING.match(value) if isinstance(value, str) else None
+    if match is None or int(match.group(1)) == 0:
+        raise ImproperlyConfigured(f'{where}: period must be "day", "month" or a rolling window such as "24h" or '
+                                   f'"7d", not {value!r}')
+    return str(value)
+
+
+@dataclass(frozen=True)
+class Budget:
+    """A limit per ``period``: ``tokens`` or ``cost`` (a Decimal in the price table's currency)."""
+
+    tokens: int | None = None
+    cost: Decimal | None = None
+    period: str = "day"
+
+    def __post_init__(self) -> None:
+        if (self.tokens is None) == (self.cost is None):
+            raise ImproperlyConfigured(f"A budget sets exactly one of 'tokens' and 'cost': {self!r}")
+        _period(self.period, "budget")
+
+    @classmethod
+    def parse(cls, value: Any, where: str = "BEDROCK_STREAM['BUDGETS']") -> Budget | None:
+        """A budget from its settings form (``{"tokens": 50_000, "period": "day"}`` or
+        ``{"cost": "5.00", "period": "month"}``), a :class:`Budget`, or None (no limit)."""
+        if value is None or isinstance(value, Budget):
+            return value
+        if not isinstance(value, Mapping):
+            raise ImproperlyConfigured(f"{where}: a budget is a dict such as {{'tokens': 50000, 'period': 'day'}}")
+        unknown = set(value) - {"tokens", "cost", "period"}
+        if unknown:
+            raise ImproperlyConfigured(f"{where}: unknown budget keys {sorted(unknown)} (tokens, cost, period)")
+        tokens, cost = value.get("tokens"), value.get("cost")
+        if tokens is not None and (isinstance(tokens, bool) or not isinstance(tokens, int) or tokens < 0):
+            raise ImproperlyConfigured(f"{where}: 'tokens' must be a whole number >= 0, not {tokens!r}")
+        if cost is not None:
+            try:
+                cost = Decimal(cost.strip() if isinstance(cost, str) else cost)
+            except (InvalidOperation, TypeError):
+                raise ImproperlyConfigured(f"{where}: 'cost' must be an amount such as '5.00', not {cost!r}") from None
+            if isinstance(value.get("cost"), float) or not cost.is_finite() or cost < 0:
+                raise ImproperlyConfigured(f"{where}: 'cost' must be a string or Decimal >= 0 such as '5.00'")
+        if (tokens is None) == (cost is None):
+            raise ImproperlyConfigured(f"{where}: a budget sets exactly one of 'tokens' and 'cost'")
+        return cls(tokens=tokens, cost=cost, period=_period(value.get("period", "day"), where))
+
+    @property
+    def unit(self) -> str:
+        return "tokens" if self.tokens is not None else "cost"
+
+    @property
+    def limit(self) -> int:
+        """The limit in counting units: tokens, or millionths of the currency."""
+        if self.tokens is not None:
+            return self.tokens
+        assert self.cost is not None
+        return int((self.cost / COST_UNIT).to_integral_value(ROUND_FLOOR))
+
+    def amount(self, units: int) -> int | Decimal:
+        """An amount in counting units as tokens, or as money (a Decimal)."""
+        return units if self.unit == "tokens" else units * COST_UNIT
+
+    def display(self, units: int) -> int | str:
+        """An amount in counting units as JSON shows it: tokens, or money as a string ("4.25")."""
+        amount = self.amount(units)
+        return amount if isinstance(amount, int) else f"{amount.normalize():f}"
+
+    @property
+    def rolling(self) -> timedelta | None:
+        """The window of a rolling period, None for a calendar one."""
+        match = _ROLLING.match(self.period)
+        if match is None:
+            return None
+        return timedelta(hours=int(match.group(1)) * (24 if match.group(2) == "d" else 1))
+
+    def bounds(self, now: datetime) -> tuple[datetime, datetime]:
+        """``(start, end)`` of the period (a calendar one) or of the bucket (a rolling one) of ``now``."""
+        window = self.rolling
+        if window is not None:
+            bucket = window / ROLLING_BUCKETS
+            epoch = datetime(1970, 1, 1, tzinfo=dt_timezone.utc if timezone.is_aware(now) else None)
+            start = epoch + bucket * ((now - epoch) // bucket)
+            return start, start + bucket
+        local = timezone.localtime(now) if timezone.is_aware(now) else now
+        start = local.replace(hour=0, minute=0, second=0, microsecond=0)
+        if self.period == "day":
+            return start, start + timedelta(days=1)  # aware arithmetic is on the wall clock: DST-safe
+        start = start.replace(day=1)
+        return start, start.replace(year=start.year + start.month // 12, month=start.month % 12 + 1)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"tokens": self.tokens, "cost": None if self.cost is None else str(self.cost), "period": self.period}
+
+
+class BudgetRefused(BedrockStreamError):
+    """A request the user's budget does not allow; nothing was sent to Bedrock."""
+
+
+class BudgetExceeded(BudgetRefused):
+    """The user's budget cannot cover this request (429); nothing was sent to Bedrock."""
+
+    def __init__(self, budget: Budget, used: int, resets_at: datetime, *, now: datetime) -> None:
+        seconds = max(1, math.ceil((resets_at - now).total_seconds()))
+        super().__init__(
+            f"Your {budget.unit} budget for this period is used up; it frees up by {resets_at.isoformat()}.",
+            code="BudgetExceeded",
+            retry_after=seconds,
+        )
+        self.status_code, self.error_type = 429, "budget_exceeded"
+        self.budget, self.used, self.resets_at = budget, used, resets_at
+
+    def as_json(self) -> dict[str, Any]:
+        return {"error": {
+            "type": self.error_type,
+            "message": self.message,
+            "limit": self.budget.display(self.budget.limit),
+            "used": self.budget.display(self.used),
+            "unit": self.budget.unit,
+            "period": self.budget.period,
+            "resets_at": self.resets_at.astimezone(dt_timezone.utc).isoformat().replace("+00:00", "Z"),
+        }}
+
+
+class BudgetUnpriced(BudgetRefused):
+    """A money budget applies, but the price table has no price for the model: refused (403)."""
+
+    def __init__(self, model_id: str) -> None:
+        super().__init__(
+            "This model has no price, so a request cannot be counted against your budget.",
+            code="BudgetUnpriced",
+            model_id=model_id,
+        )
+        self.status_code, self.error_type = 403, "budget_unpriced"
+
+
+# -- which budget ------------------------------------------------------------------------------------
+def budget_for(user: Any, budgets: Mapping[str, Any] | None) -> Budget | None:
+    """The budget of ``user`` under ``budgets`` (the ``BUDGETS`` shape): their :class:`UserBudget`
+    row, else ``users``, else the largest of their ``groups``' budgets, else ``default``."""
+    if not getattr(user, "is_authenticated", False):
+        return None
+    row = UserBudget.objects.filter(user_id=user.pk).first()
+    if row is not None:
+        return row.as_budget()
+    budgets = budgets or {}
+    users = budgets.get("users") or {}
+    username = user.get_username()
+    if username in users:
+        return Budget.parse(users[username], f"BUDGETS['users'][{username!r}]")
+    groups = budgets.get("groups") or {}
+    if groups:
+        names = list(user.groups.filter(name__in=list(groups)).values_list("name", flat=True))
+        if names:
+            found = [Budget.parse(groups[name], f"BUDGETS['groups'][{name!r}]") for name in names]
+            if None in found:
+                return None
+            # The largest limit; money budgets are compared among themselves and preferred.
+            return max(found, key=lambda b: (b is not None and b.unit == "cost", b.limit if b is not None else 0))
+    return Budget.parse(budgets.get("default"), "BUDGETS['default']")
+
+
+def estimate_input_tokens(body: Any) -> int:
+    """About four characters a token of the text in a request body (file bytes and signatures
+    left out): the input part of a reservation."""
+    chars = 0
+    stack = [body]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, str):
+            chars += len(item)
+        elif isinstance(item, Mapping):
+            stack.extend(value for key, value in item.items() if key not in _BINARY_KEYS)
+        elif isinstance(item, (list, tuple)):
+            stack.extend(item)
+    return math.ceil(chars / CHARS_PER_TOKEN)
+
+
+def amount_for(budget: Budget, model_id: str, usage: Mapping[str, Any], *, ceiling: bool = True) -> int:
+    """``usage`` in the budget's counting units: tokens (input + output, + cache writes when
+    ``BUDGET_COUNTS_CACHE_WRITES``), or its cost (:func:`~.pricing.cost_of`), rounded up."""
+    if budget.unit == "tokens":
+        tokens = int(usage.get("input_tokens") or 0) + int(usage.get("output_tokens") or 0)
+        if stream_settings.BUDGET_COUNTS_CACHE_WRITES:
+            tokens += int(usage.get("cache_write_tokens") or 0)
+        return tokens
+    from .pricing import cost_of
+
+    cost = cost_of(model_id, usage)
+    if cost is None:
+        raise BudgetUnpriced(model_id)
+    return int((cost / COST_UNIT).to_integral_value(ROUND_CEILING))
+
+
+# -- reserving -----------------------------------------------------------------------------------------
+def reserve(
+    user_id: Any, budget: Budget, model_id: str, body: Mapping[str, Any], max_tokens: int,
+    *, now: datetime | None = None,
+) -> dict[str, Any]:
+    """Reserve ``max_tokens`` plus the body's input estimate against the budget; the reservation
+    (to store on the completion, for :func:`settle`), or :class:`BudgetExceeded`."""
+    now = now or timezone.now()
+    amount = amount_for(budget, model_id, {"input_tokens": estimate_input_tokens(body), "output_tokens": max_tokens})
+    start, _ = budget.bounds(now)
+    _reserve(user_id, budget, start, amount, now)
+    return {**budget.as_dict(), "start": start.isoformat(), "reserved": amount}
+
+
+def reserve_more(reservation: dict[str, Any], user_id: Any, model_id: str, body: Mapping[str, Any],
+                 max_tokens: int) -> None:
+    """Reserve for one more model turn (a run with tools) on the same period row as the first."""
+    budget = Budget.parse(_budget_fields(reservation))
+    assert budget is not None
+    amount = amount_for(budget, model_id, {"input_tokens": estimate_input_tokens(body), "output_tokens": max_tokens})
+    _reserve(user_id, budget, datetime.fromisoformat(reservation["start"]), amount, timezone.now())
+    reservation["reserved"] += amount
+
+
+def step_reserver(completion: Any, model_id: str, max_tokens: int) -> Callable[[dict[str, Any]], None] | None:
+    """The :class:`~.toolflow.ToolLoop` hook that reserves before each further turn, when the
+    stream holds a reservation."""
+    reservation = getattr(completion, "budget_reservation", None)
+    if not reservation:
+        return None
+
+    def reserve_step(body: dict[str, Any]) -> None:
+        try:
+            reserve_more(reservation, completion.user_id, model_id, body, max_tokens)
+        finally:
+            release_connections()  # not held for the rest of the stream
+
+    return reserve_step
+
+
+def _reserve(user_id: Any, budget: Budget, start: datetime, amount: int, now: datetime) -> None:
+    alias = router.db_for_write(BudgetUsage)
+    key = {"user_id": user_id, "unit": budget.unit, "period": budget.period}
+    rows = BudgetUsage.objects.using(alias).filter(**key, period_start=start)
+    window = budget.rolling
+    counted = F("used") + F("reserved")
+    if window is not None:
+        first = start - (window - window / ROLLING_BUCKETS)
+        in_window = BudgetUsage.objects.using(alias).filter(**key, period_start__gte=first)
+        total = in_window.values("user_id").annotate(total=Sum(counted)).values("total")
+        fits = LessThanOrEqual(Coalesce(Subquery(total), Value(0)), budget.limit - amount)
+    else:
+        fits = LessThanOrEqual(counted, budget.limit - amount)
+
+    def attempt() -> int:
+        if window is None or not connections[alias].features.has_select_for_update:
+            # One statement: PostgreSQL re-checks the WHERE on the row it waited for; SQLite runs a
+            # write statement under the database's write lock.
+            return rows.filter(fits).update(reserved=F("reserved") + amount)
+        # A rolling window sums several rows: lock the current one first, so that the sum (read by
+        # the next statement, on a fresh snapshot) sees every reservation made before ours.
+        with transaction.atomic(using=alias):
+            list(rows.select_for_update().values_list("pk", flat=True))
+            return rows.filter(fits).update(reserved=F("reserved") + amount)
+
+    if attempt():
+        return
+    BudgetUsage.objects.using(alias).bulk_create([BudgetUsage(**key, period_start=start)], ignore_conflicts=True)
+    if attempt():
+        return
+    scope = in_window if window is not None else rows
+    state = scope.aggregate(total=Coalesce(Sum(counted), 0), oldest=Min("period_start", filter=Q(used__gt=0) | Q(
+        reserved__gt=0)))
+    if window is not None:
+        resets_at = (state["oldest"] or start) + window
+    else:
+        resets_at = budget.bounds(now)[1]
+    raise BudgetExceeded(budget, state["total"], resets_at, now=now)
+
+
+# -- settling ------------------------------------------------------------------------------------------
+def settle(completion: Any) -> list[tuple[int, Budget, int]]:
+    """Trade the completion's reservation for its real usage, once; the thresholds crossed, as
+    ``(threshold, budget, used)``. Needs the completion's final usage (``record_end``)."""
+    reservation = getattr(completion, "budget_reservation", None)
+    if not reservation or getattr(completion, "budget_settled", False):
+        return []
+    budget = Budget.parse(_budget_fields(reservation))
+    assert budget is not None
+    usage = {
+        "input_tokens": completion.input_tokens,
+        "output_tokens": completion.output_tokens,
+        "cache_read_tokens": completion.cache_read_tokens,
+        "cache_write_tokens": completion.cache_write_tokens,
+    }
+    try:
+        used = amount_for(budget, completion.model_id, usage)
+    except BudgetUnpriced:  # the price table changed since the reservation: count what was reserved
+        used = reservation["reserved"]
+    start = datetime.fromisoformat(reservation["start"])
+    alias = router.db_for_write(BudgetUsage)
+    key = {"user_id": completion.user_id, "unit": budget.unit, "period": budget.period}
+    total, notified = _settle_row(alias, key, start, used, reservation["reserved"])
+    completion.budget_settled = True
+    window = budget.rolling
+    if window is not None:
+        first = start - (window - window / ROLLING_BUCKETS)
+        state = BudgetUsage.objects.using(alias).filter(**key, period_start__gte=first).aggregate(
+            total=Coalesce(Sum("used"), 0), notified=Coalesce(Max("notified"), 0))
+        total, notified = state["total"], state["notified"]
+    crossed = []
+    for threshold in THRESHOLDS:
+        if notified < threshold and total * 100 >= budget.limit * threshold:
+            marked = BudgetUsage.objects.using(alias).filter(**key, period_start=start, notified__lt=threshold)
+            if marked.update(notified=threshold):  # one settle wins each crossing
+                crossed.append((threshold, budget, total))
+    return crossed
+
+
+def _settle_row(alias: str, key: dict[str, Any], start: datetime, used: int, reserved: int) -> tuple[int, int]:
+    """One UPDATE: ``used += used, reserved -= reserved``; the row's new ``used`` and ``notified``."""
+    connection = connections[alias]
+    if not connection.features.can_return_columns_from_insert:  # no UPDATE … RETURNING here
+        rows = BudgetUsage.objects.using(alias).filter(**key, period_start=start)
+        rows.update(used=F("used") + used, reserved=F("reserved") - reserved)
+        return next(iter(rows.values_list("used", "notified")), (0, 0))
+    meta, quote = BudgetUsage._meta, connection.ops.quote_name
+    column = {name: quote(str(field.column)) for name in ("user", "unit", "period", "period_start", "used", "reserved",
+                                                    "notified") if isinstance(field := meta.get_field(name), Field)}
+    sql = (
+        f"UPDATE {quote(meta.db_table)} SET {column['used']} = {column['used']} + %s, "
+        f"{column['reserved']} = {column['reserved']} - %s WHERE {column['user']} = %s AND {column['unit']} = %s "
+        f"AND {column['period']} = %s AND {column['period_start']} = %s RETURNING {column['used']}, "
+        f"{column['notified']}"
+    )
+    params = [used, reserved, key["user_id"], key["unit"], key["period"],
+              connection.ops.adapt_datetimefield_value(start)]
+    with connection.cursor() as cursor:
+        cursor.execute(sql, params)
+        row = cursor.fetchone()
+    return (int(row[0]), int(row[1])) if row else (0, 0)
+
+
+def _budget_fields(reservation: Mapping[str, Any]) -> dict[str, Any]:
+    return {name: reservation[name] for name in ("tokens", "cost", "period") if reservation.get(name) is not None}
+
+
+def budgets_configured() -> bool:
+    """Whether ``BEDROCK_STREAM["BUDGETS"]`` is set (even to ``{}``: then only the admin's rows count)."""
+    return stream_settings.BUDGETS is not None
+
+
+__all__ = [
+    "Budget",
+    "BudgetExceeded",
+    "BudgetRefused",
+    "BudgetUnpriced",
+    "amount_for",
+    "budget_for",
+    "estimate_input_tokens",
+    "reserve",
+    "settle",
+]
