@@ -3,6 +3,8 @@ the cost each stream's row gets through the views (completed, failed, cancelled)
 
 from __future__ import annotations
 
+import csv
+import io
 import json
 import re
 from decimal import Decimal
@@ -11,6 +13,7 @@ from typing import Any
 
 import pytest
 from asgiref.sync import sync_to_async
+from django.core.management import call_command
 from django.test import AsyncClient, Client, override_settings
 from django.urls import reverse
 
@@ -156,7 +159,7 @@ def test_e003_accepts_the_documented_table() -> None:
 
 def test_the_readmes_table_checks_clean_and_prices_what_it_says() -> None:
     readme = (Path(__file__).resolve().parent.parent / "README.md").read_text(encoding="utf-8")
-    section = readme.split("\n### Cost\n", 1)[1].split("\n## ", 1)[0]
+    section = re.split(r"\n##+ ", readme.split("\n### Cost\n", 1)[1], maxsplit=1)[0]
     [code] = re.findall(r"^```python\n(.*?)^```", section, re.S | re.M)
     namespace: dict[str, Any] = {}
     exec(code, namespace)
@@ -313,3 +316,27 @@ def test_the_admin_shows_the_cost(admin_client: Client) -> None:
                                               ("12.3456789012", "12.3456789012")])
 def test_format_cost(amount: str, text: str) -> None:
     assert pricing.format_cost(Decimal(amount)) == text
+
+
+@pytest.mark.django_db
+@override_settings(BEDROCK_STREAM={"PRICE_CURRENCY": "EUR"})
+def test_bedrock_usage_cost_columns() -> None:
+    for cost in ("0.0012500000", "0.0000300000", None):
+        Completion.objects.create(model_id=HAIKU_3, status="completed", input_tokens=1, output_tokens=2,
+                                  cost=None if cost is None else Decimal(cost))
+    Completion.objects.create(model_id="meta.llama3-8b-instruct-v1:0", status="completed", input_tokens=4, output_tokens=8)
+
+    def usage(*args: str) -> str:
+        out = io.StringIO()
+        call_command("bedrock_usage", *args, stdout=out)
+        return out.getvalue()
+
+    rows = list(csv.reader(io.StringIO(usage("--cost", "--format", "csv"))))
+    assert rows[0][-2:] == ["cost_EUR", "unpriced"]
+    # The known costs summed, the unpriced one counted apart; a model with no known cost: empty.
+    assert {row[0]: row[-2:] for row in rows[1:]} == {HAIKU_3: ["0.00128", "1"], "meta.llama3-8b-instruct-v1:0": ["", "1"]}
+    table = usage("--cost").splitlines()
+    assert table[0].split()[-2:] == ["cost_EUR", "unpriced"]
+    assert table[-1].split() == ["TOTAL", "4", "7", "14", "21", "0", "0", "0.00128", "2"]
+    assert table[-3].split()[-2:] == ["-", "1"]
+    assert "cost" not in usage().splitlines()[0]  # only with --cost
