@@ -227,6 +227,7 @@ class BedrockStreamMixin:
         # Settles the row when no stream starts: Bedrock refused, or the client left first.
         empty = BedrockStream([], self.family.parse_event)
         unstarted = self.make_runner(request, empty, completion, time.monotonic())
+        failure: BedrockStreamError | None = None
         try:
             # Under ASGI each request runs its sync code (the INSERT of stream_started) on a thread of
             # its own, with a database connection of its own: give it back right after, rather than
@@ -238,23 +239,25 @@ class BedrockStreamMixin:
             else:
                 await asend_all([(stream_started, started)], type(self), then=release_connections)
             if not self.start_was_stored(completion):
-                error: BedrockStreamError = StorageUnavailable(model_id=completion.model_id)
-                await asyncio.shield(unstarted._end_async(Completion.Status.FAILED, error))
-                return self.error_response(error)
-            await self.arun_approved_tools(request, completion)
-            started_at = time.monotonic()
-            source = await self.open_stream_async()
+                failure = StorageUnavailable(model_id=completion.model_id)
+                await asyncio.shield(unstarted._end_async(Completion.Status.FAILED, failure))
+            else:
+                await self.arun_approved_tools(request, completion)
+                started_at = time.monotonic()
+                source = await self.open_stream_async()
         except asyncio.CancelledError:
             # The client left while Bedrock was still thinking (Django cancels the view); the
             # upstream call is abandoned (see open_stream_async). Settle the row, then re-raise.
             await asyncio.shield(unstarted._end_async(Completion.Status.CANCELLED, None))
             raise
         except (BudgetRefused, StorageUnavailable) as refusal:  # by reserve_budget: nothing started, no signals
-            return self.error_response(refusal)
+            failure = refusal
         except Exception as err:
-            error = upstream_error(err, completion.model_id)
-            await asyncio.shield(unstarted._end_async(Completion.Status.FAILED, error))
-            return self.error_response(error)
+            failure = upstream_error(err, completion.model_id)
+            await asyncio.shield(unstarted._end_async(Completion.Status.FAILED, failure))
+        if failure is not None:
+            # Outside the try: the DRF flavour's error_response raises its APIException.
+            return self.error_response(failure)
         stream = self.tool_run(self.make_stream(source), request, completion)
         runner = self.make_runner(request, stream, completion, started_at)
         return self.make_response(AsyncBody(runner), runner)
@@ -281,8 +284,8 @@ class BedrockStreamMixin:
             error: BedrockStreamError = StorageUnavailable(model_id=completion.model_id)
             unstarted._end_sync(Completion.Status.FAILED, error)
             return self.error_response(error)
-        self.run_approved_tools(request, completion)
         try:
+            self.run_approved_tools(request, completion)
             source = self.open_stream()
         except Exception as err:
             error = upstream_error(err, completion.model_id)

@@ -146,3 +146,19 @@ async def test_asgi_holds_no_database_connection_while_streaming(
     [chunk async for chunk in response.streaming_content]
     assert connection_probe == [False, False, False]
     assert (await sync_to_async(Completion.objects.get)()).status == "completed"
+
+
+@pytest.mark.parametrize("flavour", ["wsgi", "asgi"])
+def test_the_drf_flavour_answers_503_too_when_the_start_row_is_not_stored(
+    bedrock_emulator: Any, saves: FailingSaves, flavour: str
+) -> None:
+    """Its error_response raises an APIException: raised inside the flow's try, it became a 502."""
+    from asgiref.sync import async_to_sync
+
+    saves.fail("insert", 2)
+    if flavour == "wsgi":
+        response = Client().post("/api/converse/", chat("hello"), content_type="application/json")
+    else:
+        response = async_to_sync(AsyncClient().post)("/api/converse/", chat("hello"), content_type="application/json")
+    assert response.status_code == 503, response.content
+    assert bedrock_emulator.requests == []
