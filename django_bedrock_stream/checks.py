@@ -153,6 +153,8 @@ def _invalid_value(key: str, value: Any) -> str | None:
         except PriceTableError as err:
             return f"is invalid: {err}"
         return None
+    if key == "BUDGETS":
+        return _invalid_budgets(value)
     if key == "CONVERSE":
         if not isinstance(value, dict):
             return f"must be a dict of model options, not {type(value).__name__}"
@@ -176,6 +178,29 @@ def _invalid_value(key: str, value: Any) -> str | None:
             Config(**{**DEFAULTS["CLIENT_CONFIG"], **value})
         except Exception as err:  # botocore raises TypeError or its own validation errors
             return f"is rejected by botocore.config.Config: {err}"
+    return None
+
+
+def _invalid_budgets(value: Any) -> str | None:
+    """Why a ``BUDGETS`` value is unusable (else a 500 on every request of a user it applies to)."""
+    if value is None:
+        return None
+    if not isinstance(value, dict) or set(value) - {"default", "groups", "users"}:
+        return "must be None or a dict with 'default', 'groups' and/or 'users'"
+    from django.core.exceptions import ImproperlyConfigured
+
+    from .budgets import Budget
+
+    try:
+        Budget.parse(value.get("default"), "BUDGETS['default']")
+        for section in ("groups", "users"):
+            entries = value.get(section) or {}
+            if not isinstance(entries, dict):
+                return f"[{section!r}] must be a dict of names to budgets"
+            for name, budget in entries.items():
+                Budget.parse(budget, f"BUDGETS[{section!r}][{name!r}]")
+    except ImproperlyConfigured as err:
+        return f"is invalid: {err}"
     return None
 
 

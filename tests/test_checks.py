@@ -752,3 +752,26 @@ def test_e004_tools_the_family_cannot_call_and_a_tool_choice_naming_none() -> No
         errors = check_tools()
     assert [e.id for e in errors] == ["bedrock_stream.E004"] * 2
     assert "'llama2' family cannot call them" in errors[0].msg and "'subtract'" in errors[1].msg
+
+
+@pytest.mark.parametrize("value, fragment", [
+    ("lots", "must be None or a dict"),
+    ({"default": {"tokens": -1, "period": "day"}}, "'tokens' must be a whole number"),
+    ({"users": {"alice": {"tokens": 5, "period": "fortnight"}}}, "period must be"),
+    ({"groups": ["staff"]}, "['groups'] must be a dict"),
+])
+def test_e003_reports_a_bad_budgets_setting_at_start_up(value: Any, fragment: str) -> None:
+    from django_bedrock_stream.checks import check_settings_values
+
+    with override_settings(BEDROCK_STREAM={"BUDGETS": value}):
+        errors = check_settings_values()
+    assert [e.id for e in errors] == ["bedrock_stream.E003"] and fragment in errors[0].msg, errors
+
+
+def test_e003_accepts_the_documented_budgets_shape() -> None:
+    from django_bedrock_stream.checks import check_settings_values
+
+    shape = {"default": {"tokens": 50_000, "period": "day"}, "groups": {"staff": {"tokens": 200_000, "period": "day"}},
+             "users": {"alice": {"cost": "5.00", "period": "month"}}}
+    with override_settings(BEDROCK_STREAM={"BUDGETS": shape}):
+        assert check_settings_values() == []
