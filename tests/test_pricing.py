@@ -22,6 +22,7 @@ from django_bedrock_stream.families import FAMILIES
 from django_bedrock_stream.models import Completion
 from django_bedrock_stream.pricing import PriceTable, PriceTableError, cost_of, price_for
 from tests.recorded import FAMILY_OF, RECORDED_DIR, boto3_events, expected_usage, load_index
+from tests.test_reliability import close_server_connections
 
 NOVA_MICRO = "amazon.nova-micro-v1:0"
 SONNET_4 = "anthropic.claude-sonnet-4-20250514-v1:0"
@@ -278,6 +279,7 @@ async def test_the_async_path_stores_the_cost_too(bedrock_emulator: Any) -> None
                                             content_type="application/json")
         [chunk async for chunk in response.streaming_content]
     row = await sync_to_async(Completion.objects.get)()
+    close_server_connections()  # asgiref's thread's, so that PostgreSQL can drop the test database
     assert row.status == "completed" and isinstance(row.cost, Decimal)
     assert row.cost == by_hand(row, {"input": "0.00025", "output": "0.00125"}) > 0
 
