@@ -9,8 +9,10 @@ A local demo for one person: do not deploy these settings.
 
 import os
 from pathlib import Path
+from typing import Any
 
 import boto3
+import django
 
 BASE_DIR = Path(__file__).resolve().parent
 
@@ -59,10 +61,29 @@ TEMPLATES = [
     },
 ]
 
+# SQLite under concurrent streams (uvicorn, or runserver's threads): WAL lets reads run beside the one
+# writer, the busy timeout makes a writer wait for the lock (20 s, not Python's 5 s) and IMMEDIATE
+# transactions take the write lock up front, so 100 streams at once don't fail with "database is
+# locked" (README "Databases"; check bedrock_stream.W009). Django < 5.1 has no init_command /
+# transaction_mode: a connection_created receiver sets WAL there (it is stored in the file).
+SQLITE_OPTIONS: dict[str, object] = {"timeout": 20}
+if django.VERSION >= (5, 1):
+    SQLITE_OPTIONS.update(init_command="PRAGMA journal_mode=WAL;", transaction_mode="IMMEDIATE")
+else:  # pragma: no cover - Django 4.2 / 5.0
+    from django.db.backends.signals import connection_created
+
+    def _sqlite_wal(sender: object, connection: Any, **kwargs: object) -> None:
+        if connection.vendor == "sqlite":
+            with connection.cursor() as cursor:
+                cursor.execute("PRAGMA journal_mode=WAL")
+
+    connection_created.connect(_sqlite_wal, dispatch_uid="example_sqlite_wal")
+
 DATABASES = {
     "default": {
         "ENGINE": "django.db.backends.sqlite3",
         "NAME": BASE_DIR / "db.sqlite3",
+        "OPTIONS": SQLITE_OPTIONS,
     }
 }
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
