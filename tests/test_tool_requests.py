@@ -30,9 +30,9 @@ from django_bedrock_stream.families import AnthropicMessagesFamily, ConverseFami
 from django_bedrock_stream.models import Completion
 from django_bedrock_stream.parts import ToolCall
 from django_bedrock_stream.prompts import build_anthropic_messages, build_converse_messages, build_llama3_prompt
-from django_bedrock_stream.signals import tool_called
 from django_bedrock_stream.tools import Tool, sign_call, tool
 from django_bedrock_stream.views import BedrockStreamView
+from tests.test_reliability import Recorder
 
 from .servers import UvicornThread
 
@@ -271,21 +271,9 @@ def conversation(*parts: dict[str, Any], then: str | None = None) -> dict[str, A
     return {"messages": messages}
 
 
-class ToolCalls:
-    """``tool_called`` as sent, while in the ``with`` block."""
-
-    def __init__(self) -> None:
-        self.calls: list[dict[str, Any]] = []
-
-    def __enter__(self) -> ToolCalls:
-        tool_called.connect(self._receive, dispatch_uid="test-tool-requests")
-        return self
-
-    def __exit__(self, *exc: Any) -> None:
-        tool_called.disconnect(dispatch_uid="test-tool-requests")
-
-    def _receive(self, sender: Any, **kwargs: Any) -> None:
-        self.calls.append(kwargs)
+def tool_calls() -> Recorder:
+    """``tool_called`` as sent, while in the ``with`` block (``.of("tool_called")``)."""
+    return Recorder("tool_called")
 
 
 @pytest.fixture(autouse=True)
@@ -376,7 +364,7 @@ def test_an_approved_call_runs_before_the_model_is_called_and_opens_the_stream(
     assert part["state"] == "approval-requested" and DELETED == []
     part.update(state="approval-responded", approval={**part["approval"], "approved": True})
 
-    with ToolCalls() as signals:
+    with tool_calls() as signals:
         status, body = post(server, VIEWS[view], {"messages": [question, answer]})
     assert status == 200, body
     chunks = ui_chunks(body)
@@ -390,7 +378,7 @@ def test_an_approved_call_runs_before_the_model_is_called_and_opens_the_stream(
 
     fold(answer, chunks)  # the browser's message now: the call done, then the answer's step
     assert part["state"] == "output-available" and part["approval"]["approved"] is True
-    [run] = signals.calls
+    [run] = signals.of("tool_called")
     assert (run["tool_name"], run["input"], run["output"], run["error"]) == (
         "delete_file", {"path": "/tmp/a.txt"}, "deleted /tmp/a.txt", ""
     )

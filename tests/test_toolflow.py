@@ -27,6 +27,7 @@ from django_bedrock_stream.models import Completion
 from django_bedrock_stream.signals import tool_called
 from django_bedrock_stream.tools import Tool, tool, verify_call
 from django_bedrock_stream.views import BedrockStreamView
+from tests.test_reliability import Recorder
 
 from .recorded import RECORDED_DIR, load_index, wire_events, wire_tool_calls
 from .servers import UvicornThread, raw_request, read_head
@@ -238,21 +239,9 @@ def wait_until(predicate: Any, what: str, timeout: float = 10.0) -> None:
         time.sleep(0.02)
 
 
-class ToolCalls:
-    """``tool_called`` as sent, while in the ``with`` block."""
-
-    def __init__(self) -> None:
-        self.calls: list[dict[str, Any]] = []
-
-    def __enter__(self) -> ToolCalls:
-        tool_called.connect(self._receive, dispatch_uid="test-toolflow")
-        return self
-
-    def __exit__(self, *exc: Any) -> None:
-        tool_called.disconnect(dispatch_uid="test-toolflow")
-
-    def _receive(self, sender: Any, **kwargs: Any) -> None:
-        self.calls.append(kwargs)
+def tool_calls() -> Recorder:
+    """``tool_called`` as sent, while in the ``with`` block (``.of("tool_called")``)."""
+    return Recorder("tool_called")
 
 
 def usage_of(emulator: Any, family: str, model_id: str, body: dict[str, Any]) -> tuple[int, int]:
@@ -299,7 +288,7 @@ COMPUTE = '[[emulator tool=calculator tool_input={"expression": "2+3"} text="Let
 
 @pytest.mark.parametrize("family", ["converse", "claude"])
 def test_a_server_tool_runs_between_two_model_turns(bedrock_emulator: Any, server: str, family: str) -> None:
-    with ToolCalls() as sent:
+    with tool_calls() as sent:
         status, body = post(server, f"/{family}/", chat(COMPUTE))
     assert status == 200, body
     chunks = ui_chunks(body)
@@ -363,7 +352,7 @@ def test_a_server_tool_runs_between_two_model_turns(bedrock_emulator: Any, serve
     assert run == {"id": call_id, "name": "calculator", "input": {"expression": "2+3"}, "output": "5", "error": "",
                    "status": "success", "step": 0}
     assert [call["id"] for call in completion.parts["tool_calls"]] == [call_id]
-    [called] = sent.calls
+    [called] = sent.of("tool_called")
     assert called["tool_name"] == "calculator" and called["completion"].pk == completion.pk
     assert (called["input"], called["output"], called["error"]) == ({"expression": "2+3"}, "5", "")
     assert called["duration"] >= 0 and called["request"].path == f"/{family}/"
@@ -454,7 +443,7 @@ def test_several_calls_keep_their_order_and_ids_and_run_concurrently(bedrock_emu
 def test_a_tool_that_raises_gives_the_model_an_error_and_the_client_a_safe_message(
     bedrock_emulator: Any, server_kind: str, caplog: pytest.LogCaptureFixture
 ) -> None:
-    with caplog.at_level(logging.ERROR, logger="django_bedrock_stream.tools"), ToolCalls() as sent:
+    with caplog.at_level(logging.ERROR, logger="django_bedrock_stream.tools"), tool_calls() as sent:
         status, body = post(server_kind, "/claude/", chat('[[emulator tool=broken tool_input={"reason": "x"}]] go'))
     assert status == 200, body
     chunks = ui_chunks(body)
@@ -474,7 +463,7 @@ def test_a_tool_that_raises_gives_the_model_an_error_and_the_client_a_safe_messa
     assert completion.status == "completed"
     [run] = completion.parts["tool_runs"]
     assert (run["status"], run["output"], run["error"]) == ("error", None, safe)
-    [called] = sent.calls
+    [called] = sent.of("tool_called")
     assert (called["output"], called["error"]) == (None, safe)
 
 
