@@ -28,6 +28,10 @@ Id                     Meaning
 ``W008``               A price table (``PRICES``) is configured and a model the project serves
                        (a routed stream view's model or allowed models, ``ALLOWED_MODELS``) has
                        no price in it: its completions would get no cost.
+``W009``               The app writes rows (``PERSIST``, ``BUDGETS``) to a SQLite file whose
+                       connections are not in WAL mode or wait less than 20 s for the write
+                       lock: concurrent streams fail with "database is locked". A database
+                       check: it runs with ``migrate`` and ``check --database <alias>``.
 ``E004``               A routed stream view offers tools (``tools``) its family cannot call, or
                        its ``tool_choice`` names a tool it does not offer (else every request
                        would be a 500).
@@ -516,6 +520,61 @@ def check_tools(app_configs: Any = None, **kwargs: Any) -> list[CheckMessage]:
     return errors
 
 
+# -- W009 --------------------------------------------------------------------------------------
+
+#: Seconds a SQLite connection should wait for the write lock (``OPTIONS["timeout"]``; Python's default is 5).
+SQLITE_BUSY_TIMEOUT = 20
+
+
+def check_sqlite_concurrency(app_configs: Any = None, databases: Any = None, **kwargs: Any) -> list[CheckMessage]:
+    """W009: rows written concurrently to a SQLite file that is not ready for it.
+
+    Every server runs streams concurrently — uvicorn on one loop, runserver and gunicorn ``gthread`` on
+    threads, gunicorn's sync workers as processes sharing the file — so the condition is only that the
+    app writes (``PERSIST``, ``BUDGETS``) to a SQLite database that is a file. What a connection really
+    gets (``OPTIONS``, a ``connection_created`` receiver, or WAL stored in the file) is read back from
+    the database with ``PRAGMA journal_mode`` / ``PRAGMA busy_timeout``: a database check, run by
+    ``migrate`` and ``check --database``, not by a plain ``check``.
+    """
+    if not databases:
+        return []
+    from django.db import connections, router
+    from django.db.models import Model
+
+    from .conf import stream_settings
+    from .models import BudgetUsage, Completion
+
+    written: list[type[Model]] = [Completion] if stream_settings.PERSIST else []
+    if stream_settings.BUDGETS is not None:
+        written.append(BudgetUsage)
+    messages: list[CheckMessage] = []
+    for alias in sorted({router.db_for_write(model) for model in written} & set(databases)):
+        connection = connections[alias]
+        if connection.vendor != "sqlite" or connection.is_in_memory_db():  # type: ignore[attr-defined]
+            continue
+        with connection.cursor() as cursor:
+            cursor.execute("PRAGMA journal_mode")
+            mode = str(cursor.fetchone()[0]).lower()
+            cursor.execute("PRAGMA busy_timeout")
+            timeout = int(cursor.fetchone()[0]) / 1000
+        problems = ([] if mode == "wal" else [f"journal_mode is {mode!r}, not 'wal'"]) + (
+            [] if timeout >= SQLITE_BUSY_TIMEOUT else [f"the busy timeout is {timeout:g} s"])
+        if problems:
+            messages.append(Warning(
+                f"DATABASES[{alias!r}] is a SQLite file that django-bedrock-stream writes rows to from concurrent "
+                f"streams, and {' and '.join(problems)}: streams will fail with 'database is locked'.",
+                hint=(
+                    f'Django >= 5.1: "OPTIONS": {{"init_command": "PRAGMA journal_mode=WAL;", "transaction_mode": '
+                    f'"IMMEDIATE", "timeout": {SQLITE_BUSY_TIMEOUT}}}. Older Django: "timeout": {SQLITE_BUSY_TIMEOUT} '
+                    "and a connection_created receiver that runs PRAGMA journal_mode=WAL. See the README, "
+                    '"Databases"; or use PostgreSQL.'
+                ),
+                obj=alias,
+                id="bedrock_stream.W009",
+            ))
+    return messages
+
+
 # -- W004 --------------------------------------------------------------------------------------
 
 
@@ -699,6 +758,7 @@ CHECKS = (
     (check_anonymous_access, (Tags.security, Tags.urls)),
     (check_api_key_endpoint, (Tags.security, Tags.compatibility)),
     (check_prices, (Tags.urls,)),
+    (check_sqlite_concurrency, (Tags.database,)),
 )
 
 

@@ -775,3 +775,70 @@ def test_e003_accepts_the_documented_budgets_shape() -> None:
              "users": {"alice": {"cost": "5.00", "period": "month"}}}
     with override_settings(BEDROCK_STREAM={"BUDGETS": shape}):
         assert check_settings_values() == []
+
+
+# -- W009 --------------------------------------------------------------------------------------
+
+SQLITE_SETTINGS = """
+import django
+from tests.settings import *  # noqa: F403
+
+DATABASES = {{"default": {{"ENGINE": "django.db.backends.sqlite3", "NAME": {db!r}, "OPTIONS": {options}}}}}
+BEDROCK_STREAM = {bedrock}
+"""
+#: What the README's "Databases" paragraph documents (Django >= 5.1), and the Django 4.2 way.
+DOCUMENTED_OPTIONS = ('{"init_command": "PRAGMA journal_mode=WAL;", "transaction_mode": "IMMEDIATE", "timeout": 20}'
+                      if django.VERSION >= (5, 1) else '{"timeout": 20}')
+RECEIVER = """
+from django.db.backends.signals import connection_created
+
+def wal(sender, connection, **kwargs):
+    with connection.cursor() as cursor:
+        cursor.execute("PRAGMA journal_mode=WAL")
+
+connection_created.connect(wal)
+"""
+
+
+def check_sqlite_file(tmp_path: Path, options: str, bedrock: str = "{}", extra: str = "", command: str = "check",
+                      ) -> str:
+    """``manage.py <command>`` in a subprocess on a SQLite file with these ``OPTIONS``; its output."""
+    (tmp_path / "w009_settings.py").write_text(
+        SQLITE_SETTINGS.format(db=str(tmp_path / "db.sqlite3"), options=options, bedrock=bedrock) + extra)
+    args = ["-m", "django", command, "--settings=w009_settings"]
+    args += ["--noinput", "-v", "0"] if command == "migrate" else ["--database", "default", "--tag", "database"]
+    env = {**os.environ, "PYTHONPATH": f"{tmp_path}{os.pathsep}{REPO}"}
+    env.pop("DJANGO_SETTINGS_MODULE", None)
+    return _run(args, REPO, env)
+
+
+def test_w009_a_sqlite_file_without_wal_or_busy_timeout(tmp_path: Path) -> None:
+    out = check_sqlite_file(tmp_path, "{}")
+    assert "(bedrock_stream.W009)" in out and "journal_mode is 'delete', not 'wal'" in out, out
+    assert "the busy timeout is 5 s" in out and "database is locked" in out, out
+
+
+def test_w009_also_runs_with_migrate(tmp_path: Path) -> None:
+    assert "(bedrock_stream.W009)" in check_sqlite_file(tmp_path, '{"timeout": 20}', command="migrate")
+
+
+@pytest.mark.parametrize("options, extra", [
+    (DOCUMENTED_OPTIONS, "" if django.VERSION >= (5, 1) else RECEIVER),
+    ('{"timeout": 30}', RECEIVER),  # WAL set by a connection_created receiver: read back from the connection
+])
+def test_w009_silent_with_the_documented_settings(tmp_path: Path, options: str, extra: str) -> None:
+    out = check_sqlite_file(tmp_path, options, extra=extra)
+    assert "W009" not in out and "no issues" in out, out
+
+
+def test_w009_silent_when_the_app_writes_nothing(tmp_path: Path) -> None:
+    out = check_sqlite_file(tmp_path, "{}", bedrock='{"PERSIST": False}')
+    assert "W009" not in out, out
+    assert "(bedrock_stream.W009)" in check_sqlite_file(tmp_path, "{}", bedrock=(
+        '{"PERSIST": False, "BUDGETS": {"default": {"tokens": 1000, "period": "day"}}}'))
+
+
+def test_w009_silent_for_an_in_memory_or_non_sqlite_database() -> None:
+    """The test database (in-memory SQLite, or PostgreSQL) and a plain ``check`` (no databases)."""
+    assert checks.check_sqlite_concurrency(databases=["default"]) == []
+    assert checks.check_sqlite_concurrency() == []
