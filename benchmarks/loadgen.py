@@ -62,8 +62,9 @@ def build_request(spec: dict[str, Any], index: int) -> tuple[bytes, list[dict[st
         path = spec.get("path", "/bedrock/llama2/")
         body = json.dumps({"messages": messages, "max_tokens": spec["tokens"]}).encode()
         ctype = "application/json"
+    user = f"X-Bench-User: {index % spec['users']}\r\n" if spec.get("users") else ""
     head = (
-        f"POST {path} HTTP/1.1\r\nHost: {host}\r\nContent-Type: {ctype}\r\nAccept: */*\r\n"
+        f"POST {path} HTTP/1.1\r\nHost: {host}\r\nContent-Type: {ctype}\r\nAccept: */*\r\n{user}"
         f"Content-Length: {len(body)}\r\n\r\n"
     ).encode()
     return head + body, messages

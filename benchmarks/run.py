@@ -12,6 +12,7 @@ import argparse
 import json
 import os
 import platform
+import signal
 import socket
 import statistics
 import subprocess
@@ -19,7 +20,7 @@ import sys
 import tempfile
 import threading
 import time
-from contextlib import ExitStack
+from contextlib import ExitStack, closing
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -32,6 +33,7 @@ sys.path.insert(0, str(ROOT))
 from benchmarks.loadgen import raise_nofile  # noqa: E402
 
 CLK_TCK = os.sysconf("SC_CLK_TCK")
+LIB_PATH, HAND_PATH = "/bedrock/llama2/", "/hand/llama2/"
 
 
 def free_port() -> int:
@@ -87,16 +89,42 @@ class Proc:
             children = []
         return int(children[0]) if children else self.pid
 
+    def pids(self) -> list[int]:
+        """The process and its descendants (uvicorn's workers)."""
+        found, todo = [], [self.pid]
+        while todo:
+            pid = todo.pop()
+            found.append(pid)
+            for task in Path(f"/proc/{pid}/task").glob("*"):
+                try:
+                    todo.extend(int(c) for c in (task / "children").read_text().split())
+                except OSError:
+                    pass
+        return found
+
     def cpu_times(self) -> tuple[float, float]:
-        """(user, system) CPU seconds of the process so far (all its threads)."""
-        fields = Path(f"/proc/{self.pid}/stat").read_text().rsplit(")", 1)[1].split()
-        return int(fields[11]) / CLK_TCK, int(fields[12]) / CLK_TCK
+        """(user, system) CPU seconds of the process and its workers so far (all their threads)."""
+        user = system = 0.0
+        for pid in self.pids():
+            try:
+                fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            user, system = user + int(fields[11]) / CLK_TCK, system + int(fields[12]) / CLK_TCK
+        return user, system
 
     def rss_mb(self) -> float:
-        for line in Path(f"/proc/{self.pid}/status").read_text().splitlines():
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) / 1024
-        return 0.0
+        """Resident memory of the process, or of its largest worker when it has workers."""
+        pids = self.pids()
+        total = 0.0
+        for pid in pids[1:] or pids:
+            try:
+                for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+                    if line.startswith("VmRSS:"):
+                        total = max(total, int(line.split()[1]) / 1024)
+            except OSError:
+                continue
+        return total
 
     def stop(self) -> None:
         if self.proc.poll() is None:
@@ -152,16 +180,90 @@ def start_emulator() -> Proc:
     return Proc("emulator", [PY, "-m", "django_bedrock_stream.emulator", "--port", str(port)], base_env(), port)
 
 
-def proxy_env(emulator: Proc, transport: str = "auto", persist: bool = False, threads: int = 64) -> dict[str, str]:
+class Database:
+    """A database of the benchmark's own: a PostgreSQL database (created, migrated, dropped) or a SQLite
+    file (WAL, busy timeout: benchmarks/settings.py), with the benchmark users ``bench0`` … ``bench<USERS-1>``."""
+
+    USERS = 1000
+
+    def __init__(self, kind: str) -> None:
+        self.kind = kind
+        self.name = f"bench_{os.getpid()}"
+        self.path = Path(tempfile.gettempdir()) / f"bench-{os.getpid()}-{kind}.sqlite3"
+        if kind == "postgres":
+            self._admin(f'DROP DATABASE IF EXISTS "{self.name}"', f'CREATE DATABASE "{self.name}"')
+        else:
+            self.drop_files()
+        env = self.env(base_env())
+        subprocess.run([PY, "-m", "django", "migrate", "--noinput", "-v", "0"], env=env, cwd=ROOT, check=True)
+        subprocess.run([PY, "-c", (
+            "import django; django.setup()\n"
+            "from django.contrib.auth.models import User\n"
+            "from benchmarks.middleware import FIRST_ID\n"
+            f"User.objects.bulk_create([User(id=FIRST_ID + i, username=f'bench{{i}}') for i in range({self.USERS})])"
+        )], env=env, cwd=ROOT, check=True)
+
+    @staticmethod
+    def _admin(*statements: str) -> None:
+        import psycopg
+
+        with psycopg.connect("host=127.0.0.1 port=5432 user=postgres dbname=postgres", autocommit=True) as conn:
+            for sql in statements:
+                conn.execute(sql)  # type: ignore[arg-type]
+
+    def env(self, env: dict[str, str]) -> dict[str, str]:
+        env = dict(env, BENCH_DB=self.kind)
+        if self.kind == "postgres":
+            env["BENCH_PG_NAME"] = self.name
+        else:
+            env["BENCH_SQLITE"] = str(self.path)
+        return env
+
+    def completed_rows(self) -> int:
+        """Completion rows with status ``completed`` (read straight from the database)."""
+        sql = "SELECT count(*) FROM django_bedrock_stream_completion WHERE status = 'completed'"
+        if self.kind == "postgres":
+            import psycopg
+
+            with psycopg.connect(f"host=127.0.0.1 port=5432 user=postgres dbname={self.name}") as conn:
+                row = conn.execute(sql).fetchone()
+        else:
+            import sqlite3
+
+            with closing(sqlite3.connect(self.path, timeout=30)) as conn:
+                row = conn.execute(sql).fetchone()
+        return int(row[0]) if row else 0
+
+    def drop_files(self) -> None:
+        for suffix in ("", "-wal", "-shm"):
+            Path(f"{self.path}{suffix}").unlink(missing_ok=True)
+
+    def drop(self) -> None:
+        if self.kind == "postgres":
+            self._admin(f'DROP DATABASE IF EXISTS "{self.name}" WITH (FORCE)')
+        else:
+            self.drop_files()
+
+    def __enter__(self) -> Database:
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.drop()
+
+
+def proxy_env(emulator: Proc, transport: str = "auto", persist: bool = False, threads: int = 64,
+              db: Database | None = None, budgets: bool = False) -> dict[str, str]:
     env = base_env()
     env.update(
         BENCH_EMULATOR_URL=f"http://127.0.0.1:{emulator.port}", BENCH_TRANSPORT=transport,
-        BENCH_THREADS=str(threads), BENCH_PERSIST="1" if persist else "0",
+        BENCH_THREADS=str(threads), BENCH_PERSIST="1" if persist else "0", BENCH_BUDGETS="1" if budgets else "0",
     )
-    if persist:
-        db = Path(tempfile.gettempdir()) / f"bench-{os.getpid()}.sqlite3"
-        db.unlink(missing_ok=True)
-        env["BENCH_SQLITE"] = str(db)
+    if db is not None:
+        env = db.env(env)
+    elif persist:
+        db_path = Path(tempfile.gettempdir()) / f"bench-{os.getpid()}.sqlite3"
+        db_path.unlink(missing_ok=True)
+        env["BENCH_SQLITE"] = str(db_path)
         subprocess.run([PY, "-m", "django", "migrate", "--noinput", "-v", "0"], env=env, cwd=ROOT, check=True)
     return env
 
@@ -172,12 +274,18 @@ def uvicorn_flags() -> list[str]:
     return ["--loop", loop, "--http", http]
 
 
-def start_uvicorn(emulator: Proc, **kw: Any) -> Proc:
+def start_uvicorn(emulator: Proc, workers: int = 1, profile: Path | None = None, **kw: Any) -> Proc:
+    """uvicorn on the benchmark settings; ``profile``: run it under ``py-spy record`` (raw output there)."""
     port = free_port()
     args = [PY, "-m", "uvicorn", "benchmarks.asgi:application", "--host", "127.0.0.1", "--port", str(port),
             *uvicorn_flags(), "--no-access-log", "--log-level", "warning", "--backlog", "4096"]
+    if workers > 1:
+        args += ["--workers", str(workers)]
+    if profile is not None:
+        args = [str(Path(PY).parent / "py-spy"), "record", "--format", "raw", "--rate", "200", "--gil",
+                "-o", str(profile), "--", *args]
     proc = Proc("uvicorn", args, proxy_env(emulator, **kw), port)
-    warm(proc)
+    warm(proc, users=Database.USERS if kw.get("db") is not None else 0)
     return proc
 
 
@@ -202,9 +310,12 @@ def loadgen(port: int, mode: str, n: int, tokens: int, delay_ms: float, **extra:
     return json.loads(out.stdout)
 
 
-def warm(proc: Proc) -> None:
+def warm(proc: Proc, users: int = 0) -> None:
     for _ in range(2):
-        loadgen(proc.port, "proxy", 20, 5, 0)
+        loadgen(proc.port, "proxy", 20, 5, 0, users=users)
+    if users:  # every user's budget row exists (as on a site in use), and the hand-written view is warm
+        loadgen(proc.port, "proxy", users, 5, 0, users=users, concurrency=100)
+        loadgen(proc.port, "proxy", 40, 5, 0, path=HAND_PATH)
 
 
 def median(values: list[float]) -> float:
@@ -260,11 +371,12 @@ def fig_concurrency(emu: Proc, uv: Proc, ns: list[int], tokens: int = 50, delay_
     return rows
 
 
-def concurrency_point(uv: Proc, n: int, tokens: int, delay_ms: float, base: dict[str, Any]) -> dict[str, Any]:
+def concurrency_point(uv: Proc, n: int, tokens: int, delay_ms: float, base: dict[str, Any],
+                      **extra: Any) -> dict[str, Any]:
     sampler = RssSampler(uv)
     sampler.start()
     user0, sys0 = uv.cpu_times()
-    r = loadgen(uv.port, "proxy", n, tokens, delay_ms)
+    r = loadgen(uv.port, "proxy", n, tokens, delay_ms, **extra)
     user1, sys1 = uv.cpu_times()
     cpu = (user1 - user0) + (sys1 - sys0)
     peak = sampler.stop()
@@ -278,6 +390,179 @@ def concurrency_point(uv: Proc, n: int, tokens: int, delay_ms: float, base: dict
         "rss_mb": peak, "cpu_us_per_chunk": cpu / chunks * 1e6, "reads": r["reads"],
         "cpu_sys_us_per_chunk": (sys1 - sys0) / chunks * 1e6,
     }
+
+
+def db_point(uv: Proc, db: Database, path: str, n: int, base: dict[str, Any]) -> dict[str, Any]:
+    """One concurrency point (50 chunks 50 ms apart) on ``path``, with the rows it stored checked."""
+    before = db.completed_rows()
+    row = concurrency_point(uv, n, 50, 50, base, path=path, users=Database.USERS)
+    expected, added, deadline = n - row["errors"], 0, time.monotonic() + 10
+    while time.monotonic() < deadline:  # the last final UPDATEs may land just after the last byte
+        added = db.completed_rows() - before
+        if added >= expected:
+            break
+        time.sleep(0.2)
+    row.update(rows_added=added, rows_lost=expected - added, cpu_ms_per_stream=row["cpu_us_per_chunk"] * 50 / 1000)
+    return row
+
+
+#: Figures kept from each run of a point; the point's value is the median of each over its runs.
+POINT_KEYS = ("wall_s", "added_p50_ms", "added_p99_ms", "cpu_ms_per_stream", "cpu_us_per_chunk", "rss_mb",
+              "base_wall_s")
+
+
+def summarise(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    out: dict[str, Any] = {k: median([r[k] for r in runs]) for k in POINT_KEYS}
+    out.update(n=runs[0]["n"], runs=len(runs), errors=sum(r["errors"] for r in runs),
+               rows_lost=sum(r["rows_lost"] for r in runs), ttfb_p99_ms=median([r["ttfb_ms"]["99"] for r in runs]),
+               wall_range=[min(r["wall_s"] for r in runs), max(r["wall_s"] for r in runs)],
+               error_samples=sorted({e for r in runs for e in r["error_samples"]})[:5])
+    return out
+
+
+def fig_default(emu: Proc, quick: bool, reps: int, profile_dir: Path | None = None) -> dict[str, Any]:
+    """Figure 5: the default configuration (PERSIST on, budgets on) on PostgreSQL and on SQLite, the
+    library's view beside the hand-written baseline in the same uvicorn process, the N-curve, two
+    workers, and the queries and hops of one completion."""
+    ns = [100, 300] if quick else [300, 1000]
+    curve = [] if quick else [100, 500]
+    res: dict[str, Any] = {"ns": ns, "curve": sorted(ns + curve), "reps": reps}
+    for kind in ("postgres", "sqlite"):
+        print(f"figure 5: {kind} ...", flush=True)
+        with Database(kind) as db:
+            with start_uvicorn(emu, persist=True, budgets=True, db=db) as uv:
+                points: dict[str, dict[int, dict[str, Any]]] = {"library": {}, "handwritten": {}}
+                for n in (sorted(ns + curve) if kind == "postgres" else ns):
+                    base = loadgen(emu.port, "direct", n, 50, 50)
+                    runs: dict[str, list[dict[str, Any]]] = {"library": [], "handwritten": []}
+                    for _ in range(reps if n in ns else 1):
+                        for label, path in (("handwritten", HAND_PATH), ("library", LIB_PATH)):
+                            runs[label].append(db_point(uv, db, path, n, base))
+                    for label in runs:
+                        points[label][n] = summarise(runs[label])
+                    print(f"  N={n}: library {points['library'][n]['wall_s']:.2f} s, "
+                          f"hand-written {points['handwritten'][n]['wall_s']:.2f} s", flush=True)
+                res[kind] = points
+                if kind == "postgres":
+                    res["single"] = single_stream(emu, uv, 5000 if quick else 20000, 1 if quick else 3)
+            if kind == "postgres":
+                env = proxy_env(emu, persist=True, budgets=True, db=db)
+                out = subprocess.run([PY, str(ROOT / "benchmarks" / "count.py")], env=env, cwd=ROOT,
+                                     capture_output=True, text=True, timeout=120)
+                if out.returncode == 0:
+                    res["count"] = json.loads(out.stdout.strip().splitlines()[-1])
+                else:
+                    print(f"  count failed: {out.stderr[-1500:]}", file=sys.stderr)
+                top = 500 if quick else 1000
+                print(f"figure 5: {top} streams, 2 uvicorn workers ...", flush=True)
+                base = loadgen(emu.port, "direct", top, 50, 50)
+                with start_uvicorn(emu, workers=2, persist=True, budgets=True, db=db) as uv2:
+                    res["two_workers"] = summarise([db_point(uv2, db, LIB_PATH, top, base) for _ in range(reps)])
+    return res
+
+
+def single_stream(emu: Proc, uv: Proc, tokens: int, runs: int) -> dict[str, Any]:
+    """Seconds for one ``tokens``-chunk stream at full speed (median of ``runs``): the library's view
+    (PERSIST + BUDGETS, PostgreSQL) and the hand-written one over HTTP, a bare boto3 loop and
+    langchain-aws ``ChatBedrock.stream`` in-process (``clients.py``), against the same emulator."""
+    res: dict[str, Any] = {"tokens": tokens, "runs": runs}
+    for label, path in (("library", LIB_PATH), ("handwritten", HAND_PATH)):
+        times = []
+        for _ in range(runs):
+            r = loadgen(uv.port, "proxy", 1, tokens, 0, timeout=300, path=path, users=Database.USERS)
+            if r["errors"] == 0:
+                times.append(r["duration_s"]["50"])
+        res[label] = median(times) if times else None
+    for kind in ("raw", "langchain"):
+        if kind == "langchain" and not has("langchain_aws"):
+            res[kind] = None
+            continue
+        out = subprocess.run([PY, str(ROOT / "benchmarks" / "clients.py"), kind, f"http://127.0.0.1:{emu.port}",
+                              str(tokens), str(runs)], env=base_env(), capture_output=True, text=True, timeout=600)
+        ok = out.returncode == 0
+        res[kind] = median(json.loads(out.stdout.strip().splitlines()[-1])["times"]) if ok else None
+        if not ok:
+            print(f"  {kind} client failed: {out.stderr[-800:]}", file=sys.stderr)
+    return res
+
+
+#: What the profile summary counts: (label, substrings any of which in a sample's stack counts it).
+#: Inclusive and overlapping: the database share contains the budgets' and receivers' queries.
+PROFILE_PARTS: list[tuple[str, tuple[str, ...]]] = [
+    ("aiobotocore call (sign, hooks, connect, send)", ("aiobotocore/client.py",)),
+    ("  of which SigV4 signing", ("botocore/auth.py",)),
+    ("  of which botocore event hooks", ("botocore/hooks.py",)),
+    ("Django ORM + database driver", ("django/db/",)),
+    ("  of which budgets (budget_for, reserve, settle)", ("django_bedrock_stream/budgets.py",)),
+    ("  of which persistence receivers", ("django_bedrock_stream/receivers.py",)),
+    ("event-stream read + decode (streams.py)", ("django_bedrock_stream/streams.py",)),
+    ("request validation (serializers.py)", ("django_bedrock_stream/serializers.py",)),
+    ("uvicorn response writes", ("send (uvicorn/",)),
+    ("cyclic garbage collector", ("gc_collect", "collect_generations", "deduce_unreachable", "gc_collect_main")),
+    ("asgiref sync_to_async (both sides)", ("asgiref/sync.py",)),
+]
+
+
+def profile_summary(raw: Path) -> dict[str, Any]:
+    """Shares of py-spy samples (``--format raw --threads``) per :data:`PROFILE_PARTS`, and the share
+    spent on threads other than the event loop's."""
+    total = 0
+    loop = 0
+    counts = dict.fromkeys((label for label, _ in PROFILE_PARTS), 0)
+    for line in raw.read_text().splitlines():
+        stack, _, n = line.rpartition(" ")
+        if not n.isdigit():
+            continue
+        samples = int(n)
+        total += samples
+        if "MainThread" in stack.split(";", 1)[0] or "process" in stack.split(";", 1)[0]:
+            loop += samples
+        for label, patterns in PROFILE_PARTS:
+            if any(p in stack for p in patterns):
+                counts[label] += samples
+    share = {label: round(100 * c / total, 1) if total else 0.0 for label, c in counts.items()}
+    return {"samples": total, "loop_thread_pct": round(100 * loop / total, 1) if total else 0.0, "parts_pct": share}
+
+
+def fig_profile(emu: Proc, n: int) -> dict[str, Any]:
+    """py-spy (``--gil --native --threads``) on the uvicorn worker during N streams of the library's view:
+    "before" = PERSIST off, no budgets, as the old figures were measured; "after" = the default
+    configuration of figure 5 (PERSIST + BUDGETS on PostgreSQL). Raw stacks in benchmarks/results/."""
+    res: dict[str, Any] = {"n": n}
+    spy = str(Path(PY).parent / "py-spy")
+    for label in ("before", "after"):
+        print(f"profile ({label}), N={n} ...", flush=True)
+        raw = RESULTS / f"profile-{label}.txt"
+        with ExitStack() as stack:
+            db = stack.enter_context(Database("postgres")) if label == "after" else None
+            kw: dict[str, Any] = {"persist": True, "budgets": True, "db": db} if db is not None else {}
+            uv = stack.enter_context(start_uvicorn(emu, **kw))
+            rec = subprocess.Popen([spy, "record", "--format", "raw", "--gil", "--native", "--threads", "--rate", "100",
+                                    "-o", str(raw), "--pid", str(uv.pid)], stdout=subprocess.DEVNULL,
+                                   stderr=subprocess.DEVNULL)
+            time.sleep(1.0)
+            r = loadgen(uv.port, "proxy", n, 50, 50, users=Database.USERS if db is not None else 0)
+            rec.send_signal(signal.SIGINT)
+            try:
+                rec.wait(30)
+            except subprocess.TimeoutExpired:
+                rec.kill()
+                rec.wait()
+        res[label] = {"wall_s": r["wall_s"], "errors": r["errors"], **(profile_summary(raw) if raw.exists() else {})}
+    return res
+
+
+def knee(points: dict[int, dict[str, Any]]) -> int | None:
+    """The largest N (of those measured) up to which the added p99 stays ≤ 50 ms and the wall within
+    0.5 s of the emulator's own: beyond it, new streams queue."""
+    best = None
+    for n in sorted(points):
+        p = points[n]
+        if p["added_p99_ms"] <= 50 and p["wall_s"] <= p["base_wall_s"] + 0.5 and not p["errors"]:
+            best = n
+        else:
+            break
+    return best
 
 
 def fig_ttfb(emu: Proc, uv: Proc, gu: Proc | None, quick: bool) -> dict[str, Any]:
@@ -301,7 +586,75 @@ def fmt(v: Any, unit: str = "", digits: int = 2) -> str:
 
 
 def verdict(ok: bool | None) -> str:
-    return "-" if ok is None else ("met" if ok else "MISSED")
+    return "-" if ok is None else ("MET" if ok else "MISSED")
+
+
+def report_default(d: dict[str, Any]) -> list[tuple[str, str, str, str]]:
+    rows: list[tuple[str, str, str, str]] = []
+    pg, lite = d.get("postgres"), d.get("sqlite")
+    if pg:
+        small = d["ns"][0]
+        lib = pg["library"][small]
+        rows.append((f"5 proxy CPU per 50-chunk stream, PERSIST + BUDGETS, PostgreSQL (N={small})",
+                     f"{lib['cpu_ms_per_stream']:.2f} ms "
+                     f"(hand-written {pg['handwritten'][small]['cpu_ms_per_stream']:.2f} ms)",
+                     "≤ 2.5 ms", verdict(lib["cpu_ms_per_stream"] <= 2.5)))
+    for db_label, points in (("PostgreSQL", pg), ("SQLite", lite)):
+        if not points:
+            continue
+        for n in d["ns"]:
+            lib, hand = points["library"][n], points["handwritten"][n]
+            ratio = lib["wall_s"] / hand["wall_s"]
+            headline = db_label == "PostgreSQL"
+            rows.append((f"5 N={n} wall, library / hand-written, {db_label}",
+                         f"{lib['wall_s']:.2f} s / {hand['wall_s']:.2f} s = {ratio:.2f}× "
+                         f"(direct {lib['base_wall_s']:.2f} s)",
+                         "≤ 1.10×" if headline else "(beside)", verdict(ratio <= 1.10) if headline else "-"))
+            # "No worse": within 10 % or 5 ms of the hand-written view's p99, whichever is larger.
+            worse = lib["added_p99_ms"] - hand["added_p99_ms"]
+            rows.append((f"5 N={n} added inter-chunk p99, library / hand-written, {db_label}",
+                         f"{lib['added_p99_ms']:.1f} / {hand['added_p99_ms']:.1f} ms",
+                         "no worse" if headline else "(beside)",
+                         verdict(worse <= max(5.0, 0.1 * hand["added_p99_ms"])) if headline else "-"))
+            rows.append((f"5 N={n} errors / rows lost, library · hand-written, {db_label}",
+                         f"{lib['errors']} / {lib['rows_lost']} · {hand['errors']} / {hand['rows_lost']}",
+                         "0 / 0", verdict(lib["errors"] == 0 and lib["rows_lost"] == 0)))
+            rows.append((f"5 N={n} CPU per stream, library / hand-written, {db_label}",
+                         f"{lib['cpu_ms_per_stream']:.2f} / {hand['cpu_ms_per_stream']:.2f} ms", "", ""))
+    if pg:
+        k = knee(pg["library"])
+        kh = knee(pg["handwritten"])
+        rows.append(("5 knee per uvicorn worker (PostgreSQL, N-curve " + ",".join(map(str, d["curve"])) + ")",
+                     f"library {k or '< ' + str(d['curve'][0])}, hand-written {kh or '< ' + str(d['curve'][0])}",
+                     "(info)", "-"))
+    two = d.get("two_workers")
+    if two:
+        n = two["n"]
+        rows.append((f"5 N={n}, 2 uvicorn workers: wall", f"{two['wall_s']:.2f} s (direct {two['base_wall_s']:.2f} s)",
+                     "≤ 3.5 s", verdict(two["wall_s"] <= 3.5)))
+        rows.append((f"5 N={n}, 2 workers: added inter-chunk p99", f"{two['added_p99_ms']:.1f} ms", "≤ 50 ms",
+                     verdict(two["added_p99_ms"] <= 50)))
+        rows.append((f"5 N={n}, 2 workers: errors / rows lost", f"{two['errors']} / {two['rows_lost']}", "0 / 0",
+                     verdict(two["errors"] == 0 and two["rows_lost"] == 0)))
+        rows.append((f"5 N={n}, 2 workers: CPU per stream / RSS per worker",
+                     f"{two['cpu_ms_per_stream']:.2f} ms / {two['rss_mb']:.0f} MB", "", ""))
+    c = d.get("count")
+    if c:
+        lib = c["library"]
+        q = lib["queries"]
+        inserts, updates = q.get("INSERT", 0), q.get("UPDATE", 0)
+        rest = {k: v for k, v in q.items() if k not in ("INSERT", "UPDATE")}
+        rows.append(("5 SQL per plain completion (library, PostgreSQL, budgets on)",
+                     f"{inserts} INSERT + {updates} UPDATE" + "".join(f" + {v} {k}" for k, v in sorted(rest.items())),
+                     "1 INSERT + 1 UPDATE", verdict(inserts <= 1 and updates <= 1 and not rest)))
+        rows.append(("5 thread hops per plain completion under ASGI (library)",
+                     f"{lib['view_hops']} in the view + {lib['django_handler_hops']} in Django's handler",
+                     "≤ 2", verdict(lib["view_hops"] <= 2)))
+        hand = c["handwritten"]
+        statements = ", ".join(f"{v} {k}" for k, v in hand["queries"].items())
+        rows.append(("5 hand-written: SQL / hops", f"{hand['query_count']} ({statements}) / "
+                     f"{hand['view_hops']} + {hand['django_handler_hops']}", "", ""))
+    return rows
 
 
 def report(results: dict[str, Any]) -> list[tuple[str, str, str, str]]:
@@ -349,6 +702,8 @@ def report(results: dict[str, Any]) -> list[tuple[str, str, str, str]]:
         rows.append((f"3 N={row['n']} {label}", f"wall {row['wall_s']:.2f} s, added p99 {row['added_p99_ms']:.1f} ms, "
                      f"TTFB p99 {row['ttfb_ms']['99']:.0f} ms, {row['errors']} errors, {row['rss_mb']:.0f} MB, "
                      f"{row['cpu_us_per_chunk']:.1f} µs/chunk", "", ""))
+    if results.get("default"):
+        rows.extend(report_default(results["default"]))
     tt = results.get("ttfb")
     if tt:
         d = tt["direct"]["50"]
@@ -412,15 +767,97 @@ def chart(results: dict[str, Any], path: Path) -> None:
     print(f"chart: {path}")
 
 
+def chart_default(results: dict[str, Any], path: Path) -> None:
+    """The docs chart (docs/benchmarks.png): the library beside the hand-written view and langchain-aws,
+    and the N-curve, from figure 5."""
+    d = results.get("default")
+    if not d or not d.get("postgres"):
+        return
+    try:
+        import matplotlib
+        import matplotlib.ticker
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        print("matplotlib not installed (pip install -e '.[bench]'): no chart", file=sys.stderr)
+        return
+    colors = {"library": "tab:blue", "handwritten": "tab:orange", "langchain": "tab:green", "raw": "tab:grey"}
+    fig, axes = plt.subplots(2, 2, figsize=(10, 7))
+    ax = axes[0][0]
+    single = d.get("single") or {}
+    keys = [k for k in ("raw", "library", "handwritten", "langchain") if single.get(k)]
+    names = {"raw": "bare boto3\nloop", "library": "library view\n(uvicorn)",
+             "handwritten": "hand-written\nview (uvicorn)", "langchain": "langchain-aws\nChatBedrock.stream"}
+    bars = ax.bar([names[k] for k in keys], [single[k] for k in keys], color=[colors[k] for k in keys])
+    ax.bar_label(bars, fmt="%.2f s", fontsize=8)
+    ax.set_ylim(0, max((single[k] for k in keys), default=1) * 1.15)
+    ax.set_title(f"one {single.get('tokens', 0):,}-chunk stream at full speed (s)", fontsize=10)
+    ax.tick_params(axis="x", labelsize=8)
+    pg = d["postgres"]
+    ns = sorted(int(n) for n in pg["library"])
+    ax = axes[0][1]
+    for label in ("library", "handwritten"):
+        ax.plot(ns, [pg[label][n]["wall_s"] for n in ns], "o-", color=colors[label],
+                label=label.replace("handwritten", "hand-written"))
+    ax.plot(ns, [pg["library"][n]["base_wall_s"] for n in ns], "--", color="tab:grey", label="emulator direct")
+    two = d.get("two_workers")
+    if two:
+        ax.plot([two["n"]], [two["wall_s"]], "D", color="tab:purple", label="library, 2 workers")
+        ax.axhline(3.5, ls=":", c="tab:purple", lw=1)
+    ax.set_title("wall vs concurrent 2.5-s streams, 1 worker, PostgreSQL", fontsize=10)
+    ax.set_xlabel("concurrent streams (N)")
+    ax.set_ylabel("s")
+    ax.legend(fontsize=8)
+    ax = axes[1][0]
+    for label in ("library", "handwritten"):
+        ax.plot(ns, [max(0.1, pg[label][n]["added_p99_ms"]) for n in ns], "o-", color=colors[label],
+                label=label.replace("handwritten", "hand-written"))
+    ax.axhline(50, ls=":", c="grey", lw=1)
+    ax.set_yscale("log")
+    ax.yaxis.set_major_formatter(matplotlib.ticker.FuncFormatter(lambda v, _: f"{v:g}"))
+    ax.set_title("added inter-chunk delay p99 (ms), PostgreSQL; goal 50", fontsize=10)
+    ax.set_xlabel("concurrent streams (N)")
+    ax.legend(fontsize=8)
+    ax = axes[1][1]
+    groups = [(db, n) for db in ("postgres", "sqlite") if d.get(db) for n in d["ns"]]
+    xs = range(len(groups))
+    width = 0.38
+    for offset, label in ((-width / 2, "library"), (width / 2, "handwritten")):
+        ax.bar([x + offset for x in xs], [d[db][label][n]["cpu_ms_per_stream"] for db, n in groups], width,
+               color=colors[label], label=label.replace("handwritten", "hand-written"))
+    ax.axhline(2.5, ls=":", c="grey", lw=1)
+    ax.set_xticks(list(xs), [f"{'PG' if db == 'postgres' else 'SQLite'}\nN={n}" for db, n in groups], fontsize=8)
+    ax.set_title("proxy CPU per 50-chunk stream (ms), goal 2.5", fontsize=10)
+    ax.legend(fontsize=8)
+    fig.suptitle("django-bedrock-stream, PERSIST + BUDGETS on (the default) vs a hand-written view — "
+                 f"{results['date'][:10]}, {results['machine']['cpus']} CPUs", fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=72)
+    plt.close(fig)
+    print(f"chart: {path}")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="smaller runs (about a minute)")
-    parser.add_argument("--only", choices=["overhead", "latency", "concurrency", "ttfb"], action="append")
+    parser.add_argument("--only", choices=["default", "overhead", "latency", "concurrency", "ttfb"], action="append")
+    parser.add_argument("--reps", type=int, default=None, help="runs per figure-5 point (default 3, quick 1)")
     parser.add_argument("--n", default=None, help="concurrency levels, comma-separated (default 100,250,500,1000)")
     parser.add_argument("--runs", type=int, default=None, help="repetitions for figure 1 (default 3, quick 1)")
+    parser.add_argument("--profile", action="store_true",
+                        help="py-spy the library's uvicorn worker at N=1000 (quick: 300), before/after")
+    parser.add_argument("--chart-from", metavar="JSON", help="only redraw docs/benchmarks.png from a results file")
     parser.add_argument("--no-variants", action="store_true", help="skip the thread-transport and PERSIST runs")
     args = parser.parse_args(argv)
-    only = set(args.only or ["overhead", "latency", "concurrency", "ttfb"])
+    if args.chart_from:
+        saved = json.loads(Path(args.chart_from).read_text())
+        for kind in ("postgres", "sqlite"):  # JSON made the N keys strings
+            for label, points in (saved.get("default", {}).get(kind) or {}).items():
+                saved["default"][kind][label] = {int(n): p for n, p in points.items()}
+        chart_default(saved, ROOT / "docs" / "benchmarks.png")
+        return 0
+    only = set(args.only or ["default", "overhead", "latency", "concurrency", "ttfb"])
     ns = [int(x) for x in (args.n or ("100,500" if args.quick else "100,250,500,1000")).split(",")]
     runs = args.runs or (1 if args.quick else 3)
     tokens = 5000 if args.quick else 20000
@@ -430,11 +867,18 @@ def main(argv: list[str] | None = None) -> int:
     results: dict[str, Any] = {
         "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "machine": {"cpus": os.cpu_count(), "python": platform.python_version(), "platform": platform.platform(),
-                    "uvicorn": " ".join(uvicorn_flags()), "gc": os.environ.get("BENCH_GC", "default")},
+                    "uvicorn": " ".join(uvicorn_flags()), "gc": os.environ.get("BENCH_GC", "default"),
+                    "loadavg_at_start": os.getloadavg()},
         "command": " ".join([Path(PY).name, "benchmarks/run.py", *(argv if argv is not None else sys.argv[1:])]),
     }
     with ExitStack() as stack:
         emu = stack.enter_context(start_emulator())
+        if "default" in only:
+            results["default"] = fig_default(emu, args.quick, args.reps or (1 if args.quick else 3))
+        if args.profile:
+            results["profile"] = fig_profile(emu, 300 if args.quick else 1000)
+        if not only - {"default"}:
+            return finish(results, started)
         uv = stack.enter_context(start_uvicorn(emu))
         need_wsgi = bool(only & {"overhead", "latency", "ttfb"}) and has("gunicorn")
         gu = stack.enter_context(start_gunicorn(emu)) if need_wsgi else None
@@ -463,6 +907,10 @@ def main(argv: list[str] | None = None) -> int:
                     with start_uvicorn(emu, **kw) as other:
                         variants[label] = concurrency_point(other, top, 50, 50, base)
                 results["variants"] = variants
+    return finish(results, started)
+
+
+def finish(results: dict[str, Any], started: float) -> int:
     results["elapsed_s"] = time.monotonic() - started
     print()
     rows = report(results)
@@ -470,7 +918,10 @@ def main(argv: list[str] | None = None) -> int:
     stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
     (RESULTS / f"results-{stamp}.json").write_text(json.dumps(results, indent=2))
     (RESULTS / "latest.json").write_text(json.dumps(results, indent=2))
-    chart(results, RESULTS / f"chart-{stamp}.png")
+    if results.get("overhead") or results.get("concurrency"):
+        chart(results, RESULTS / f"chart-{stamp}.png")
+    quick = "--quick" in results["command"].split()
+    chart_default(results, RESULTS / f"default-{stamp}.png" if quick else ROOT / "docs" / "benchmarks.png")
     print(f"elapsed {results['elapsed_s']:.0f} s; results in {RESULTS}")
     return 0
 

@@ -1,3 +1,8 @@
 from django.urls import include, path
 
-urlpatterns = [path("bedrock/", include("django_bedrock_stream.urls"))]
+from benchmarks.handwritten import stream_view
+
+urlpatterns = [
+    path("bedrock/", include("django_bedrock_stream.urls")),
+    path("hand/llama2/", stream_view),
+]

@@ -33,3 +33,25 @@ def test_in_process_clients_read_every_chunk() -> None:
                 env=bench.base_env(), capture_output=True, text=True, timeout=60, check=True,
             )
             assert json.loads(out.stdout.strip().splitlines()[-1])["counts"] == [300]
+
+
+def test_figure_5_harness_on_sqlite_counts_rows_queries_and_hops() -> None:
+    """The default-configuration harness (PERSIST + BUDGETS, the hand-written baseline, rows checked,
+    queries and hops counted) on a small SQLite run: correct, not timed."""
+    with bench.start_emulator() as emu, bench.Database("sqlite") as db:
+        with bench.start_uvicorn(emu, persist=True, budgets=True, db=db) as uv:
+            base = bench.loadgen(emu.port, "direct", 20, 10, 5)
+            for path in (bench.LIB_PATH, bench.HAND_PATH):
+                point = bench.db_point(uv, db, path, 20, base)
+                assert (point["errors"], point["rows_lost"], point["rows_added"]) == (0, 0, 20), point["error_samples"]
+        env = bench.proxy_env(emu, persist=True, budgets=True, db=db)
+        out = subprocess.run([bench.PY, str(bench.ROOT / "benchmarks" / "count.py")], env=env, cwd=bench.ROOT,
+                             capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr[-2000:]
+    counted = json.loads(out.stdout.strip().splitlines()[-1])
+    assert counted["handwritten"]["queries"] == {"INSERT": 1} and counted["handwritten"]["view_hops"] == 1
+    library = counted["library"]
+    assert library["queries"]["INSERT"] == 1 and library["queries"]["UPDATE"] >= 2  # the final UPDATE, the settle
+    assert library["view_hops"] >= 2 and library["django_handler_hops"] == 2, library["hops"]
+    rows = bench.report({"default": {"ns": [], "curve": [], "count": counted}})
+    assert any(r[0].startswith("5 SQL per plain completion") for r in rows)
