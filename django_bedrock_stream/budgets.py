@@ -28,6 +28,7 @@ time, a "7d" one seven hours at a time).
 
 from __future__ import annotations
 
+import hashlib
 import math
 import re
 from collections.abc import Callable, Mapping
@@ -296,6 +297,16 @@ def step_reserver(completion: Any, model_id: str, max_tokens: int) -> Callable[[
     return reserve_step
 
 
+#: The first key of the PostgreSQL advisory locks of rolling-window reservations (any fixed number).
+_LOCK_CLASS = 0x6272
+
+
+def _lock_key(user_id: Any, budget: Budget) -> int:
+    """A 32-bit key for (user, unit, period): a collision only serializes two users' reservations."""
+    digest = hashlib.blake2b(f"{user_id}:{budget.unit}:{budget.period}".encode(), digest_size=4).digest()
+    return int.from_bytes(digest, "big", signed=True)
+
+
 def _reserve(user_id: Any, budget: Budget, start: datetime, amount: int, now: datetime) -> None:
     alias = router.db_for_write(BudgetUsage)
     key = {"user_id": user_id, "unit": budget.unit, "period": budget.period}
@@ -311,14 +322,17 @@ def _reserve(user_id: Any, budget: Budget, start: datetime, amount: int, now: da
         fits = LessThanOrEqual(counted, budget.limit - amount)
 
     def attempt() -> int:
-        if window is None or not connections[alias].features.has_select_for_update:
+        if window is None or connections[alias].vendor != "postgresql":
             # One statement: PostgreSQL re-checks the WHERE on the row it waited for; SQLite runs a
             # write statement under the database's write lock.
             return rows.filter(fits).update(reserved=F("reserved") + amount)
-        # A rolling window sums several rows: lock the current one first, so that the sum (read by
-        # the next statement, on a fresh snapshot) sees every reservation made before ours.
+        # A rolling window sums several rows: serialize this user's reservations first (a lock of
+        # the transaction's life), so that the sum, read by the next statement on a fresh snapshot,
+        # sees every reservation made before ours. (Locking the bucket row is not enough: a waiter
+        # re-checks only that row, not the sum, when the lock comes free.)
         with transaction.atomic(using=alias):
-            list(rows.select_for_update().values_list("pk", flat=True))
+            with connections[alias].cursor() as cursor:
+                cursor.execute("SELECT pg_advisory_xact_lock(%s, %s)", [_LOCK_CLASS, _lock_key(user_id, budget)])
             return rows.filter(fits).update(reserved=F("reserved") + amount)
 
     if attempt():

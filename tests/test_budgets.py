@@ -675,3 +675,38 @@ def test_budgets_on_postgresql() -> None:
         pytest.skip("this run is on PostgreSQL: the tests of this module run in it directly")
     run_on_postgresql("tests/test_budgets.py", "budgets")
 
+
+
+@pytest.mark.django_db(transaction=True)
+@pytest.mark.parametrize("period", ["day", "24h"])
+def test_concurrent_reservations_never_overspend_at_the_database(period: str) -> None:
+    """Twenty threads reserving at once against room for five, straight at the store (a rolling
+    window once let eleven through on PostgreSQL: a row lock did not serialize the sum)."""
+    from django.db import connections
+
+    store = budgets
+
+    user = User.objects.create_user("race")
+    budget = store.Budget.parse({"tokens": 55, "period": period})
+    assert budget is not None
+    now = datetime.now(dt_timezone.utc)
+    start = budget.bounds(now)[0]
+    granted: list[int] = []
+    barrier = threading.Barrier(20)
+
+    def one() -> None:
+        barrier.wait(10)
+        try:
+            store._reserve(user.pk, budget, start, 10, now)
+            granted.append(1)
+        except store.BudgetExceeded:
+            pass
+        finally:
+            connections.close_all()
+
+    threads = [threading.Thread(target=one) for _ in range(20)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(30)
+    assert len(granted) == 5
