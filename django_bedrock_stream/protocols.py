@@ -280,6 +280,14 @@ class StreamProtocol(ABC):
         self._closed = True
         return self._encode_error(message)
 
+    def abort(self) -> str:
+        """The end of a stream stopped on purpose (the chat's stop endpoint); ``""`` where the
+        protocol has no such thing. The stream ends after it."""
+        if self._closed:
+            return ""
+        self._closed = True
+        return self._encode_abort()
+
     def ping(self) -> str:
         """A keep-alive that clients ignore (``""`` where the protocol has no such thing)."""
         if self._closed:
@@ -301,6 +309,9 @@ class StreamProtocol(ABC):
         return ""
 
     def _encode_error(self, message: str) -> str:
+        return ""
+
+    def _encode_abort(self) -> str:
         return ""
 
     def _encode_ping(self) -> str:
@@ -543,6 +554,9 @@ class UIMessageStreamProtocol(StreamProtocol):
     def _encode_error(self, message: str) -> str:
         return self._chunk({"type": "error", "errorText": message}) + "data: [DONE]\n\n"
 
+    def _encode_abort(self) -> str:
+        return self._close_block() + self._chunk({"type": "abort"}) + "data: [DONE]\n\n"
+
     def _encode_ping(self) -> str:
         # An SSE comment: eventsource-parser (what the ai package uses) skips it.
         return _PING
@@ -626,6 +640,9 @@ class ServerSentEventsProtocol(StreamProtocol):
 
     def _encode_error(self, message: str) -> str:
         return self._event("error", {"message": message})
+
+    def _encode_abort(self) -> str:
+        return self._event("abort", {})
 
     def _encode_ping(self) -> str:
         return _PING

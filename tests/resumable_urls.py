@@ -1,0 +1,39 @@
+"""Minimal chat endpoints over the resumable layer (``tests/test_resumable.py``), independent of the
+chat models: a stream view whose runner answers the chat in the URL, resume and stop."""
+
+from typing import Any
+
+from django.http import HttpRequest, HttpResponseBase, JsonResponse
+from django.urls import path
+from django.views.decorators.csrf import csrf_exempt
+
+from django_bedrock_stream import resumable
+from django_bedrock_stream.runner import StreamRunner
+from django_bedrock_stream.views import ConverseStreamView
+
+
+class ChatView(ConverseStreamView):
+    """POST <chat id>/: a Converse stream that is the chat's running stream."""
+
+    stream_protocol = "ui"
+
+    def make_runner(self, request: HttpRequest, *args: Any, **kwargs: Any) -> StreamRunner:
+        runner = super().make_runner(request, *args, **kwargs)
+        runner.chat_id = self.kwargs["chat_id"]
+        return runner
+
+
+async def resume(request: HttpRequest, chat_id: str) -> HttpResponseBase:
+    return await resumable.resume_response(chat_id)
+
+
+@csrf_exempt
+async def stop(request: HttpRequest, chat_id: str) -> HttpResponseBase:
+    return JsonResponse({"stopped": await resumable.request_stop(chat_id)})
+
+
+urlpatterns = [
+    path("chat/<str:chat_id>/", ChatView.as_view()),
+    path("chat/<str:chat_id>/stream/", resume),
+    path("chat/<str:chat_id>/stop/", stop),
+]
