@@ -21,7 +21,7 @@ import logging
 import secrets
 import threading
 import weakref
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterator
 from typing import TYPE_CHECKING, Any
 
 from .conf import stream_settings
@@ -153,14 +153,13 @@ class StreamStore:
 
     # -- stop ---------------------------------------------------------------------------------------
     async def request_stop(self, chat_id: str) -> int:
-        """Ask the chat's runner to stop, wherever it runs: a flag (for a runner not yet subscribed)
-        and a message on the chat's channel; returns how many runners heard it."""
-        key = self.stop_key(chat_id)
+        """Ask the chat's runner to stop, wherever it runs: a flag (read by a runner not subscribed
+        yet, and by WSGI runners at their next read) and a message on the chat's channel; returns how
+        many runners heard it, or 1 when none listens but the chat has a running stream."""
         async with self.client.pipeline(transaction=True) as pipe:
-            pipe.set(key, "1", ex=self.ttl)
-            pipe.publish(key, "stop")
-            _ok, heard = await pipe.execute()
-        return int(heard)
+            _stop_commands(self, pipe, chat_id)
+            _ok, heard, running = await pipe.execute()
+        return int(heard) or int(running)
 
     async def wait_stop(self, chat_id: str) -> None:
         """Return when a stop is requested for the chat (pub/sub, so it arrives within milliseconds)."""
@@ -201,6 +200,14 @@ class StreamStore:
         client = self._clients.pop(asyncio.get_running_loop(), None)
         if client is not None:
             await client.aclose()
+
+
+def _stop_commands(store: StreamStore, pipe: Any, chat_id: str) -> None:
+    """The stop flag, the message, and whether the chat has a running stream (sync or async pipe)."""
+    key = store.stop_key(chat_id)
+    pipe.set(key, "1", ex=store.ttl)
+    pipe.publish(key, "stop")
+    pipe.exists(store.running_key(chat_id))
 
 
 _DELETE_IF_EQUAL = "if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('del', KEYS[1]) end return 0"
@@ -346,27 +353,31 @@ async def _guarded(chunks: AsyncIterator[str], chat_id: str) -> AsyncIterator[st
         logger.warning("Redis unavailable while resuming chat %s: %r", chat_id, err)
 
 
+_sync_clients: dict[str, Any] = {}
+
+
+def sync_client(store: StreamStore) -> Any:
+    """The process's ``redis.Redis`` for the store (thread-safe: one connection pool for all threads)."""
+    client = _sync_clients.get(store.url)
+    if client is None:
+        import redis
+
+        client = _sync_clients[store.url] = redis.Redis.from_url(store.url, socket_connect_timeout=2, socket_timeout=30)
+    return client
+
+
 class SyncTee:
     """:class:`Tee` for the WSGI body, on redis-py's sync client: one ``XADD`` per network read, in
     the request's thread (no thread of its own). The same round trip reads the stop flag, so a stop
     from another worker ends a WSGI stream at its next read (a stop in this process closes the
     upstream at once)."""
 
-    _clients: dict[str, Any] = {}
-
     def __init__(self, store: StreamStore, chat_id: str) -> None:
         self.store = store
         self.chat_id = chat_id
         self.stream_key: str | None = None
         self.broken = False
-        client = self._clients.get(store.url)
-        if client is None:
-            import redis
-
-            client = self._clients[store.url] = redis.Redis.from_url(
-                store.url, socket_connect_timeout=2, socket_timeout=5
-            )
-        self.client = client
+        self.client = sync_client(store)
 
     def open(self) -> None:
         store, chat_id = self.store, self.chat_id
@@ -441,4 +452,73 @@ async def resume_response(chat_id: str, protocol: type[StreamProtocol] | None = 
         body(),
         content_type=protocol_class.content_type,
         headers={**STREAM_HEADERS, **protocol_class().headers()},
+    )
+
+
+# -- the same for sync views (WSGI) ------------------------------------------------------------------
+def request_stop_sync(chat_id: str) -> bool:
+    """:func:`request_stop` for sync code (a WSGI view): no event loop made for it."""
+    with _local_lock:
+        stops = list(_local.get(chat_id, ()))
+    for stop in stops:
+        stop()
+    store = get_store()
+    if store is None:
+        return bool(stops)
+    try:
+        with sync_client(store).pipeline(transaction=True) as pipe:
+            _stop_commands(store, pipe, chat_id)
+            _ok, heard, running = pipe.execute()
+    except REDIS_ERRORS as err:
+        logger.warning("Redis unavailable, the stop of chat %s reached this worker only: %r", chat_id, err)
+        return bool(stops)
+    return bool(stops) or bool(heard or running)
+
+
+def resume_response_sync(chat_id: str, protocol: type[StreamProtocol] | None = None) -> HttpResponseBase:
+    """:func:`resume_response` for WSGI: a sync body (``XREAD BLOCK`` in the request's thread), which
+    Django streams under WSGI, where it would buffer an async one to its end."""
+    from django.http import HttpResponse, StreamingHttpResponse
+
+    from .protocols import UIMessageStreamProtocol
+    from .responses import STREAM_HEADERS
+
+    store = get_store()
+    if store is None:
+        return HttpResponse(status=204)
+    client = sync_client(store)
+    try:
+        stream_key = client.get(store.running_key(chat_id))
+    except REDIS_ERRORS as err:
+        logger.warning("Redis unavailable, chat %s cannot be resumed: %r", chat_id, err)
+        return HttpResponse(status=204)
+    if stream_key is None:
+        return HttpResponse(status=204)
+    protocol_class = protocol or UIMessageStreamProtocol
+    ping = protocol_class().ping()
+    block = max(1, min(20_000, int(float(stream_settings.KEEPALIVE_SECONDS or 15) * 1000)))  # < the socket timeout
+
+    def body() -> Iterator[bytes]:
+        last = "0-0"
+        try:
+            while True:
+                reply = client.xread({stream_key: last}, count=1000, block=block)
+                if not reply:
+                    if not client.exists(stream_key):
+                        return
+                    if ping:
+                        yield ping.encode()
+                    continue
+                for _key, entries in reply:
+                    for entry_id, fields in entries:
+                        last = entry_id
+                        if END.encode() in fields:
+                            return
+                        if fields.get(DATA.encode()):
+                            yield fields[DATA.encode()]
+        except REDIS_ERRORS as err:
+            logger.warning("Redis unavailable while resuming chat %s: %r", chat_id, err)
+
+    return StreamingHttpResponse(
+        body(), content_type=protocol_class.content_type, headers={**STREAM_HEADERS, **protocol_class().headers()}
     )

@@ -32,8 +32,19 @@ async def stop(request: HttpRequest, chat_id: str) -> HttpResponseBase:
     return JsonResponse({"stopped": await resumable.request_stop(chat_id)})
 
 
+def resume_sync(request: HttpRequest, chat_id: str) -> HttpResponseBase:
+    return resumable.resume_response_sync(chat_id)
+
+
+@csrf_exempt
+def stop_sync(request: HttpRequest, chat_id: str) -> HttpResponseBase:
+    return JsonResponse({"stopped": resumable.request_stop_sync(chat_id)})
+
+
 urlpatterns = [
     path("chat/<str:chat_id>/", ChatView.as_view()),
     path("chat/<str:chat_id>/stream/", resume),
     path("chat/<str:chat_id>/stop/", stop),
+    path("sync/chat/<str:chat_id>/stream/", resume_sync),
+    path("sync/chat/<str:chat_id>/stop/", stop_sync),
 ]

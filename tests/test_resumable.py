@@ -136,8 +136,17 @@ async def test_reap_clears_streams_whose_runner_is_gone(store: StreamStore) -> N
 
 
 class Workers:
-    def __init__(self, a: ServerProcess, b: ServerProcess, proxy: DBProxy, db: Path) -> None:
-        self.a, self.b, self.proxy, self.db = a, b, proxy, db
+    """``a`` and ``b``: uvicorn (ASGI); ``c``: gunicorn's gthread worker (WSGI)."""
+
+    def __init__(self, a: ServerProcess, b: ServerProcess, c: ServerProcess, proxy: DBProxy, db: Path) -> None:
+        self.a, self.b, self.c, self.proxy, self.db = a, b, c, proxy, db
+
+    def row_settled(self, key: str) -> bool:
+        with sqlite3.connect(self.db, timeout=20) as conn:
+            rows = conn.execute(
+                "SELECT status FROM django_bedrock_stream_completion WHERE messages LIKE ?", (f"%{key}%",)
+            ).fetchall()
+        return bool(rows) and rows[0][0] != "streaming"
 
     def row(self, key: str) -> tuple[str, str]:
         """(status, text) of the completion whose prompt holds ``key``, once settled."""
@@ -170,8 +179,8 @@ def workers(tmp_path_factory: pytest.TempPathFactory, bedrock_emulator_server: A
         common = {"db_name": "", "db_port": 0, "env": env}
         with ServerProcess.uvicorn(log_path=tmp / "a.log", **common) as a, ServerProcess.uvicorn(
             log_path=tmp / "b.log", **common
-        ) as b:
-            yield Workers(a, b, proxy, db)
+        ) as b, ServerProcess.gunicorn(workers=1, threads=8, log_path=tmp / "c.log", **common) as c:
+            yield Workers(a, b, c, proxy, db)
 
 
 def _environ() -> dict[str, str]:
@@ -307,6 +316,72 @@ def test_redis_cut_mid_stream_the_client_still_completes(
         workers.proxy.restore()
 
 
+def test_a_wsgi_stream_resumes_on_asgi_and_stops_from_another_worker(
+    workers: Workers, chat_id: str, bedrock_emulator: Any
+) -> None:
+    with httpx.Client(timeout=30) as client, client.stream(
+        "POST", f"{workers.c.url}/chat/{chat_id}/", content=chat_body(chat_id, "tokens=400 delay_ms=50")
+    ) as response:
+        events = ui_events(response.iter_lines())
+        seen = [next(events) for _ in range(6)]
+        with httpx.Client(timeout=30) as other:
+            resumed = other.send(other.build_request("GET", f"{workers.a.url}/chat/{chat_id}/stream/"), stream=True)
+            stopped_at = time.time()
+            assert client.post(f"{workers.b.url}/sync/chat/{chat_id}/stop/").json() == {"stopped": True}
+            rest = list(events)
+            resumed_events = list(ui_events(resumed.iter_lines()))
+    assert rest[-1] == {"type": "abort"} and resumed_events[-1] == {"type": "abort"}
+    assert [e for e in resumed_events if e["type"] == "start"] == [seen[0]]  # the same message
+    record = bedrock_emulator.wait_for(
+        lambda reqs: [r for r in reqs if chat_id in json.dumps(r["body"]) and r["status"] != "streaming"], 10
+    )[-1]
+    # Under WSGI a stop from another worker is seen at the stream's next read (here every 50 ms).
+    assert record["status"] == "disconnected" and record["ended_at"] - stopped_at < 1.0
+    assert workers.row(chat_id) == ("cancelled", text_of(seen + rest))
+
+
+def test_the_sync_resume_view_streams_under_wsgi(workers: Workers, chat_id: str, bedrock_emulator: Any) -> None:
+    with httpx.Client(timeout=30) as client, client.stream(
+        "POST", f"{workers.a.url}/chat/{chat_id}/", content=chat_body(chat_id, "tokens=40 delay_ms=40")
+    ) as response:
+        events = ui_events(response.iter_lines())
+        first = [next(events) for _ in range(3)]
+        with client.stream("GET", f"{workers.c.url}/sync/chat/{chat_id}/stream/") as resumed:
+            lines = resumed.iter_lines()
+            live = [next(ui_events(lines))]  # a chunk arrives before the stream ends: not buffered
+            assert not workers.row_settled(chat_id)
+            replayed = live + list(ui_events(lines))
+        original = first + list(events)
+    assert replayed == original
+    assert text_of(replayed) == workers.row(chat_id)[1]
+
+
 def test_resume_without_a_running_stream_is_204(workers: Workers, chat_id: str) -> None:
     assert client_get(workers.a, f"/chat/{chat_id}/stream/").status_code == 204
+    assert client_get(workers.c, f"/sync/chat/{chat_id}/stream/").status_code == 204
     assert resumable.disconnect_policy() == "cancel"  # this process: RESUMABLE off
+
+
+@pytest.mark.django_db
+def test_bedrock_reap_clears_the_redis_streams_whose_runner_is_gone() -> None:
+    import io
+
+    import redis
+    from django.core.management import call_command
+    from django.test import override_settings
+
+    client = redis.Redis.from_url(REDIS_URL)
+    chat = uuid.uuid4().hex[:12]
+    orphan, finished = f"bedrock-stream:stream:{chat}-a:1", f"bedrock-stream:stream:{chat}-b:2"
+    client.xadd(orphan, {"d": "partial"})
+    client.xadd(finished, {"d": "all"})
+    client.xadd(finished, {"end": "completed"})
+    try:
+        out = io.StringIO()
+        with override_settings(BEDROCK_STREAM={"RESUMABLE": True, "REDIS_URL": REDIS_URL}):
+            call_command("bedrock_reap", "--older-than", "1h", stdout=out)
+        assert "Redis stream(s) whose runner is gone." in out.getvalue()
+        assert not client.exists(orphan) and client.exists(finished)
+    finally:
+        client.delete(orphan, finished)
+        client.close()
