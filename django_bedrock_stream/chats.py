@@ -16,7 +16,6 @@ import uuid
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from asgiref.sync import async_to_sync
 from django.db import IntegrityError, transaction
 from django.db.models import Max, QuerySet
 from django.http import HttpRequest, HttpResponse, JsonResponse
@@ -486,7 +485,7 @@ class ChatDetailView(ChatAPIView):
 
     def delete(self, request: HttpRequest, chat_id: str) -> HttpResponseBase:
         chat = get_chat(request, chat_id)
-        async_to_sync(resumable.request_stop)(chat.id)
+        resumable.request_stop_sync(chat.id)
         chat.delete()
         return HttpResponse(status=204)
 
@@ -498,7 +497,7 @@ class ChatStopView(ChatAPIView):
 
     def post(self, request: HttpRequest, chat_id: str) -> HttpResponseBase:
         chat = get_chat(request, chat_id)
-        stopped = async_to_sync(resumable.request_stop)(chat.id)
+        stopped = resumable.request_stop_sync(chat.id)
         return JsonResponse({"id": chat.id, "stopped": stopped})
 
 
@@ -510,4 +509,4 @@ class ChatResumeView(ChatAPIView):
 
     def get(self, request: HttpRequest, chat_id: str) -> HttpResponseBase:
         chat = get_chat(request, chat_id)
-        return async_to_sync(resumable.resume_response)(chat.id)
+        return resumable.resume_response_for(request, chat.id)

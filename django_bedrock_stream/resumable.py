@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING, Any
 from .conf import stream_settings
 
 if TYPE_CHECKING:
-    from django.http import HttpResponseBase
+    from django.http import HttpRequest, HttpResponseBase
 
     from .protocols import StreamProtocol
 
@@ -522,3 +522,16 @@ def resume_response_sync(chat_id: str, protocol: type[StreamProtocol] | None = N
     return StreamingHttpResponse(
         body(), content_type=protocol_class.content_type, headers={**STREAM_HEADERS, **protocol_class().headers()}
     )
+
+
+def resume_response_for(
+    request: HttpRequest, chat_id: str, protocol: type[StreamProtocol] | None = None
+) -> HttpResponseBase:
+    """The resume answer from a sync view, with the body flavour the server streams: async under
+    ASGI (:func:`resume_response`, on the server's loop), sync under WSGI (:func:`resume_response_sync`)."""
+    from asgiref.sync import async_to_sync
+    from django.core.handlers.asgi import ASGIRequest
+
+    if isinstance(getattr(request, "_request", request), ASGIRequest):
+        return async_to_sync(resume_response)(chat_id, protocol)
+    return resume_response_sync(chat_id, protocol)
