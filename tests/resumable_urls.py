@@ -1,10 +1,11 @@
 """Minimal chat endpoints over the resumable layer (``tests/test_resumable.py``), independent of the
-chat models: a stream view whose runner answers the chat in the URL, resume and stop."""
+chat models: a stream view whose runner answers the chat in the URL, resume and stop; and the
+package's own (``bedrock/chat/``…)."""
 
 from typing import Any
 
 from django.http import HttpRequest, HttpResponseBase, JsonResponse
-from django.urls import path
+from django.urls import include, path
 from django.views.decorators.csrf import csrf_exempt
 
 from django_bedrock_stream import resumable
@@ -42,6 +43,7 @@ def stop_sync(request: HttpRequest, chat_id: str) -> HttpResponseBase:
 
 
 urlpatterns = [
+    path("bedrock/", include("django_bedrock_stream.urls")),  # the package's chat endpoints
     path("chat/<str:chat_id>/", ChatView.as_view()),
     path("chat/<str:chat_id>/stream/", resume),
     path("chat/<str:chat_id>/stop/", stop),

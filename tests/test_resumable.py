@@ -356,6 +356,36 @@ def test_the_sync_resume_view_streams_under_wsgi(workers: Workers, chat_id: str,
     assert text_of(replayed) == workers.row(chat_id)[1]
 
 
+def test_the_chat_endpoints_across_three_workers(workers: Workers, chat_id: str, bedrock_emulator: Any) -> None:
+    """The package's ChatStreamView: started on uvicorn A, resumed on gunicorn C (WSGI), stopped from
+    uvicorn B; the stored chat has the partial answer, cancelled."""
+    message = {"id": "u1", "role": "user", "parts": [{"type": "text", "text": f"[[emulator tokens=400 delay_ms=50]] {chat_id}"}]}
+    with httpx.Client(timeout=30) as client:  # one cookie jar: the anonymous visitor's session, on every worker
+        with client.stream("POST", f"{workers.a.url}/bedrock/chat/", json={"id": chat_id, "message": message}) as response:
+            assert response.status_code == 200
+            events = ui_events(response.iter_lines())
+            seen = [next(events) for _ in range(5)]
+            with client.stream("GET", f"{workers.c.url}/bedrock/chat/{chat_id}/stream/") as resumed:
+                assert resumed.status_code == 200
+                resumed_events = ui_events(resumed.iter_lines())
+                assert next(resumed_events) == seen[0]  # the start part, with the assistant message's id
+                stopped_at = time.time()
+                assert client.post(f"{workers.b.url}/bedrock/chat/{chat_id}/stop/").json() == {
+                    "id": chat_id, "stopped": True
+                }
+                rest, resumed_rest = list(events), list(resumed_events)
+        assert rest[-1] == {"type": "abort"} and resumed_rest[-1] == {"type": "abort"}
+        record = bedrock_emulator.wait_for(
+            lambda reqs: [r for r in reqs if chat_id in json.dumps(r["body"]) and r["status"] != "streaming"], 10
+        )[-1]
+        assert record["status"] == "disconnected" and record["ended_at"] - stopped_at < 1.0
+        assert workers.row(chat_id)[0] == "cancelled"
+        stored = client.get(f"{workers.b.url}/bedrock/chat/{chat_id}/").json()["messages"]
+    assert [m["role"] for m in stored] == ["user", "assistant"]
+    assert stored[1]["id"] == seen[0]["messageId"]
+    assert "".join(p.get("text", "") for p in stored[1]["parts"]) == text_of(seen + rest)
+
+
 def test_resume_without_a_running_stream_is_204(workers: Workers, chat_id: str) -> None:
     assert client_get(workers.a, f"/chat/{chat_id}/stream/").status_code == 204
     assert client_get(workers.c, f"/sync/chat/{chat_id}/stream/").status_code == 204
