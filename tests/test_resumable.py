@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import shutil
 import socket
 import sqlite3
 import subprocess
@@ -415,3 +416,87 @@ def test_bedrock_reap_clears_the_redis_streams_whose_runner_is_gone() -> None:
     finally:
         client.delete(orphan, finished)
         client.close()
+
+
+# -- behind nginx -----------------------------------------------------------------------------------
+
+NGINX = shutil.which("nginx") or ("/usr/sbin/nginx" if Path("/usr/sbin/nginx").exists() else None)
+NGINX_CONF = """
+daemon off;
+worker_processes 1;
+pid {tmp}/nginx.pid;
+error_log {tmp}/error.log warn;
+events {{ worker_connections 256; }}
+http {{
+    access_log off;
+    client_body_temp_path {tmp}/body;
+    proxy_temp_path {tmp}/proxy;
+    fastcgi_temp_path {tmp}/fastcgi;
+    uwsgi_temp_path {tmp}/uwsgi;
+    scgi_temp_path {tmp}/scgi;
+    upstream django {{
+        server 127.0.0.1:{a};
+        server 127.0.0.1:{b};
+    }}
+    server {{
+        listen 127.0.0.1:{port};
+        location / {{
+            proxy_pass http://django;
+            proxy_http_version 1.1;
+            proxy_set_header Connection "";
+            proxy_set_header Host $host;
+            proxy_buffering off;
+            proxy_read_timeout 1s;  # the streams' keep-alive (0.5 s) must keep them open
+            add_header X-Upstream $upstream_addr always;
+        }}
+    }}
+}}
+"""
+
+
+@pytest.fixture(scope="module")
+def nginx(workers: Workers, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """Debian's nginx in front of the two uvicorn workers (round robin), as the README's deployment."""
+    if NGINX is None:
+        pytest.skip("nginx is not installed (apt-get install nginx)")
+    tmp = tmp_path_factory.mktemp("nginx")
+    tmp.chmod(0o755)
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    conf = tmp / "nginx.conf"
+    conf.write_text(NGINX_CONF.format(tmp=tmp, a=workers.a.port, b=workers.b.port, port=port))
+    process = subprocess.Popen([NGINX, "-p", str(tmp), "-c", str(conf)], stderr=subprocess.STDOUT, stdout=subprocess.PIPE)
+    try:
+        deadline = time.monotonic() + 10
+        while True:
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=1).close()
+                break
+            except OSError:
+                assert process.poll() is None and time.monotonic() < deadline, (tmp / "error.log").read_text()
+                time.sleep(0.1)
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        process.terminate()
+        process.wait(10)
+
+
+def test_behind_nginx_the_resume_lands_on_the_other_worker_and_keepalives_hold(
+    nginx: str, chat_id: str, bedrock_emulator: Any
+) -> None:
+    # Pauses of 1.5 s between tokens: nginx's 1 s read timeout would cut the stream without keep-alives.
+    with httpx.Client(timeout=30) as client, client.stream(
+        "POST", f"{nginx}/chat/{chat_id}/", content=chat_body(chat_id, "tokens=4 delay_ms=1500")
+    ) as response:
+        assert response.status_code == 200
+        events = ui_events(response.iter_lines())
+        first = [next(events) for _ in range(3)]
+        with httpx.Client(timeout=30) as other, other.stream("GET", f"{nginx}/chat/{chat_id}/stream/") as resumed:
+            assert resumed.status_code == 200
+            assert resumed.headers["x-upstream"] != response.headers["x-upstream"]  # the other worker
+            replayed = list(ui_events(resumed.iter_lines()))
+        original = first + list(events)
+    assert original[-1]["type"] == "finish" and replayed == original
+    [record] = [r for r in bedrock_emulator.requests if chat_id in json.dumps(r["body"])]
+    assert record["status"] == "completed" and text_of(original) == record["text"]
