@@ -199,7 +199,7 @@ class StreamStore:
     async def aclose(self) -> None:
         client = self._clients.pop(asyncio.get_running_loop(), None)
         if client is not None:
-            await client.aclose()
+            await (client.aclose() if hasattr(client, "aclose") else client.close())  # redis-py < 5.0.1: close()
 
 
 def _stop_commands(store: StreamStore, pipe: Any, chat_id: str) -> None:

@@ -280,6 +280,39 @@ def test_keepalive_comments_while_the_model_is_silent(workers: Workers, chat_id:
     assert events[-1]["type"] == "finish" and text_of(events)
 
 
+def test_keepalive_on_a_plain_sse_view_which_still_cancels_when_the_client_leaves(
+    workers: Workers, chat_id: str, bedrock_emulator: Any
+) -> None:
+    body = json.dumps({"messages": [{"role": "user", "content": f"[[emulator tokens=6 delay_ms=1200]] {chat_id}"}]})
+    with httpx.Client(timeout=30) as client, client.stream(
+        "POST", f"{workers.a.url}/bedrock/converse/?protocol=sse", content=body
+    ) as response:
+        lines = response.iter_lines()
+        seen: list[str] = []
+        while len([line for line in seen if line.startswith(": ping")]) < 2:
+            seen.append(next(lines))
+        assert any(line.startswith("event: token") for line in seen)  # pings between tokens, not only before
+    # Not a chat: DISCONNECT does not apply, the client leaving closes the upstream.
+    record = bedrock_emulator.wait_for(
+        lambda reqs: [r for r in reqs if chat_id in json.dumps(r["body"]) and r["status"] != "streaming"], 10
+    )[-1]
+    assert record["status"] == "disconnected"
+    assert workers.row(chat_id)[0] == "cancelled"
+
+
+def test_abort_in_each_event_stream_protocol() -> None:
+    from django_bedrock_stream.protocols import ServerSentEventsProtocol, UIMessageStreamProtocol
+
+    ui = UIMessageStreamProtocol("m1")
+    ui.start()
+    ui.delta("partial")
+    chunks = ui.abort().split("\n\n")
+    assert chunks[:2] == ['data: {"type":"text-end","id":"m1-text-1"}', 'data: {"type":"abort"}']  # the block closed
+    assert ui.abort() == "" and ui.finish("end_turn", {"input_tokens": 1, "output_tokens": 1}, {}) == ""
+    sse = ServerSentEventsProtocol()
+    assert "event: abort" in sse.abort()
+
+
 def test_client_leaving_does_not_cancel_the_model(workers: Workers, chat_id: str, bedrock_emulator: Any) -> None:
     with httpx.Client(timeout=30) as client, client.stream(
         "POST", f"{workers.a.url}/chat/{chat_id}/", content=chat_body(chat_id, "tokens=30 delay_ms=40")
