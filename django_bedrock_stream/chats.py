@@ -27,7 +27,6 @@ from django.views.decorators.csrf import csrf_exempt
 from . import parts as p
 from . import resumable
 from .access import AccessMixin
-from .conf import stream_settings
 from .exceptions import BedrockStreamError
 from .families import ConverseFamily
 from .models import Chat, ChatMessage, Completion
@@ -249,7 +248,7 @@ def _turn_of(completion: Any) -> ChatTurn | None:
 
 def _store_start(sender: Any, completion: Any = None, **kwargs: Any) -> None:
     turn = _turn_of(completion)
-    if turn is not None and (completion.pk is not None or not stream_settings.PERSIST):
+    if turn is not None:  # (before or after the Completion's INSERT: receivers keep no order)
         turn.store_start()
 
 
@@ -259,8 +258,12 @@ def _store_end(sender: Any, completion: Any = None, status: str = "", **kwargs: 
         turn.store_end(completion, status)
 
 
-stream_started.connect(_store_start, dispatch_uid="django_bedrock_stream.chats.store_start")
-stream_finished.connect(_store_end, dispatch_uid="django_bedrock_stream.chats.store_end")
+def _connect_storage(view: type) -> None:
+    """Store the chats of this view class: receivers for it only, so other views' streams send no
+    signal nobody else listens to (``PERSIST`` off: no thread hop for them)."""
+    uid = f"django_bedrock_stream.chats.{view.__module__}.{view.__qualname__}"
+    stream_started.connect(_store_start, sender=view, weak=False, dispatch_uid=uid + ".start")
+    stream_finished.connect(_store_end, sender=view, weak=False, dispatch_uid=uid + ".end")
 
 
 # -- the history: stored, plus what the request may add ----------------------------------------------
@@ -392,6 +395,10 @@ class ChatStreamView(BedrockStreamView):
     family_class = ConverseFamily
     stream_protocol = "ui"
 
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        _connect_storage(cls)
+
     def get_request_data(self, request: HttpRequest) -> dict[str, Any]:
         """The request's options, with the conversation read from the database (:func:`build_turn`)."""
         data = read_request_data(request)
@@ -410,6 +417,9 @@ class ChatStreamView(BedrockStreamView):
             turn=self.turn, sender=type(self), request=request, stream=stream, completion=completion,
             protocol=self.protocol, started_at=started_at,
         )
+
+
+_connect_storage(ChatStreamView)
 
 
 # -- the JSON endpoints ------------------------------------------------------------------------------
