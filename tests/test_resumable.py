@@ -300,6 +300,29 @@ def test_keepalive_on_a_plain_sse_view_which_still_cancels_when_the_client_leave
     assert workers.row(chat_id)[0] == "cancelled"
 
 
+@pytest.mark.parametrize(
+    ("settings", "problem"),
+    [
+        ({"RESUMABLE": True}, "needs BEDROCK_STREAM['REDIS_URL']"),
+        ({"RESUMABLE": "yes", "REDIS_URL": REDIS_URL}, "must be True or False"),
+        ({"REDIS_URL": "127.0.0.1:6379"}, "must be a redis://"),
+        ({"DISCONNECT": "keep"}, "must be 'cancel', 'continue' or None"),
+        ({"KEEPALIVE_SECONDS": -1}, "must be a number of seconds"),
+        ({"RESUME_TTL": 0}, "must be a positive integer"),
+    ],
+)
+def test_settings_check_e003(settings: dict[str, Any], problem: str) -> None:
+    from django.test import override_settings
+
+    from django_bedrock_stream.checks import check_settings_values
+
+    with override_settings(BEDROCK_STREAM=settings):
+        errors = check_settings_values()
+    assert [e.id for e in errors] == ["bedrock_stream.E003"] and problem in errors[0].msg, errors
+    with override_settings(BEDROCK_STREAM={"RESUMABLE": True, "REDIS_URL": REDIS_URL, "DISCONNECT": "cancel"}):
+        assert check_settings_values() == []
+
+
 def test_abort_in_each_event_stream_protocol() -> None:
     from django_bedrock_stream.protocols import ServerSentEventsProtocol, UIMessageStreamProtocol
 
