@@ -23,6 +23,7 @@ from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
+import django
 import httpx
 import pytest
 
@@ -292,12 +293,14 @@ def test_keepalive_on_a_plain_sse_view_which_still_cancels_when_the_client_leave
         while len([line for line in seen if line.startswith(": ping")]) < 2:
             seen.append(next(lines))
         assert any(line.startswith("event: token") for line in seen)  # pings between tokens, not only before
-    # Not a chat: DISCONNECT does not apply, the client leaving closes the upstream.
+    # Not a chat: DISCONNECT does not apply, the client leaving closes the upstream (Django >= 5.0
+    # under ASGI; 4.2's handler does not cancel a response, see "Supported versions").
     record = bedrock_emulator.wait_for(
         lambda reqs: [r for r in reqs if chat_id in json.dumps(r["body"]) and r["status"] != "streaming"], 10
     )[-1]
-    assert record["status"] == "disconnected"
-    assert workers.row(chat_id)[0] == "cancelled"
+    if django.VERSION >= (5, 0):
+        assert record["status"] == "disconnected"
+        assert workers.row(chat_id)[0] == "cancelled"
 
 
 @pytest.mark.parametrize(
