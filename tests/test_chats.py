@@ -320,6 +320,37 @@ def test_stop_from_another_request_within_one_worker(bedrock_emulator: Any, serv
     assert log[-1]["text"].startswith(text) and len(text) < len("".join(log[-1]["text"])) + 1
 
 
+def test_deleting_a_chat_stops_its_stream(bedrock_emulator: Any, caplog: Any) -> None:
+    """DELETE while the answer streams: the upstream call ends, and nothing is stored (nor logged as
+    an error) for the chat that is gone; its Completion stays, cancelled."""
+    session = SessionStore()
+    session.create()
+    cookies = {settings.SESSION_COOKIE_NAME: session.session_key}
+    with UvicornThread() as server:
+        body = {"id": "gone", "message": user_message("[[emulator tokens=400 delay_ms=50]] go")}
+        chunks: list[bytes] = []
+
+        def stream() -> None:
+            with httpx.stream("POST", f"{server.url}{CHAT}", json=body, cookies=cookies, timeout=30) as response:
+                for chunk in response.iter_bytes():
+                    chunks.append(chunk)
+
+        reader = threading.Thread(target=stream)
+        reader.start()
+        deadline = time.monotonic() + 10
+        while b"text-delta" not in b"".join(chunks) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        deleted = httpx.delete(f"{server.url}/bedrock/chat/gone/", cookies=cookies, timeout=10)
+        assert deleted.status_code == 204
+        bedrock_emulator.wait_for(lambda reqs: reqs[-1]["status"] == "disconnected", timeout=5)
+        reader.join(10)
+        assert not reader.is_alive()
+    assert ui_chunks(b"".join(chunks))[-1] == {"type": "abort"}
+    assert not Chat.objects.exists() and not ChatMessage.objects.exists()
+    assert Completion.objects.get().status == "cancelled"
+    assert not [r for r in caplog.records if r.levelname == "ERROR"]
+
+
 def test_bedrock_chats_command_lists_and_exports(bedrock_emulator: Any, alice: Any, capsys: Any) -> None:
     read(post_chat(login(alice), {"id": "c9", "message": user_message("[[emulator tokens=2]] hi")}))
     call_command("bedrock_chats", "alice")
