@@ -142,6 +142,9 @@ class AccessMixin:
     permission_classes: Sequence[type[BasePermission]] | None = None
     #: DRF throttle classes; None: ``REST_FRAMEWORK["DEFAULT_THROTTLE_CLASSES"]``.
     throttle_classes: Sequence[type[BaseThrottle]] | None = None
+    #: A GET here calls the model (a stream view's ``allow_get``), so it must prove it came from this
+    #: site; False for views whose GETs only read (the chat endpoints).
+    get_runs_model: bool = True
 
     def get_authenticators(self) -> list[BaseAuthentication]:
         classes = self.authentication_classes
@@ -169,7 +172,11 @@ class AccessMixin:
                     raise exceptions.PermissionDenied(getattr(permission, "message", None))
             # A GET runs the query's prompt only if it proves it came from this site (see above);
             # checked before throttles, so a refused cross-site visit uses none of the user's quota.
-            if request.method == "GET" and not is_get_allowed(request, drf_request.successful_authenticator):
+            if (
+                request.method == "GET"
+                and self.get_runs_model
+                and not is_get_allowed(request, drf_request.successful_authenticator)
+            ):
                 raise RequestRejected(403, "cross_site_get", CROSS_SITE_GET_MESSAGE)
             waits = [t.wait() for t in self.get_throttles() if not t.allow_request(drf_request, self)]
             if waits:

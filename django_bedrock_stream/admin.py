@@ -22,7 +22,7 @@ from django.utils.html import format_html
 
 from . import dashboard
 from .conf import stream_settings
-from .models import BudgetUsage, Completion, UserBudget
+from .models import BudgetUsage, Chat, ChatMessage, Completion, UserBudget
 from .pricing import format_cost
 from .usage import usage_totals
 
@@ -239,4 +239,54 @@ class BudgetUsageAdmin(_BudgetUsageAdmin):
         return False
 
     def has_change_permission(self, request: HttpRequest, obj: BudgetUsage | None = None) -> bool:
+        return False
+
+
+if TYPE_CHECKING:
+    _ChatAdmin = admin.ModelAdmin[Chat]
+    _ChatMessageInline = admin.TabularInline[ChatMessage, Chat]
+else:
+    _ChatAdmin = admin.ModelAdmin
+    _ChatMessageInline = admin.TabularInline
+
+
+class ChatMessageInline(_ChatMessageInline):
+    """A chat's messages, read-only: written by the chat view only."""
+
+    model = ChatMessage
+    fields = ("position", "id", "role", "status", "text", "completion", "created_at")
+    readonly_fields = fields
+    ordering = ("position", "created_at")
+    extra = 0
+    can_delete = False
+    show_change_link = False
+
+    @admin.display(description="text")
+    def text(self, obj: ChatMessage) -> str:
+        return _pre("".join(str(part.get("text", "")) for part in obj.parts if part.get("type") == "text"))
+
+    def has_add_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
+
+    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
+
+
+@admin.register(Chat)
+class ChatAdmin(_ChatAdmin):
+    """Chats kept on the server (README, "Chats"), with their messages; read-only, deletable."""
+
+    list_display = ("id", "title", "owner", "updated_at", "created_at")
+    list_select_related = ("owner",)
+    date_hierarchy = "updated_at"
+    readonly_fields = ("id", "owner", "session_key", "title", "created_at", "updated_at")
+    inlines = [ChatMessageInline]
+
+    def get_search_fields(self, request: HttpRequest) -> list[str]:
+        return ["id", "title", f"owner__{get_user_model().USERNAME_FIELD}"]
+
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        return False
+
+    def has_change_permission(self, request: HttpRequest, obj: Chat | None = None) -> bool:
         return False

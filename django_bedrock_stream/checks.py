@@ -132,7 +132,7 @@ def _positive_int(value: Any) -> bool:
 
 def _invalid_value(key: str, value: Any) -> str | None:
     """Why ``value`` is not acceptable for ``key``, or ``None`` when it is."""
-    if key in ("MAX_TOKENS", "THREAD_POOL_SIZE", "MAX_MESSAGES", "MAX_INPUT_CHARS"):
+    if key in ("MAX_TOKENS", "THREAD_POOL_SIZE", "MAX_MESSAGES", "MAX_INPUT_CHARS", "RESUME_TTL", "RESUME_MAXLEN"):
         return None if _positive_int(value) else f"must be a positive integer, not {value!r}"
     if key == "ASYNC_TRANSPORT":
         return None if value in ASYNC_TRANSPORTS else f"must be one of {', '.join(map(repr, ASYNC_TRANSPORTS))}"
@@ -140,6 +140,8 @@ def _invalid_value(key: str, value: Any) -> str | None:
         return None if value is None or (isinstance(value, str) and value) else "must be a non-empty string or None"
     if key in ("PERSIST", "ALLOW_ANONYMOUS"):
         return None if isinstance(value, bool) else f"must be True or False, not {value!r}"
+    if key in ("RESUMABLE", "REDIS_URL", "DISCONNECT", "KEEPALIVE_SECONDS"):
+        return _invalid_resumable(key, value)
     if key == "ALLOWED_MODELS":
         if isinstance(value, (list, tuple)) and all(isinstance(m, str) and m for m in value):
             return None
@@ -183,6 +185,25 @@ def _invalid_value(key: str, value: Any) -> str | None:
         except Exception as err:  # botocore raises TypeError or its own validation errors
             return f"is rejected by botocore.config.Config: {err}"
     return None
+
+
+def _invalid_resumable(key: str, value: Any) -> str | None:
+    """The settings of resumable streams (resumable.py); RESUMABLE needs a REDIS_URL and redis-py."""
+    if key == "RESUMABLE":
+        if not isinstance(value, bool):
+            return f"must be True or False, not {value!r}"
+        if value and not (_user_settings() or {}).get("REDIS_URL"):
+            return "needs BEDROCK_STREAM['REDIS_URL'] (e.g. 'redis://127.0.0.1:6379/0')"
+        if value and not _module_exists("redis"):
+            return "needs redis-py: install the [redis] extra"
+        return None
+    if key == "REDIS_URL":
+        ok = value is None or (isinstance(value, str) and urlsplit(value).scheme in ("redis", "rediss", "unix"))
+        return None if ok else "must be a redis://, rediss:// or unix:// URL, or None"
+    if key == "DISCONNECT":
+        return None if value in (None, "cancel", "continue") else "must be 'cancel', 'continue' or None"
+    number = isinstance(value, (int, float)) and not isinstance(value, bool)
+    return None if value is None or (number and value >= 0) else "must be a number of seconds (0 or None: never)"
 
 
 def _invalid_budgets(value: Any) -> str | None:

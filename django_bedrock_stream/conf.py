@@ -88,6 +88,20 @@ DEFAULTS: dict[str, Any] = {
     "PRICE_CURRENCY": "USD",
     # Fraction added to the base model's price through a profile prefix, e.g. {"global.": "0.10"}.
     "PRICE_SURCHARGES": {},
+    # Resumable chat streams (resumable.py): every chunk of a chat's running stream is also appended to
+    # a Redis stream at REDIS_URL (e.g. "redis://127.0.0.1:6379/0"), kept RESUME_TTL seconds after its
+    # end and capped at RESUME_MAXLEN entries (one entry per network read), so a resume request on any
+    # worker replays it and follows it live; stop requests reach the runner on any worker through it.
+    "RESUMABLE": False,
+    "REDIS_URL": None,
+    "RESUME_TTL": 600,
+    "RESUME_MAXLEN": 10_000,
+    # What a client leaving does to its chat stream: "cancel" (the upstream call is closed) or
+    # "continue" (the answer finishes and is stored). None: "continue" when RESUMABLE, else "cancel".
+    "DISCONNECT": None,
+    # Seconds of model silence after which the sse and ui protocols send a comment so proxies keep the
+    # connection open (ASGI; see the README for WSGI). None or 0: never.
+    "KEEPALIVE_SECONDS": 15,
     # Options of the Converse, Nova and Anthropic Messages families (see options.py and the README's
     # "Beyond text"), merged over these defaults; a view's ``converse_options`` is merged over them.
     "CONVERSE": {

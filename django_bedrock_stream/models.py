@@ -201,3 +201,56 @@ class BudgetUsage(models.Model):
 
     def __str__(self) -> str:
         return f"{self.user} · {self.unit} · {self.period} from {self.period_start:%Y-%m-%d %H:%M}"
+
+
+class Chat(models.Model):
+    """A conversation kept on the server (``ChatStreamView``): the client names it (``useChat``'s
+    ``id``) or the server does; its history is read from here, never from the request."""
+
+    id = models.CharField(primary_key=True, max_length=64)
+    #: The signed-in owner; None for an anonymous chat (``ALLOW_ANONYMOUS``), then bound to ``session_key``.
+    owner = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.CASCADE, related_name="bedrock_chats"
+    )
+    session_key = models.CharField(max_length=64, blank=True, db_index=True)
+    title = models.CharField(max_length=200, blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+    updated_at = models.DateTimeField(auto_now=True, db_index=True)
+
+    class Meta:
+        ordering = ["-updated_at", "-created_at"]
+
+    def __str__(self) -> str:
+        return self.title or self.id
+
+
+class ChatMessage(models.Model):
+    """One AI SDK ``UIMessage`` of a chat (``id``, ``role``, ``parts``, ``metadata``); an assistant
+    message links the ``Completion`` that produced it and keeps how it ended (``status``)."""
+
+    id = models.CharField(primary_key=True, max_length=64)
+    chat = models.ForeignKey(Chat, on_delete=models.CASCADE, related_name="messages")
+    role = models.CharField(max_length=16)
+    parts = models.JSONField(default=list)
+    metadata = models.JSONField(default=dict, blank=True)
+    #: Assistant messages: ``completed`` / ``failed`` / ``cancelled`` (stopped or client gone); "" for the user's.
+    status = models.CharField(max_length=16, blank=True)
+    completion = models.ForeignKey(
+        Completion, null=True, blank=True, on_delete=models.SET_NULL, related_name="chat_messages"
+    )
+    position = models.PositiveIntegerField(default=0)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["chat", "position", "created_at"]
+        indexes = [models.Index(fields=["chat", "position"])]
+
+    def __str__(self) -> str:
+        return f"{self.role} · {self.id}"
+
+    def as_ui_message(self) -> dict[str, Any]:
+        """The AI SDK ``UIMessage`` (what ``GET chat/<id>/`` answers and the model reads again)."""
+        message: dict[str, Any] = {"id": self.id, "role": self.role, "parts": self.parts}
+        if self.metadata:
+            message["metadata"] = self.metadata
+        return message

@@ -40,6 +40,8 @@ __all__ = [
     "get_protocol",
     "map_finish_reason",
     "negotiate_protocol",
+    "ui_message_metadata",
+    "ui_source_chunk",
 ]
 
 # --------------------------------------------------------------------------------------------------------------
@@ -280,6 +282,14 @@ class StreamProtocol(ABC):
         self._closed = True
         return self._encode_error(message)
 
+    def abort(self) -> str:
+        """The end of a stream stopped on purpose (the chat's stop endpoint); ``""`` where the
+        protocol has no such thing. The stream ends after it."""
+        if self._closed:
+            return ""
+        self._closed = True
+        return self._encode_abort()
+
     def ping(self) -> str:
         """A keep-alive that clients ignore (``""`` where the protocol has no such thing)."""
         if self._closed:
@@ -301,6 +311,9 @@ class StreamProtocol(ABC):
         return ""
 
     def _encode_error(self, message: str) -> str:
+        return ""
+
+    def _encode_abort(self) -> str:
         return ""
 
     def _encode_ping(self) -> str:
@@ -376,6 +389,50 @@ class DataStreamProtocol(StreamProtocol):
 
     def _encode_error(self, message: str) -> str:
         return f"3:{_json(message)}\n"
+
+
+def ui_message_metadata(
+    stop_reason: str | None, usage: Mapping[str, int], metadata: Mapping[str, Any]
+) -> dict[str, Any]:
+    """The ui ``finish`` chunk's ``messageMetadata`` (what lands on the message's ``metadata``):
+    ``finishReason``, ``usage`` and what ``metadata`` knows of ``model_id``, ``latency_ms``,
+    ``service_tier`` and ``guardrail``."""
+    input_tokens, output_tokens = _usage_counts(usage)
+    cache_read, cache_write = _cache_counts(usage)
+    result: dict[str, Any] = {
+        "finishReason": map_finish_reason(stop_reason),
+        "usage": {
+            "inputTokens": input_tokens,
+            "outputTokens": output_tokens,
+            "cacheReadTokens": cache_read,
+            "cacheWriteTokens": cache_write,
+        },
+    }
+    for key, name in (("model_id", "modelId"), ("latency_ms", "latencyMs"), ("service_tier", "serviceTier"),
+                      ("guardrail", "guardrail")):
+        if metadata.get(key) is not None:
+            result[name] = metadata[key]
+    return result
+
+
+def ui_source_chunk(part: p.Source) -> dict[str, Any]:
+    """A citation as the ui protocol's ``source-url`` / ``source-document`` chunk, which is also the
+    part the AI SDK puts on the message (``chats.py`` stores it so)."""
+    # camelCase, as the AI SDK's own provider metadata (signature, redactedData)
+    details = {
+        _CAMEL.get(key, key): value for key, value in _source_fields(part).items() if key not in ("id", "title", "url")
+    }
+    source: dict[str, Any]
+    if part.url:
+        source = {"type": "source-url", "sourceId": part.id, "url": part.url}
+        if part.title:
+            source["title"] = part.title
+    else:
+        title = part.title or f"Document {(part.document_index or 0) + 1}"
+        source = {"type": "source-document", "sourceId": part.id, "mediaType": "text/plain", "title": title}
+    if details:
+        source["providerMetadata"] = {"bedrock": details}
+    return source
 
 
 class UIMessageStreamProtocol(StreamProtocol):
@@ -454,24 +511,7 @@ class UIMessageStreamProtocol(StreamProtocol):
                 return opening + self._chunk(chunk) + self._close_block()
             return opening + self._chunk(chunk)
         if isinstance(part, p.Source):
-            # camelCase, as the AI SDK's own provider metadata (signature, redactedData)
-            details = {
-                _CAMEL.get(key, key): value
-                for key, value in _source_fields(part).items()
-                if key not in ("id", "title", "url")
-            }
-            meta = {"bedrock": details}
-            source: dict[str, Any]
-            if part.url:
-                source = {"type": "source-url", "sourceId": part.id, "url": part.url}
-                if part.title:
-                    source["title"] = part.title
-            else:
-                title = part.title or f"Document {(part.document_index or 0) + 1}"
-                source = {"type": "source-document", "sourceId": part.id, "mediaType": "text/plain", "title": title}
-            if meta["bedrock"]:
-                source["providerMetadata"] = meta
-            return self._chunk(source)
+            return self._chunk(ui_source_chunk(part))
         if isinstance(part, p.File):
             url = f"data:{part.media_type};base64,{part.data}"
             return self._chunk({"type": "file", "url": url, "mediaType": part.media_type})
@@ -513,25 +553,10 @@ class UIMessageStreamProtocol(StreamProtocol):
         return ""
 
     def _encode_finish(self, stop_reason: str | None, usage: Mapping[str, int]) -> str:
-        input_tokens, output_tokens = _usage_counts(usage)
-        cache_read, cache_write = _cache_counts(usage)
-        finish_reason = map_finish_reason(stop_reason)
+        metadata = ui_message_metadata(stop_reason, usage, self.metadata)
         finish: dict[str, Any] = {"type": "finish"}
         if self.top_level_finish_reason:
-            finish["finishReason"] = finish_reason
-        metadata = {
-            "finishReason": finish_reason,
-            "usage": {
-                "inputTokens": input_tokens,
-                "outputTokens": output_tokens,
-                "cacheReadTokens": cache_read,
-                "cacheWriteTokens": cache_write,
-            },
-        }
-        for key, name in (("model_id", "modelId"), ("latency_ms", "latencyMs"), ("service_tier", "serviceTier"),
-                          ("guardrail", "guardrail")):
-            if key in self.metadata:
-                metadata[name] = self.metadata[key]
+            finish["finishReason"] = metadata["finishReason"]
         finish["messageMetadata"] = metadata
         return (
             self._close_block()
@@ -542,6 +567,9 @@ class UIMessageStreamProtocol(StreamProtocol):
 
     def _encode_error(self, message: str) -> str:
         return self._chunk({"type": "error", "errorText": message}) + "data: [DONE]\n\n"
+
+    def _encode_abort(self) -> str:
+        return self._close_block() + self._chunk({"type": "abort"}) + "data: [DONE]\n\n"
 
     def _encode_ping(self) -> str:
         # An SSE comment: eventsource-parser (what the ai package uses) skips it.
@@ -626,6 +654,9 @@ class ServerSentEventsProtocol(StreamProtocol):
 
     def _encode_error(self, message: str) -> str:
         return self._event("error", {"message": message})
+
+    def _encode_abort(self) -> str:
+        return self._event("abort", {})
 
     def _encode_ping(self) -> str:
         return _PING

@@ -10,6 +10,7 @@ signals for it are sent, then ``stream_finished``.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import heapq
 import inspect
 import itertools
@@ -26,7 +27,7 @@ from asgiref.sync import sync_to_async
 from django.db import DatabaseError, connections
 from django.http import HttpRequest
 
-from . import signals
+from . import resumable, signals
 from .conf import stream_settings
 from .exceptions import BedrockStreamError, ResponseDiscarded, wrap_botocore_error
 from .modelids import public_model_id
@@ -90,6 +91,10 @@ class StreamRunner:
         self.loop: asyncio.AbstractEventLoop | None = None
         self._lock = threading.Lock()
         self._state = "new"  # -> "read" (the server started the body) or "abandoned" (it never will)
+        #: The chat this stream answers (set by the chat view): resumable, stoppable, DISCONNECT applies.
+        self.chat_id: str | None = None
+        self.status: str | None = None  # how it ended, once settled
+        self.stopped = False  # ended by a stop request
 
     # -- the one place where a stream's end is decided ------------------------------------------
     def settle(self, status: str, error: BedrockStreamError | None = None) -> list[tuple[Any, dict[str, Any]]]:
@@ -97,6 +102,7 @@ class StreamRunner:
         if self.settled:
             return []
         self.settled = True
+        self.status = status
         stream, completion = self.stream, self.completion
         text, usage, estimated = stream.text, stream.usage, False
         if status != COMPLETED and not usage["output_tokens"] and text:
@@ -139,6 +145,13 @@ class StreamRunner:
     def sync_body(self) -> Generator[bytes, None, None]:
         if not self._begin():
             return
+        if self.chat_id is None:
+            for data in self._produce_sync():
+                yield data.encode()
+            return
+        yield from self._chat_sync_body(self.chat_id)
+
+    def _produce_sync(self) -> Generator[str, None, None]:
         protocol, stream = self.protocol, self.stream
         encode = self._encode
         listened = self._tokens_listened()
@@ -147,24 +160,64 @@ class StreamRunner:
         try:
             head = protocol.start()
             if head:
-                yield head.encode()
+                yield head
             try:
                 # One write per network read: parts that arrived together leave together.
                 for parts in stream.iter_part_batches(self._send_token if listened else None):
                     data = encode(parts)
                     if data:
-                        yield data.encode()
+                        yield data
             except BedrockStreamError as err:
-                outcome, error = FAILED, err
+                # A stop closes the upstream under the read: that read's error is the stop.
+                outcome, error = (CANCELLED, None) if self.stopped else (FAILED, err)
             else:
                 outcome = COMPLETED
             tail = self._end_sync(outcome, error)
             if tail:
-                yield tail.encode()
+                yield tail
         finally:
             if not self.settled:  # closed by the server (client gone) or an unexpected error
                 stream.close()
                 self._end_sync(CANCELLED, None)
+
+    def _chat_sync_body(self, chat_id: str) -> Generator[bytes, None, None]:
+        """A chat stream under WSGI: teed to the store, stoppable, and with ``DISCONNECT = "continue"``
+        read to its end after the client left (in the request's thread, which it holds until then)."""
+        store = resumable.get_store()
+        tee = resumable.SyncTee(store, chat_id) if store is not None else None
+
+        def stop() -> None:  # any thread: closing the upstream wakes the blocked read
+            if not self.settled:
+                self.stopped = True
+                self.stream.close()
+
+        unregister = resumable.register_local(chat_id, stop)
+        if tee is not None:
+            tee.open()
+        inner = self._produce_sync()
+        try:
+            for data in inner:
+                if tee is not None and tee.write(data):
+                    stop()
+                try:
+                    yield data.encode()
+                except GeneratorExit:
+                    if resumable.disconnect_policy() != "continue":
+                        raise
+                    for data in inner:  # the client is gone: finish the answer for the store
+                        if tee is not None and tee.write(data):
+                            stop()
+                    return
+            abort = self.protocol.abort() if self.stopped and self.status == CANCELLED else ""
+            if abort:
+                if tee is not None:
+                    tee.write(abort)
+                yield abort.encode()
+        finally:
+            inner.close()
+            unregister()
+            if tee is not None:
+                tee.close(self.status or CANCELLED)
 
     def _end_sync(self, status: str, error: BedrockStreamError | None) -> str:
         for signal, kwargs in self.settle(status, error):
@@ -175,6 +228,15 @@ class StreamRunner:
     async def async_body(self) -> AsyncIterator[bytes]:
         if not self._begin():
             return
+        keepalive = float(stream_settings.KEEPALIVE_SECONDS or 0) if self.protocol.ping() else 0.0
+        if self.chat_id is None and not keepalive:
+            async for data in self._produce():
+                yield data.encode()
+            return
+        async for chunk in self._relay(keepalive):
+            yield chunk
+
+    async def _produce(self) -> AsyncIterator[str]:
         protocol, stream = self.protocol, self.stream
         encode = self._encode
         listened = self._tokens_listened()
@@ -183,12 +245,12 @@ class StreamRunner:
         try:
             head = protocol.start()
             if head:
-                yield head.encode()
+                yield head
             try:
                 async for parts in stream.aiter_part_batches(self._asend_token if listened else None):
                     data = encode(parts)
                     if data:
-                        yield data.encode()
+                        yield data
             except BedrockStreamError as err:
                 outcome, error = FAILED, err
             else:
@@ -202,11 +264,102 @@ class StreamRunner:
                 await asyncio.shield(end)
                 raise
             if tail:
-                yield tail.encode()
+                yield tail
         finally:
-            if not self.settled:  # Django cancelled us (client gone) or an unexpected error
+            if not self.settled:  # Django cancelled us (client gone), a stop, or an unexpected error
                 stream.close()
                 await asyncio.shield(self._end_async(CANCELLED, None))
+
+    async def _relay(self, keepalive: float) -> AsyncIterator[bytes]:
+        """The body read from a queue that a task of its own (:meth:`_pump`) fills: a keep-alive
+        comment after ``keepalive`` seconds of silence, and a model that may outlive its client
+        (``DISCONNECT = "continue"`` for a chat stream) or be stopped from any worker."""
+        queue: asyncio.Queue[str | None] = asyncio.Queue()
+        pump = asyncio.ensure_future(self._pump(queue))
+        try:
+            while True:
+                try:
+                    data = await (asyncio.wait_for(queue.get(), keepalive) if keepalive else queue.get())
+                except asyncio.TimeoutError:
+                    ping = self.protocol.ping()
+                    if ping:
+                        yield ping.encode()
+                    continue
+                if data is None:
+                    return
+                chunks = [data]
+                ended = False
+                while not ended and not queue.empty():  # what piled up while the client was slow: one write
+                    more = queue.get_nowait()
+                    ended = more is None
+                    if more is not None:
+                        chunks.append(more)
+                yield "".join(chunks).encode()
+                if ended:
+                    return
+        finally:
+            if not pump.done():
+                if self.chat_id is not None and resumable.disconnect_policy() == "continue":
+                    _background.add(pump)  # the answer finishes, is stored, and stays resumable
+                    pump.add_done_callback(_background.discard)
+                else:
+                    pump.cancel()
+                    with contextlib.suppress(asyncio.CancelledError):
+                        await asyncio.shield(pump)
+
+    async def _pump(self, queue: asyncio.Queue[str | None]) -> None:
+        """Runs :meth:`_produce` into ``queue`` (``None`` last), teeing each chunk of a chat stream to
+        the resumable store and watching for a stop of the chat from any worker."""
+        tee: resumable.Tee | None = None
+        watcher: asyncio.Future[None] | None = None
+        unregister: Callable[[], None] | None = None
+        if self.chat_id is not None:
+            task = asyncio.current_task()
+            assert task is not None
+            loop = asyncio.get_running_loop()
+
+            def stop() -> None:  # any thread
+                loop.call_soon_threadsafe(self.stop, task)
+
+            unregister = resumable.register_local(self.chat_id, stop)
+            store = resumable.get_store()
+            if store is not None:
+                tee = resumable.Tee(store, self.chat_id)
+                await tee.open()
+                watcher = asyncio.ensure_future(self._watch_stop(store, task))
+        try:
+            async for data in self._produce():
+                queue.put_nowait(data)
+                if tee is not None:
+                    tee.write(data)
+        finally:
+            if self.stopped and self.status == CANCELLED:
+                abort = self.protocol.abort()  # resumers (and the client) learn it was stopped
+                queue.put_nowait(abort)
+                if tee is not None:
+                    tee.write(abort)
+            queue.put_nowait(None)
+            if watcher is not None:
+                watcher.cancel()
+            if unregister is not None:
+                unregister()
+            if tee is not None:
+                await asyncio.shield(tee.close(self.status or CANCELLED))
+
+    def stop(self, task: asyncio.Future[Any]) -> None:
+        """A stop request for this chat (on the loop): cancel the pump, which closes the upstream."""
+        if not self.settled and not task.done():
+            self.stopped = True
+            task.cancel()
+
+    async def _watch_stop(self, store: resumable.StreamStore, task: asyncio.Future[Any]) -> None:
+        assert self.chat_id is not None
+        try:
+            await store.wait_stop(self.chat_id)
+        except resumable.REDIS_ERRORS as err:
+            logger.warning("Redis unavailable, chat %s can be stopped on this worker only: %r", self.chat_id, err)
+            return
+        self.stop(task)
 
     async def _end_async(
         self, status: str, error: BedrockStreamError | None, then: Callable[[], Any] | None = None
@@ -233,25 +386,30 @@ class StreamRunner:
             out.append(protocol.delta("".join(texts)))
         return "".join(out)
 
+    def finish_metadata(self) -> dict[str, Any]:
+        """What the end of the stream tells the client besides the usage (``protocol.finish``)."""
+        stream = self.stream
+        return {
+            "model_id": public_model_id(self.completion.model_id),
+            "latency_ms": stream.latency_ms,
+            "service_tier": stream.service_tier,
+            "guardrail": stream.guardrail.action if stream.guardrail is not None else None,
+        }
+
     def _tail(self, status: str, error: BedrockStreamError | None) -> str:
         if status == COMPLETED:
             stream = self.stream
-            metadata = {
-                "model_id": public_model_id(self.completion.model_id),
-                "latency_ms": stream.latency_ms,
-                "service_tier": stream.service_tier,
-                "guardrail": stream.guardrail.action if stream.guardrail is not None else None,
-            }
-            return self.protocol.finish(stream.stop_reason, stream.usage, metadata)
+            return self.protocol.finish(stream.stop_reason, stream.usage, self.finish_metadata())
         if status == FAILED and error is not None:
             logger.warning("Bedrock stream for %s failed: %s (%s)", self.completion.model_id, error.detail, error.code)
             return self.protocol.error(error.message)
         return ""
 
     def close_unstarted(self) -> None:
-        """Response closed before its body was read: the client is gone, settle as cancelled."""
+        """Response closed before its body was read: the client is gone, settle as cancelled. A body
+        that was read settles itself (or, detached from its client, runs on: ``DISCONNECT``)."""
         with self._lock:
-            if self.settled or self._state == "abandoned":
+            if self.settled or self._state != "new":
                 return
             self._state = "abandoned"
         self.stream.close()

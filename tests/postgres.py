@@ -117,8 +117,11 @@ class ServerProcess:
     """A real server in a subprocess serving Django with ``tests.server_settings``; stdout and stderr go
     to ``log_path``. ``with ServerProcess.uvicorn(...) as server: server.url``."""
 
-    def __init__(self, name: str, argv: list[str], *, db_name: str, db_port: int, log_path: Path) -> None:
+    def __init__(
+        self, name: str, argv: list[str], *, db_name: str, db_port: int, log_path: Path, env: dict[str, str] | None = None
+    ) -> None:
         self.name = name  # "uvicorn" or "gunicorn"
+        self.env = env or {}  # over the defaults below (e.g. another DJANGO_SETTINGS_MODULE)
         self.argv = argv  # "{fd}" is replaced by the listening socket's file descriptor
         self.db_name = db_name
         self.db_port = db_port
@@ -156,6 +159,7 @@ class ServerProcess:
             "BEDROCK_SERVER_DB_PORT": str(self.db_port),
             "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])),
             "PYTHONUNBUFFERED": "1",
+            **self.env,
         }
         argv = [arg.replace("{fd}", str(sock.fileno())) for arg in self.argv]
         with open(self.log_path, "ab") as log:

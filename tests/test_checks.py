@@ -500,7 +500,8 @@ def test_w006_silent_by_default_for_both_flavours() -> None:
 def test_w006_every_stream_route_with_allow_anonymous() -> None:
     warned = w006(BEDROCK_STREAM={"ALLOW_ANONYMOUS": True})
     assert set(warned) == {
-        *(f"/bedrock/{family}/" for family in FAMILIES), "/api/llama2/", "/api/converse/", "/get/llama2/"
+        *(f"/bedrock/{family}/" for family in FAMILIES), "/bedrock/chat/", "/api/llama2/", "/api/converse/",
+        "/get/llama2/",
     }
     assert "ALLOW_ANONYMOUS'] is true and its permission classes (AllowAny)" in warned["/api/converse/"]
     assert "(POST and GET)" in warned["/get/llama2/"] and "(POST)" in warned["/bedrock/llama2/"]

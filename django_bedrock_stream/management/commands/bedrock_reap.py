@@ -5,11 +5,13 @@ process is killed in between (OOM, deploy, ``SIGKILL``), nothing ends it: the ro
 ``streaming`` forever. Run this command from cron (or a periodic task) with a threshold longer than
 your longest legitimate stream; every ``streaming`` row created before the threshold becomes
 ``failed`` (or ``cancelled`` with ``--status cancelled``) with ``error_code="Reaped"``, in one
-``UPDATE``.
+``UPDATE``. With ``RESUMABLE`` on, it also deletes the Redis streams whose runner is gone (no end
+marker, and no longer their chat's running stream) rather than leave them to their TTL.
 """
 
 from __future__ import annotations
 
+import asyncio
 import re
 from datetime import timedelta
 from typing import Any
@@ -18,6 +20,7 @@ from django.core.management.base import BaseCommand, CommandError, CommandParser
 from django.db import DEFAULT_DB_ALIAS
 from django.utils import timezone
 
+from django_bedrock_stream import resumable
 from django_bedrock_stream.models import Completion
 
 REAPED_CODE = "Reaped"
@@ -75,3 +78,18 @@ class Command(BaseCommand):
             return
         count = stale.update(status=status, error=REAPED_MESSAGE, error_code=REAPED_CODE, finished_at=now)
         self.stdout.write(f"Reaped {count} streaming completion(s) older than {options['older_than']} (as {status}).")
+        store = resumable.get_store()
+        if store is not None:
+            try:
+                removed = asyncio.run(_reap_streams(store))
+            except resumable.REDIS_ERRORS as err:
+                self.stderr.write(f"Redis unavailable, its streams were left to their TTL: {err}")
+            else:
+                self.stdout.write(f"Removed {removed} Redis stream(s) whose runner is gone.")
+
+
+async def _reap_streams(store: resumable.StreamStore) -> int:
+    try:
+        return await store.reap()
+    finally:
+        await store.aclose()

@@ -1,0 +1,537 @@
+"""Resumable chat streams and stop on Redis (``BEDROCK_STREAM["RESUMABLE"]``).
+
+A chat's running stream is teed, chunk by encoded chunk (one Redis stream entry per network read),
+into a Redis stream with a TTL and a cap; a resume request on any worker replays it with ``XREAD``
+from the start and then follows it with ``XREAD BLOCK`` until the end marker. A stop request sets a
+flag key and publishes on the chat's channel; the runner of that chat, wherever it runs, listens on
+the channel (and checks the flag once subscribed, so a stop sent before it subscribed is not lost).
+
+Keys (``prefix`` defaults to ``bedrock-stream:``): ``<prefix>running:<chat id>`` -> the stream key of
+the chat's running stream; ``<prefix>stream:<chat id>:<random>`` the stream itself (fields ``d``: an
+encoded chunk, ``end``: the outcome, last); ``<prefix>stop:<chat id>`` the stop flag and channel.
+
+Redis is never on the critical path of the connected client: an error there is logged once, the
+stream goes on without the store, and a resume answers 204.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import secrets
+import threading
+import weakref
+from collections.abc import AsyncIterator, Callable, Iterator
+from typing import TYPE_CHECKING, Any
+
+from .conf import stream_settings
+
+if TYPE_CHECKING:
+    from django.http import HttpRequest, HttpResponseBase
+
+    from .protocols import StreamProtocol
+
+logger = logging.getLogger("django_bedrock_stream")
+
+PREFIX = "bedrock-stream:"
+#: Field names of a stream entry.
+DATA, END = "d", "end"
+#: The errors that mean "Redis is not there" (redis-py's, and the sockets' below them).
+try:
+    from redis.exceptions import RedisError
+
+    REDIS_ERRORS: tuple[type[BaseException], ...] = (RedisError, OSError, asyncio.TimeoutError)
+except ImportError:  # pragma: no cover - the [redis] extra is not installed
+    REDIS_ERRORS = (OSError, asyncio.TimeoutError)
+
+
+def disconnect_policy() -> str:
+    """``"cancel"`` or ``"continue"``: what a chat stream does when its client leaves."""
+    value = stream_settings.DISCONNECT
+    if value is None:
+        return "continue" if stream_settings.RESUMABLE else "cancel"
+    return str(value)
+
+
+class StreamStore:
+    """The Redis side of resumable streams and stop, on redis-py's asyncio client.
+
+    A redis-py asyncio client belongs to the event loop that made its connections, so one client is
+    kept per loop (a worker's loop, or a test's).
+    """
+
+    def __init__(self, url: str, *, prefix: str = PREFIX, ttl: int = 600, maxlen: int = 10_000) -> None:
+        self.url = url
+        self.prefix = prefix
+        self.ttl = int(ttl)
+        self.maxlen = int(maxlen)
+        self._clients: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, Any] = weakref.WeakKeyDictionary()
+
+    @property
+    def client(self) -> Any:
+        """This loop's ``redis.asyncio.Redis``; short timeouts, so a Redis gone away fails fast."""
+        loop = asyncio.get_running_loop()
+        client = self._clients.get(loop)
+        if client is None:
+            import redis.asyncio
+
+            client = redis.asyncio.Redis.from_url(
+                self.url, socket_connect_timeout=2, socket_timeout=5, health_check_interval=30
+            )
+            self._clients[loop] = client
+        return client
+
+    def running_key(self, chat_id: str) -> str:
+        return f"{self.prefix}running:{chat_id}"
+
+    def stop_key(self, chat_id: str) -> str:
+        return f"{self.prefix}stop:{chat_id}"
+
+    # -- writing ------------------------------------------------------------------------------------
+    async def start(self, chat_id: str) -> str:
+        """A new stream key for the chat, marked as its running stream (for ``RESUME_TTL`` at most: a
+        runner that died leaves no marker for longer); clears a stop flag left by an earlier stream."""
+        stream_key = f"{self.prefix}stream:{chat_id}:{secrets.token_hex(8)}"
+        async with self.client.pipeline(transaction=True) as pipe:
+            pipe.set(self.running_key(chat_id), stream_key, ex=self.ttl)
+            pipe.delete(self.stop_key(chat_id))
+            await pipe.execute()
+        return stream_key
+
+    async def append(self, stream_key: str, chunks: list[str], chat_id: str | None = None) -> None:
+        """One entry for these chunks (what arrived in one network read), capped at ``maxlen`` entries
+        (a longer stream loses its start: keep it above a long answer's number of reads). With the
+        ``chat_id``, its running marker lives on for ``ttl`` too."""
+        if not chunks:
+            return
+        async with self.client.pipeline(transaction=False) as pipe:
+            pipe.xadd(stream_key, {DATA: "".join(chunks)}, maxlen=self.maxlen, approximate=False)
+            pipe.expire(stream_key, self.ttl)
+            if chat_id is not None:
+                pipe.expire(self.running_key(chat_id), self.ttl)
+            await pipe.execute()
+
+    async def finish(self, stream_key: str, chat_id: str | None = None, status: str = "completed") -> None:
+        """The end marker; the stream then expires after the TTL. Clears the chat's running marker if
+        it still names this stream."""
+        async with self.client.pipeline(transaction=False) as pipe:
+            pipe.xadd(stream_key, {END: status}, maxlen=self.maxlen, approximate=False)
+            pipe.expire(stream_key, self.ttl)
+            await pipe.execute()
+        if chat_id is not None:
+            # Compare-and-delete: a newer stream of the same chat keeps its marker.
+            await self.client.eval(_DELETE_IF_EQUAL, 1, self.running_key(chat_id), stream_key)
+
+    # -- reading ------------------------------------------------------------------------------------
+    async def running(self, chat_id: str) -> str | None:
+        """The stream key of the chat's running stream, or None."""
+        value = await self.client.get(self.running_key(chat_id))
+        return value.decode() if isinstance(value, bytes) else value
+
+    async def follow(self, stream_key: str, block_seconds: float | None = 15) -> AsyncIterator[str]:
+        """Every chunk from the start, then the live ones until the end marker (``XREAD BLOCK``: no
+        polling). Yields ``""`` after ``block_seconds`` without news (the caller's keep-alive), and
+        ends when the stream is gone (expired, or its runner died and the TTL passed)."""
+        last = "0-0"
+        block = max(1, int((block_seconds or 15) * 1000))
+        client = self.client
+        while True:
+            reply = await client.xread({stream_key: last}, count=1000, block=block)
+            if not reply:
+                if not await client.exists(stream_key):
+                    return
+                yield ""
+                continue
+            for _key, entries in reply:
+                for entry_id, fields in entries:
+                    last = entry_id
+                    if END.encode() in fields:
+                        return
+                    data = fields.get(DATA.encode())
+                    if data:
+                        yield data.decode()
+
+    # -- stop ---------------------------------------------------------------------------------------
+    async def request_stop(self, chat_id: str) -> int:
+        """Ask the chat's runner to stop, wherever it runs: a flag (read by a runner not subscribed
+        yet, and by WSGI runners at their next read) and a message on the chat's channel; returns how
+        many runners heard it, or 1 when none listens but the chat has a running stream."""
+        async with self.client.pipeline(transaction=True) as pipe:
+            _stop_commands(self, pipe, chat_id)
+            _ok, heard, running = await pipe.execute()
+        return int(heard) or int(running)
+
+    async def wait_stop(self, chat_id: str) -> None:
+        """Return when a stop is requested for the chat (pub/sub, so it arrives within milliseconds)."""
+        key = self.stop_key(chat_id)
+        pubsub = self.client.pubsub()
+        try:
+            await pubsub.subscribe(key)
+            if await self.client.exists(key):
+                return
+            while True:
+                message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=None)
+                if message is not None and message.get("type") == "message":
+                    return
+        finally:
+            try:
+                await asyncio.shield(pubsub.aclose() if hasattr(pubsub, "aclose") else pubsub.reset())
+            except REDIS_ERRORS:
+                pass
+
+    # -- maintenance --------------------------------------------------------------------------------
+    async def reap(self) -> int:
+        """Delete the streams no runner will end (no end marker, and not the running stream of their
+        chat, whose marker expires with its runner); returns how many."""
+        client = self.client
+        removed = 0
+        async for raw in client.scan_iter(match=f"{self.prefix}stream:*", count=500):
+            key = raw.decode()
+            chat_id = key[len(self.prefix) + len("stream:"):].rsplit(":", 1)[0]
+            last = await client.xrevrange(key, count=1)
+            if last and END.encode() in last[0][1]:
+                continue  # finished: expires with its TTL
+            if await self.running(chat_id) == key:
+                continue  # its runner is alive (or died less than the TTL ago)
+            removed += await client.delete(key)
+        return removed
+
+    async def aclose(self) -> None:
+        client = self._clients.pop(asyncio.get_running_loop(), None)
+        if client is not None:
+            await (client.aclose() if hasattr(client, "aclose") else client.close())  # redis-py < 5.0.1: close()
+
+
+def _stop_commands(store: StreamStore, pipe: Any, chat_id: str) -> None:
+    """The stop flag, the message, and whether the chat has a running stream (sync or async pipe)."""
+    key = store.stop_key(chat_id)
+    pipe.set(key, "1", ex=store.ttl)
+    pipe.publish(key, "stop")
+    pipe.exists(store.running_key(chat_id))
+
+
+_DELETE_IF_EQUAL = "if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('del', KEYS[1]) end return 0"
+
+_stores: dict[tuple[str, int, int], StreamStore] = {}
+
+
+def get_store() -> StreamStore | None:
+    """The store of the settings, or None when ``RESUMABLE`` is off (or ``REDIS_URL`` unset)."""
+    if not stream_settings.RESUMABLE or not stream_settings.REDIS_URL:
+        return None
+    key = (str(stream_settings.REDIS_URL), int(stream_settings.RESUME_TTL), int(stream_settings.RESUME_MAXLEN))
+    store = _stores.get(key)
+    if store is None:
+        store = _stores[key] = StreamStore(key[0], ttl=key[1], maxlen=key[2])
+    return store
+
+
+class Tee:
+    """Copies a runner's encoded chunks to the store from a writer task of its own: what piled up
+    while one ``XADD`` was in flight goes in the next, so Redis never slows the connected client."""
+
+    def __init__(self, store: StreamStore, chat_id: str) -> None:
+        self.store = store
+        self.chat_id = chat_id
+        self.stream_key: str | None = None
+        self.broken = False
+        self._pending: list[str] = []
+        self._wake = asyncio.Event()
+        self._closing = False
+        self._writer: asyncio.Task[None] | None = None
+
+    async def open(self) -> None:
+        try:
+            self.stream_key = await self.store.start(self.chat_id)
+        except REDIS_ERRORS as err:
+            self._broke(err)
+            return
+        self._writer = asyncio.ensure_future(self._write_loop())
+
+    def write(self, data: str) -> None:
+        if self.broken or self._writer is None or not data:
+            return
+        self._pending.append(data)
+        self._wake.set()
+
+    async def _write_loop(self) -> None:
+        assert self.stream_key is not None
+        while True:
+            await self._wake.wait()
+            self._wake.clear()
+            chunks, self._pending = self._pending, []
+            try:
+                await self.store.append(self.stream_key, chunks, self.chat_id)
+            except REDIS_ERRORS as err:
+                self._broke(err)
+                return
+            if self._closing and not self._pending:
+                return
+
+    async def close(self, status: str) -> None:
+        """Flush, then the end marker (a few seconds at most: the runner's end must not wait on Redis)."""
+        if self._writer is None:
+            return
+        self._closing = True
+        self._wake.set()
+        try:
+            await asyncio.wait_for(asyncio.shield(self._writer), 10)
+            if not self.broken:
+                assert self.stream_key is not None
+                await asyncio.wait_for(self.store.finish(self.stream_key, self.chat_id, status), 10)
+        except REDIS_ERRORS as err:
+            self._broke(err)
+
+    def _broke(self, err: BaseException) -> None:
+        if not self.broken:
+            self.broken = True
+            logger.warning("Redis unavailable, chat %s is not resumable from here on: %r", self.chat_id, err)
+
+
+# -- stop, wherever the stream runs ------------------------------------------------------------------
+#: chat id -> the stop callbacks of this process's running streams of that chat (any thread).
+_local: dict[str, list[Callable[[], None]]] = {}
+_local_lock = threading.Lock()
+
+
+def register_local(chat_id: str, stop: Callable[[], None]) -> Callable[[], None]:
+    """Let :func:`request_stop` reach a stream of this process; returns the unregister function."""
+    with _local_lock:
+        _local.setdefault(chat_id, []).append(stop)
+
+    def unregister() -> None:
+        with _local_lock:
+            stops = _local.get(chat_id, [])
+            if stop in stops:
+                stops.remove(stop)
+            if not stops:
+                _local.pop(chat_id, None)
+
+    return unregister
+
+
+async def request_stop(chat_id: str) -> bool:
+    """Stop the chat's running stream: in this process directly, on any worker through Redis when
+    ``RESUMABLE``. Whether a runner was reached (Redis errors are logged and count as not)."""
+    with _local_lock:
+        stops = list(_local.get(chat_id, ()))
+    for stop in stops:
+        stop()
+    store = get_store()
+    if store is None:
+        return bool(stops)
+    try:
+        heard = await store.request_stop(chat_id)
+    except REDIS_ERRORS as err:
+        logger.warning("Redis unavailable, the stop of chat %s reached this worker only: %r", chat_id, err)
+        return bool(stops)
+    return bool(stops) or heard > 0
+
+
+async def resume(chat_id: str) -> AsyncIterator[str] | None:
+    """The chunks of the chat's running (or just ended, within the TTL) stream to replay and follow,
+    or None when there is none (the resume endpoint then answers 204). Redis errors: None, logged."""
+    store = get_store()
+    if store is None:
+        return None
+    try:
+        stream_key = await store.running(chat_id)
+    except REDIS_ERRORS as err:
+        logger.warning("Redis unavailable, chat %s cannot be resumed: %r", chat_id, err)
+        return None
+    if stream_key is None:
+        return None
+    return _guarded(store.follow(stream_key, stream_settings.KEEPALIVE_SECONDS or None), chat_id)
+
+
+async def _guarded(chunks: AsyncIterator[str], chat_id: str) -> AsyncIterator[str]:
+    """A resume that loses Redis midway ends (the client reconnects or reloads) with a warning."""
+    try:
+        async for chunk in chunks:
+            yield chunk
+    except REDIS_ERRORS as err:
+        logger.warning("Redis unavailable while resuming chat %s: %r", chat_id, err)
+
+
+_sync_clients: dict[str, Any] = {}
+
+
+def sync_client(store: StreamStore) -> Any:
+    """The process's ``redis.Redis`` for the store (thread-safe: one connection pool for all threads)."""
+    client = _sync_clients.get(store.url)
+    if client is None:
+        import redis
+
+        client = _sync_clients[store.url] = redis.Redis.from_url(store.url, socket_connect_timeout=2, socket_timeout=30)
+    return client
+
+
+class SyncTee:
+    """:class:`Tee` for the WSGI body, on redis-py's sync client: one ``XADD`` per network read, in
+    the request's thread (no thread of its own). The same round trip reads the stop flag, so a stop
+    from another worker ends a WSGI stream at its next read (a stop in this process closes the
+    upstream at once)."""
+
+    def __init__(self, store: StreamStore, chat_id: str) -> None:
+        self.store = store
+        self.chat_id = chat_id
+        self.stream_key: str | None = None
+        self.broken = False
+        self.client = sync_client(store)
+
+    def open(self) -> None:
+        store, chat_id = self.store, self.chat_id
+        stream_key = f"{store.prefix}stream:{chat_id}:{secrets.token_hex(8)}"
+        try:
+            with self.client.pipeline(transaction=True) as pipe:
+                pipe.set(store.running_key(chat_id), stream_key, ex=store.ttl)
+                pipe.delete(store.stop_key(chat_id))
+                pipe.execute()
+        except REDIS_ERRORS as err:
+            self._broke(err)
+            return
+        self.stream_key = stream_key
+
+    def write(self, data: str) -> bool:
+        """Append ``data``; whether a stop of the chat was requested meanwhile."""
+        if self.broken or self.stream_key is None or not data:
+            return False
+        store = self.store
+        try:
+            with self.client.pipeline(transaction=False) as pipe:
+                pipe.xadd(self.stream_key, {DATA: data}, maxlen=store.maxlen, approximate=False)
+                pipe.expire(self.stream_key, store.ttl)
+                pipe.expire(store.running_key(self.chat_id), store.ttl)
+                pipe.exists(store.stop_key(self.chat_id))
+                *_, stopped = pipe.execute()
+        except REDIS_ERRORS as err:
+            self._broke(err)
+            return False
+        return bool(stopped)
+
+    def close(self, status: str) -> None:
+        if self.broken or self.stream_key is None:
+            return
+        store = self.store
+        try:
+            with self.client.pipeline(transaction=False) as pipe:
+                pipe.xadd(self.stream_key, {END: status}, maxlen=store.maxlen, approximate=False)
+                pipe.expire(self.stream_key, store.ttl)
+                pipe.execute()
+            self.client.eval(_DELETE_IF_EQUAL, 1, store.running_key(self.chat_id), self.stream_key)
+        except REDIS_ERRORS as err:
+            self._broke(err)
+
+    def _broke(self, err: BaseException) -> None:
+        if not self.broken:
+            self.broken = True
+            logger.warning("Redis unavailable, chat %s is not resumable from here on: %r", self.chat_id, err)
+
+
+async def resume_response(chat_id: str, protocol: type[StreamProtocol] | None = None) -> HttpResponseBase:
+    """The answer to a resume request (``GET chat/<id>/stream/``, ASGI): the running stream of the
+    chat replayed and followed in ``protocol`` (``ui`` by default: the chunks are the ones its runner
+    encoded), with keep-alive comments while it is silent; 204 when nothing runs (or Redis is gone)."""
+    from django.http import HttpResponse, StreamingHttpResponse
+
+    from .protocols import UIMessageStreamProtocol
+    from .responses import STREAM_HEADERS
+
+    chunks = await resume(chat_id)
+    if chunks is None:
+        return HttpResponse(status=204)
+    protocol_class = protocol or UIMessageStreamProtocol
+    ping = protocol_class().ping()
+
+    async def body() -> AsyncIterator[bytes]:
+        async for chunk in chunks:
+            if chunk or ping:
+                yield (chunk or ping).encode()
+
+    return StreamingHttpResponse(
+        body(),
+        content_type=protocol_class.content_type,
+        headers={**STREAM_HEADERS, **protocol_class().headers()},
+    )
+
+
+# -- the same for sync views (WSGI) ------------------------------------------------------------------
+def request_stop_sync(chat_id: str) -> bool:
+    """:func:`request_stop` for sync code (a WSGI view): no event loop made for it."""
+    with _local_lock:
+        stops = list(_local.get(chat_id, ()))
+    for stop in stops:
+        stop()
+    store = get_store()
+    if store is None:
+        return bool(stops)
+    try:
+        with sync_client(store).pipeline(transaction=True) as pipe:
+            _stop_commands(store, pipe, chat_id)
+            _ok, heard, running = pipe.execute()
+    except REDIS_ERRORS as err:
+        logger.warning("Redis unavailable, the stop of chat %s reached this worker only: %r", chat_id, err)
+        return bool(stops)
+    return bool(stops) or bool(heard or running)
+
+
+def resume_response_sync(chat_id: str, protocol: type[StreamProtocol] | None = None) -> HttpResponseBase:
+    """:func:`resume_response` for WSGI: a sync body (``XREAD BLOCK`` in the request's thread), which
+    Django streams under WSGI, where it would buffer an async one to its end."""
+    from django.http import HttpResponse, StreamingHttpResponse
+
+    from .protocols import UIMessageStreamProtocol
+    from .responses import STREAM_HEADERS
+
+    store = get_store()
+    if store is None:
+        return HttpResponse(status=204)
+    client = sync_client(store)
+    try:
+        stream_key = client.get(store.running_key(chat_id))
+    except REDIS_ERRORS as err:
+        logger.warning("Redis unavailable, chat %s cannot be resumed: %r", chat_id, err)
+        return HttpResponse(status=204)
+    if stream_key is None:
+        return HttpResponse(status=204)
+    protocol_class = protocol or UIMessageStreamProtocol
+    ping = protocol_class().ping()
+    block = max(1, min(20_000, int(float(stream_settings.KEEPALIVE_SECONDS or 15) * 1000)))  # < the socket timeout
+
+    def body() -> Iterator[bytes]:
+        last = "0-0"
+        try:
+            while True:
+                reply = client.xread({stream_key: last}, count=1000, block=block)
+                if not reply:
+                    if not client.exists(stream_key):
+                        return
+                    if ping:
+                        yield ping.encode()
+                    continue
+                for _key, entries in reply:
+                    for entry_id, fields in entries:
+                        last = entry_id
+                        if END.encode() in fields:
+                            return
+                        if fields.get(DATA.encode()):
+                            yield fields[DATA.encode()]
+        except REDIS_ERRORS as err:
+            logger.warning("Redis unavailable while resuming chat %s: %r", chat_id, err)
+
+    return StreamingHttpResponse(
+        body(), content_type=protocol_class.content_type, headers={**STREAM_HEADERS, **protocol_class().headers()}
+    )
+
+
+def resume_response_for(
+    request: HttpRequest, chat_id: str, protocol: type[StreamProtocol] | None = None
+) -> HttpResponseBase:
+    """The resume answer from a sync view, with the body flavour the server streams: async under
+    ASGI (:func:`resume_response`, on the server's loop), sync under WSGI (:func:`resume_response_sync`)."""
+    from asgiref.sync import async_to_sync
+    from django.core.handlers.asgi import ASGIRequest
+
+    if isinstance(getattr(request, "_request", request), ASGIRequest):
+        return async_to_sync(resume_response)(chat_id, protocol)
+    return resume_response_sync(chat_id, protocol)
