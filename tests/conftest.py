@@ -14,16 +14,22 @@ pytest_plugins = ["django_bedrock_stream.testing"]
 CLIENT_MODULES = {"test_clients", "test_example_chat", "test_example_project", "test_readme"}
 #: Modules marked ``postgres``: load and database-fault tests, which run on PostgreSQL only.
 POSTGRES_MODULES = {"test_load", "test_db_faults"}
+#: Modules marked ``deployment``: several server processes behind nginx, sharing Redis (their own
+#: SQLite file: nothing of theirs depends on the test database or on the Python/Django pair much).
+DEPLOYMENT_MODULES = {"test_resumable"}
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """``-m "not clients"`` / ``-m "not postgres"`` select by what a run is for (CI's legs)."""
+    """``-m "not clients"``, ``-m "not postgres"``, ``-m "not deployment"`` select by what a run is for
+    (CI's legs)."""
     for item in items:
         module = item.module.__name__.rsplit(".", 1)[-1] if item.module else ""
         if module in CLIENT_MODULES:
             item.add_marker(pytest.mark.clients)
         if module in POSTGRES_MODULES:
             item.add_marker(pytest.mark.postgres)
+        if module in DEPLOYMENT_MODULES:
+            item.add_marker(pytest.mark.deployment)
 
 
 @pytest.fixture
