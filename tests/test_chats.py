@@ -323,6 +323,12 @@ def test_stop_from_another_request_within_one_worker(bedrock_emulator: Any, serv
 def test_deleting_a_chat_stops_its_stream(bedrock_emulator: Any, caplog: Any) -> None:
     """DELETE while the answer streams: the upstream call ends, and nothing is stored (nor logged as
     an error) for the chat that is gone; its Completion stays, cancelled."""
+    from django.db import connection
+
+    if connection.vendor == "sqlite" and connection.is_in_memory_db():
+        # The delete and the stream's last write race on two threads: a SQLite file waits (busy
+        # timeout), the in-memory test database's shared cache fails one at once. The PostgreSQL leg runs it.
+        pytest.skip("concurrent writers on in-memory SQLite fail at once (no busy timeout)")
     session = SessionStore()
     session.create()
     cookies = {settings.SESSION_COOKIE_NAME: session.session_key}
