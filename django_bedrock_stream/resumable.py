@@ -310,22 +310,28 @@ def register_local(chat_id: str, stop: Callable[[], None]) -> Callable[[], None]
     return unregister
 
 
-async def request_stop(chat_id: str) -> bool:
-    """Stop the chat's running stream: in this process directly, on any worker through Redis when
-    ``RESUMABLE``. Whether a runner was reached (Redis errors are logged and count as not)."""
+def _stop_locally(chat_id: str) -> bool:
+    """Stop the chat's streams running in this process; whether there was one."""
     with _local_lock:
         stops = list(_local.get(chat_id, ()))
     for stop in stops:
         stop()
+    return bool(stops)
+
+
+async def request_stop(chat_id: str) -> bool:
+    """Stop the chat's running stream: in this process directly, on any worker through Redis when
+    ``RESUMABLE``. Whether a runner was reached (Redis errors are logged and count as not)."""
+    stopped = _stop_locally(chat_id)
     store = get_store()
     if store is None:
-        return bool(stops)
+        return stopped
     try:
         heard = await store.request_stop(chat_id)
     except REDIS_ERRORS as err:
         logger.warning("Redis unavailable, the stop of chat %s reached this worker only: %r", chat_id, err)
-        return bool(stops)
-    return bool(stops) or heard > 0
+        return stopped
+    return stopped or heard > 0
 
 
 async def resume(chat_id: str) -> AsyncIterator[str] | None:
@@ -458,21 +464,18 @@ async def resume_response(chat_id: str, protocol: type[StreamProtocol] | None = 
 # -- the same for sync views (WSGI) ------------------------------------------------------------------
 def request_stop_sync(chat_id: str) -> bool:
     """:func:`request_stop` for sync code (a WSGI view): no event loop made for it."""
-    with _local_lock:
-        stops = list(_local.get(chat_id, ()))
-    for stop in stops:
-        stop()
+    stopped = _stop_locally(chat_id)
     store = get_store()
     if store is None:
-        return bool(stops)
+        return stopped
     try:
         with sync_client(store).pipeline(transaction=True) as pipe:
             _stop_commands(store, pipe, chat_id)
             _ok, heard, running = pipe.execute()
     except REDIS_ERRORS as err:
         logger.warning("Redis unavailable, the stop of chat %s reached this worker only: %r", chat_id, err)
-        return bool(stops)
-    return bool(stops) or bool(heard or running)
+        return stopped
+    return stopped or bool(heard or running)
 
 
 def resume_response_sync(chat_id: str, protocol: type[StreamProtocol] | None = None) -> HttpResponseBase:
