@@ -1,6 +1,7 @@
 """Settings for the workers of ``tests/test_resumable.py``: ``tests.server_settings``' logging (stderr) on a
 SQLite file all workers share (``BEDROCK_RESUME_SQLITE``), resumable chat streams on Redis at
-``BEDROCK_RESUME_REDIS_URL``, a short keep-alive, and the test chat views of ``tests.resumable_urls``.
+``BEDROCK_RESUME_REDIS_URL`` (kept ``BEDROCK_RESUME_TTL`` seconds), a short keep-alive, and the test chat
+views of ``tests.resumable_urls``.
 """
 
 import os
@@ -30,6 +31,6 @@ BEDROCK_STREAM = {
     "ALLOW_ANONYMOUS": True,
     "RESUMABLE": True,
     "REDIS_URL": os.environ["BEDROCK_RESUME_REDIS_URL"],
-    "RESUME_TTL": 60,
+    "RESUME_TTL": int(os.environ.get("BEDROCK_RESUME_TTL", "60")),
     "KEEPALIVE_SECONDS": float(os.environ.get("BEDROCK_RESUME_KEEPALIVE", "0.5")),
 }

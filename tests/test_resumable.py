@@ -12,15 +12,9 @@ from __future__ import annotations
 
 import asyncio
 import json
-import shutil
-import socket
-import sqlite3
-import subprocess
-import sys
 import time
 import uuid
 from collections.abc import AsyncIterator, Iterator
-from pathlib import Path
 from typing import Any
 
 import django
@@ -29,22 +23,23 @@ import pytest
 
 from django_bedrock_stream import resumable
 from django_bedrock_stream.resumable import StreamStore
-from tests.dbproxy import DBProxy
-from tests.postgres import ROOT, ServerProcess
+from tests.postgres import ServerProcess
+from tests.resumable_servers import (
+    NGINX,
+    REDIS_HOST,
+    REDIS_PORT,
+    Workers,
+    redis_unreachable,
+    start_nginx,
+    start_workers,
+    text_of,
+    ui_events,
+)
 
-REDIS_HOST, REDIS_PORT, REDIS_DB = "127.0.0.1", 6379, 11
+REDIS_DB = 11
 REDIS_URL = f"redis://{REDIS_HOST}:{REDIS_PORT}/{REDIS_DB}"
 
-
-def _redis_unreachable() -> str | None:
-    try:
-        socket.create_connection((REDIS_HOST, REDIS_PORT), timeout=1).close()
-    except OSError as err:
-        return f"no Redis at {REDIS_HOST}:{REDIS_PORT} ({err}): resumable streams need one"
-    return None
-
-
-pytestmark = pytest.mark.skipif(bool(_redis_unreachable()), reason=_redis_unreachable() or "")
+pytestmark = pytest.mark.skipif(bool(redis_unreachable()), reason=redis_unreachable() or "")
 
 
 # -- the store --------------------------------------------------------------------------------------
@@ -137,58 +132,10 @@ async def test_reap_clears_streams_whose_runner_is_gone(store: StreamStore) -> N
 # -- two workers ------------------------------------------------------------------------------------
 
 
-class Workers:
-    """``a`` and ``b``: uvicorn (ASGI); ``c``: gunicorn's gthread worker (WSGI)."""
-
-    def __init__(self, a: ServerProcess, b: ServerProcess, c: ServerProcess, proxy: DBProxy, db: Path) -> None:
-        self.a, self.b, self.c, self.proxy, self.db = a, b, c, proxy, db
-
-    def row_settled(self, key: str) -> bool:
-        with sqlite3.connect(self.db, timeout=20) as conn:
-            rows = conn.execute(
-                "SELECT status FROM django_bedrock_stream_completion WHERE messages LIKE ?", (f"%{key}%",)
-            ).fetchall()
-        return bool(rows) and rows[0][0] != "streaming"
-
-    def row(self, key: str) -> tuple[str, str]:
-        """(status, text) of the completion whose prompt holds ``key``, once settled."""
-        deadline = time.monotonic() + 20
-        while True:
-            with sqlite3.connect(self.db, timeout=20) as conn:
-                rows = conn.execute(
-                    "SELECT status, text FROM django_bedrock_stream_completion WHERE messages LIKE ?", (f"%{key}%",)
-                ).fetchall()
-            if len(rows) == 1 and rows[0][0] != "streaming":
-                return rows[0]
-            assert time.monotonic() < deadline, f"the row of {key}: {rows}"
-            time.sleep(0.1)
-
-
 @pytest.fixture(scope="module")
 def workers(tmp_path_factory: pytest.TempPathFactory, bedrock_emulator_server: Any) -> Iterator[Workers]:
-    tmp = tmp_path_factory.mktemp("resumable")
-    db = tmp / "db.sqlite3"
-    with DBProxy((REDIS_HOST, REDIS_PORT)) as proxy:
-        env = {
-            "DJANGO_SETTINGS_MODULE": "tests.resumable_server_settings",
-            "BEDROCK_RESUME_SQLITE": str(db),
-            "BEDROCK_RESUME_REDIS_URL": f"redis://127.0.0.1:{proxy.port}/{REDIS_DB}",
-        }
-        subprocess.run(
-            [sys.executable, "-m", "django", "migrate", "--verbosity", "0"],
-            cwd=ROOT, env={**_environ(), **env, "PYTHONPATH": str(ROOT)}, check=True,
-        )
-        common = {"db_name": "", "db_port": 0, "env": env}
-        with ServerProcess.uvicorn(log_path=tmp / "a.log", **common) as a, ServerProcess.uvicorn(
-            log_path=tmp / "b.log", **common
-        ) as b, ServerProcess.gunicorn(workers=1, threads=8, log_path=tmp / "c.log", **common) as c:
-            yield Workers(a, b, c, proxy, db)
-
-
-def _environ() -> dict[str, str]:
-    import os
-
-    return dict(os.environ)
+    with start_workers(tmp_path_factory.mktemp("resumable"), REDIS_DB) as workers:
+        yield workers
 
 
 @pytest.fixture
@@ -202,19 +149,6 @@ def chat_id(workers: Workers, bedrock_emulator: Any) -> Iterator[str]:
     if keys:
         client.delete(*keys)
     client.close()
-
-
-def ui_events(lines: Iterator[str], comments: list[str] | None = None) -> Iterator[dict[str, Any]]:
-    """The ``data:`` chunks of a UI message stream (``comments`` collects the keep-alive lines)."""
-    for line in lines:
-        if line.startswith(":") and comments is not None:
-            comments.append(line)
-        elif line.startswith("data: ") and line != "data: [DONE]":
-            yield json.loads(line[len("data: "):])
-
-
-def text_of(events: list[dict[str, Any]]) -> str:
-    return "".join(event["delta"] for event in events if event["type"] == "text-delta")
 
 
 def chat_body(chat: str, scenario: str) -> str:
@@ -479,66 +413,13 @@ def test_bedrock_reap_clears_the_redis_streams_whose_runner_is_gone() -> None:
 
 # -- behind nginx -----------------------------------------------------------------------------------
 
-NGINX = shutil.which("nginx") or ("/usr/sbin/nginx" if Path("/usr/sbin/nginx").exists() else None)
-NGINX_CONF = """
-daemon off;
-worker_processes 1;
-pid {tmp}/nginx.pid;
-error_log {tmp}/error.log warn;
-events {{ worker_connections 256; }}
-http {{
-    access_log off;
-    client_body_temp_path {tmp}/body;
-    proxy_temp_path {tmp}/proxy;
-    fastcgi_temp_path {tmp}/fastcgi;
-    uwsgi_temp_path {tmp}/uwsgi;
-    scgi_temp_path {tmp}/scgi;
-    upstream django {{
-        server 127.0.0.1:{a};
-        server 127.0.0.1:{b};
-    }}
-    server {{
-        listen 127.0.0.1:{port};
-        location / {{
-            proxy_pass http://django;
-            proxy_http_version 1.1;
-            proxy_set_header Connection "";
-            proxy_set_header Host $host;
-            proxy_buffering off;
-            proxy_read_timeout 1s;  # the streams' keep-alive (0.5 s) must keep them open
-            add_header X-Upstream $upstream_addr always;
-        }}
-    }}
-}}
-"""
-
-
 @pytest.fixture(scope="module")
 def nginx(workers: Workers, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """Debian's nginx in front of the two uvicorn workers (round robin), as the README's deployment."""
     if NGINX is None:
         pytest.skip("nginx is not installed (apt-get install nginx)")
-    tmp = tmp_path_factory.mktemp("nginx")
-    tmp.chmod(0o755)
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    conf = tmp / "nginx.conf"
-    conf.write_text(NGINX_CONF.format(tmp=tmp, a=workers.a.port, b=workers.b.port, port=port))
-    process = subprocess.Popen([NGINX, "-p", str(tmp), "-c", str(conf)], stderr=subprocess.STDOUT, stdout=subprocess.PIPE)
-    try:
-        deadline = time.monotonic() + 10
-        while True:
-            try:
-                socket.create_connection(("127.0.0.1", port), timeout=1).close()
-                break
-            except OSError:
-                assert process.poll() is None and time.monotonic() < deadline, (tmp / "error.log").read_text()
-                time.sleep(0.1)
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        process.terminate()
-        process.wait(10)
+    with start_nginx(tmp_path_factory.mktemp("nginx"), [workers.a, workers.b]) as url:
+        yield url
 
 
 def test_behind_nginx_the_resume_lands_on_the_other_worker_and_keepalives_hold(
