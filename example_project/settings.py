@@ -7,7 +7,9 @@ With credentials, or ``BEDROCK_STREAM_USE_AWS=1``, it calls real Amazon Bedrock.
 A local demo for one person: do not deploy these settings.
 """
 
+import importlib.util
 import os
+import socket
 from pathlib import Path
 from typing import Any
 
@@ -130,6 +132,28 @@ if EXAMPLE_USES_EMULATOR:
     # and reads it back on every later one, so the page shows cache hits. (On real Bedrock only models
     # with prompt caching take a cache point, and only a prefix of about 1,024 tokens or more is cached.)
     BEDROCK_STREAM["CONVERSE"] = {"prompt_cache": "system"}
+
+
+def _redis_url() -> str | None:
+    """Where resumable chat streams live: ``$BEDROCK_STREAM_REDIS_URL``, else a Redis answering on
+    127.0.0.1:6379 within 0.2 s (a quick probe, so the demo starts at once without one); ``None``
+    without redis-py or a Redis. Resuming after a reload needs it; stop works without it."""
+    if importlib.util.find_spec("redis") is None:
+        return None
+    url = os.environ.get("BEDROCK_STREAM_REDIS_URL")
+    if url:
+        return url
+    try:
+        with socket.create_connection(("127.0.0.1", 6379), timeout=0.2):
+            return "redis://127.0.0.1:6379/0"
+    except OSError:
+        return None
+
+
+#: The saved chats' answers go on after a reload and are picked up again (shown on the page).
+EXAMPLE_REDIS_URL = _redis_url()
+if EXAMPLE_REDIS_URL:
+    BEDROCK_STREAM.update(RESUMABLE=True, REDIS_URL=EXAMPLE_REDIS_URL)
 
 # Anonymous streaming (W006) is this local demo's choice, made above; nothing else is silenced.
 SILENCED_SYSTEM_CHECKS = ["bedrock_stream.W006"]

@@ -14,6 +14,8 @@ urlpatterns = [
     path("bedrock/", include("django_bedrock_stream.urls")),
     # The chat page's endpoint with the demo tools (example_project/tools.py).
     path("demo/converse-tools/", views.ToolsChatView.as_view(), name="converse-tools"),
+    # The page's saved chats, one endpoint per family (and the tools), as ChatStreamViews.
+    *(path(f"demo/chat/{name}/", view.as_view(), name=f"demo-chat-{name}") for name, view in views.CHAT_VIEWS.items()),
 ]
 
 if settings.DEBUG:

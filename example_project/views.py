@@ -1,6 +1,6 @@
 """The example site's pages: the chat page (its script, static/example/chat.js, reads the AI SDK UI
-message stream: reasoning, citations, files, tool calls and usage), its endpoint with the demo tools,
-and the history of past completions."""
+message stream: reasoning, citations, files, tool calls and usage), its endpoints (saved chats per
+family, the demo tools), and the history of past completions."""
 
 from __future__ import annotations
 
@@ -20,6 +20,7 @@ from django.views.decorators.csrf import ensure_csrf_cookie
 from django.views.decorators.http import require_GET
 
 from django_bedrock_stream import urls as stream_urls
+from django_bedrock_stream.chats import ChatStreamView
 from django_bedrock_stream.conf import stream_settings
 from django_bedrock_stream.families.base import BedrockFamily
 from django_bedrock_stream.media import FORMAT_MEDIA_TYPES, IMAGE_FORMATS, Attachment, FileRefused
@@ -58,6 +59,33 @@ class ToolsChatView(ConverseStreamView):
 
 #: The page's name for :class:`ToolsChatView` in its endpoint list.
 TOOLS_ENDPOINT = "converse-tools"
+
+
+class DemoChatView(ChatStreamView):
+    """The page's saved chats (``/demo/chat/<endpoint>/``): the library's chat view, which keeps the
+    history on the server, with the page's system prompt first (the plain endpoints get it from the
+    page). One subclass per endpoint of the picker (:data:`CHAT_VIEWS`); the chats themselves are
+    listed, read, renamed, deleted, resumed and stopped by the library's ``/bedrock/chat…`` endpoints."""
+
+    def get_messages(self, request: HttpRequest) -> list[dict[str, Any]]:
+        return [{"role": "system", "content": SYSTEM_PROMPT}, *super().get_messages(request)]
+
+
+def _chat_view(name: str, view_class: type[ConverseStreamView] | Any) -> type[DemoChatView]:
+    """The saved-chat twin of a plain endpoint: its family, model and tools."""
+    attrs = {attr: getattr(view_class, attr) for attr in ("family_class", "model_id", "tools", "max_steps")}
+    if attrs["model_id"] is None and issubclass(view_class.family_class, ConverseStreamView.family_class):
+        attrs["model_id"] = view_class.family_class.default_model_id  # pinned, as ToolsChatView (W003)
+    class_name = "".join(word.capitalize() for word in name.replace("-", " ").split()) + "DemoChatView"
+    return type(class_name, (DemoChatView,), {**attrs, "__module__": __name__})
+
+
+#: The saved-chat view of each plain endpoint, by the page's endpoint name.
+CHAT_VIEWS: dict[str, type[DemoChatView]] = {
+    **{p.name: _chat_view(p.name, p.callback.view_class) for p in stream_urls.urlpatterns
+       if hasattr(p.callback.view_class, "family_class") and p.callback.view_class is not ChatStreamView},
+    TOOLS_ENDPOINT: _chat_view(TOOLS_ENDPOINT, ToolsChatView),
+}
 
 
 def remember_completion(sender: type, request: HttpRequest, completion: Completion, **kwargs: Any) -> None:
@@ -110,6 +138,7 @@ def endpoint(name: str, path: str, view_class: Any, label: str = "") -> dict[str
         "name": name,
         "label": label or name,
         "path": path,
+        "chat_path": reverse(f"demo-chat-{name}"),
         "model_id": view_class.model_id or view_class.family_class.default_model_id,
         "accept": accepted_files(view_class.family_class),
         "tools": [describe_tool(t) for t in view_class.tools],
@@ -132,8 +161,8 @@ def families() -> list[dict[str, Any]]:
     out = []
     for pattern in stream_urls.urlpatterns:
         view_class = pattern.callback.view_class
-        if not hasattr(view_class, "family_class"):
-            continue  # token/ mints tokens for GET streams; it is not a model endpoint
+        if pattern.name not in CHAT_VIEWS:
+            continue  # token/ mints tokens for GET streams, chat/ and its siblings are the saved chats
         out.append(endpoint(pattern.name, f"/bedrock/{pattern.pattern}", view_class))
         if view_class.family_class is ToolsChatView.family_class:
             out.append(endpoint(TOOLS_ENDPOINT, reverse("converse-tools"), ToolsChatView, "converse + tools"))
@@ -165,6 +194,7 @@ def chat(request: HttpRequest) -> HttpResponse:
         "system_prompt": SYSTEM_PROMPT,
         "demo_tools": [describe_tool(t) for t in ToolsChatView.tools],
         "tools_endpoint": TOOLS_ENDPOINT,
+        "resumable": bool(stream_settings.RESUMABLE),
         # What chat.js needs, as JSON (json_script): the files each endpoint takes and the server's
         # limits, checked in the browser first so the user gets a clear message before uploading.
         "config": {
@@ -172,6 +202,8 @@ def chat(request: HttpRequest) -> HttpResponse:
             "accept": {f["name"]: f["accept"] for f in endpoints},
             "tools": {f["name"]: f["tools"] for f in endpoints if f["tools"]},
             "toolsEndpoint": TOOLS_ENDPOINT,
+            # The package's chat endpoints (chats/, chat/<id>/, …/stream/, …/stop/) live under this path.
+            "chatApi": reverse("django_bedrock_stream:chats").removesuffix("chats/"),
             "limits": {
                 "maxImages": stream_settings.MAX_IMAGES,
                 "maxImageBytes": stream_settings.MAX_IMAGE_BYTES,

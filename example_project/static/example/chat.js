@@ -1,8 +1,17 @@
-// The chat page. Each turn POSTs the conversation, in the AI SDK's message shape ({role, parts}), to
-// /bedrock/<family>/?protocol=ui (or the example's converse-tools endpoint) and renders the AI SDK UI
-// message stream (server-sent events of JSON chunks) as it arrives: reasoning in a "Thinking" section,
-// the answer with numbered citation markers, tool calls, the sources, files and the usage. Plain
-// JavaScript, no build step.
+// The chat page. It renders the AI SDK UI message stream (server-sent events of JSON chunks) as it
+// arrives: reasoning in a "Thinking" section, the answer with numbered citation markers, tool calls,
+// the sources, files and the usage. Plain JavaScript, no build step. Two modes:
+//
+// Saved chats (the default): the server keeps the history. A turn POSTs only the new message,
+// {id, message}, to the example's ChatStreamView of the chosen family (/demo/chat/<family>/); the
+// sidebar lists, opens, renames and deletes chats with the package's endpoints (/bedrock/chats/,
+// /bedrock/chat/<id>/). The open chat is in the URL (?chat=<id>). On load the page asks
+// /bedrock/chat/<id>/stream/ for an answer still running (useChat's `resume: true`): 204 is none, 200
+// replays it from its start and follows it live. Stop POSTs /bedrock/chat/<id>/stop/: the answer ends
+// with an `abort` chunk and is stored as cancelled.
+//
+// One-off: the page keeps the history and POSTs the whole conversation, in the AI SDK's message shape
+// ({role, parts}), to /bedrock/<family>/?protocol=ui (or the example's converse-tools endpoint).
 //
 // Tools, as the AI SDK's useChat does them: the server runs its own tools and continues the same
 // stream with the model's next turn; a call to a tool the browser runs (local_time) or one waiting for
@@ -29,12 +38,20 @@
   const attachLabel = $("attach-label");
   const pendingList = $("pending");
   const status = $("composer-status");
+  const modeSelect = $("mode");
+  const chatList = $("chat-list");
+  const layout = $("chat-layout");
+  const api = config.chatApi; // the package's chat endpoints: chats/, chat/<id>/, chat/<id>/stream/, chat/<id>/stop/
 
   let history = []; // the conversation sent with every request: AI SDK UIMessages {role, parts}
   let pending = []; // files for the next message: {name, mediaType, kind, size, url}
   let controller = null; // AbortController of the stream in flight
   let turns = 0; // numbers the assistant turns, for element ids
   let assistantTurns = []; // the assistant messages shown, oldest first
+  let current = null; // the assistant turn streaming now
+  let chatId = null; // the open saved chat (null: a new one, or the one-off mode)
+  let stopTimer = null; // ends the local fetch if a stop request did not end the stream
+  let opening = 0; // counts chats opened (and new ones started): a slower load gives way to a later one
 
   // The tools this page runs itself, by name: the endpoint declares them without an `execute`, so the
   // model's call ends the stream and the page answers it. The output matches the tool's output_schema.
@@ -63,6 +80,16 @@
     if (className) node.className = className;
     if (text !== undefined && text !== null) node.textContent = text;
     return node;
+  }
+
+  function jsonHeaders() {
+    return { "Content-Type": "application/json", "X-CSRFToken": cookie("csrftoken") };
+  }
+
+  // A chat id as useChat makes them: 16 letters and digits.
+  function newChatId() {
+    const letters = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789";
+    return [...crypto.getRandomValues(new Uint8Array(16))].map((byte) => letters[byte % letters.length]).join("");
   }
 
   function ms(value) {
@@ -212,6 +239,10 @@
       metadata: null,
       error: null,
       refused: false,
+      chatId: mode() === "chat" ? chatId : null, // the saved chat it belongs to
+      messageId: null, // its id on the server (the start chunk's messageId), to continue it after tools
+      aborted: false, // the stream ended with an abort chunk (a stop)
+      stored: false, // rendered from the chat's stored messages, not streamed here
       started: performance.now(),
       firstToken: null,
       streaming: true,
@@ -257,7 +288,8 @@
     thinking.ended = performance.now();
     thinking.section.classList.remove("live");
     const visible = turn.parts.some((part) => part.type === "reasoning" && part.text);
-    thinking.label.textContent = visible ? `Thought for ${ms(thinking.ended - thinking.started)}` : "Reasoning (encrypted)";
+    const took = turn.stored ? "Reasoning" : `Thought for ${ms(thinking.ended - thinking.started)}`;
+    thinking.label.textContent = visible ? took : "Reasoning (encrypted)";
     if (fold && !thinking.touched) setExpanded(thinking, false);
   }
 
@@ -612,8 +644,12 @@
       if (chunk.messageMetadata) turn.metadata = Object.assign(turn.metadata || {}, chunk.messageMetadata);
     } else if (kind === "error") {
       turn.error = chunk.errorText || "The stream failed.";
+    } else if (kind === "abort") {
+      turn.aborted = true; // stopped: the stream ends here, with no finish chunk
+    } else if (kind === "start" && chunk.messageId && !turn.messageId) {
+      turn.messageId = chunk.messageId; // (a continuation after tools keeps the message's first id)
     }
-    // start, finish-step and any newer chunk type need nothing here.
+    // finish-step and any newer chunk type need nothing here.
   }
 
   // Usage under the answer, from the finish chunk's messageMetadata, plus the browser's own timings.
@@ -645,6 +681,7 @@
         hit ? "cache hit" : "cache");
     }
     if (metadata.latencyMs !== undefined) stat("Bedrock latency", [["latency", ms(metadata.latencyMs)]]);
+    if (turn.stored) return; // the browser's own timings were not taken for a stored message
     stat("first token", [["first-token", ms(turn.firstToken)]]);
     stat("total", [["total", ms(total)]]);
     if (usage.outputTokens && turn.firstToken !== null && total > turn.firstToken) {
@@ -774,23 +811,34 @@
     return null;
   }
 
-  // The request body for the conversation, or null (said why) when the server would refuse its size.
-  function requestBody(messages) {
-    const body = JSON.stringify({ messages: [{ role: "system", content: config.system }, ...messages] });
+  // The request body, or null (said why) when the server would refuse its size: in a saved chat the new
+  // message only ({id, message}; the server has the rest), else the whole conversation with the system
+  // prompt first.
+  function requestBody(turnChat, message, conversation) {
+    const payload = turnChat
+      ? { id: turnChat, message }
+      : { messages: [{ role: "system", content: config.system }, ...conversation] };
+    const body = JSON.stringify(payload);
     const size = new Blob([body]).size;
     if (size <= limits.maxBodyBytes) return body;
-    say(`This conversation with its files is ${megabytes(size)}; the server takes requests of up to ` +
-      `${megabytes(limits.maxBodyBytes)}. Remove files or start a new chat.`, true);
+    say(`This ${turnChat ? "message" : "conversation"} with its files is ${megabytes(size)}; the server takes ` +
+      `requests of up to ${megabytes(limits.maxBodyBytes)}. Remove files or start a new chat.`, true);
     return null;
+  }
+
+  function endpointPath() {
+    const option = familySelect.selectedOptions[0];
+    return mode() === "chat" ? option.dataset.chatPath : option.dataset.path;
   }
 
   async function send(text, files) {
     const family = familySelect.value;
-    const path = familySelect.selectedOptions[0].dataset.path;
+    const path = endpointPath();
     const parts = files.map((file) => ({ type: "file", mediaType: file.mediaType, filename: file.name, url: file.url }));
     if (text) parts.push({ type: "text", text });
     const message = { role: "user", parts };
-    const body = requestBody([...history, message]);
+    if (mode() === "chat" && !chatId) chatId = newChatId(); // the chat is made on the server with its first answer
+    const body = requestBody(mode() === "chat" ? chatId : null, message, [...history, message]);
     if (body === null) return;
     abandonCalls();
     prompt.value = "";
@@ -816,10 +864,11 @@
   }
 
   // The conversation again, with the tool calls the page just answered: the model's next turn streams
-  // into the same message.
+  // into the same message (in a saved chat: that message, by its id, with the answers in its parts).
   async function resume(turn, answered) {
     answered.forEach((call) => (call.answered = false));
-    const body = requestBody(history);
+    const message = { id: turn.messageId, role: "assistant", parts: turn.message ? turn.message.parts : turn.parts };
+    const body = requestBody(turn.chatId, message, history);
     if (body === null) return;
     turn.item.classList.add("streaming");
     turn.item.setAttribute("aria-busy", "true");
@@ -838,43 +887,58 @@
     });
   }
 
-  // One request and its stream, into `turn`; `refused(error)` handles an answer that is not a stream.
-  async function stream(turn, body, refused) {
+  async function errorOf(response) {
+    let error = { type: "http_" + response.status, message: response.statusText };
+    try {
+      error = (await response.json()).error || error;
+    } catch (err) {
+      /* not JSON: keep the status line */
+    }
+    if (response.status === 429 && response.headers.get("Retry-After")) {
+      error.message += ` Retry after ${response.headers.get("Retry-After")} s.`;
+    }
+    return error;
+  }
+
+  // One stream into `turn`: the answer to a request (`source`: its body; `refused(error)` handles an
+  // answer that is not a stream), or a running answer picked up again (`source`: {chunks}, read with
+  // `controller`, already set).
+  async function stream(turn, source, refused) {
     setStreaming(true);
-    controller = new AbortController();
+    if (typeof source === "string") controller = new AbortController();
+    current = turn;
     turn.started = performance.now();
     turn.refused = false;
     turn.streaming = true;
+    turn.aborted = false;
     let outcome = "completed";
     try {
-      const response = await fetch(turn.path + "?protocol=ui", {
-        method: "POST",
-        headers: { "Content-Type": "application/json", "X-CSRFToken": cookie("csrftoken") },
-        body,
-        signal: controller.signal,
-      });
-      if (!response.ok) {
-        let error = { type: "http_" + response.status, message: response.statusText };
-        try {
-          error = (await response.json()).error || error;
-        } catch (err) {
-          /* not JSON: keep the status line */
+      let chunks = source.chunks;
+      if (!chunks) {
+        const response = await fetch(turn.path + "?protocol=ui", {
+          method: "POST",
+          headers: jsonHeaders(),
+          body: source,
+          signal: controller.signal,
+        });
+        if (!response.ok) {
+          outcome = "refused";
+          turn.refused = true;
+          refused(await errorOf(response));
+          return;
         }
-        if (response.status === 429 && response.headers.get("Retry-After")) {
-          error.message += ` Retry after ${response.headers.get("Retry-After")} s.`;
-        }
-        outcome = "refused";
-        turn.refused = true;
-        refused(error);
-        return;
+        if (turn.chatId) chatStarted(turn.chatId);
+        chunks = uiChunks(response.body);
       }
       // A stream: what the last one said about this message (its usage, timings) makes way.
       Object.assign(turn, { firstToken: null, metadata: null, error: null });
-      for await (const chunk of uiChunks(response.body)) {
+      for await (const chunk of chunks) {
         onChunk(turn, chunk);
         scrollDown();
       }
-      if (turn.error) {
+      if (turn.aborted) {
+        outcome = "cancelled";
+      } else if (turn.error) {
         outcome = "failed";
         showError(turn, { type: "stream_error", message: turn.error });
       } else if (!turn.metadata) {
@@ -890,8 +954,11 @@
       }
     } finally {
       controller = null;
+      current = null;
+      clearTimeout(stopTimer);
       setStreaming(false);
       finishTurn(turn, outcome);
+      if (turn.chatId && !turn.refused) refreshChats(); // its place in the list (newest first)
     }
     await afterStream(turn, outcome);
   }
@@ -913,6 +980,7 @@
     turn.outcome = waiting && outcome === "completed" ? "waiting" : outcome;
     turn.total = performance.now() - turn.started;
     renderMeta(turn, turn.outcome, turn.total);
+    if (turn.aborted) turn.meta.append(el("span", "stopped-note", "Stopped: the answer so far is kept."));
     // Keep what the model needs back on the next turn: the text, the signed (or redacted) reasoning,
     // the tool calls with their signatures and outcomes, and the step boundaries between them.
     const kept = turn.parts.filter((part) =>
@@ -920,7 +988,7 @@
     if (kept.some((part) => part.type !== "step-start")) {
       if (turn.message) turn.message.parts = kept;
       else history.push((turn.message = { role: "assistant", parts: kept }));
-    } else if (outcome !== "completed" && !turn.message) {
+    } else if (outcome !== "completed" && !turn.message && !turn.chatId) {
       history.pop(); // nothing came back: the question is left out, to be asked again
       setAside(turn, "no answer, not kept");
     }
@@ -936,9 +1004,287 @@
   function setStreaming(on) {
     sendButton.disabled = on;
     stopButton.disabled = !on;
+    stopButton.hidden = !on;
     familySelect.disabled = on;
+    modeSelect.disabled = on;
     form.classList.toggle("busy", on);
     transcript.setAttribute("aria-busy", String(on));
+  }
+
+  // Stop: in a saved chat, ask the server (it ends the answer wherever it runs, stores it as cancelled
+  // and ends the stream with an abort chunk); the local fetch is cut only if that does not come.
+  async function stop() {
+    const turn = current;
+    if (!controller || !turn) return;
+    if (!turn.chatId) {
+      controller.abort();
+      return;
+    }
+    stopButton.disabled = true;
+    const local = controller;
+    stopTimer = setTimeout(() => local.abort(), 5000);
+    try {
+      const response = await fetch(`${api}chat/${encodeURIComponent(turn.chatId)}/stop/`, {
+        method: "POST",
+        headers: jsonHeaders(),
+      });
+      if (!response.ok || !(await response.json()).stopped) local.abort(); // nothing ran there: cut it here
+    } catch (err) {
+      local.abort();
+    }
+  }
+
+  // -- saved chats: the sidebar, opening a chat, picking up its running answer -------------------------
+
+  function mode() {
+    return modeSelect.value;
+  }
+
+  function chatUrl(id) {
+    return id ? `?chat=${encodeURIComponent(id)}` : window.location.pathname;
+  }
+
+  // The chat's first answer started: the chat exists on the server now, so it gets its URL and its
+  // place in the sidebar.
+  function chatStarted(id) {
+    if (new URLSearchParams(window.location.search).get("chat") !== id) {
+      window.history.pushState({ chat: id }, "", chatUrl(id));
+    }
+    refreshChats();
+  }
+
+  async function refreshChats() {
+    if (mode() !== "chat") return;
+    let chats;
+    try {
+      const response = await fetch(`${api}chats/`);
+      if (!response.ok) return;
+      chats = (await response.json()).chats;
+    } catch (err) {
+      return;
+    }
+    chatList.replaceChildren(...chats.map(chatItem));
+    if (!chats.length) chatList.append(el("li", "chat-none muted small", "No chats yet: send a message."));
+  }
+
+  function chatItem(chat) {
+    const item = el("li", "chat-item");
+    item.dataset.chatId = chat.id;
+    const link = el("a", "chat-link", chat.title || "Untitled chat");
+    link.href = chatUrl(chat.id);
+    link.title = chat.title;
+    if (chat.id === chatId) link.setAttribute("aria-current", "page");
+    link.addEventListener("click", (event) => {
+      event.preventDefault();
+      if (chat.id !== chatId || !assistantTurns.length) openChat(chat.id, true);
+    });
+    const rename = el("button", "chat-action rename", "✎");
+    rename.type = "button";
+    rename.title = "Rename";
+    rename.setAttribute("aria-label", `Rename ${chat.title || "chat"}`);
+    rename.addEventListener("click", () => renameChat(item, chat));
+    const remove = el("button", "chat-action delete", "×");
+    remove.type = "button";
+    remove.title = "Delete";
+    remove.setAttribute("aria-label", `Delete ${chat.title || "chat"}`);
+    remove.addEventListener("click", () => confirmDelete(item, chat));
+    item.append(link, rename, remove);
+    return item;
+  }
+
+  // Rename in place: Enter (or leaving the field) saves, Escape cancels.
+  function renameChat(item, chat) {
+    const input = el("input", "chat-title-input");
+    input.value = chat.title;
+    input.maxLength = 200;
+    input.setAttribute("aria-label", "Chat title");
+    item.replaceChildren(input);
+    input.focus();
+    input.select();
+    let done = false;
+    async function save(keep) {
+      if (done) return;
+      done = true;
+      const title = input.value.trim();
+      if (keep && title && title !== chat.title) {
+        const response = await fetch(`${api}chat/${encodeURIComponent(chat.id)}/`, {
+          method: "PATCH",
+          headers: jsonHeaders(),
+          body: JSON.stringify({ title }),
+        });
+        if (!response.ok) say(`Not renamed: ${(await errorOf(response)).message}`, true);
+      }
+      refreshChats();
+    }
+    input.addEventListener("keydown", (event) => {
+      if (event.key === "Enter") {
+        event.preventDefault();
+        save(true);
+      } else if (event.key === "Escape") {
+        save(false);
+      }
+    });
+    input.addEventListener("blur", () => save(true));
+  }
+
+  function confirmDelete(item, chat) {
+    const question = el("span", "chat-confirm", `Delete “${chat.title || "Untitled chat"}”?`);
+    const yes = el("button", "danger small-button confirm-delete", "Delete");
+    const no = el("button", "ghost small-button", "Cancel");
+    yes.type = no.type = "button";
+    yes.addEventListener("click", async () => {
+      const response = await fetch(`${api}chat/${encodeURIComponent(chat.id)}/`, { method: "DELETE", headers: jsonHeaders() });
+      if (!response.ok && response.status !== 404) say(`Not deleted: ${(await errorOf(response)).message}`, true);
+      else if (chat.id === chatId) newChat(true);
+      refreshChats();
+    });
+    no.addEventListener("click", () => refreshChats());
+    item.replaceChildren(question, yes, no);
+    yes.focus();
+  }
+
+  // The transcript emptied for another conversation (the page's own stream, if any, is let go: a saved
+  // chat's answer goes on on the server when it is resumable).
+  function clearConversation(hintText) {
+    if (controller) controller.abort();
+    history = [];
+    assistantTurns = [];
+    pending = [];
+    renderPending();
+    say("");
+    const hint = el("li", "empty", hintText);
+    hint.id = "empty-hint";
+    transcript.replaceChildren(hint);
+  }
+
+  function newChat(push) {
+    ++opening;
+    clearConversation("New conversation. Ask anything.");
+    chatId = null;
+    if (push && window.location.search) window.history.pushState({ chat: null }, "", chatUrl(null));
+    markOpen();
+    prompt.focus();
+  }
+
+  function markOpen() {
+    chatList.querySelectorAll(".chat-link").forEach((link) => {
+      if (link.closest(".chat-item").dataset.chatId === chatId) link.setAttribute("aria-current", "page");
+      else link.removeAttribute("aria-current");
+    });
+  }
+
+  // Text and files of a stored user message, as the composer would have sent them.
+  function userContent(message) {
+    const parts = message.parts || [];
+    const text = parts.filter((part) => part.type === "text").map((part) => part.text).join("");
+    const files = parts.filter((part) => part.type === "file").map((part) => ({
+      name: part.filename || "file",
+      mediaType: part.mediaType,
+      kind: String(part.mediaType).startsWith("image/") ? "image" : "document",
+      size: Math.round(((String(part.url).split(",", 2)[1] || "").length * 3) / 4),
+      url: String(part.url),
+    }));
+    return { text, files };
+  }
+
+  // A stored assistant message, drawn by the code that draws a stream: its parts as the chunks that made them.
+  function showStoredAnswer(message, question) {
+    const turn = addAssistantTurn(familySelect.value, endpointPath(), question);
+    turn.stored = true;
+    turn.messageId = message.id;
+    (message.parts || []).forEach((part, index) => {
+      const id = `stored-${index}`;
+      if (part.type === "step-start") {
+        onChunk(turn, { type: "start-step" });
+      } else if (part.type === "text") {
+        onChunk(turn, { type: "text-start", id });
+        onChunk(turn, { type: "text-delta", id, delta: part.text || "" });
+        onChunk(turn, { type: "text-end", id });
+      } else if (part.type === "reasoning") {
+        onChunk(turn, { type: "reasoning-start", id });
+        onChunk(turn, { type: "reasoning-delta", id, delta: part.text || "", providerMetadata: part.providerMetadata });
+        onChunk(turn, { type: "reasoning-end", id });
+      } else if (part.type === "source-url" || part.type === "source-document" || part.type === "file") {
+        onChunk(turn, part);
+      } else if (isToolPart(part)) {
+        const call = callOf(turn, { toolCallId: part.toolCallId, toolName: toolNameOf(part) });
+        Object.assign(call.part, part);
+      }
+    });
+    turn.metadata = message.metadata || null;
+    const outcome = (message.metadata && message.metadata.status) || "completed";
+    finishTurn(turn, outcome);
+    if (outcome === "cancelled") turn.meta.append(el("span", "stopped-note", "Stopped: the answer so far is kept."));
+  }
+
+  // Open a saved chat: its stored messages, then its answer still running, if any (GET …/stream/: 204
+  // none; 200 the answer from its start, then live). Both are asked at once; the running answer's
+  // message is drawn from the stream even if it got stored in between.
+  async function openChat(id, push) {
+    clearConversation("Loading…");
+    chatId = id;
+    markOpen();
+    if (push) window.history.pushState({ chat: id }, "", chatUrl(id));
+    const seq = ++opening;
+    const local = (controller = new AbortController());
+    setStreaming(true);
+    let detail, chunks, first;
+    try {
+      const [answer, live] = await Promise.all([
+        fetch(`${api}chat/${encodeURIComponent(id)}/`, { signal: local.signal }),
+        fetch(`${api}chat/${encodeURIComponent(id)}/stream/`, { signal: local.signal }),
+      ]);
+      detail = answer;
+      if (live.status === 200) {
+        chunks = uiChunks(live.body);
+        first = await chunks.next();
+      }
+    } catch (err) {
+      if (seq === opening) first = null; // the stream broke off: what is stored is shown
+    }
+    if (seq !== opening) {
+      // Another chat was opened, or a new one started, meanwhile.
+      if (controller === local) {
+        controller = null;
+        setStreaming(false);
+      }
+      return;
+    }
+    controller = null;
+    setStreaming(false);
+    if (!detail || !detail.ok) {
+      clearConversation(detail && detail.status === 404 ? "No such chat (or not yours)." : "The chat could not be loaded.");
+      chatId = null;
+      window.history.replaceState({ chat: null }, "", chatUrl(null));
+      markOpen();
+      return;
+    }
+    const chat = await detail.json();
+    clearConversation("No messages yet. Ask anything.");
+    const running = first && !first.done && first.value.type === "start" ? first.value.messageId : null;
+    let question = null;
+    for (const message of chat.messages) {
+      if (message.id === running) continue;
+      if (message.role === "user") {
+        const { text, files } = userContent(message);
+        history.push({ role: "user", parts: message.parts });
+        question = addUserTurn(text, files);
+      } else {
+        showStoredAnswer(message, question);
+      }
+    }
+    if (first && !first.done) {
+      const turn = addAssistantTurn(familySelect.value, endpointPath(), question);
+      turn.item.classList.add("resumed");
+      controller = local;
+      await stream(turn, { chunks: prepend(first.value, chunks) });
+    }
+    prompt.focus();
+  }
+
+  async function* prepend(chunk, rest) {
+    yield chunk;
+    yield* rest;
   }
 
   // -- events ---------------------------------------------------------------------------------------
@@ -995,9 +1341,7 @@
     prompt.focus();
   });
 
-  stopButton.addEventListener("click", () => {
-    if (controller) controller.abort();
-  });
+  stopButton.addEventListener("click", stop);
 
   document.querySelectorAll(".presets [data-prompt]").forEach((button) => {
     button.addEventListener("click", () => {
@@ -1012,17 +1356,24 @@
     });
   });
 
-  $("new-chat").addEventListener("click", () => {
-    if (controller) controller.abort();
-    history = [];
-    assistantTurns = [];
-    pending = [];
-    renderPending();
-    say("");
-    const hint = el("li", "empty", "New conversation. Ask anything.");
-    hint.id = "empty-hint";
-    transcript.replaceChildren(hint);
-    prompt.focus();
+  $("new-chat").addEventListener("click", () => newChat(true));
+  $("sidebar-new").addEventListener("click", () => newChat(true));
+
+  // The mode: saved chats (with the sidebar) or one-off; a chat's URL opens it in saved-chat mode.
+  function showMode() {
+    layout.classList.toggle("one-off", mode() !== "chat");
+    $("sidebar").hidden = mode() !== "chat";
+  }
+  modeSelect.addEventListener("change", () => {
+    localStorage.setItem("bedrock-demo-mode", mode());
+    showMode();
+    newChat(true);
+    refreshChats();
+  });
+  window.addEventListener("popstate", () => {
+    const id = new URLSearchParams(window.location.search).get("chat");
+    if (id && mode() === "chat") openChat(id, false);
+    else newChat(false);
   });
 
   const saved = localStorage.getItem("bedrock-demo-family");
@@ -1036,5 +1387,11 @@
     say("");
   });
   showFamily();
+  const opened = new URLSearchParams(window.location.search).get("chat");
+  modeSelect.value = opened ? "chat" : localStorage.getItem("bedrock-demo-mode") === "plain" ? "plain" : "chat";
+  showMode();
+  setStreaming(false);
+  refreshChats();
+  if (opened) openChat(opened, false);
   prompt.focus();
 })();
