@@ -84,12 +84,18 @@ def start_workers(
         }
         subprocess.run(
             [sys.executable, "-m", "django", "migrate", "--verbosity", "0"],
-            cwd=ROOT, env={**os.environ, **server_env, "PYTHONPATH": str(ROOT)}, check=True,
+            cwd=ROOT,
+            env={**os.environ, **server_env, "PYTHONPATH": str(ROOT)},
+            check=True,
         )
         common: dict[str, Any] = {"db_name": "", "db_port": 0, "env": server_env}
         a = stack.enter_context(ServerProcess.uvicorn(log_path=tmp / "a.log", **common))
         b = stack.enter_context(ServerProcess.uvicorn(log_path=tmp / "b.log", **common))
-        c = stack.enter_context(ServerProcess.gunicorn(workers=1, threads=8, log_path=tmp / "c.log", **common)) if gunicorn else None
+        c = (
+            stack.enter_context(ServerProcess.gunicorn(workers=1, threads=8, log_path=tmp / "c.log", **common))
+            if gunicorn
+            else None
+        )
         yield Workers(a, b, c, proxy, db)
 
 
@@ -138,7 +144,9 @@ def start_nginx(tmp: Path, upstreams: list[ServerProcess]) -> Iterator[str]:
     conf = tmp / "nginx.conf"
     servers = "\n".join(f"        server 127.0.0.1:{server.port};" for server in upstreams)
     conf.write_text(NGINX_CONF.format(tmp=tmp, servers=servers, port=port))
-    process = subprocess.Popen([NGINX, "-p", str(tmp), "-c", str(conf)], stderr=subprocess.STDOUT, stdout=subprocess.PIPE)
+    process = subprocess.Popen(
+        [NGINX, "-p", str(tmp), "-c", str(conf)], stderr=subprocess.STDOUT, stdout=subprocess.PIPE
+    )
     try:
         deadline = time.monotonic() + 10
         while True:
@@ -160,7 +168,7 @@ def ui_events(lines: Iterator[str], comments: list[str] | None = None) -> Iterat
         if line.startswith(":") and comments is not None:
             comments.append(line)
         elif line.startswith("data: ") and line != "data: [DONE]":
-            yield json.loads(line[len("data: "):])
+            yield json.loads(line[len("data: ") :])
 
 
 def text_of(events: list[dict[str, Any]]) -> str:

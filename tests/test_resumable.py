@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import subprocess
 import time
 import uuid
 from collections.abc import AsyncIterator, Iterator
@@ -29,12 +30,15 @@ from tests.resumable_servers import (
     REDIS_HOST,
     REDIS_PORT,
     Workers,
+    message_text,
     redis_unreachable,
     start_nginx,
     start_workers,
     text_of,
     ui_events,
 )
+from tests.test_clients import JS, NODE, needs_node
+from tests.test_protocols import AI_PACKAGES
 
 REDIS_DB = 11
 REDIS_URL = f"redis://{REDIS_HOST}:{REDIS_PORT}/{REDIS_DB}"
@@ -155,10 +159,15 @@ def chat_body(chat: str, scenario: str) -> str:
     return json.dumps({"messages": [{"role": "user", "content": f"[[emulator {scenario}]] {chat}"}]})
 
 
-def test_resume_on_the_other_worker_gets_the_whole_stream(workers: Workers, chat_id: str, bedrock_emulator: Any) -> None:
-    with httpx.Client(timeout=30) as client, client.stream(
-        "POST", f"{workers.a.url}/chat/{chat_id}/", content=chat_body(chat_id, "tokens=40 delay_ms=40")
-    ) as response:
+def test_resume_on_the_other_worker_gets_the_whole_stream(
+    workers: Workers, chat_id: str, bedrock_emulator: Any
+) -> None:
+    with (
+        httpx.Client(timeout=30) as client,
+        client.stream(
+            "POST", f"{workers.a.url}/chat/{chat_id}/", content=chat_body(chat_id, "tokens=40 delay_ms=40")
+        ) as response,
+    ):
         assert response.status_code == 200
         events = ui_events(response.iter_lines())
         first = [next(events) for _ in range(5)]  # the stream is under way on worker A
@@ -180,9 +189,12 @@ def client_get(server: ServerProcess, path: str) -> httpx.Response:
 def test_stop_from_the_other_worker_ends_the_upstream_within_a_second(
     workers: Workers, chat_id: str, bedrock_emulator: Any
 ) -> None:
-    with httpx.Client(timeout=30) as client, client.stream(
-        "POST", f"{workers.a.url}/chat/{chat_id}/", content=chat_body(chat_id, "tokens=400 delay_ms=50")
-    ) as response:
+    with (
+        httpx.Client(timeout=30) as client,
+        client.stream(
+            "POST", f"{workers.a.url}/chat/{chat_id}/", content=chat_body(chat_id, "tokens=400 delay_ms=50")
+        ) as response,
+    ):
         events = ui_events(response.iter_lines())
         seen = [next(events) for _ in range(6)]
         resumer = client.build_request("GET", f"{workers.a.url}/chat/{chat_id}/stream/")
@@ -206,9 +218,12 @@ def test_stop_from_the_other_worker_ends_the_upstream_within_a_second(
 
 def test_keepalive_comments_while_the_model_is_silent(workers: Workers, chat_id: str) -> None:
     comments: list[str] = []
-    with httpx.Client(timeout=30) as client, client.stream(
-        "POST", f"{workers.a.url}/chat/{chat_id}/", content=chat_body(chat_id, "tokens=3 delay_ms=1500")
-    ) as response:
+    with (
+        httpx.Client(timeout=30) as client,
+        client.stream(
+            "POST", f"{workers.a.url}/chat/{chat_id}/", content=chat_body(chat_id, "tokens=3 delay_ms=1500")
+        ) as response,
+    ):
         events = list(ui_events(response.iter_lines(), comments))
     assert len(comments) >= 4, comments  # KEEPALIVE_SECONDS = 0.5: two in each 1.5 s pause
     assert set(comments) == {": ping"}
@@ -219,9 +234,10 @@ def test_keepalive_on_a_plain_sse_view_which_still_cancels_when_the_client_leave
     workers: Workers, chat_id: str, bedrock_emulator: Any
 ) -> None:
     body = json.dumps({"messages": [{"role": "user", "content": f"[[emulator tokens=6 delay_ms=1200]] {chat_id}"}]})
-    with httpx.Client(timeout=30) as client, client.stream(
-        "POST", f"{workers.a.url}/bedrock/converse/?protocol=sse", content=body
-    ) as response:
+    with (
+        httpx.Client(timeout=30) as client,
+        client.stream("POST", f"{workers.a.url}/bedrock/converse/?protocol=sse", content=body) as response,
+    ):
         lines = response.iter_lines()
         seen: list[str] = []
         while len([line for line in seen if line.startswith(": ping")]) < 2:
@@ -274,9 +290,12 @@ def test_abort_in_each_event_stream_protocol() -> None:
 
 
 def test_client_leaving_does_not_cancel_the_model(workers: Workers, chat_id: str, bedrock_emulator: Any) -> None:
-    with httpx.Client(timeout=30) as client, client.stream(
-        "POST", f"{workers.a.url}/chat/{chat_id}/", content=chat_body(chat_id, "tokens=30 delay_ms=40")
-    ) as response:
+    with (
+        httpx.Client(timeout=30) as client,
+        client.stream(
+            "POST", f"{workers.a.url}/chat/{chat_id}/", content=chat_body(chat_id, "tokens=30 delay_ms=40")
+        ) as response,
+    ):
         events = ui_events(response.iter_lines())
         [next(events) for _ in range(4)]
     # DISCONNECT defaults to "continue" with RESUMABLE: the answer finishes, stored and resumable.
@@ -288,14 +307,15 @@ def test_client_leaving_does_not_cancel_the_model(workers: Workers, chat_id: str
     assert workers.row(chat_id) == ("completed", record["text"]) and text_of(replayed) == record["text"]
 
 
-def test_redis_cut_mid_stream_the_client_still_completes(
-    workers: Workers, chat_id: str, bedrock_emulator: Any
-) -> None:
+def test_redis_cut_mid_stream_the_client_still_completes(workers: Workers, chat_id: str, bedrock_emulator: Any) -> None:
     since = workers.a.log_size()
     try:
-        with httpx.Client(timeout=30) as client, client.stream(
-            "POST", f"{workers.a.url}/chat/{chat_id}/", content=chat_body(chat_id, "tokens=30 delay_ms=30")
-        ) as response:
+        with (
+            httpx.Client(timeout=30) as client,
+            client.stream(
+                "POST", f"{workers.a.url}/chat/{chat_id}/", content=chat_body(chat_id, "tokens=30 delay_ms=30")
+            ) as response,
+        ):
             events = ui_events(response.iter_lines())
             first = [next(events) for _ in range(4)]
             workers.proxy.cut()
@@ -313,9 +333,12 @@ def test_redis_cut_mid_stream_the_client_still_completes(
 def test_a_wsgi_stream_resumes_on_asgi_and_stops_from_another_worker(
     workers: Workers, chat_id: str, bedrock_emulator: Any
 ) -> None:
-    with httpx.Client(timeout=30) as client, client.stream(
-        "POST", f"{workers.c.url}/chat/{chat_id}/", content=chat_body(chat_id, "tokens=400 delay_ms=50")
-    ) as response:
+    with (
+        httpx.Client(timeout=30) as client,
+        client.stream(
+            "POST", f"{workers.c.url}/chat/{chat_id}/", content=chat_body(chat_id, "tokens=400 delay_ms=50")
+        ) as response,
+    ):
         events = ui_events(response.iter_lines())
         seen = [next(events) for _ in range(6)]
         with httpx.Client(timeout=30) as other:
@@ -335,9 +358,12 @@ def test_a_wsgi_stream_resumes_on_asgi_and_stops_from_another_worker(
 
 
 def test_the_sync_resume_view_streams_under_wsgi(workers: Workers, chat_id: str, bedrock_emulator: Any) -> None:
-    with httpx.Client(timeout=30) as client, client.stream(
-        "POST", f"{workers.a.url}/chat/{chat_id}/", content=chat_body(chat_id, "tokens=40 delay_ms=40")
-    ) as response:
+    with (
+        httpx.Client(timeout=30) as client,
+        client.stream(
+            "POST", f"{workers.a.url}/chat/{chat_id}/", content=chat_body(chat_id, "tokens=40 delay_ms=40")
+        ) as response,
+    ):
         events = ui_events(response.iter_lines())
         first = [next(events) for _ in range(3)]
         with client.stream("GET", f"{workers.c.url}/sync/chat/{chat_id}/stream/") as resumed:
@@ -353,9 +379,15 @@ def test_the_sync_resume_view_streams_under_wsgi(workers: Workers, chat_id: str,
 def test_the_chat_endpoints_across_three_workers(workers: Workers, chat_id: str, bedrock_emulator: Any) -> None:
     """The package's ChatStreamView: started on uvicorn A, resumed on gunicorn C (WSGI), stopped from
     uvicorn B; the stored chat has the partial answer, cancelled."""
-    message = {"id": "u1", "role": "user", "parts": [{"type": "text", "text": f"[[emulator tokens=400 delay_ms=50]] {chat_id}"}]}
+    message = {
+        "id": "u1",
+        "role": "user",
+        "parts": [{"type": "text", "text": f"[[emulator tokens=400 delay_ms=50]] {chat_id}"}],
+    }
     with httpx.Client(timeout=30) as client:  # one cookie jar: the anonymous visitor's session, on every worker
-        with client.stream("POST", f"{workers.a.url}/bedrock/chat/", json={"id": chat_id, "message": message}) as response:
+        with client.stream(
+            "POST", f"{workers.a.url}/bedrock/chat/", json={"id": chat_id, "message": message}
+        ) as response:
             assert response.status_code == 200
             events = ui_events(response.iter_lines())
             seen = [next(events) for _ in range(5)]
@@ -365,7 +397,8 @@ def test_the_chat_endpoints_across_three_workers(workers: Workers, chat_id: str,
                 assert next(resumed_events) == seen[0]  # the start part, with the assistant message's id
                 stopped_at = time.time()
                 assert client.post(f"{workers.b.url}/bedrock/chat/{chat_id}/stop/").json() == {
-                    "id": chat_id, "stopped": True
+                    "id": chat_id,
+                    "stopped": True,
                 }
                 rest, resumed_rest = list(events), list(resumed_events)
         assert rest[-1] == {"type": "abort"} and resumed_rest[-1] == {"type": "abort"}
@@ -413,6 +446,7 @@ def test_bedrock_reap_clears_the_redis_streams_whose_runner_is_gone() -> None:
 
 # -- behind nginx -----------------------------------------------------------------------------------
 
+
 @pytest.fixture(scope="module")
 def nginx(workers: Workers, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """Debian's nginx in front of the two uvicorn workers (round robin), as the README's deployment."""
@@ -426,9 +460,12 @@ def test_behind_nginx_the_resume_lands_on_the_other_worker_and_keepalives_hold(
     nginx: str, chat_id: str, bedrock_emulator: Any
 ) -> None:
     # Pauses of 1.5 s between tokens: nginx's 1 s read timeout would cut the stream without keep-alives.
-    with httpx.Client(timeout=30) as client, client.stream(
-        "POST", f"{nginx}/chat/{chat_id}/", content=chat_body(chat_id, "tokens=4 delay_ms=1500")
-    ) as response:
+    with (
+        httpx.Client(timeout=30) as client,
+        client.stream(
+            "POST", f"{nginx}/chat/{chat_id}/", content=chat_body(chat_id, "tokens=4 delay_ms=1500")
+        ) as response,
+    ):
         assert response.status_code == 200
         events = ui_events(response.iter_lines())
         first = [next(events) for _ in range(3)]
@@ -440,3 +477,85 @@ def test_behind_nginx_the_resume_lands_on_the_other_worker_and_keepalives_hold(
     assert original[-1]["type"] == "finish" and replayed == original
     [record] = [r for r in bedrock_emulator.requests if chat_id in json.dumps(r["body"])]
     assert record["status"] == "completed" and text_of(original) == record["text"]
+
+
+# -- the npm `ai` client resuming a stream another client started ------------------------------------
+
+
+def leave_a_chat_running(base: str, chat: str, emulator: Any) -> tuple[str, str, str]:
+    """POST a new chat to the package's chat endpoint at ``base``, read its first chunks and leave (the
+    answer goes on: ``DISCONNECT`` is ``"continue"``). (The session cookie, the assistant message's
+    id, the worker nginx picked, if any.)"""
+    message = {
+        "id": "u1",
+        "role": "user",
+        "parts": [{"type": "text", "text": f"[[emulator tokens=80 delay_ms=50]] {chat}"}],
+    }
+    with (
+        httpx.Client(timeout=30) as client,
+        client.stream("POST", f"{base}/bedrock/chat/", json={"id": chat, "message": message}) as response,
+    ):
+        assert response.status_code == 200
+        events = ui_events(response.iter_lines())
+        first = [next(events) for _ in range(5)]
+        cookie = "; ".join(f"{name}={value}" for name, value in client.cookies.items())
+        return cookie, first[0]["messageId"], response.headers.get("x-upstream", "")
+
+
+def resume_with_ai_clients(base: str, cookie: str, chat: str) -> dict[str, Any]:
+    """``tests/js/resume-chat.mjs``: each AI SDK major's chat (ai 7, 6, 5) loads the chat and resumes its stream, at once."""
+    done = subprocess.run(
+        [str(NODE), str(JS / "resume-chat.mjs"), base, cookie, chat, *AI_PACKAGES],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=JS,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    return json.loads(done.stdout)
+
+
+def assert_resumed_whole(results: dict[str, Any], message_id: str, text: str) -> None:
+    """Every client shows the stored user message and the whole answer, under the server's message id."""
+    assert set(results) == set(AI_PACKAGES)
+    for name, result in results.items():
+        assert (result["errors"], result["status"]) == ([], "ready"), name
+        user, assistant = result["messages"]
+        assert (user["role"], assistant["role"], assistant["id"]) == ("user", "assistant", message_id), name
+        assert message_text(assistant) == text, name
+        [resume] = [a for a in result["answers"] if a["url"].endswith("/stream/")]
+        assert resume["status"] == 200, name  # the stream was running: not the 204 of an ended one
+
+
+@needs_node
+def test_the_ai_client_resumes_a_stream_started_by_another_client_on_another_worker(
+    workers: Workers, chat_id: str, bedrock_emulator: Any
+) -> None:
+    """useChat's ``resume: true`` (``chat.resumeStream()``, the README's transport) on worker B, for a chat
+    whose stream a client that has left started on worker A: the whole answer, as the emulator sent it."""
+    cookie, message_id, _ = leave_a_chat_running(workers.a.url, chat_id, bedrock_emulator)
+    results = resume_with_ai_clients(workers.b.url, cookie, chat_id)
+    [record] = bedrock_emulator.wait_for(
+        lambda reqs: [r for r in reqs if chat_id in json.dumps(r["body"]) and r["status"] != "streaming"], 10
+    )
+    assert record["status"] == "completed" and len(record["text"].split()) == 80
+    assert_resumed_whole(results, message_id, record["text"])
+    stored = httpx.get(f"{workers.b.url}/bedrock/chat/{chat_id}/", headers={"cookie": cookie}).json()["messages"]
+    assert [m["role"] for m in stored] == ["user", "assistant"] and message_text(stored[1]) == record["text"]
+
+
+@needs_node
+def test_behind_nginx_the_ai_client_resumes_on_the_other_worker(
+    nginx: str, chat_id: str, bedrock_emulator: Any
+) -> None:
+    cookie, message_id, started_on = leave_a_chat_running(nginx, chat_id, bedrock_emulator)
+    results = resume_with_ai_clients(nginx, cookie, chat_id)
+    [record] = bedrock_emulator.wait_for(
+        lambda reqs: [r for r in reqs if chat_id in json.dumps(r["body"]) and r["status"] != "streaming"], 10
+    )
+    assert record["status"] == "completed"
+    assert_resumed_whole(results, message_id, record["text"])
+    # Three resumes at once, round robin: at least one lands on the worker that did not start the stream.
+    resumed_on = {a["upstream"] for r in results.values() for a in r["answers"] if a["url"].endswith("/stream/")}
+    assert started_on and resumed_on - {started_on}, (started_on, resumed_on)

@@ -9,7 +9,9 @@ export const AI_PACKAGES = ['ai', 'ai6', 'ai5'];
 class MemoryChatState {
   status = 'ready';
   error = undefined;
-  messages = [];
+  constructor(messages = []) {
+    this.messages = [...messages]; // useChat's initial `messages`
+  }
   pushMessage = (message) => void this.messages.push(message);
   popMessage = () => void this.messages.pop();
   replaceMessage = (index, message) => void (this.messages[index] = message);
@@ -19,7 +21,7 @@ class MemoryChatState {
 function memoryChatClass(Base) {
   return class MemoryChat extends Base {
     constructor(options) {
-      super({ ...options, state: new MemoryChatState() });
+      super({ ...options, state: new MemoryChatState(options.messages) });
     }
   };
 }
