@@ -71,7 +71,7 @@ class DemoChatView(ChatStreamView):
         return [{"role": "system", "content": SYSTEM_PROMPT}, *super().get_messages(request)]
 
 
-def _chat_view(name: str, view_class: type[ConverseStreamView] | Any) -> type[DemoChatView]:
+def _chat_view(name: str, view_class: Any) -> type[DemoChatView]:
     """The saved-chat twin of a plain endpoint: its family, model and tools."""
     attrs = {attr: getattr(view_class, attr) for attr in ("family_class", "model_id", "tools", "max_steps")}
     if attrs["model_id"] is None and issubclass(view_class.family_class, ConverseStreamView.family_class):
@@ -80,11 +80,15 @@ def _chat_view(name: str, view_class: type[ConverseStreamView] | Any) -> type[De
     return type(class_name, (DemoChatView,), {**attrs, "__module__": __name__})
 
 
-#: The saved-chat view of each plain endpoint, by the page's endpoint name.
+#: The plain endpoints of ``django_bedrock_stream.urls``, by name: one per family.
+PLAIN_VIEWS: dict[str, Any] = {
+    pattern.name: view
+    for pattern in stream_urls.urlpatterns
+    if hasattr(view := pattern.callback.view_class, "family_class") and not issubclass(view, ChatStreamView)
+}
+#: The saved-chat view of each endpoint of the picker (the families and the tools), by name.
 CHAT_VIEWS: dict[str, type[DemoChatView]] = {
-    **{p.name: _chat_view(p.name, p.callback.view_class) for p in stream_urls.urlpatterns
-       if hasattr(p.callback.view_class, "family_class") and p.callback.view_class is not ChatStreamView},
-    TOOLS_ENDPOINT: _chat_view(TOOLS_ENDPOINT, ToolsChatView),
+    name: _chat_view(name, view) for name, view in [*PLAIN_VIEWS.items(), (TOOLS_ENDPOINT, ToolsChatView)]
 }
 
 
@@ -161,8 +165,8 @@ def families() -> list[dict[str, Any]]:
     out = []
     for pattern in stream_urls.urlpatterns:
         view_class = pattern.callback.view_class
-        if pattern.name not in CHAT_VIEWS:
-            continue  # token/ mints tokens for GET streams, chat/ and its siblings are the saved chats
+        if pattern.name not in PLAIN_VIEWS:
+            continue  # token/ mints tokens for GET streams; chat/ and its siblings are the saved chats
         out.append(endpoint(pattern.name, f"/bedrock/{pattern.pattern}", view_class))
         if view_class.family_class is ToolsChatView.family_class:
             out.append(endpoint(TOOLS_ENDPOINT, reverse("converse-tools"), ToolsChatView, "converse + tools"))

@@ -4,7 +4,11 @@ starts, its signature goes back with the next turn, citations are numbered with 
 an image and a PDF arrive at the emulator as image/document blocks, usage shows the prompt cache, and
 what the user or the model writes is only ever text. Tools (the example's ``converse-tools`` endpoint):
 a server tool runs between two steps of one message, a browser tool runs in the page and its output
-reaches the model, and an approval granted or denied is acted on and told to the model.
+reaches the model, and an approval granted or denied is acted on and told to the model. Saved chats
+(the page's default mode): the sidebar lists, opens, renames and deletes the visitor's chats only, a
+reload mid-answer picks the running answer up again (Redis), and Stop ends it on the server, kept as
+cancelled. The tool flows and the page's own rendering run in the one-off mode (the page sends the
+whole conversation to the plain endpoints).
 
 Debian's ``chromium``, driven by Playwright through ``executable_path`` (no browser download).
 Screenshots of each flow are written to ``$TMPDIR/example-chat-*.png``.
@@ -17,6 +21,7 @@ import json
 import os
 import shutil
 import signal
+import sqlite3
 import subprocess
 import sys
 import tempfile
@@ -50,8 +55,8 @@ def _close_bedrock_clients() -> None:
 class Demo:
     """A running ``make demo`` / ``make demo-asgi``: the site's URL and the emulator's control API."""
 
-    def __init__(self, target: str, url: str, emulator: str) -> None:
-        self.target, self.url, self.emulator = target, url, emulator
+    def __init__(self, target: str, url: str, emulator: str, db: Path) -> None:
+        self.target, self.url, self.emulator, self.db = target, url, emulator, db
 
     def requests(self) -> list[dict[str, Any]]:
         """The emulator's request log (each record: the request ``body`` as received, ``attachments``,
@@ -96,7 +101,7 @@ def demo(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactor
             if any(p.poll() is not None for p in processes) or time.monotonic() > deadline:
                 pytest.fail(f"{target} did not start:\n{(tmp_path / 'servers.log').read_text()}")
             time.sleep(0.2)
-        yield Demo(target, f"http://127.0.0.1:{port}", f"http://127.0.0.1:{emulator_port}")
+        yield Demo(target, f"http://127.0.0.1:{port}", f"http://127.0.0.1:{emulator_port}", tmp_path / "db.sqlite3")
     finally:
         for process in processes:  # each in a session started here
             os.killpg(process.pid, signal.SIGTERM)
@@ -135,6 +140,12 @@ def page(browser: Any, demo: Demo) -> Iterator[Any]:
     tab.select_option("#family", "converse")
     yield tab
     context.close()
+
+
+def one_off(page: Any) -> None:
+    """The page's one-off mode: it keeps the conversation and posts all of it to the plain endpoints."""
+    page.select_option("#mode", "plain")
+    assert page.locator("#sidebar").is_hidden()
 
 
 def send(page: Any, text: str) -> None:
@@ -317,6 +328,7 @@ def test_citations_are_numbered_where_they_arrive_and_only_web_urls_are_links(pa
     page's rendering of a stream the emulator cannot make (it cites one document per answer)."""
     if demo.target != "demo":
         pytest.skip("the page's own rendering; one server is enough")
+    one_off(page)
     meta = {"bedrock": {"citedText": "The Nile is 6,650 km long."}}
     body = ui_stream(
         {"type": "start", "messageId": "m"}, {"type": "start-step"},
@@ -416,6 +428,7 @@ RECORD_TOOL = """() => {
 def test_a_server_tool_runs_between_two_steps_of_one_message(page: Any, demo: Demo) -> None:
     """Two calculator calls stream their input live; the server runs them (one fails: its input is
     markup, shown as text) and the next step, in the same message, quotes the results."""
+    one_off(page)
     sent = posts(page)
     page.evaluate(RECORD_TOOL)
     calls = [{"name": "calculator", "input": {"expression": "(17 + 25) * 3"}},
@@ -456,6 +469,7 @@ def test_a_server_tool_runs_between_two_steps_of_one_message(page: Any, demo: De
 def test_a_browser_tool_runs_in_the_page_and_its_output_goes_back(page: Any, demo: Demo) -> None:
     """local_time has no execute: the stream ends with the signed call, the page runs it and posts the
     conversation again with the tool part answered, as useChat does; the answer continues the message."""
+    one_off(page)
     sent = posts(page)
     ask(page, "[[emulator tool=local_time]] What time is it where I am?", "/Result of local_time/.test("
         "document.querySelector('.turn.assistant:last-child').textContent)")
@@ -493,6 +507,7 @@ EMAIL_PROMPT = f"[[emulator tool=send_email tool_input={json.dumps(EMAIL)}]] Ema
 
 
 def test_an_approved_call_runs_and_a_denied_one_is_told_to_the_model(page: Any, demo: Demo) -> None:
+    one_off(page)
     sent = posts(page)
     ask(page, EMAIL_PROMPT, "document.querySelector('.tool[data-state=approval-requested]')")
     waiting = card(page)
@@ -541,6 +556,7 @@ def test_an_answer_the_server_refuses_is_taken_back_and_the_chat_goes_on(page: A
     unanswered, which the server leaves out, so the next message is accepted."""
     if demo.target != "demo":
         pytest.skip("the page's own handling; one server is enough")
+    one_off(page)
     sent = posts(page)
 
     def forge(route: Any) -> None:
@@ -580,4 +596,146 @@ def test_an_answer_the_server_refuses_is_taken_back_and_the_chat_goes_on(page: A
     assert skipped.locator(".badge").inner_text() == "completed · tool-calls"
     assert sent[-1]["messages"][-2]["parts"][-1]["state"] == "approval-requested"
     assert [r["status"] for r in settled(demo, 3)] == ["completed"] * 3
+    assert page.dialogs == [] and page.errors == []
+
+
+# -- saved chats ---------------------------------------------------------------------------------------
+
+#: An answer paced for the reload and stop tests: 24 words, 120 ms apart (about 3 s).
+SLOW_TEXT = " ".join(f"word{n}" for n in range(1, 25))
+SLOW_PROMPT = f'[[emulator text="{SLOW_TEXT}" delay_ms=120]] Tell me something long.'
+
+
+def api(page: Any, path: str, method: str = "GET") -> dict[str, Any]:
+    """The package's chat endpoint ``/bedrock/<path>`` as the page's session sees it: status and JSON."""
+    return page.evaluate("""async ([path, method]) => {
+        const response = await fetch('/bedrock/' + path, {method});
+        return {status: response.status, json: response.status === 200 ? await response.json() : null};
+    }""", [path, method])
+
+
+def open_chat_id(page: Any) -> str:
+    page.wait_for_function("new URLSearchParams(location.search).get('chat')")
+    return str(page.evaluate("new URLSearchParams(location.search).get('chat')"))
+
+
+def answer_text(page: Any) -> str:
+    return str(page.locator(".turn.assistant").last.locator(".bubble").inner_text())
+
+
+def start_slow_answer(page: Any) -> str:
+    """Send :data:`SLOW_PROMPT` and wait until its answer is partly shown; the chat's id."""
+    page.fill("#prompt", SLOW_PROMPT)
+    page.click("#send")
+    page.wait_for_function("(document.querySelector('.turn.assistant .bubble') || {}).textContent"
+                           "?.split(' ').length >= 4")
+    assert page.locator(".turn.assistant").last.get_attribute("aria-busy") == "true"
+    return open_chat_id(page)
+
+
+def resumable_or_skip(page: Any) -> None:
+    if "No Redis found" in page.locator("#resume-note").inner_text():
+        pytest.skip("resuming needs Redis on 127.0.0.1:6379 (or BEDROCK_STREAM_REDIS_URL)")
+
+
+def test_a_saved_chat_is_listed_opened_renamed_and_deleted_and_only_its_owner_sees_it(
+    page: Any, demo: Demo, browser: Any
+) -> None:
+    if demo.target != "demo":
+        pytest.skip("the page's sidebar; one server is enough (resume and stop run on both)")
+    assert page.locator("#mode").input_value() == "chat" and page.locator("#sidebar").is_visible()
+    assert page.locator(".chat-item").count() == 0
+    page.evaluate(RECORD)
+    question = f'[[emulator text="Saved on the server, {XSS} as text." delay_ms=30]] Keep this {XSS}'
+    send(page, question)
+    answers = {s["answer"] for s in page.evaluate("window.seen") if s["answer"]}
+    assert len(answers) > 3  # it streamed, piece by piece
+    assert answer_text(page) == f"Saved on the server, {XSS} as text."
+    chat_id = open_chat_id(page)
+    page.wait_for_function("document.querySelectorAll('.chat-item').length === 1")
+    link = page.locator(".chat-item .chat-link")
+    assert link.inner_text() == question and link.get_attribute("aria-current") == "page"
+    assert link.get_attribute("href") == f"?chat={chat_id}"
+
+    # Reloaded (or bookmarked), the chat is read back from the server: both messages, usage, no stream.
+    page.reload()
+    page.wait_for_function("document.querySelectorAll('.turn.assistant[aria-busy=false]').length === 1")
+    assert page.locator(".turn.user .bubble").inner_text() == question
+    assert answer_text(page) == f"Saved on the server, {XSS} as text."
+    assert page.locator(".turn.assistant .badge").inner_text() == "completed · stop"
+    assert int(stats(page.locator(".turn.assistant"))["output"]) > 0
+    send(page, "And one more.")  # the server has the history: only the new message is posted
+    first, second = settled(demo, 2)
+    assert [m["role"] for m in second["body"]["messages"]] == ["user", "assistant", "user"]
+
+    page.click(".chat-item .rename")
+    page.fill(".chat-title-input", f"Renamed {XSS}")
+    page.press(".chat-title-input", "Enter")
+    page.wait_for_function("document.querySelector('.chat-link')?.textContent.startsWith('Renamed')")
+    assert link.inner_text() == f"Renamed {XSS}"
+    assert api(page, "chats/")["json"]["chats"][0]["title"] == f"Renamed {XSS}"
+    shot(page, "example-chat-saved.png")
+
+    # Another visitor (another session) sees none of it, not even by its URL.
+    other = browser.new_context()
+    try:
+        stranger = other.new_page()
+        stranger.goto(f"{demo.url}/?chat={chat_id}")
+        stranger.wait_for_function("document.querySelector('.chat-none')")
+        assert "No such chat" in stranger.locator("#transcript").inner_text()
+        assert stranger.locator(".chat-item").count() == 0 and api(stranger, f"chat/{chat_id}/")["status"] == 404
+    finally:
+        other.close()
+
+    page.click(".chat-item .delete")
+    page.click(".chat-item .confirm-delete")
+    page.wait_for_function("document.querySelector('.chat-none')")
+    assert page.locator(".turn").count() == 0 and "chat=" not in page.url
+    assert api(page, f"chat/{chat_id}/")["status"] == 404
+    assert page.locator("img[src='x']").count() == 0 and page.dialogs == [] and page.errors == []
+
+
+def test_a_reload_mid_answer_picks_the_answer_up_where_it_is(page: Any, demo: Demo) -> None:
+    resumable_or_skip(page)
+    chat_id = start_slow_answer(page)
+    page.reload()
+    page.wait_for_selector(".turn.assistant.resumed")
+    assert page.locator(".turn.assistant").last.get_attribute("aria-busy") == "true"  # still streaming, live
+    assert page.locator("#stop").is_visible()
+    page.wait_for_function("document.querySelector('.turn.assistant[aria-busy=false]')")
+    assert answer_text(page) == SLOW_TEXT
+    assert page.locator(".turn.assistant").count() == 1 and page.locator(".turn.user").count() == 1
+    assert page.locator(".turn.assistant .badge").inner_text() == "completed · stop"
+    shot(page, f"example-chat-resumed-{demo.target}.png")
+    (record,) = settled(demo, 1)  # the model was asked once: the reload did not ask again
+    assert record["status"] == "completed"
+    stored = api(page, f"chat/{chat_id}/")["json"]["messages"]
+    assert [part["text"] for part in stored[-1]["parts"] if part["type"] == "text"] == [SLOW_TEXT]
+    assert page.dialogs == [] and page.errors == []
+
+
+def test_stop_ends_the_answer_on_the_server_and_keeps_it_as_cancelled(page: Any, demo: Demo) -> None:
+    chat_id = start_slow_answer(page)
+    stops: list[str] = []
+    page.on("request", lambda request: stops.append(request.method) if request.url.endswith("/stop/") else None)
+    page.click("#stop")
+    page.wait_for_function("document.querySelector('.turn.assistant[aria-busy=false]')")
+    turn = page.locator(".turn.assistant")
+    assert turn.locator(".badge").inner_text() == "cancelled"
+    assert "Stopped" in turn.locator(".stopped-note").inner_text()
+    assert stops == ["POST"] and page.locator("#stop").is_hidden()
+    shown = answer_text(page)
+    assert shown and SLOW_TEXT.startswith(shown) and shown != SLOW_TEXT
+    (message,) = [m for m in api(page, f"chat/{chat_id}/")["json"]["messages"] if m["role"] == "assistant"]
+    assert [part["text"] for part in message["parts"] if part["type"] == "text"] == [shown]
+    assert message["metadata"]["status"] == "cancelled"
+    with sqlite3.connect(demo.db) as db:
+        (status,) = db.execute("SELECT status FROM django_bedrock_stream_chatmessage WHERE id = ?",
+                               [message["id"]]).fetchone()
+    assert status == "cancelled"
+    page.reload()  # stored so: the partial answer, cancelled
+    page.wait_for_function("document.querySelector('.turn.assistant[aria-busy=false]')")
+    assert answer_text(page) == shown and page.locator(".turn.assistant .badge").inner_text().startswith("cancelled")
+    assert "Stopped" in turn.locator(".stopped-note").inner_text()
+    shot(page, f"example-chat-stopped-{demo.target}.png")
     assert page.dialogs == [] and page.errors == []

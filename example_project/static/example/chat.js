@@ -52,6 +52,7 @@
   let chatId = null; // the open saved chat (null: a new one, or the one-off mode)
   let stopTimer = null; // ends the local fetch if a stop request did not end the stream
   let opening = 0; // counts chats opened (and new ones started): a slower load gives way to a later one
+  let editing = false; // a chat is being renamed or deleted in the sidebar: the list is not redrawn under it
 
   // The tools this page runs itself, by name: the endpoint declares them without an `execute`, so the
   // model's call ends the stream and the page answers it. The output matches the tool's output_schema.
@@ -1063,6 +1064,7 @@
     } catch (err) {
       return;
     }
+    if (editing) return; // redrawn when the rename or delete is over
     chatList.replaceChildren(...chats.map(chatItem));
     if (!chats.length) chatList.append(el("li", "chat-none muted small", "No chats yet: send a message."));
   }
@@ -1093,7 +1095,13 @@
   }
 
   // Rename in place: Enter (or leaving the field) saves, Escape cancels.
+  function doneEditing() {
+    editing = false;
+    refreshChats();
+  }
+
   function renameChat(item, chat) {
+    editing = true;
     const input = el("input", "chat-title-input");
     input.value = chat.title;
     input.maxLength = 200;
@@ -1114,7 +1122,7 @@
         });
         if (!response.ok) say(`Not renamed: ${(await errorOf(response)).message}`, true);
       }
-      refreshChats();
+      doneEditing();
     }
     input.addEventListener("keydown", (event) => {
       if (event.key === "Enter") {
@@ -1128,6 +1136,7 @@
   }
 
   function confirmDelete(item, chat) {
+    editing = true;
     const question = el("span", "chat-confirm", `Delete “${chat.title || "Untitled chat"}”?`);
     const yes = el("button", "danger small-button confirm-delete", "Delete");
     const no = el("button", "ghost small-button", "Cancel");
@@ -1136,9 +1145,9 @@
       const response = await fetch(`${api}chat/${encodeURIComponent(chat.id)}/`, { method: "DELETE", headers: jsonHeaders() });
       if (!response.ok && response.status !== 404) say(`Not deleted: ${(await errorOf(response)).message}`, true);
       else if (chat.id === chatId) newChat(true);
-      refreshChats();
+      doneEditing();
     });
-    no.addEventListener("click", () => refreshChats());
+    no.addEventListener("click", doneEditing);
     item.replaceChildren(question, yes, no);
     yes.focus();
   }
@@ -1368,7 +1377,7 @@
     localStorage.setItem("bedrock-demo-mode", mode());
     showMode();
     newChat(true);
-    refreshChats();
+    doneEditing();
   });
   window.addEventListener("popstate", () => {
     const id = new URLSearchParams(window.location.search).get("chat");
