@@ -10,6 +10,10 @@ Keys (``prefix`` defaults to ``bedrock-stream:``): ``<prefix>running:<chat id>``
 the chat's running stream; ``<prefix>stream:<chat id>:<random>`` the stream itself (fields ``d``: an
 encoded chunk, ``end``: the outcome, last); ``<prefix>stop:<chat id>`` the stop flag and channel.
 
+Connections: each worker process (each event loop) listens for stops on one pub/sub connection
+(``PSUBSCRIBE <prefix>stop:*``) shared by all its running streams; the others are pooled, one per
+command in flight (a resumer holds one for its blocking read).
+
 Redis is never on the critical path of the connected client: an error there is logged once, the
 stream goes on without the store, and a resume answers 204.
 """
@@ -18,6 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
 import secrets
 import threading
 import weakref
@@ -66,6 +71,9 @@ class StreamStore:
         self.ttl = int(ttl)
         self.maxlen = int(maxlen)
         self._clients: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, Any] = weakref.WeakKeyDictionary()
+        self._listeners: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _StopListener] = (
+            weakref.WeakKeyDictionary()
+        )
 
     @property
     def client(self) -> Any:
@@ -76,7 +84,11 @@ class StreamStore:
             import redis.asyncio
 
             client = redis.asyncio.Redis.from_url(
-                self.url, socket_connect_timeout=2, socket_timeout=5, health_check_interval=30
+                self.url,
+                socket_connect_timeout=2,
+                socket_timeout=5,
+                health_check_interval=30,
+                max_connections=MAX_CONNECTIONS,
             )
             self._clients[loop] = client
         return client
@@ -154,30 +166,21 @@ class StreamStore:
     # -- stop ---------------------------------------------------------------------------------------
     async def request_stop(self, chat_id: str) -> int:
         """Ask the chat's runner to stop, wherever it runs: a flag (read by a runner not subscribed
-        yet, and by WSGI runners at their next read) and a message on the chat's channel; returns how
-        many runners heard it, or 1 when none listens but the chat has a running stream."""
+        yet, and by WSGI runners at their next read) and a message on the chat's channel, which every
+        worker's listener hears; returns 1 when the chat has a running stream, else 0."""
         async with self.client.pipeline(transaction=True) as pipe:
             _stop_commands(self, pipe, chat_id)
-            _ok, heard, running = await pipe.execute()
-        return int(heard) or int(running)
+            _ok, _heard, running = await pipe.execute()
+        return int(running)
 
     async def wait_stop(self, chat_id: str) -> None:
-        """Return when a stop is requested for the chat (pub/sub, so it arrives within milliseconds)."""
-        key = self.stop_key(chat_id)
-        pubsub = self.client.pubsub()
-        try:
-            await pubsub.subscribe(key)
-            if await self.client.exists(key):
-                return
-            while True:
-                message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=None)
-                if message is not None and message.get("type") == "message":
-                    return
-        finally:
-            try:
-                await asyncio.shield(pubsub.aclose() if hasattr(pubsub, "aclose") else pubsub.reset())
-            except REDIS_ERRORS:
-                pass
+        """Return when a stop is requested for the chat (pub/sub, so it arrives within milliseconds),
+        through this loop's one listener."""
+        loop = asyncio.get_running_loop()
+        listener = self._listeners.get(loop)
+        if listener is None:
+            listener = self._listeners[loop] = _StopListener(self)
+        await listener.wait(chat_id)
 
     # -- maintenance --------------------------------------------------------------------------------
     async def reap(self) -> int:
@@ -197,9 +200,92 @@ class StreamStore:
         return removed
 
     async def aclose(self) -> None:
+        listener = self._listeners.pop(asyncio.get_running_loop(), None)
+        if listener is not None:
+            await listener.aclose()
         client = self._clients.pop(asyncio.get_running_loop(), None)
         if client is not None:
             await (client.aclose() if hasattr(client, "aclose") else client.close())  # redis-py < 5.0.1: close()
+
+
+#: The most connections of a store's pool per event loop: one per command in flight, so every running
+#: stream's append and every resumer's blocking read at once (redis-py >= 6 caps a pool at 100 by
+#: default, which a worker's 100th concurrent stream would hit: "Too many connections").
+MAX_CONNECTIONS = 10_000
+
+
+class _StopListener:
+    """A loop's one pub/sub connection for stops, shared by the streams it runs: ``PSUBSCRIBE`` to
+    every chat's stop channel, each message handed to the waiters of its chat. A Redis error fails the
+    waiters of the moment (each logs it and can then be stopped on its own worker only); the next
+    wait connects again."""
+
+    def __init__(self, store: StreamStore) -> None:
+        self.store = store
+        self.waiters: dict[str, set[asyncio.Future[None]]] = {}
+        self._task: asyncio.Task[None] | None = None
+        self._subscribed: asyncio.Future[None] | None = None
+
+    async def wait(self, chat_id: str) -> None:
+        waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self.waiters.setdefault(chat_id, set()).add(waiter)
+        try:
+            if self._task is None or self._task.done():
+                self._subscribed = asyncio.get_running_loop().create_future()
+                self._subscribed.add_done_callback(_retrieve)  # (when its waiter was cancelled meanwhile)
+                self._task = asyncio.ensure_future(self._listen(self._subscribed))
+            assert self._subscribed is not None
+            await asyncio.shield(self._subscribed)  # from here on no message of the chat is missed
+            if await self.store.client.exists(self.store.stop_key(chat_id)):
+                return  # requested before that
+            await waiter
+        finally:
+            waiters = self.waiters.get(chat_id, set())
+            waiters.discard(waiter)
+            if not waiters:
+                self.waiters.pop(chat_id, None)
+
+    async def _listen(self, subscribed: asyncio.Future[None]) -> None:
+        channel_prefix = self.store.stop_key("")
+        pubsub = self.store.client.pubsub()
+        error: BaseException = ConnectionError("the stop listener was closed")
+        try:
+            await pubsub.psubscribe(re.sub(r"([*?\[\]\\])", r"\\\1", channel_prefix) + "*")
+            while True:
+                message = await pubsub.get_message(timeout=None)
+                if message is None:
+                    continue
+                if message.get("type") == "psubscribe" and not subscribed.done():
+                    subscribed.set_result(None)
+                elif message.get("type") == "pmessage":
+                    channel = message["channel"]
+                    chat_id = (channel.decode() if isinstance(channel, bytes) else channel)[len(channel_prefix):]
+                    for waiter in self.waiters.get(chat_id, ()):
+                        if not waiter.done():
+                            waiter.set_result(None)
+        except REDIS_ERRORS as err:
+            error = err
+        finally:
+            for future in [subscribed, *(w for ws in self.waiters.values() for w in ws)]:
+                if not future.done():
+                    future.set_exception(error)
+            try:
+                await asyncio.shield(pubsub.aclose() if hasattr(pubsub, "aclose") else pubsub.reset())
+            except REDIS_ERRORS:
+                pass
+
+    async def aclose(self) -> None:
+        if self._task is not None and not self._task.done():
+            self._task.cancel()
+            try:
+                await self._task
+            except asyncio.CancelledError:
+                pass
+
+
+def _retrieve(future: asyncio.Future[Any]) -> None:
+    if not future.cancelled():
+        future.exception()
 
 
 def _stop_commands(store: StreamStore, pipe: Any, chat_id: str) -> None:
@@ -471,11 +557,11 @@ def request_stop_sync(chat_id: str) -> bool:
     try:
         with sync_client(store).pipeline(transaction=True) as pipe:
             _stop_commands(store, pipe, chat_id)
-            _ok, heard, running = pipe.execute()
+            _ok, _heard, running = pipe.execute()
     except REDIS_ERRORS as err:
         logger.warning("Redis unavailable, the stop of chat %s reached this worker only: %r", chat_id, err)
         return stopped
-    return stopped or bool(heard or running)
+    return stopped or bool(running)
 
 
 def resume_response_sync(chat_id: str, protocol: type[StreamProtocol] | None = None) -> HttpResponseBase:
