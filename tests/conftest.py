@@ -13,7 +13,7 @@ pytest_plugins = ["django_bedrock_stream.testing"]
 #: (the clients' view of the wire formats, not the database's or the Python version's).
 CLIENT_MODULES = {"test_clients", "test_example_chat", "test_example_project", "test_readme"}
 #: Modules marked ``postgres``: load and database-fault tests, which run on PostgreSQL only.
-POSTGRES_MODULES = {"test_load", "test_db_faults"}
+POSTGRES_MODULES = {"test_load", "test_db_faults", "test_chat_load"}
 #: Modules marked ``deployment``: several server processes behind nginx, sharing Redis (their own
 #: SQLite file: nothing of theirs depends on the test database or on the Python/Django pair much).
 DEPLOYMENT_MODULES = {"test_resumable"}

@@ -45,6 +45,14 @@ def postgresql_unreachable() -> str | None:
     return None
 
 
+def create_database(name: str) -> None:
+    """Create an empty database (for servers that migrate it themselves)."""
+    from psycopg import sql
+
+    with _admin_connection() as admin:
+        admin.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
+
+
 def drop_database(name: str) -> None:
     """Drop a test database, closing whatever is still connected to it."""
     from psycopg import sql

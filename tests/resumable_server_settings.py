@@ -1,10 +1,13 @@
-"""Settings for the workers of ``tests/test_resumable.py``: ``tests.server_settings``' logging (stderr) on a
-SQLite file all workers share (``BEDROCK_RESUME_SQLITE``), resumable chat streams on Redis at
+"""Settings for the workers of ``tests/test_resumable.py`` and ``tests/test_chat_load.py``:
+``tests.server_settings``' logging (stderr) on a SQLite file all workers share (``BEDROCK_RESUME_SQLITE``)
+or, with ``BEDROCK_RESUME_PG_NAME``, that PostgreSQL database; resumable chat streams on Redis at
 ``BEDROCK_RESUME_REDIS_URL`` (kept ``BEDROCK_RESUME_TTL`` seconds), a short keep-alive, and the test chat
 views of ``tests.resumable_urls``.
 """
 
 import os
+
+import django
 
 from tests.settings import *  # noqa: F403
 
@@ -20,13 +23,28 @@ LOGGING = {
 }
 
 ROOT_URLCONF = "tests.resumable_urls"
+# The README's SQLite for concurrent streams ("Databases"): WAL, and writers queue for the lock at BEGIN
+# (Django >= 5.1; the deployment tests run on the newest Django).
+SQLITE_OPTIONS: dict[str, object] = {"timeout": 20}
+if django.VERSION >= (5, 1):
+    SQLITE_OPTIONS.update(init_command="PRAGMA journal_mode=WAL;", transaction_mode="IMMEDIATE")
 DATABASES = {
     "default": {
         "ENGINE": "django.db.backends.sqlite3",
         "NAME": os.environ["BEDROCK_RESUME_SQLITE"],
-        "OPTIONS": {"timeout": 20},
+        "OPTIONS": SQLITE_OPTIONS,
     }
 }
+if os.environ.get("BEDROCK_RESUME_PG_NAME"):
+    DATABASES = {
+        "default": {
+            "ENGINE": "django.db.backends.postgresql",
+            "NAME": os.environ["BEDROCK_RESUME_PG_NAME"],
+            "USER": os.environ.get("PGUSER", "postgres"),
+            "HOST": os.environ.get("PGHOST", "127.0.0.1"),
+            "PORT": os.environ.get("PGPORT", "5432"),
+        }
+    }
 BEDROCK_STREAM = {
     "ALLOW_ANONYMOUS": True,
     "RESUMABLE": True,

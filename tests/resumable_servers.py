@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from tests.dbproxy import DBProxy
-from tests.postgres import ROOT, ServerProcess
+from tests.postgres import ROOT, ServerProcess, create_database, drop_database
 
 REDIS_HOST, REDIS_PORT = "127.0.0.1", 6379
 
@@ -67,19 +67,30 @@ class Workers:
 
 @contextmanager
 def start_workers(
-    tmp: Path, redis_db: int, *, gunicorn: bool = True, redis_proxy: bool = True, env: dict[str, str] | None = None
+    tmp: Path,
+    redis_db: int,
+    *,
+    gunicorn: bool = True,
+    redis_proxy: bool = True,
+    postgresql: str = "",
+    env: dict[str, str] | None = None,
 ) -> Iterator[Workers]:
-    """Two uvicorn workers (and, with ``gunicorn``, a gthread one) on a migrated SQLite file in
-    ``tmp``, sharing Redis database ``redis_db`` (through a :class:`DBProxy` with ``redis_proxy``);
-    ``env`` adds to their environment (``BEDROCK_RESUME_TTL``…, see ``tests.resumable_server_settings``)."""
+    """Two uvicorn workers (and, with ``gunicorn``, a gthread one) on a migrated SQLite file in ``tmp``
+    (or the PostgreSQL database named ``postgresql``, made here and dropped afterwards), sharing Redis
+    database ``redis_db`` (through a :class:`DBProxy` with ``redis_proxy``); ``env`` adds to their
+    environment (``BEDROCK_RESUME_TTL``…, see ``tests.resumable_server_settings``)."""
     db = tmp / "db.sqlite3"
     with ExitStack() as stack:
+        if postgresql:
+            create_database(postgresql)
+            stack.callback(drop_database, postgresql)
         proxy = stack.enter_context(DBProxy((REDIS_HOST, REDIS_PORT))) if redis_proxy else None
         port = proxy.port if proxy is not None else REDIS_PORT
         server_env = {
             "DJANGO_SETTINGS_MODULE": "tests.resumable_server_settings",
             "BEDROCK_RESUME_SQLITE": str(db),
             "BEDROCK_RESUME_REDIS_URL": f"redis://{REDIS_HOST}:{port}/{redis_db}",
+            "BEDROCK_RESUME_PG_NAME": postgresql,
             **(env or {}),
         }
         subprocess.run(
