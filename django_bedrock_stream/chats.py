@@ -32,7 +32,7 @@ from .families import ConverseFamily
 from .models import Chat, ChatMessage, Completion
 from .parsing import RequestRejected, read_request_data
 from .protocols import ui_message_metadata, ui_source_chunk
-from .runner import COMPLETED, StreamRunner
+from .runner import COMPLETED, StreamRunner, release_connections
 from .serializers import load_json_body
 from .signals import stream_finished, stream_started
 from .views import BedrockStreamView
@@ -519,4 +519,5 @@ class ChatResumeView(ChatAPIView):
 
     def get(self, request: HttpRequest, chat_id: str) -> HttpResponseBase:
         chat = get_chat(request, chat_id)
+        release_connections()  # a resume lasts as long as the answer: no database connection held meanwhile
         return resumable.resume_response_for(request, chat.id)
