@@ -40,7 +40,11 @@ logger = logging.getLogger("django_bedrock_stream")
 
 PREFIX = "bedrock-stream:"
 #: Field names of a stream entry.
-DATA, END = "d", "end"
+DATA, END, BEGIN = "d", "end", "begin"
+#: Seconds without a chunk after which a running stream is given up (its runner died or hangs), when
+#: ``RESUME_TTL`` is shorter: a busy worker's event loop may stall for seconds, and a stream expired
+#: under a live runner would lose its start.
+RUNNING_TTL_FLOOR = 60
 #: The errors that mean "Redis is not there" (redis-py's, and the sockets' below them).
 try:
     from redis.exceptions import RedisError
@@ -69,6 +73,9 @@ class StreamStore:
         self.url = url
         self.prefix = prefix
         self.ttl = int(ttl)
+        #: How long a running stream (and its running marker) lives without a new chunk: at least
+        #: :data:`RUNNING_TTL_FLOOR`, so a short ``ttl`` never expires a stream whose runner is only slow.
+        self.running_ttl = max(self.ttl, RUNNING_TTL_FLOOR)
         self.maxlen = int(maxlen)
         self._clients: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, Any] = weakref.WeakKeyDictionary()
         self._listeners: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _StopListener] = (
@@ -105,8 +112,7 @@ class StreamStore:
         runner that died leaves no marker for longer); clears a stop flag left by an earlier stream."""
         stream_key = f"{self.prefix}stream:{chat_id}:{secrets.token_hex(8)}"
         async with self.client.pipeline(transaction=True) as pipe:
-            pipe.set(self.running_key(chat_id), stream_key, ex=self.ttl)
-            pipe.delete(self.stop_key(chat_id))
+            _start_commands(self, pipe, chat_id, stream_key)
             await pipe.execute()
         return stream_key
 
@@ -117,18 +123,14 @@ class StreamStore:
         if not chunks:
             return
         async with self.client.pipeline(transaction=False) as pipe:
-            pipe.xadd(stream_key, {DATA: "".join(chunks)}, maxlen=self.maxlen, approximate=False)
-            pipe.expire(stream_key, self.ttl)
-            if chat_id is not None:
-                pipe.expire(self.running_key(chat_id), self.ttl)
+            _append_commands(self, pipe, stream_key, "".join(chunks), chat_id)
             await pipe.execute()
 
     async def finish(self, stream_key: str, chat_id: str | None = None, status: str = "completed") -> None:
         """The end marker; the stream then expires after the TTL. Clears the chat's running marker if
         it still names this stream."""
         async with self.client.pipeline(transaction=False) as pipe:
-            pipe.xadd(stream_key, {END: status}, maxlen=self.maxlen, approximate=False)
-            pipe.expire(stream_key, self.ttl)
+            _finish_commands(self, pipe, stream_key, status)
             await pipe.execute()
         if chat_id is not None:
             # Compare-and-delete: a newer stream of the same chat keeps its marker.
@@ -286,6 +288,31 @@ class _StopListener:
 def _retrieve(future: asyncio.Future[Any]) -> None:
     if not future.cancelled():
         future.exception()
+
+
+def _start_commands(store: StreamStore, pipe: Any, chat_id: str, stream_key: str) -> None:
+    """Make the stream (its first entry carries no chunk), mark it as the chat's running stream and
+    clear an earlier stream's stop flag (sync or async pipe)."""
+    pipe.xadd(stream_key, {BEGIN: "1"})
+    pipe.expire(stream_key, store.running_ttl)
+    pipe.set(store.running_key(chat_id), stream_key, ex=store.running_ttl)
+    pipe.delete(store.stop_key(chat_id))
+
+
+def _append_commands(store: StreamStore, pipe: Any, stream_key: str, data: str, chat_id: str | None) -> None:
+    """One entry, and the running stream's (and marker's) life extended. ``NOMKSTREAM``: a stream that
+    expired under a stalled runner is not made anew from its middle, which a resumer would replay as
+    if it were the whole answer."""
+    pipe.xadd(stream_key, {DATA: data}, maxlen=store.maxlen, approximate=False, nomkstream=True)
+    pipe.expire(stream_key, store.running_ttl)
+    if chat_id is not None:
+        pipe.expire(store.running_key(chat_id), store.running_ttl)
+
+
+def _finish_commands(store: StreamStore, pipe: Any, stream_key: str, status: str) -> None:
+    """The end marker; from now on the stream is kept ``ttl`` seconds for late resumers."""
+    pipe.xadd(stream_key, {END: status}, maxlen=store.maxlen, approximate=False, nomkstream=True)
+    pipe.expire(stream_key, store.ttl)
 
 
 def _stop_commands(store: StreamStore, pipe: Any, chat_id: str) -> None:
@@ -476,8 +503,7 @@ class SyncTee:
         stream_key = f"{store.prefix}stream:{chat_id}:{secrets.token_hex(8)}"
         try:
             with self.client.pipeline(transaction=True) as pipe:
-                pipe.set(store.running_key(chat_id), stream_key, ex=store.ttl)
-                pipe.delete(store.stop_key(chat_id))
+                _start_commands(store, pipe, chat_id, stream_key)
                 pipe.execute()
         except REDIS_ERRORS as err:
             self._broke(err)
@@ -491,9 +517,7 @@ class SyncTee:
         store = self.store
         try:
             with self.client.pipeline(transaction=False) as pipe:
-                pipe.xadd(self.stream_key, {DATA: data}, maxlen=store.maxlen, approximate=False)
-                pipe.expire(self.stream_key, store.ttl)
-                pipe.expire(store.running_key(self.chat_id), store.ttl)
+                _append_commands(store, pipe, self.stream_key, data, self.chat_id)
                 pipe.exists(store.stop_key(self.chat_id))
                 *_, stopped = pipe.execute()
         except REDIS_ERRORS as err:
@@ -507,8 +531,7 @@ class SyncTee:
         store = self.store
         try:
             with self.client.pipeline(transaction=False) as pipe:
-                pipe.xadd(self.stream_key, {END: status}, maxlen=store.maxlen, approximate=False)
-                pipe.expire(self.stream_key, store.ttl)
+                _finish_commands(store, pipe, self.stream_key, status)
                 pipe.execute()
             self.client.eval(_DELETE_IF_EQUAL, 1, store.running_key(self.chat_id), self.stream_key)
         except REDIS_ERRORS as err:
