@@ -24,6 +24,7 @@ from datetime import timedelta
 from typing import Any
 
 from asgiref.sync import sync_to_async
+from django.conf import settings
 from django.db import DatabaseError, connections
 from django.http import HttpRequest
 
@@ -145,6 +146,7 @@ class StreamRunner:
     def sync_body(self) -> Generator[bytes, None, None]:
         if not self._begin():
             return
+        release_connections()  # what middleware opened after the view (a new session saved): not held
         if self.chat_id is None:
             for data in self._produce_sync():
                 yield data.encode()
@@ -228,6 +230,8 @@ class StreamRunner:
     async def async_body(self) -> AsyncIterator[bytes]:
         if not self._begin():
             return
+        if saves_session_after_view(self.request):
+            await sync_to_async(release_connections)()  # on the thread that saved it: not held for the stream
         keepalive = float(stream_settings.KEEPALIVE_SECONDS or 0) if self.protocol.ping() else 0.0
         if self.chat_id is None and not keepalive:
             async for data in self._produce():
@@ -255,7 +259,9 @@ class StreamRunner:
                 outcome, error = FAILED, err
             else:
                 outcome = COMPLETED
-            end = asyncio.ensure_future(self._end_async(outcome, error))
+            # The end's connections are given back in its own hop: a chat stream that outlived its
+            # client (DISCONNECT "continue") ends after Django's request_finished closed them.
+            end = asyncio.ensure_future(self._end_async(outcome, error, then=release_connections))
             try:
                 tail = await asyncio.shield(end)
             except asyncio.CancelledError:
@@ -268,7 +274,7 @@ class StreamRunner:
         finally:
             if not self.settled:  # Django cancelled us (client gone), a stop, or an unexpected error
                 stream.close()
-                await asyncio.shield(self._end_async(CANCELLED, None))
+                await asyncio.shield(self._end_async(CANCELLED, None, then=release_connections))
 
     async def _relay(self, keepalive: float) -> AsyncIterator[bytes]:
         """The body read from a queue that a task of its own (:meth:`_pump`) fills: a keep-alive
@@ -574,6 +580,15 @@ class AsyncBody:
 
     def close(self) -> None:
         self.runner.close_unstarted()
+
+
+def saves_session_after_view(request: HttpRequest) -> bool:
+    """Whether ``SessionMiddleware`` saves the session after the view returned (a new or changed
+    session): that opens a database connection on the request's thread, after the view released
+    its own, which the thread would otherwise hold until the stream ends (a pool drained by open
+    streams). Other middleware that writes after the view does the same and is not seen here."""
+    session = getattr(request, "session", None)
+    return session is not None and (bool(getattr(session, "modified", False)) or settings.SESSION_SAVE_EVERY_REQUEST)
 
 
 def release_connections() -> None:
