@@ -43,6 +43,10 @@ if os.environ.get("BEDROCK_RESUME_PG_NAME"):
             "USER": os.environ.get("PGUSER", "postgres"),
             "HOST": os.environ.get("PGHOST", "127.0.0.1"),
             "PORT": os.environ.get("PGPORT", "5432"),
+            # The README's PostgreSQL for many concurrent streams ("Databases"): a bounded pool per
+            # worker, so a burst of starting streams waits for a connection instead of exceeding
+            # max_connections (each request's thread would otherwise open its own).
+            "OPTIONS": {"pool": {"min_size": 2, "max_size": 20, "timeout": 30}} if django.VERSION >= (5, 1) else {},
         }
     }
 BEDROCK_STREAM = {
