@@ -14,7 +14,7 @@ BIN := $(VENV)/bin
 PY := $(BIN)/python
 STAMP := $(VENV)/.installed
 
-.PHONY: demo demo-asgi test test-postgres test-matrix test-oldest test-newest lint bench venv
+.PHONY: demo demo-asgi test test-postgres test-matrix test-oldest test-newest venv-matrix lint bench venv
 
 # (Re)install when the package metadata changes; otherwise a no-op.
 $(STAMP): setup.cfg pyproject.toml
@@ -70,10 +70,15 @@ test-postgres: $(STAMP) $(JS_STAMP)
 PYTHON_OLDEST ?= $(firstword $(wildcard $(HOME)/.pyenv/versions/3.10.*/bin/python) $(shell command -v python3.10))
 PYTHON_NEWEST ?= $(firstword $(wildcard $(HOME)/.pyenv/versions/3.13.*/bin/python) $(shell command -v python3.13))
 
-define run_matrix_leg
+# A leg's venv is (re)built when the package metadata changes (CI builds both while the main suite runs).
+define matrix_venv
 	@test -n "$(1)" || { echo "no interpreter for $(2) (set PYTHON_OLDEST / PYTHON_NEWEST)" >&2; exit 1; }
 	@test -x $(2)/bin/python || $(1) -m venv $(2)
 	@$(2)/bin/python -m pip install --quiet --disable-pip-version-check -e ".[test]" "$(3)"
+	@touch $(2)/.installed
+endef
+
+define run_matrix_leg
 	@$(2)/bin/python -c "import sys, django; print('matrix leg: Python', sys.version.split()[0], '+ Django', django.__version__)"
 	@$(2)/bin/python -m pytest $(PYTEST_ARGS); status=$$?; \
 	if [ $$status -eq 5 ]; then echo "$(2): pytest collected no tests" >&2; fi; exit $$status
@@ -82,13 +87,21 @@ endef
 OLDEST_DJANGO := django>=4.2,<5
 NEWEST_DJANGO := django>=6,<7
 
+.venv-oldest/.installed: setup.cfg pyproject.toml
+	$(call matrix_venv,$(PYTHON_OLDEST),.venv-oldest,$(OLDEST_DJANGO))
+
+.venv-newest/.installed: setup.cfg pyproject.toml
+	$(call matrix_venv,$(PYTHON_NEWEST),.venv-newest,$(NEWEST_DJANGO))
+
+venv-matrix: .venv-oldest/.installed .venv-newest/.installed
+
 test-matrix: test-oldest test-newest
 
-test-oldest: $(JS_STAMP)
-	$(call run_matrix_leg,$(PYTHON_OLDEST),.venv-oldest,$(OLDEST_DJANGO))
+test-oldest: .venv-oldest/.installed $(JS_STAMP)
+	$(call run_matrix_leg,$(PYTHON_OLDEST),.venv-oldest)
 
-test-newest: $(JS_STAMP)
-	$(call run_matrix_leg,$(PYTHON_NEWEST),.venv-newest,$(NEWEST_DJANGO))
+test-newest: .venv-newest/.installed $(JS_STAMP)
+	$(call run_matrix_leg,$(PYTHON_NEWEST),.venv-newest)
 
 # Both tools run even when the first fails; a tool that is not installed is skipped with a note.
 lint: $(STAMP)
