@@ -585,6 +585,49 @@ def _settle_row(alias: str, rows: QuerySet[BudgetUsage], used: int, reserved: in
     return (int(row[0]), int(row[1])) if row else (0, 0)
 
 
+# -- housekeeping (bedrock_reap) -----------------------------------------------------------------------
+def settle_reaped(completion: Any) -> list[tuple[int, Budget, int]]:
+    """Release the reservation of a stream whose worker died (its row just reaped), like a failed
+    stream's: counted at the usage estimated from its stored messages and text (Bedrock never
+    reported it); the thresholds crossed."""
+    from .runner import estimate_usage
+
+    reservation = completion.budget_reservation
+    budget = Budget.parse(_budget_fields(reservation))
+    assert budget is not None
+    usage = estimate_usage(completion.messages, completion.text, {"input_tokens": 0, "output_tokens": 0})
+    try:
+        used = amount_for(budget, completion.model_id, usage)
+    except BudgetUnpriced:
+        used = reservation["reserved"]
+    return _settle(completion.user_id, budget, datetime.fromisoformat(reservation["start"]), used,
+                   reservation["reserved"])
+
+
+#: The longest a calendar period lasts (a day with a DST change, a month).
+_LONGEST = {"day": timedelta(hours=25), "month": timedelta(days=31)}
+
+
+def prune_usage(now: datetime, grace: timedelta, *, using: str | None = None, dry_run: bool = False) -> int:
+    """Delete the :class:`~.models.BudgetUsage` rows that no reservation can count any more: periods
+    that ended, buckets that left their rolling window. A row that still holds a reservation (a
+    stream started in that period and still running) is kept ``grace`` longer. The rows deleted
+    (or, with ``dry_run``, that would be)."""
+    alias = using or router.db_for_write(BudgetUsage)
+    rows = BudgetUsage.objects.using(alias)
+    count = 0
+    for period in rows.values_list("period", flat=True).distinct():
+        try:
+            budget = Budget(tokens=0, period=period)
+        except ImproperlyConfigured:  # not a period this version knows: leave it alone
+            continue
+        ended = now - (budget.rolling or _LONGEST[period])
+        expired = rows.filter(period=period, period_start__lt=ended).filter(
+            Q(reserved__lte=0) | Q(period_start__lt=ended - grace))
+        count += expired.count() if dry_run else expired.delete()[0]
+    return count
+
+
 def _budget_fields(reservation: Mapping[str, Any]) -> dict[str, Any]:
     return {name: reservation[name] for name in ("tokens", "cost", "period") if reservation.get(name) is not None}
 
@@ -602,6 +645,9 @@ __all__ = [
     "amount_for",
     "budget_for",
     "estimate_input_tokens",
+    "prune_usage",
     "reserve",
+    "reserve_for",
     "settle",
+    "settle_reaped",
 ]
