@@ -39,19 +39,19 @@ import hashlib
 import math
 import re
 from collections.abc import Callable, Mapping, Sequence
+from contextlib import nullcontext, suppress
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from datetime import timezone as dt_timezone
-from contextlib import nullcontext, suppress
 from decimal import ROUND_CEILING, ROUND_FLOOR, Decimal, InvalidOperation
 from typing import Any
 
 from django.core.exceptions import ImproperlyConfigured
 from django.db import DatabaseError, connections, router, transaction
 from django.db.models import Exists, F, Field, Max, Min, Q, QuerySet, Subquery, Sum, Value
-from django.db.models.sql import UpdateQuery
 from django.db.models.functions import Coalesce
 from django.db.models.lookups import LessThanOrEqual
+from django.db.models.sql import UpdateQuery
 from django.utils import timezone
 
 from .conf import stream_settings

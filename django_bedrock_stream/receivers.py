@@ -18,9 +18,8 @@ import contextlib
 import json
 import logging
 import time
-from typing import Any
-
 from collections.abc import Callable, Sequence
+from typing import Any
 
 from django.db import DatabaseError, connections, router
 from django.db.models import signals as model_signals

@@ -12,8 +12,8 @@ from django.db import connection
 from django.test.utils import CaptureQueriesContext
 from django.utils import timezone
 
-from django_bedrock_stream.management.commands.bedrock_reap import REAPED_CODE, REAPED_MESSAGE, parse_duration
 from django_bedrock_stream.budgets import Budget
+from django_bedrock_stream.management.commands.bedrock_reap import REAPED_CODE, REAPED_MESSAGE, parse_duration
 from django_bedrock_stream.models import BudgetUsage, Completion
 
 pytestmark = pytest.mark.django_db
