@@ -20,9 +20,9 @@ trade the reservation for the real usage (input + output tokens, plus cache writ
 ``BUDGET_COUNTS_CACHE_WRITES``; or its cost, see :mod:`~.pricing`). Each further model turn of a run
 with tools reserves again before it is called.
 
-Round trips: the reservation rides in the ``Completion`` INSERT and the settlement in its final
-UPDATE (on PostgreSQL one statement each, ``WITH r AS (UPDATE … RETURNING) INSERT … SELECT … WHERE
-EXISTS (SELECT 1 FROM r)``; elsewhere one transaction each), and the user's ``UserBudget`` row is not
+Round trips: on PostgreSQL the reservation rides in the ``Completion`` INSERT and the settlement in its
+final UPDATE, one statement each (``WITH r AS (UPDATE … RETURNING 1) INSERT … SELECT … WHERE EXISTS
+(SELECT 1 FROM r)``; elsewhere they stay separate statements), and the user's ``UserBudget`` row is not
 read per request: the reservation is made on the condition, checked in the same statement, that the
 row is what this process last saw (usually: no row). Only when that condition or the budget fails is
 the row read and the reservation retried the long way. (Group budgets read the user's groups.)
@@ -371,28 +371,29 @@ def _try_reserve(
     return reservation if done else None
 
 
-def _reserve_once(alias: str, user_id: Any, budget: Budget, update: QuerySet[BudgetUsage], amount: int,
-                  insert: Any) -> bool:
-    """``update``'s reservation, and ``insert``'s INSERT when given: one statement on PostgreSQL, one
-    transaction elsewhere. False (nothing written) when ``update`` matched no row."""
+def _reserve_once(
+    alias: str, user_id: Any, budget: Budget, update: QuerySet[BudgetUsage], amount: int, insert: Any
+) -> bool:
+    """``update``'s reservation; with ``insert`` on PostgreSQL, ``insert``'s INSERT in the same
+    statement (elsewhere the ``stream_started`` receiver inserts it: on SQLite, one transaction for
+    both would hold the write lock across Python code, and concurrent streams would wait for it).
+    False (nothing written) when ``update`` matched no row."""
     from . import receivers
 
     connection = connections[alias]
     postgresql = connection.vendor == "postgresql"
-    if insert is not None and router.db_for_write(type(insert), instance=insert) != alias:
-        return False  # two databases: the long way
-    raw = insert is not None and postgresql and receivers.raw_writes_allowed()
+    raw = (
+        insert is not None
+        and postgresql
+        and router.db_for_write(type(insert), instance=insert) == alias
+        and receivers.raw_writes_allowed()
+    )
     lock = budget.rolling is not None and postgresql
-    atomic = lock or (insert is not None and not raw)
-    with transaction.atomic(using=alias) if atomic else nullcontext():
+    with transaction.atomic(using=alias) if lock else nullcontext():
         if lock:
             _lock(connection, user_id, budget)
         if not raw:
-            if not update.update(reserved=F("reserved") + amount):
-                return False
-            if insert is not None:
-                insert.save(using=alias, force_insert=True)
-            return True
+            return bool(update.update(reserved=F("reserved") + amount))
         sql, params = _update_sql(update, alias, reserved=F("reserved") + amount)
         head, values, insert_params = receivers.insert_parts(insert, alias)
         pk = connection.ops.quote_name(str(type(insert)._meta.pk.column))
@@ -503,8 +504,7 @@ def _reserve(user_id: Any, budget: Budget, start: datetime, amount: int, now: da
 def settle(completion: Any, *, save: Sequence[str] | None = None) -> list[tuple[int, Budget, int]]:
     """Trade the completion's reservation for its real usage, once; the thresholds crossed, as
     ``(threshold, budget, used)``. Needs the completion's final usage (``record_end``). With ``save``,
-    the completion's ``save(update_fields=save)`` goes with it: one statement on PostgreSQL, one
-    transaction elsewhere."""
+    the completion's ``save(update_fields=save)`` goes with it (in the same statement on PostgreSQL)."""
     reservation = getattr(completion, "budget_reservation", None)
     if not reservation or getattr(completion, "budget_settled", False):
         if save is not None:
@@ -548,13 +548,12 @@ def _settle(user_id: Any, budget: Budget, start: datetime, used: int, reserved: 
         if row is None:  # as save() would say; the settlement is done
             raise DatabaseError("Save with update_fields did not affect any rows.")
         total, notified = int(row[0] or 0), int(row[1] or 0)
-    else:
-        with transaction.atomic(using=alias) if together else nullcontext():
-            total, notified = _settle_row(alias, rows, used, reserved)
-            if save is not None:
-                completion.save(update_fields=save)
+    else:  # two statements (see _reserve_once); a retry of the save does not settle again
+        total, notified = _settle_row(alias, rows, used, reserved)
         if completion is not None:
             completion.budget_settled = True
+        if save is not None:
+            completion.save(update_fields=save)
     window = budget.rolling
     if window is not None:
         first = start - (window - window / ROLLING_BUCKETS)

@@ -2,8 +2,8 @@
 
 Connected in ``AppConfig.ready()``. Two writes per stream: an INSERT when it starts and one UPDATE
 when it ends, so a crash mid-stream leaves a ``streaming`` row for ``bedrock_reap`` to settle. With a
-budget, the reservation rides in the INSERT and the settlement in the UPDATE (one statement each on
-PostgreSQL, one transaction elsewhere: :mod:`~.budgets`), so a budget adds no round trip.
+budget on PostgreSQL, the reservation rides in the INSERT and the settlement in the UPDATE, one
+statement each (:mod:`~.budgets`), so a budget adds no round trip.
 
 Both writes survive a connection that died while the stream ran (a database restart, PostgreSQL's
 ``idle_session_timeout``, a proxy cutting idle connections): they reconnect and retry. An INSERT
