@@ -213,8 +213,8 @@ class BedrockStreamMixin:
     async def handle_async(self, request: HttpRequest) -> HttpResponseBase:
         """The ASGI path: nothing here blocks the event loop or holds Django's shared thread
         while Bedrock works. The start is one hop to the request's thread (the access checks, which
-        may query the database, the budget reservation and the INSERT of ``stream_started``), or none
-        at all when there is nothing to do there; the end is one more (``stream_finished``)."""
+        may query the database, the budget reservation and the INSERT of ``stream_started``); the end
+        is one more (``stream_finished``)."""
         try:
             if self._access_check_is_io_free(request) and request_size(request) <= PREPARE_ON_LOOP_MAX_BYTES:
                 self.check_access(request)  # provably no database or cache: skip the thread hop
