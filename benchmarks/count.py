@@ -3,7 +3,8 @@
 Run by ``run.py`` in its own process (``python benchmarks/count.py``, environment as for the proxy:
 ``benchmarks/settings.py``). It sends the same llama2 request through ``get_asgi_application()`` a few
 times (the first warms up: the client, the user's budget row) and prints one JSON object for the last:
-every SQL statement the database executed (by its first keyword), and every thread hop —
+every SQL statement the database executed (by its verb; a statement with a data-modifying CTE by its main
+one, the writes it folds in listed beside), and every thread hop —
 ``sync_to_async`` calls and ``loop.run_in_executor`` submissions — with the function that hopped, split
 into Django's handler (``request_started`` / ``request_finished``) and the view's own.
 """
@@ -13,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import re
 import sys
 from collections import Counter
 from typing import Any
@@ -31,11 +33,24 @@ from django.db.backends.signals import connection_created  # noqa: E402
 from benchmarks.loadgen import build_request  # noqa: E402
 
 queries: list[str] = []
+statements: list[str] = []
 hops: list[str] = []
 
 
+_WRITES = re.compile(r"\b(INSERT|UPDATE|DELETE)\b")
+
+
 def record_query(execute: Any, sql: str, params: Any, many: bool, context: Any) -> Any:
-    queries.append(sql.lstrip().split(None, 1)[0].upper())
+    """By the statement's own verb: ``WITH r AS (UPDATE …) INSERT …`` is one INSERT, one round trip
+    (the write it folds in is listed in ``statements``)."""
+    verb = sql.lstrip().split(None, 1)[0].upper()
+    if verb == "WITH":
+        writes = _WRITES.findall(sql.upper())
+        queries.append(writes[-1])
+        statements.append(f"{writes[-1]} (with {' + '.join(writes[:-1])})")
+    else:
+        queries.append(verb)
+        statements.append(verb)
     return execute(sql, params, many, context)
 
 
@@ -118,13 +133,14 @@ async def main() -> dict[str, Any]:
     for label, path in (("library", "/bedrock/llama2/"), ("handwritten", "/hand/llama2/")):
         for _ in range(3):
             queries.clear()
+            statements.clear()
             hops.clear()
             status = await one(app, path, 7)
             assert status == 200, (label, status)
         django_hops = [h for h in hops if "django.dispatch" in h or "HttpResponseBase.close" in h
                        or "close_old_connections" in h or "reset_queries" in h]
         out[label] = {
-            "queries": dict(Counter(queries)), "query_count": len(queries),
+            "queries": dict(Counter(queries)), "query_count": len(queries), "statements": statements[:],
             "hops": hops[:], "hop_count": len(hops), "django_handler_hops": len(django_hops),
             "view_hops": len(hops) - len(django_hops),
         }

@@ -645,7 +645,8 @@ def report_default(d: dict[str, Any]) -> list[tuple[str, str, str, str]]:
         inserts, updates = q.get("INSERT", 0), q.get("UPDATE", 0)
         rest = {k: v for k, v in q.items() if k not in ("INSERT", "UPDATE")}
         rows.append(("5 SQL per plain completion (library, PostgreSQL, budgets on)",
-                     f"{inserts} INSERT + {updates} UPDATE" + "".join(f" + {v} {k}" for k, v in sorted(rest.items())),
+                     f"{inserts} INSERT + {updates} UPDATE" + "".join(f" + {v} {k}" for k, v in sorted(rest.items()))
+                     + (f" ({', '.join(lib['statements'])})" if lib.get("statements") else ""),
                      "1 INSERT + 1 UPDATE", verdict(inserts <= 1 and updates <= 1 and not rest)))
         rows.append(("5 thread hops per plain completion under ASGI (library)",
                      f"{lib['view_hops']} in the view + {lib['django_handler_hops']} in Django's handler",

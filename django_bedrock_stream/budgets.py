@@ -15,10 +15,17 @@ means "no limit". Anonymous users have no budget.
 Counting (:class:`~.models.BudgetUsage`, one row per user, unit, period kind and period): before the
 call a stream reserves ``max_tokens`` plus an estimate of its input with one conditional ``UPDATE …
 SET reserved = reserved + n WHERE used + reserved + n <= limit``; ``rowcount`` 0 means over budget
-(429). When the stream ends, whatever happened, the ``stream_finished`` receiver (:func:`settle`)
-trades the reservation for the real usage (input + output tokens, plus cache writes when
+(429). When the stream ends, whatever happened, the ``stream_finished`` receivers (:func:`settle`)
+trade the reservation for the real usage (input + output tokens, plus cache writes when
 ``BUDGET_COUNTS_CACHE_WRITES``; or its cost, see :mod:`~.pricing`). Each further model turn of a run
 with tools reserves again before it is called.
+
+Round trips: on PostgreSQL the reservation rides in the ``Completion`` INSERT and the settlement in its
+final UPDATE, one statement each (``WITH r AS (UPDATE … RETURNING 1) INSERT … SELECT … WHERE EXISTS
+(SELECT 1 FROM r)``; elsewhere they stay separate statements), and the user's ``UserBudget`` row is not
+read per request: the reservation is made on the condition, checked in the same statement, that the
+row is what this process last saw (usually: no row). Only when that condition or the budget fails is
+the row read and the reservation retried the long way. (Group budgets read the user's groups.)
 
 Periods: ``"day"`` and ``"month"`` are calendar periods in Django's current time zone (``TIME_ZONE``,
 or the one activated for the request; UTC when ``USE_TZ`` is on and nothing else is said). ``"<n>h"``
@@ -31,7 +38,8 @@ from __future__ import annotations
 import hashlib
 import math
 import re
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
+from contextlib import nullcontext, suppress
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from datetime import timezone as dt_timezone
@@ -39,10 +47,11 @@ from decimal import ROUND_CEILING, ROUND_FLOOR, Decimal, InvalidOperation
 from typing import Any
 
 from django.core.exceptions import ImproperlyConfigured
-from django.db import connections, router, transaction
-from django.db.models import F, Field, Max, Min, Q, Subquery, Sum, Value
+from django.db import DatabaseError, connections, router, transaction
+from django.db.models import Exists, F, Field, Max, Min, Q, QuerySet, Subquery, Sum, Value
 from django.db.models.functions import Coalesce
 from django.db.models.lookups import LessThanOrEqual
+from django.db.models.sql import UpdateQuery
 from django.utils import timezone
 
 from .conf import stream_settings
@@ -206,8 +215,14 @@ def budget_for(user: Any, budgets: Mapping[str, Any] | None) -> Budget | None:
     if not getattr(user, "is_authenticated", False):
         return None
     row = UserBudget.objects.filter(user_id=user.pk).first()
+    _remember_row(user.pk, row)
     if row is not None:
         return row.as_budget()
+    return _settings_budget(user, budgets)
+
+
+def _settings_budget(user: Any, budgets: Mapping[str, Any] | None) -> Budget | None:
+    """The budget of ``user`` by ``budgets`` alone (no ``UserBudget`` row)."""
     budgets = budgets or {}
     users = budgets.get("users") or {}
     username = user.get_username()
@@ -258,17 +273,148 @@ def amount_for(budget: Budget, model_id: str, usage: Mapping[str, Any], *, ceili
 
 
 # -- reserving -----------------------------------------------------------------------------------------
+#: Stands for "a ``UserBudget`` row with no limit" in :data:`_rows`.
+_UNLIMITED = object()
+#: The ``UserBudget`` row this process last read per user who has one (its budget, or :data:`_UNLIMITED`);
+#: a user not in it is assumed to have none. Only a guess: each reservation checks it in its own
+#: statement (:func:`_row_guard`), so an edit in the admin (from any process) is seen at once.
+_rows: dict[Any, Any] = {}
+_ROWS_MAX = 10_000
+
+
+def _remember_row(user_id: Any, row: UserBudget | None) -> None:
+    if row is None:
+        _rows.pop(user_id, None)
+        return
+    if len(_rows) >= _ROWS_MAX:
+        _rows.clear()
+    budget = row.as_budget()
+    _rows[user_id] = _UNLIMITED if budget is None else budget
+
+
+def _row_guard(user_id: Any, budget: Budget | None) -> Q:
+    """True while the user's ``UserBudget`` row is as assumed: none (``budget`` None), or one with
+    this budget."""
+    rows = UserBudget.objects.filter(user_id=user_id)
+    if budget is None:
+        return ~Exists(rows)
+    return Q(Exists(rows.filter(tokens=budget.tokens, cost=budget.cost, period=budget.period)))
+
+
+def reserve_for(
+    user: Any, budgets: Mapping[str, Any] | None, model_id: str, body: Mapping[str, Any], max_tokens: int,
+    *, insert: Any = None,
+) -> dict[str, Any] | None:
+    """:func:`budget_for` and :func:`reserve`, usually in one statement (with ``insert``, an unsaved
+    ``Completion``: its INSERT too); the reservation, None when no budget applies, or
+    :class:`BudgetExceeded`. The budget assumed from this process' last look at the user's
+    ``UserBudget`` row is reserved on the condition that the row is still so; only when that (or the
+    budget) fails is the row read."""
+    if not getattr(user, "is_authenticated", False):
+        return None
+    known = _rows.get(user.pk)
+    if known is not _UNLIMITED:
+        budget = known if known is not None else _settings_budget(user, budgets)
+        if budget is not None:
+            reservation = _try_reserve(user.pk, budget, model_id, body, max_tokens, timezone.now(),
+                                       guard=_row_guard(user.pk, known), insert=insert)
+            if reservation is not None:
+                return reservation
+    budget = budget_for(user, budgets)
+    return None if budget is None else reserve(user.pk, budget, model_id, body, max_tokens)
+
+
 def reserve(
     user_id: Any, budget: Budget, model_id: str, body: Mapping[str, Any], max_tokens: int,
-    *, now: datetime | None = None,
+    *, now: datetime | None = None, insert: Any = None,
 ) -> dict[str, Any]:
     """Reserve ``max_tokens`` plus the body's input estimate against the budget; the reservation
-    (to store on the completion, for :func:`settle`), or :class:`BudgetExceeded`."""
+    (to store on the completion, for :func:`settle`), or :class:`BudgetExceeded`. With ``insert``
+    (an unsaved ``Completion``), its INSERT goes with the reservation when the period row exists."""
     now = now or timezone.now()
+    if insert is not None:
+        reservation = _try_reserve(user_id, budget, model_id, body, max_tokens, now, insert=insert)
+        if reservation is not None:
+            return reservation
     amount = amount_for(budget, model_id, {"input_tokens": estimate_input_tokens(body), "output_tokens": max_tokens})
     start, _ = budget.bounds(now)
     _reserve(user_id, budget, start, amount, now)
     return {**budget.as_dict(), "start": start.isoformat(), "reserved": amount}
+
+
+def _try_reserve(
+    user_id: Any, budget: Budget, model_id: str, body: Mapping[str, Any], max_tokens: int, now: datetime,
+    *, guard: Q | None = None, insert: Any = None,
+) -> dict[str, Any] | None:
+    """The reservation in one conditional statement (with ``insert``, the completion's INSERT with it),
+    or None with nothing written: no period row yet, ``guard`` false, or over budget."""
+    amount = amount_for(budget, model_id, {"input_tokens": estimate_input_tokens(body), "output_tokens": max_tokens})
+    start, _ = budget.bounds(now)
+    reservation = {**budget.as_dict(), "start": start.isoformat(), "reserved": amount}
+    if insert is not None:
+        insert.budget_reservation = reservation  # stored by the INSERT
+    alias = router.db_for_write(BudgetUsage)
+    rows, fits, _ = _conditions(alias, user_id, budget, start, amount)
+    update = rows.filter(fits) if guard is None else rows.filter(fits, guard)
+    try:
+        done = _reserve_once(alias, user_id, budget, update, amount, insert)
+    except DatabaseError:
+        # Nothing was written (one statement, or one transaction): the long way, with its own retry
+        # and 503, says what happens next.
+        if insert is None or connections[alias].in_atomic_block:
+            raise
+        with suppress(DatabaseError):
+            connections[alias].close()
+        done = False
+    if not done and insert is not None:
+        insert.budget_reservation = None
+    return reservation if done else None
+
+
+def _reserve_once(
+    alias: str, user_id: Any, budget: Budget, update: QuerySet[BudgetUsage], amount: int, insert: Any
+) -> bool:
+    """``update``'s reservation; with ``insert`` on PostgreSQL, ``insert``'s INSERT in the same
+    statement (elsewhere the ``stream_started`` receiver inserts it: on SQLite, one transaction for
+    both would hold the write lock across Python code, and concurrent streams would wait for it).
+    False (nothing written) when ``update`` matched no row."""
+    from . import receivers
+
+    connection = connections[alias]
+    postgresql = connection.vendor == "postgresql"
+    raw = (
+        insert is not None
+        and postgresql
+        and router.db_for_write(type(insert), instance=insert) == alias
+        and receivers.raw_writes_allowed()
+    )
+    lock = budget.rolling is not None and postgresql
+    with transaction.atomic(using=alias) if lock else nullcontext():
+        if lock:
+            _lock(connection, user_id, budget)
+        if not raw:
+            return bool(update.update(reserved=F("reserved") + amount))
+        sql, params = _update_sql(update, alias, reserved=F("reserved") + amount)
+        head, values, insert_params = receivers.insert_parts(insert, alias)
+        pk = connection.ops.quote_name(str(type(insert)._meta.pk.column))
+        with connection.cursor() as cursor:
+            cursor.execute(
+                f"WITH r AS ({sql} RETURNING 1) {head} SELECT {values} WHERE EXISTS (SELECT 1 FROM r) RETURNING {pk}",
+                [*params, *insert_params],
+            )
+            row = cursor.fetchone()
+        if row is None:
+            return False
+        receivers.inserted(insert, alias, row[0])
+        return True
+
+
+def _update_sql(rows: QuerySet[Any], alias: str, **values: Any) -> tuple[str, list[Any]]:
+    """The SQL of ``rows.update(**values)``, to run inside another statement."""
+    query = rows.query.chain(UpdateQuery)
+    query.add_update_values(values)
+    sql, params = query.get_compiler(alias).as_sql()
+    return sql, list(params)
 
 
 def reserve_more(reservation: dict[str, Any], user_id: Any, model_id: str, body: Mapping[str, Any],
@@ -307,42 +453,46 @@ def _lock_key(user_id: Any, budget: Budget) -> int:
     return int.from_bytes(digest, "big", signed=True)
 
 
-def _reserve(user_id: Any, budget: Budget, start: datetime, amount: int, now: datetime) -> None:
-    alias = router.db_for_write(BudgetUsage)
+def _lock(connection: Any, user_id: Any, budget: Budget) -> None:
+    """PostgreSQL, a rolling window: serialize this user's reservations for the transaction's life."""
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT pg_advisory_xact_lock(%s, %s)", [_LOCK_CLASS, _lock_key(user_id, budget)])
+
+
+def _conditions(alias: str, user_id: Any, budget: Budget, start: datetime, amount: int) -> tuple[
+        QuerySet[BudgetUsage], Any, QuerySet[BudgetUsage] | None]:
+    """The period row, the condition that ``amount`` fits the budget, and a rolling window's rows."""
     key = {"user_id": user_id, "unit": budget.unit, "period": budget.period}
     rows = BudgetUsage.objects.using(alias).filter(**key, period_start=start)
     window = budget.rolling
     counted = F("used") + F("reserved")
-    if window is not None:
-        first = start - (window - window / ROLLING_BUCKETS)
-        in_window = BudgetUsage.objects.using(alias).filter(**key, period_start__gte=first)
-        total = in_window.values("user_id").annotate(total=Sum(counted)).values("total")
-        fits = LessThanOrEqual(Coalesce(Subquery(total), Value(0)), budget.limit - amount)
-    else:
-        fits = LessThanOrEqual(counted, budget.limit - amount)
+    if window is None:
+        return rows, LessThanOrEqual(counted, budget.limit - amount), None
+    first = start - (window - window / ROLLING_BUCKETS)
+    in_window = BudgetUsage.objects.using(alias).filter(**key, period_start__gte=first)
+    total = in_window.values("user_id").annotate(total=Sum(counted)).values("total")
+    return rows, LessThanOrEqual(Coalesce(Subquery(total), Value(0)), budget.limit - amount), in_window
 
-    def attempt() -> int:
-        if window is None or connections[alias].vendor != "postgresql":
-            # One statement: PostgreSQL re-checks the WHERE on the row it waited for; SQLite runs a
-            # write statement under the database's write lock.
-            return rows.filter(fits).update(reserved=F("reserved") + amount)
-        # A rolling window sums several rows: serialize this user's reservations first (a lock of
-        # the transaction's life), so that the sum, read by the next statement on a fresh snapshot,
-        # sees every reservation made before ours. (Locking the bucket row is not enough: a waiter
-        # re-checks only that row, not the sum, when the lock comes free.)
-        with transaction.atomic(using=alias):
-            with connections[alias].cursor() as cursor:
-                cursor.execute("SELECT pg_advisory_xact_lock(%s, %s)", [_LOCK_CLASS, _lock_key(user_id, budget)])
-            return rows.filter(fits).update(reserved=F("reserved") + amount)
 
-    if attempt():
+def _reserve(user_id: Any, budget: Budget, start: datetime, amount: int, now: datetime) -> None:
+    alias = router.db_for_write(BudgetUsage)
+    rows, fits, in_window = _conditions(alias, user_id, budget, start, amount)
+
+    # One statement: PostgreSQL re-checks the WHERE on the row it waited for; SQLite runs a write
+    # statement under the database's write lock. A rolling window sums several rows: on PostgreSQL
+    # this user's reservations are serialized first (a lock of the transaction's life), so that the
+    # sum, read by the next statement on a fresh snapshot, sees every reservation made before ours.
+    # (Locking the bucket row is not enough: a waiter re-checks only that row, not the sum.)
+    if _reserve_once(alias, user_id, budget, rows.filter(fits), amount, None):
         return
+    key = {"user_id": user_id, "unit": budget.unit, "period": budget.period}
     BudgetUsage.objects.using(alias).bulk_create([BudgetUsage(**key, period_start=start)], ignore_conflicts=True)
-    if attempt():
+    if _reserve_once(alias, user_id, budget, rows.filter(fits), amount, None):
         return
-    scope = in_window if window is not None else rows
-    state = scope.aggregate(total=Coalesce(Sum(counted), 0), oldest=Min("period_start", filter=Q(used__gt=0) | Q(
-        reserved__gt=0)))
+    scope = in_window if in_window is not None else rows
+    state = scope.aggregate(total=Coalesce(Sum(F("used") + F("reserved")), 0), oldest=Min(
+        "period_start", filter=Q(used__gt=0) | Q(reserved__gt=0)))
+    window = budget.rolling
     if window is not None:
         resets_at = (state["oldest"] or start) + window
     else:
@@ -351,11 +501,14 @@ def _reserve(user_id: Any, budget: Budget, start: datetime, amount: int, now: da
 
 
 # -- settling ------------------------------------------------------------------------------------------
-def settle(completion: Any) -> list[tuple[int, Budget, int]]:
+def settle(completion: Any, *, save: Sequence[str] | None = None) -> list[tuple[int, Budget, int]]:
     """Trade the completion's reservation for its real usage, once; the thresholds crossed, as
-    ``(threshold, budget, used)``. Needs the completion's final usage (``record_end``)."""
+    ``(threshold, budget, used)``. Needs the completion's final usage (``record_end``). With ``save``,
+    the completion's ``save(update_fields=save)`` goes with it (in the same statement on PostgreSQL)."""
     reservation = getattr(completion, "budget_reservation", None)
     if not reservation or getattr(completion, "budget_settled", False):
+        if save is not None:
+            completion.save(update_fields=save)
         return []
     budget = Budget.parse(_budget_fields(reservation))
     assert budget is not None
@@ -369,11 +522,38 @@ def settle(completion: Any) -> list[tuple[int, Budget, int]]:
         used = amount_for(budget, completion.model_id, usage)
     except BudgetUnpriced:  # the price table changed since the reservation: count what was reserved
         used = reservation["reserved"]
-    start = datetime.fromisoformat(reservation["start"])
+    return _settle(completion.user_id, budget, datetime.fromisoformat(reservation["start"]), used,
+                   reservation["reserved"], completion=completion, save=save)
+
+
+def _settle(user_id: Any, budget: Budget, start: datetime, used: int, reserved: int, *, completion: Any = None,
+            save: Sequence[str] | None = None) -> list[tuple[int, Budget, int]]:
+    """``used += used, reserved -= reserved`` on the period row (and ``completion``'s save, see
+    :func:`settle`); marks ``completion`` settled; the thresholds crossed."""
+    from . import receivers
+
     alias = router.db_for_write(BudgetUsage)
-    key = {"user_id": completion.user_id, "unit": budget.unit, "period": budget.period}
-    total, notified = _settle_row(alias, key, start, used, reservation["reserved"])
-    completion.budget_settled = True
+    key = {"user_id": user_id, "unit": budget.unit, "period": budget.period}
+    rows = BudgetUsage.objects.using(alias).filter(**key, period_start=start)
+    connection = connections[alias]
+    together = save is not None and router.db_for_write(type(completion), instance=completion) == alias
+    if together and connection.vendor == "postgresql" and receivers.raw_writes_allowed():
+        sql, params = _update_sql(rows, alias, used=F("used") + used, reserved=F("reserved") - reserved)
+        update, update_params = receivers.update_parts(completion, save, alias)  # type: ignore[arg-type]
+        with connection.cursor() as cursor:
+            cursor.execute(f"WITH s AS ({sql} RETURNING used, notified) {update} "
+                           f"RETURNING (SELECT used FROM s), (SELECT notified FROM s)", [*params, *update_params])
+            row = cursor.fetchone()
+        completion.budget_settled = True
+        if row is None:  # as save() would say; the settlement is done
+            raise DatabaseError("Save with update_fields did not affect any rows.")
+        total, notified = int(row[0] or 0), int(row[1] or 0)
+    else:  # two statements (see _reserve_once); a retry of the save does not settle again
+        total, notified = _settle_row(alias, rows, used, reserved)
+        if completion is not None:
+            completion.budget_settled = True
+        if save is not None:
+            completion.save(update_fields=save)
     window = budget.rolling
     if window is not None:
         first = start - (window - window / ROLLING_BUCKETS)
@@ -383,34 +563,68 @@ def settle(completion: Any) -> list[tuple[int, Budget, int]]:
     crossed = []
     for threshold in THRESHOLDS:
         if notified < threshold and total * 100 >= budget.limit * threshold:
-            marked = BudgetUsage.objects.using(alias).filter(**key, period_start=start, notified__lt=threshold)
-            if marked.update(notified=threshold):  # one settle wins each crossing
+            if rows.filter(notified__lt=threshold).update(notified=threshold):  # one settle wins each crossing
                 crossed.append((threshold, budget, total))
     return crossed
 
 
-def _settle_row(alias: str, key: dict[str, Any], start: datetime, used: int, reserved: int) -> tuple[int, int]:
+def _settle_row(alias: str, rows: QuerySet[BudgetUsage], used: int, reserved: int) -> tuple[int, int]:
     """One UPDATE: ``used += used, reserved -= reserved``; the row's new ``used`` and ``notified``."""
     connection = connections[alias]
     if not connection.features.can_return_columns_from_insert:  # no UPDATE … RETURNING here
-        rows = BudgetUsage.objects.using(alias).filter(**key, period_start=start)
         rows.update(used=F("used") + used, reserved=F("reserved") - reserved)
         return next(iter(rows.values_list("used", "notified")), (0, 0))
+    sql, params = _update_sql(rows, alias, used=F("used") + used, reserved=F("reserved") - reserved)
     meta, quote = BudgetUsage._meta, connection.ops.quote_name
-    column = {name: quote(str(field.column)) for name in ("user", "unit", "period", "period_start", "used", "reserved",
-                                                    "notified") if isinstance(field := meta.get_field(name), Field)}
-    sql = (
-        f"UPDATE {quote(meta.db_table)} SET {column['used']} = {column['used']} + %s, "
-        f"{column['reserved']} = {column['reserved']} - %s WHERE {column['user']} = %s AND {column['unit']} = %s "
-        f"AND {column['period']} = %s AND {column['period_start']} = %s RETURNING {column['used']}, "
-        f"{column['notified']}"
-    )
-    params = [used, reserved, key["user_id"], key["unit"], key["period"],
-              connection.ops.adapt_datetimefield_value(start)]
+    returning = ", ".join(quote(str(f.column)) for f in (meta.get_field("used"), meta.get_field("notified"))
+                          if isinstance(f, Field))
     with connection.cursor() as cursor:
-        cursor.execute(sql, params)
+        cursor.execute(f"{sql} RETURNING {returning}", params)
         row = cursor.fetchone()
     return (int(row[0]), int(row[1])) if row else (0, 0)
+
+
+# -- housekeeping (bedrock_reap) -----------------------------------------------------------------------
+def settle_reaped(completion: Any) -> list[tuple[int, Budget, int]]:
+    """Release the reservation of a stream whose worker died (its row just reaped), like a failed
+    stream's: counted at the usage estimated from its stored messages and text (Bedrock never
+    reported it); the thresholds crossed."""
+    from .runner import estimate_usage
+
+    reservation = completion.budget_reservation
+    budget = Budget.parse(_budget_fields(reservation))
+    assert budget is not None
+    usage = estimate_usage(completion.messages, completion.text, {"input_tokens": 0, "output_tokens": 0})
+    try:
+        used = amount_for(budget, completion.model_id, usage)
+    except BudgetUnpriced:
+        used = reservation["reserved"]
+    return _settle(completion.user_id, budget, datetime.fromisoformat(reservation["start"]), used,
+                   reservation["reserved"])
+
+
+#: The longest a calendar period lasts (a day with a DST change, a month).
+_LONGEST = {"day": timedelta(hours=25), "month": timedelta(days=31)}
+
+
+def prune_usage(now: datetime, grace: timedelta, *, using: str | None = None, dry_run: bool = False) -> int:
+    """Delete the :class:`~.models.BudgetUsage` rows that no reservation can count any more: periods
+    that ended, buckets that left their rolling window. A row that still holds a reservation (a
+    stream started in that period and still running) is kept ``grace`` longer. The rows deleted
+    (or, with ``dry_run``, that would be)."""
+    alias = using or router.db_for_write(BudgetUsage)
+    rows = BudgetUsage.objects.using(alias)
+    count = 0
+    for period in rows.values_list("period", flat=True).distinct():
+        try:
+            budget = Budget(tokens=0, period=period)
+        except ImproperlyConfigured:  # not a period this version knows: leave it alone
+            continue
+        ended = now - (budget.rolling or _LONGEST[period])
+        expired = rows.filter(period=period, period_start__lt=ended).filter(
+            Q(reserved__lte=0) | Q(period_start__lt=ended - grace))
+        count += expired.count() if dry_run else expired.delete()[0]
+    return count
 
 
 def _budget_fields(reservation: Mapping[str, Any]) -> dict[str, Any]:
@@ -430,6 +644,9 @@ __all__ = [
     "amount_for",
     "budget_for",
     "estimate_input_tokens",
+    "prune_usage",
     "reserve",
+    "reserve_for",
     "settle",
+    "settle_reaped",
 ]

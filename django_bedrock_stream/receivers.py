@@ -1,7 +1,9 @@
 """The built-in receivers that persist :class:`~django_bedrock_stream.models.Completion` rows.
 
 Connected in ``AppConfig.ready()``. Two writes per stream: an INSERT when it starts and one UPDATE
-when it ends, so a crash mid-stream leaves a ``streaming`` row for ``bedrock_reap`` to settle.
+when it ends, so a crash mid-stream leaves a ``streaming`` row for ``bedrock_reap`` to settle. With a
+budget on PostgreSQL, the reservation rides in the INSERT and the settlement in the UPDATE, one
+statement each (:mod:`~.budgets`), so a budget adds no round trip.
 
 Both writes survive a connection that died while the stream ran (a database restart, PostgreSQL's
 ``idle_session_timeout``, a proxy cutting idle connections): they reconnect and retry. An INSERT
@@ -16,9 +18,11 @@ import contextlib
 import json
 import logging
 import time
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from django.db import DatabaseError, connections, router
+from django.db.models import signals as model_signals
 
 from . import signals
 from .conf import stream_settings
@@ -79,17 +83,19 @@ def connect_budget_settle() -> None:
 def settle_budget(*, sender: type, completion: Completion, **kwargs: Any) -> None:
     """Trade the stream's budget reservation for its real usage (exactly once: ``stream_finished``
     is sent once per stream, whatever happened), and send ``budget_threshold_reached`` for each
-    threshold it crossed. Retried on a fresh connection like the final write."""
+    threshold it crossed. Usually :func:`finish_completion` settled it already, in the final write;
+    otherwise (persistence off, or that write failed) retried on a fresh connection like it."""
     from .budgets import settle
 
     reservation = completion.budget_reservation
     if not reservation:
         return
-    crossed: list[Any] = []
+    crossed: list[Any] | None = completion.__dict__.pop("_budget_crossed", None)
     for delay in (*FINAL_WRITE_BACKOFF, None):
+        if crossed is not None:
+            break
         try:
             crossed = settle(completion)
-            break
         except DatabaseError:
             if delay is None or connections[router.db_for_write(Completion)].in_atomic_block:
                 logger.exception("Could not settle a budget reservation: %s", json.dumps(reservation))
@@ -98,7 +104,7 @@ def settle_budget(*, sender: type, completion: Completion, **kwargs: Any) -> Non
             with contextlib.suppress(DatabaseError):
                 connections[router.db_for_write(Completion)].close()
             time.sleep(delay)
-    for threshold, budget, used in crossed:
+    for threshold, budget, used in crossed or ():
         signals.budget_threshold_reached.send_robust(
             sender, user=completion.user, budget=budget, used=budget.amount(used),
             limit=budget.amount(budget.limit), threshold=threshold,
@@ -106,31 +112,43 @@ def settle_budget(*, sender: type, completion: Completion, **kwargs: Any) -> Non
 
 
 def create_completion(*, completion: Completion, **kwargs: Any) -> None:
+    """The INSERT of the start row (unless the budget reservation inserted it already)."""
     if not stream_settings.PERSIST or completion.pk is not None:
         return
     try:
-        _save_retrying(completion, (0.0,), force_insert=True)
+        _retrying(completion, (0.0,), lambda alias: completion.save(using=alias, force_insert=True))
     except DatabaseError:
         # The view sees ``pk is None`` and answers 503 without calling Bedrock.
         logger.exception("Could not store the start of a Bedrock stream for %s", completion.model_id)
 
 
 def finish_completion(*, completion: Completion, **kwargs: Any) -> None:
+    """The final UPDATE of the row, with the budget settlement folded in when the stream reserved."""
     if not stream_settings.PERSIST or completion.pk is None:
         return
     try:
-        _save_retrying(completion, FINAL_WRITE_BACKOFF, update_fields=FINAL_FIELDS)
+        _retrying(completion, FINAL_WRITE_BACKOFF, lambda alias: _final_write(completion, alias))
     except DatabaseError:
         logger.exception("%s %s", UNSAVED_MARKER, json.dumps(completion_record(completion), ensure_ascii=True))
 
 
-def _save_retrying(completion: Completion, backoff: tuple[float, ...], **save_kwargs: Any) -> None:
-    """``completion.save(**save_kwargs)``; after a database error, wait each delay of ``backoff`` in
-    turn and try again on a fresh connection (a dead connection is what usually failed)."""
+def _final_write(completion: Completion, alias: str) -> None:
+    from .budgets import settle
+
+    if completion.budget_reservation and not getattr(completion, "budget_settled", False):
+        # settle_budget (the next receiver) sends the threshold signals.
+        completion.__dict__["_budget_crossed"] = settle(completion, save=FINAL_FIELDS)
+    else:
+        completion.save(using=alias, update_fields=FINAL_FIELDS)
+
+
+def _retrying(completion: Completion, backoff: tuple[float, ...], write: Callable[[str], None]) -> None:
+    """``write(alias)``; after a database error, wait each delay of ``backoff`` in turn and try again
+    on a fresh connection (a dead connection is what usually failed)."""
     alias = router.db_for_write(Completion, instance=completion)
     for attempt in range(len(backoff) + 1):
         try:
-            completion.save(using=alias, **save_kwargs)
+            write(alias)
             return
         except DatabaseError:
             connection = connections[alias]
@@ -140,6 +158,40 @@ def _save_retrying(completion: Completion, backoff: tuple[float, ...], **save_kw
             with contextlib.suppress(DatabaseError):
                 connection.close()
             time.sleep(backoff[attempt])
+
+
+# -- the SQL of the two writes, for budgets.py to fold its statements into (PostgreSQL) ------------------
+def raw_writes_allowed() -> bool:
+    """Whether the writes may skip ``Model.save()``: only while nothing listens to its
+    ``pre_save`` / ``post_save`` (a raw statement would not send them)."""
+    return not (model_signals.pre_save.has_listeners(Completion) or model_signals.post_save.has_listeners(Completion))
+
+
+def insert_parts(completion: Completion, alias: str) -> tuple[str, str, list[Any]]:
+    """``INSERT INTO <table> (<columns>)``, the typed placeholders of its values (for an ``INSERT …
+    SELECT``) and their parameters: what ``save(force_insert=True)`` would write."""
+    connection = connections[alias]
+    meta, quote = Completion._meta, connection.ops.quote_name
+    fields = [f for f in meta.local_concrete_fields if f is not meta.auto_field and not getattr(f, "generated", False)]
+    params = [f.get_db_prep_save(f.pre_save(completion, True), connection=connection) for f in fields]
+    head = f"INSERT INTO {quote(meta.db_table)} ({', '.join(quote(str(f.column)) for f in fields)})"
+    return head, ", ".join(f"%s::{f.db_type(connection)}" for f in fields), params
+
+
+def inserted(completion: Completion, alias: str, pk: Any) -> None:
+    """Mark ``completion`` saved as ``pk`` (what ``save()`` does after its INSERT)."""
+    completion.pk = pk
+    completion._state.adding, completion._state.db = False, alias
+
+
+def update_parts(completion: Completion, fields: Sequence[str], alias: str) -> tuple[str, list[Any]]:
+    """The ``UPDATE`` that ``save(update_fields=fields)`` would run, and its parameters."""
+    connection = connections[alias]
+    meta, quote = Completion._meta, connection.ops.quote_name
+    concrete = [meta.get_field(name) for name in fields]
+    sets = ", ".join(f"{quote(str(f.column))} = %s" for f in concrete)
+    params = [f.get_db_prep_save(f.pre_save(completion, False), connection=connection) for f in concrete]
+    return f"UPDATE {quote(meta.db_table)} SET {sets} WHERE {quote(str(meta.pk.column))} = %s", [*params, completion.pk]
 
 
 def completion_record(completion: Completion) -> dict[str, Any]:

@@ -43,7 +43,7 @@ from django.views import View
 from django.views.decorators.csrf import csrf_exempt
 
 from .access import AccessMixin, stream_permission_classes
-from .budgets import Budget, BudgetRefused, budget_for, reserve, step_reserver
+from .budgets import Budget, BudgetRefused, budget_for, reserve, reserve_for, step_reserver
 from .callbacks import StreamCallbacks
 from .conf import stream_settings
 from .exceptions import BedrockStreamError, StorageUnavailable
@@ -212,32 +212,34 @@ class BedrockStreamMixin:
     # -- the flow -------------------------------------------------------------------------------
     async def handle_async(self, request: HttpRequest) -> HttpResponseBase:
         """The ASGI path: nothing here blocks the event loop or holds Django's shared thread
-        while Bedrock works (only the access checks, which may query the database, hop to it)."""
+        while Bedrock works. The start is one hop to the request's thread (the access checks, which
+        may query the database, the budget reservation and the INSERT of ``stream_started``); the end
+        is one more (``stream_finished``)."""
         try:
             if self._access_check_is_io_free(request) and request_size(request) <= PREPARE_ON_LOOP_MAX_BYTES:
                 self.check_access(request)  # provably no database or cache: skip the thread hop
                 self.prepare(request)
+                completion = self.new_completion(request)
+                await sync_to_async(self.start)(request, completion)
             else:
                 # The access checks may query the database, and validating a large body is CPU work
-                # that would freeze every other stream of this worker: both go to the request's thread.
-                await sync_to_async(self._check_and_prepare)(request)
+                # that would freeze every other stream of this worker: all of it goes to the request's
+                # thread, with the reservation and the INSERT, in one hop.
+                completion = await sync_to_async(self._check_and_start)(request)
         except RequestRejected as rejection:
             return self.reject(rejection)
-        completion = self.new_completion(request)
+        except (BudgetRefused, StorageUnavailable) as refusal:  # by reserve_budget: nothing started, no signals
+            return self.error_response(refusal)
+        except asyncio.CancelledError:
+            # The client left during the start hop, which runs on regardless: once it is over (the
+            # request's thread runs one thing at a time), settle what it started.
+            await asyncio.shield(sync_to_async(self._cancel_start)(request))
+            raise
         # Settles the row when no stream starts: Bedrock refused, or the client left first.
         empty = BedrockStream([], self.family.parse_event)
         unstarted = self.make_runner(request, empty, completion, time.monotonic())
         failure: BedrockStreamError | None = None
         try:
-            # Under ASGI each request runs its sync code (the INSERT of stream_started) on a thread of
-            # its own, with a database connection of its own: give it back right after, rather than
-            # hold it for the whole stream (300 open streams would hold 300 connections; PostgreSQL
-            # allows 100). With only sync receivers, both happen in one hop to that thread.
-            started = {"request": request, "model_id": completion.model_id, "completion": completion}
-            if self._budget_may_apply(completion):  # the reservation and the INSERT in one hop
-                await sync_to_async(self._reserve_and_start)(request, completion)
-            else:
-                await asend_all([(stream_started, started)], type(self), then=release_connections)
             if not self.start_was_stored(completion):
                 failure = StorageUnavailable(model_id=completion.model_id)
                 await asyncio.shield(unstarted._end_async(Completion.Status.FAILED, failure))
@@ -250,8 +252,6 @@ class BedrockStreamMixin:
             # upstream call is abandoned (see open_stream_async). Settle the row, then re-raise.
             await asyncio.shield(unstarted._end_async(Completion.Status.CANCELLED, None))
             raise
-        except (BudgetRefused, StorageUnavailable) as refusal:  # by reserve_budget: nothing started, no signals
-            failure = refusal
         except Exception as err:
             failure = upstream_error(err, completion.model_id)
             await asyncio.shield(unstarted._end_async(Completion.Status.FAILED, failure))
@@ -270,14 +270,10 @@ class BedrockStreamMixin:
         except RequestRejected as rejection:
             return self.reject(rejection)
         completion = self.new_completion(request)
-        if self._budget_may_apply(completion):
-            try:
-                self.reserve_budget(request, completion)
-            except (BudgetRefused, StorageUnavailable) as refusal:
-                release_connections()
-                return self.error_response(refusal)
-        send(stream_started, type(self), request=request, model_id=completion.model_id, completion=completion)
-        release_connections()  # as under ASGI: no connection held for the length of the stream
+        try:
+            self.start(request, completion)
+        except (BudgetRefused, StorageUnavailable) as refusal:
+            return self.error_response(refusal)
         started_at = time.monotonic()
         unstarted = self.make_runner(request, BedrockStream([], self.family.parse_event), completion, started_at)
         if not self.start_was_stored(completion):
@@ -295,9 +291,39 @@ class BedrockStreamMixin:
         runner = self.make_runner(request, stream, completion, started_at)
         return self.make_response(SyncBody(runner), runner)
 
-    def _check_and_prepare(self, request: HttpRequest) -> None:
+    def _check_and_start(self, request: HttpRequest) -> Completion:
+        """ASGI, in one hop: the access checks, :meth:`prepare` and :meth:`start`."""
         self.check_access(request)
         self.prepare(request)
+        completion = self.new_completion(request)
+        self.start(request, completion)
+        return completion
+
+    def start(self, request: HttpRequest, completion: Completion) -> None:
+        """Should not need overriding: reserve the budget (when one may apply) and send
+        ``stream_started`` (whose receiver INSERTs the row, unless the reservation did), then give
+        back this thread's connections: none is held for the length of the stream."""
+        try:
+            if self._budget_may_apply(completion):
+                self.reserve_budget(request, completion)
+            send(stream_started, type(self), request=request, model_id=completion.model_id, completion=completion)
+            self._started = completion
+        finally:
+            release_connections()
+
+    #: The completion :meth:`start` started (for :meth:`_cancel_start`).
+    _started: Completion | None = None
+
+    def _cancel_start(self, request: HttpRequest) -> None:
+        """Settle as cancelled what a start hop whose client left started (runs after that hop)."""
+        completion = self._started
+        if completion is not None:
+            empty = BedrockStream([], self.family.parse_event)
+            try:
+                self.make_runner(request, empty, completion, time.monotonic())._end_sync(
+                    Completion.Status.CANCELLED, None)
+            finally:
+                release_connections()
 
     def _budget_may_apply(self, completion: Completion) -> bool:
         """No I/O: a signed-in user, and budgets configured or this view has its own."""
@@ -310,27 +336,25 @@ class BedrockStreamMixin:
     def reserve_budget(self, request: HttpRequest, completion: Completion) -> None:
         """Should not need overriding: reserve ``max_tokens`` plus the input's estimate against the
         user's budget (:meth:`get_budget`) before Bedrock is called, on ``completion`` (settled by the
-        ``stream_finished`` receiver). Raises :class:`~.budgets.BudgetExceeded` (429), or
-        :class:`~.exceptions.StorageUnavailable` (503) when the database cannot say."""
+        ``stream_finished`` receivers; with ``PERSIST``, usually INSERTed with the reservation). Raises
+        :class:`~.budgets.BudgetExceeded` (429), or :class:`~.exceptions.StorageUnavailable` (503)
+        when the database cannot say."""
+        insert = completion if stream_settings.PERSIST and completion.pk is None else None
+        args = (self.resolved_model_id, self.body, self.get_max_tokens())
         try:
-            budget = Budget.parse(self.get_budget(request), f"{type(self).__name__}.get_budget()")
-            if budget is None:
-                return
-            completion.budget_reservation = reserve(
-                completion.user_id, budget, self.resolved_model_id, self.body, self.get_max_tokens()
-            )
+            if type(self).get_budget is BedrockStreamMixin.get_budget:  # the default: no row read per request
+                budgets = self.budgets if self.budgets is not None else stream_settings.BUDGETS
+                reservation = reserve_for(request.user, budgets, *args, insert=insert)
+            else:
+                budget = Budget.parse(self.get_budget(request), f"{type(self).__name__}.get_budget()")
+                reservation = None if budget is None else reserve(completion.user_id, budget, *args, insert=insert)
         except DatabaseError:
             logger.exception("Could not check the budget of a Bedrock stream for %s", completion.model_id)
             raise StorageUnavailable(model_id=completion.model_id) from None
+        if reservation is None:
+            return
+        completion.budget_reservation = reservation
         connect_budget_settle()
-
-    def _reserve_and_start(self, request: HttpRequest, completion: Completion) -> None:
-        """ASGI: :meth:`reserve_budget` and ``stream_started`` (the INSERT) in one thread hop."""
-        try:
-            self.reserve_budget(request, completion)
-            send(stream_started, type(self), request=request, model_id=completion.model_id, completion=completion)
-        finally:
-            release_connections()
 
     def start_was_stored(self, completion: Completion) -> bool:
         """Should not need overriding: False when persistence is on but the start row could not be

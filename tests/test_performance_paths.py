@@ -4,9 +4,12 @@ when it provably does no I/O (here with the ORM's async guard on: a query would 
 
 from __future__ import annotations
 
+import json
+import re
 from typing import Any
 
 import django
+import pytest
 from django.test import AsyncRequestFactory, override_settings
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -185,3 +188,132 @@ async def test_asend_all_runs_sync_receivers_and_then_in_one_hop_in_order() -> N
     second.connect(c, weak=False)  # an async receiver: signals go one by one, as asend_robust does
     await asend_all([(first, {}), (second, {})], object, then=lambda: seen.append(("then", 0)))
     assert sorted(name for name, _ in seen) == ["a", "b", "c", "then"] and seen[-1][0] == "then"
+
+
+# -- the round trips of the default configuration (issue 13, item 4) -------------------------------------
+# PERSIST + BUDGETS on, a signed-in user whose period row exists (as after their first request of the day).
+# On PostgreSQL the reservation rides in the INSERT and the settlement in the final UPDATE, one statement
+# each (a CTE); elsewhere they are separate statements in one transaction each. These fail when someone
+# adds a round trip or a thread hop.
+_WRITE = re.compile(r'\b(INSERT INTO|UPDATE|DELETE FROM)\s+"?(\w+)"?')
+_TABLE = re.compile(r'\bFROM\s+"?(\w+)"?')
+BUDGET_RULES = {"ALLOW_ANONYMOUS": True, "BUDGETS": {"default": {"tokens": 100_000, "period": "day"}}}
+
+
+def statements(sqls: list[str]) -> list[str]:
+    """One label per statement sent: ``SELECT <table>``, ``INSERT <table>``, ``UPDATE <table>``; a
+    statement with data-modifying CTEs names each write, the main one first (``INSERT a + UPDATE b``)."""
+    out = []
+    for sql in sqls:
+        verb = sql.split()[0].upper()
+        if verb in ("SAVEPOINT", "RELEASE", "BEGIN", "COMMIT"):
+            continue
+        if verb == "SELECT":
+            table = _TABLE.search(sql)
+            out.append(f"SELECT {table.group(1) if table else '-'}")
+            continue
+        writes = [f"{kind.split()[0]} {table}" for kind, table in _WRITE.findall(sql)]
+        out.append(" + ".join(reversed(writes)) if verb == "WITH" else writes[0])
+    return out
+
+
+def expected_writes() -> list[str]:
+    from django.db import connection
+
+    completion, usage = "django_bedrock_stream_completion", "django_bedrock_stream_budgetusage"
+    if connection.vendor == "postgresql":
+        return [f"INSERT {completion} + UPDATE {usage}", f"UPDATE {completion} + UPDATE {usage}"]
+    return [f"UPDATE {usage}", f"INSERT {completion}", f"UPDATE {usage}", f"UPDATE {completion}"]
+
+
+def budget_user() -> Any:
+    from django.contrib.auth.models import User
+    from django.utils import timezone
+
+    from django_bedrock_stream.budgets import Budget
+    from django_bedrock_stream.models import BudgetUsage
+
+    user = User.objects.create_user("perf")
+    budget = Budget(tokens=100_000)
+    BudgetUsage.objects.create(user=user, unit="tokens", period="day", period_start=budget.bounds(timezone.now())[0])
+    return user
+
+
+def chat_body() -> bytes:
+    return json.dumps({"messages": [{"role": "user", "content": "[[emulator tokens=6]] hello"}],
+                       "max_tokens": 100}).encode()
+
+
+@pytest.mark.django_db
+def test_statements_of_a_plain_completion_under_wsgi(bedrock_emulator: Any) -> None:
+    from django.db import connection
+    from django.test import Client
+    from django.test.utils import CaptureQueriesContext
+
+    from django_bedrock_stream.models import BudgetUsage, Completion
+
+    client = Client()
+    client.force_login(budget_user())
+    with override_settings(BEDROCK_STREAM=BUDGET_RULES), CaptureQueriesContext(connection) as queries:
+        response = client.post("/bedrock/llama2/", chat_body(), content_type="application/json")
+        b"".join(response.streaming_content)
+    done = statements([q["sql"] for q in queries.captured_queries])
+    print(f"\nWSGI, a plain completion with a budget ({connection.vendor}): {done}")
+    assert done == ["SELECT django_session", "SELECT auth_user", *expected_writes()]  # access, then the writes
+    row, usage = Completion.objects.get(), BudgetUsage.objects.get()
+    assert row.status == "completed" and row.budget_reservation["reserved"] > 0
+    assert (usage.used, usage.reserved) == (row.input_tokens + row.output_tokens, 0)
+
+
+@pytest.mark.django_db(transaction=True)
+async def test_statements_and_hops_of_a_plain_completion_under_asgi(bedrock_emulator: Any) -> None:
+    """At most two hops to the request's thread: the start (access checks, validation, reservation and
+    INSERT) and the end (``stream_finished``: the final UPDATE with the settlement)."""
+    from unittest import mock
+
+    from asgiref.sync import sync_to_async
+    from django.db import connection
+    from django.db.backends import utils
+    from django.test import AsyncClient
+
+    from django_bedrock_stream.models import BudgetUsage, Completion
+
+    user = await sync_to_async(budget_user)()
+    client = AsyncClient()
+    await sync_to_async(client.force_login)(user)
+    hops: list[str] = []
+    sqls: list[str] = []
+    real_execute = utils.CursorWrapper._execute
+
+    def recording(self: Any, sql: str, *args: Any, **kwargs: Any) -> Any:
+        sqls.append(sql)  # every thread's queries (each ASGI request runs its sync code on its own)
+        return real_execute(self, sql, *args, **kwargs)
+
+    def counting(func: Any, *args: Any, **kwargs: Any) -> Any:
+        hops.append(getattr(func, "__qualname__", repr(func)))
+        return sync_to_async(func, *args, **kwargs)
+
+    with override_settings(BEDROCK_STREAM=BUDGET_RULES), \
+            mock.patch.object(utils.CursorWrapper, "_execute", recording), \
+            mock.patch("django_bedrock_stream.views.sync_to_async", counting), \
+            mock.patch("django_bedrock_stream.runner.sync_to_async", counting):
+        response = await client.post("/bedrock/llama2/", chat_body(), content_type="application/json")
+        async for _ in response.streaming_content:
+            pass
+    done = statements(sqls)
+    print(f"\nASGI, a plain completion with a budget ({connection.vendor}): {done}; thread hops: {hops}")
+    assert [q for q in done if not q.startswith("SELECT")] == expected_writes()
+    assert [q for q in done if q.startswith("SELECT")] == ["SELECT django_session", "SELECT auth_user"]
+    assert hops == ["BedrockStreamMixin._check_and_start", "asend_all.<locals>.run"]
+    row = await Completion.objects.aget()
+    usage = await BudgetUsage.objects.aget()
+    assert row.status == "completed" and (usage.used, usage.reserved) == (row.input_tokens + row.output_tokens, 0)
+
+
+def test_performance_paths_on_postgresql() -> None:
+    """On SQLite: run this module on PostgreSQL in a subprocess (skipped when PostgreSQL is unreachable)."""
+    from tests.postgres import on_postgresql, run_on_postgresql
+
+    if on_postgresql():
+        pytest.skip("this run is on PostgreSQL: the tests of this module run in it directly")
+    run_on_postgresql("tests/test_performance_paths.py", "perf_paths")

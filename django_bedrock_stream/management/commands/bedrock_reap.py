@@ -5,8 +5,12 @@ process is killed in between (OOM, deploy, ``SIGKILL``), nothing ends it: the ro
 ``streaming`` forever. Run this command from cron (or a periodic task) with a threshold longer than
 your longest legitimate stream; every ``streaming`` row created before the threshold becomes
 ``failed`` (or ``cancelled`` with ``--status cancelled``) with ``error_code="Reaped"``, in one
-``UPDATE``. With ``RESUMABLE`` on, it also deletes the Redis streams whose runner is gone (no end
-marker, and no longer their chat's running stream) rather than leave them to their TTL.
+``UPDATE``; a reaped row that holds a budget reservation is settled like a failed stream (counted at
+an estimate of its input and of the text stored; ``budget_threshold_reached`` is sent for a crossing).
+It also deletes the ``BudgetUsage`` rows of budget periods that ended (rolling-window buckets that
+left their window; a row still holding a reservation is kept ``--older-than`` longer). With
+``RESUMABLE`` on, it also deletes the Redis streams whose runner is gone (no end marker, and no longer
+their chat's running stream) rather than leave them to their TTL.
 """
 
 from __future__ import annotations
@@ -20,7 +24,8 @@ from django.core.management.base import BaseCommand, CommandError, CommandParser
 from django.db import DEFAULT_DB_ALIAS
 from django.utils import timezone
 
-from django_bedrock_stream import resumable
+from django_bedrock_stream import resumable, signals
+from django_bedrock_stream.budgets import prune_usage, settle_reaped
 from django_bedrock_stream.models import Completion
 
 REAPED_CODE = "Reaped"
@@ -71,13 +76,33 @@ class Command(BaseCommand):
             status=Completion.Status.STREAMING, created_at__lt=now - age
         )
         status = options["status"]
+        database = options["database"]
         if options["dry_run"]:
             count = stale.count()
             age_text = options["older_than"]
             self.stdout.write(f"Would reap {count} streaming completion(s) older than {age_text} (as {status}).")
+            pruned = prune_usage(now, age, using=database, dry_run=True)
+            self.stdout.write(f"Would delete {pruned} budget usage row(s) of ended periods.")
             return
-        count = stale.update(status=status, error=REAPED_MESSAGE, error_code=REAPED_CODE, finished_at=now)
-        self.stdout.write(f"Reaped {count} streaming completion(s) older than {options['older_than']} (as {status}).")
+        reaped = {"status": status, "error": REAPED_MESSAGE, "error_code": REAPED_CODE, "finished_at": now}
+        count = stale.filter(budget_reservation__isnull=True).update(**reaped)
+        released = 0
+        fields = ("user_id", "model_id", "messages", "text", "budget_reservation")
+        for row in list(stale.filter(budget_reservation__isnull=False).only(*fields)):
+            # One by one, so that a row whose stream ended meanwhile is neither reaped nor settled twice.
+            if Completion.objects.using(database).filter(pk=row.pk, status=Completion.Status.STREAMING).update(
+                    **reaped):
+                count += 1
+                for threshold, budget, used in settle_reaped(row):
+                    signals.budget_threshold_reached.send_robust(
+                        type(self), user=row.user, budget=budget, used=budget.amount(used),
+                        limit=budget.amount(budget.limit), threshold=threshold,
+                    )
+                released += 1
+        self.stdout.write(f"Reaped {count} streaming completion(s) older than {options['older_than']} (as {status}); "
+                          f"released the budget reservations of {released}.")
+        pruned = prune_usage(now, age, using=database)
+        self.stdout.write(f"Deleted {pruned} budget usage row(s) of ended periods.")
         store = resumable.get_store()
         if store is not None:
             try:
