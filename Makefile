@@ -14,7 +14,7 @@ BIN := $(VENV)/bin
 PY := $(BIN)/python
 STAMP := $(VENV)/.installed
 
-.PHONY: demo demo-asgi test test-postgres test-matrix test-oldest test-newest venv-matrix lint bench venv
+.PHONY: demo demo-asgi test test-postgres test-matrix test-oldest test-newest venv-matrix js lint bench venv
 
 # (Re)install when the package metadata changes; otherwise a no-op.
 $(STAMP): setup.cfg pyproject.toml
@@ -26,6 +26,8 @@ venv: $(STAMP)
 
 # The AI SDK client tests (tests/js) need node + npm; without them those tests are skipped.
 JS_STAMP := $(if $(wildcard tests/js/package-lock.json),tests/js/node_modules/.installed)
+
+js: $(JS_STAMP)
 
 tests/js/node_modules/.installed: tests/js/package.json tests/js/package-lock.json
 	@if command -v npm >/dev/null 2>&1; then \
