@@ -11,12 +11,14 @@ ends, linked to its :class:`~.models.Completion`.
 
 from __future__ import annotations
 
+import json
+import logging
 import re
 import uuid
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from django.db import IntegrityError, transaction
+from django.db import DatabaseError, IntegrityError, transaction
 from django.db.models import Max, QuerySet
 from django.http import HttpRequest, HttpResponse, JsonResponse
 from django.http.response import HttpResponseBase
@@ -32,6 +34,7 @@ from .families import ConverseFamily
 from .models import Chat, ChatMessage, Completion
 from .parsing import RequestRejected, read_request_data
 from .protocols import ui_message_metadata, ui_source_chunk
+from .receivers import FINAL_WRITE_BACKOFF, retrying_write
 from .runner import COMPLETED, StreamRunner, release_connections
 from .serializers import load_json_body
 from .signals import stream_finished, stream_started
@@ -52,6 +55,10 @@ __all__ = [
 CHAT_ID = re.compile(r"[A-Za-z0-9_-]{1,64}")
 #: Longest chat title (PATCH).
 TITLE_MAX = 200
+#: Starts the ERROR line that carries an assistant message the database would not take (JSON after it).
+UNSAVED_MESSAGE_MARKER = "bedrock_stream.unsaved_chat_message"
+
+logger = logging.getLogger("django_bedrock_stream")
 
 
 def new_message_id() -> str:
@@ -220,7 +227,22 @@ class ChatTurn:
         return 0 if last is None else last + 1
 
     def store_end(self, completion: Completion, status: str) -> None:
-        if self.chat is None or not Chat.objects.filter(pk=self.chat.pk).exists():  # never stored, or deleted
+        """The assistant message, written like the completion's final UPDATE: retried on a fresh
+        connection, and if the database stays away, logged whole (:data:`UNSAVED_MESSAGE_MARKER`)
+        so the answer can be recovered, never silently lost."""
+        if self.chat is None:  # never stored
+            return
+        message = ChatMessage(id=self.message_id, chat=self.chat)
+        try:
+            retrying_write(message, FINAL_WRITE_BACKOFF, lambda alias: self._write_end(completion, status))
+        except DatabaseError:
+            record = {"chat": self.chat.pk, "id": self.continued or self.message_id, "status": status,
+                      "parts": self.builder.parts, "metadata": self.metadata, "completion": completion.pk}
+            logger.exception("%s %s", UNSAVED_MESSAGE_MARKER, json.dumps(record, ensure_ascii=True, default=str))
+
+    def _write_end(self, completion: Completion, status: str) -> None:
+        assert self.chat is not None
+        if not Chat.objects.filter(pk=self.chat.pk).exists():  # deleted meanwhile
             return
         fields = {
             "parts": self.builder.parts,

@@ -22,6 +22,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from django.db import DatabaseError, connections, router
+from django.db.models import Model
 from django.db.models import signals as model_signals
 
 from . import signals
@@ -116,7 +117,7 @@ def create_completion(*, completion: Completion, **kwargs: Any) -> None:
     if not stream_settings.PERSIST or completion.pk is not None:
         return
     try:
-        _retrying(completion, (0.0,), lambda alias: completion.save(using=alias, force_insert=True))
+        retrying_write(completion, (0.0,), lambda alias: completion.save(using=alias, force_insert=True))
     except DatabaseError:
         # The view sees ``pk is None`` and answers 503 without calling Bedrock.
         logger.exception("Could not store the start of a Bedrock stream for %s", completion.model_id)
@@ -127,7 +128,7 @@ def finish_completion(*, completion: Completion, **kwargs: Any) -> None:
     if not stream_settings.PERSIST or completion.pk is None:
         return
     try:
-        _retrying(completion, FINAL_WRITE_BACKOFF, lambda alias: _final_write(completion, alias))
+        retrying_write(completion, FINAL_WRITE_BACKOFF, lambda alias: _final_write(completion, alias))
     except DatabaseError:
         logger.exception("%s %s", UNSAVED_MARKER, json.dumps(completion_record(completion), ensure_ascii=True))
 
@@ -142,10 +143,11 @@ def _final_write(completion: Completion, alias: str) -> None:
         completion.save(using=alias, update_fields=FINAL_FIELDS)
 
 
-def _retrying(completion: Completion, backoff: tuple[float, ...], write: Callable[[str], None]) -> None:
-    """``write(alias)``; after a database error, wait each delay of ``backoff`` in turn and try again
-    on a fresh connection (a dead connection is what usually failed)."""
-    alias = router.db_for_write(Completion, instance=completion)
+def retrying_write(instance: Model, backoff: tuple[float, ...], write: Callable[[str], None]) -> None:
+    """``write(alias)`` (the database ``instance`` is written to); after a database error, wait each
+    delay of ``backoff`` in turn and try again on a fresh connection (a dead connection is what
+    usually failed)."""
+    alias = router.db_for_write(type(instance), instance=instance)
     for attempt in range(len(backoff) + 1):
         try:
             write(alias)
@@ -154,7 +156,7 @@ def _retrying(completion: Completion, backoff: tuple[float, ...], write: Callabl
             connection = connections[alias]
             if attempt == len(backoff) or connection.in_atomic_block:  # no reconnecting mid-transaction
                 raise
-            logger.warning("Retrying a Completion write after a database error", exc_info=True)
+            logger.warning("Retrying a %s write after a database error", type(instance).__name__, exc_info=True)
             with contextlib.suppress(DatabaseError):
                 connection.close()
             time.sleep(backoff[attempt])

@@ -125,6 +125,52 @@ def test_a_chat_is_stored_and_its_messages_equal_what_streamed(bedrock_emulator:
                                      "metadata": streamed["metadata"]}
 
 
+def failing_message_inserts(times: int) -> Any:
+    """An ``execute_wrapper`` failing the next ``times`` INSERTs of a chat message as a database gone away."""
+    from django.db import OperationalError
+
+    left = {"n": times}
+
+    def wrapper(execute: Any, sql: str, params: Any, many: bool, context: Any) -> Any:
+        if sql.startswith('INSERT INTO "django_bedrock_stream_chatmessage"') and left["n"] > 0:
+            left["n"] -= 1
+            raise OperationalError("server closed the connection unexpectedly")
+        return execute(sql, params, many, context)
+
+    return wrapper
+
+
+def test_the_answer_is_stored_when_the_database_comes_back_at_the_end(
+    bedrock_emulator: Any, alice: Any, caplog: Any
+) -> None:
+    from django.db import connection
+
+    client = login(alice)
+    response = post_chat(client, {"id": "chat-db", "message": user_message("[[emulator tokens=5]] Hi")})
+    with connection.execute_wrapper(failing_message_inserts(1)):  # the end's write fails once
+        streamed = as_message(ui_chunks(read(response)))
+    answer = ChatMessage.objects.get(chat_id="chat-db", role="assistant")
+    assert answer.id == streamed["id"] and answer.parts == streamed["parts"] and answer.status == "completed"
+    assert "Retrying a ChatMessage write" in caplog.text
+
+
+def test_an_answer_the_database_never_takes_is_logged_whole(bedrock_emulator: Any, alice: Any, caplog: Any) -> None:
+    from django.db import connection
+
+    from django_bedrock_stream.chats import UNSAVED_MESSAGE_MARKER
+
+    client = login(alice)
+    response = post_chat(client, {"id": "chat-down", "message": user_message("[[emulator tokens=5]] Hi")})
+    with connection.execute_wrapper(failing_message_inserts(99)):
+        streamed = as_message(ui_chunks(read(response)))
+    assert not ChatMessage.objects.filter(chat_id="chat-down", role="assistant").exists()
+    line = next(r for r in caplog.records if r.getMessage().startswith(UNSAVED_MESSAGE_MARKER))
+    assert line.levelname == "ERROR"
+    record = json.loads(line.getMessage()[len(UNSAVED_MESSAGE_MARKER) + 1 :])
+    assert (record["chat"], record["id"], record["status"]) == ("chat-down", streamed["id"], "completed")
+    assert record["parts"] == streamed["parts"] and record["completion"] == Completion.objects.get().pk
+
+
 def test_the_next_turn_reads_the_history_from_the_database(bedrock_emulator: Any, alice: Any) -> None:
     client = login(alice)
     read(post_chat(client, {"id": "c2", "message": user_message("[[emulator tokens=3]] first")}))
