@@ -297,7 +297,7 @@ def _row_guard(user_id: Any, budget: Budget | None) -> Q:
     this budget."""
     rows = UserBudget.objects.filter(user_id=user_id)
     if budget is None:
-        return ~Exists(rows)
+        return ~Q(Exists(rows))
     return Q(Exists(rows.filter(tokens=budget.tokens, cost=budget.cost, period=budget.period)))
 
 
@@ -412,6 +412,7 @@ def _reserve_once(
 def _update_sql(rows: QuerySet[Any], alias: str, **values: Any) -> tuple[str, list[Any]]:
     """The SQL of ``rows.update(**values)``, to run inside another statement."""
     query = rows.query.chain(UpdateQuery)
+    assert isinstance(query, UpdateQuery)
     query.add_update_values(values)
     sql, params = query.get_compiler(alias).as_sql()
     return sql, list(params)

@@ -204,8 +204,11 @@ class ChatTurn:
         self.message_id = ""
         #: The assistant message's metadata, set when the stream settles.
         self.metadata: dict[str, Any] = {}
+        #: Whether the chat and the request's messages were stored (``stream_started``): else no answer.
+        self.stored = False
 
     def store_start(self) -> None:
+        self.stored = False
         with transaction.atomic():
             if self.chat is None:
                 title = next((_text_of(m)[:TITLE_MAX] for m in self.new_messages if m["role"] == "user"), "")
@@ -221,6 +224,7 @@ class ChatTurn:
                     id=message["id"], chat=self.chat, role=message["role"], parts=message["parts"],
                     metadata=message.get("metadata") or {}, position=position + offset,
                 )
+        self.stored = True
 
     def _next_position(self) -> int:
         last = ChatMessage.objects.filter(chat=self.chat).aggregate(last=Max("position"))["last"]
@@ -230,7 +234,7 @@ class ChatTurn:
         """The assistant message, written like the completion's final UPDATE: retried on a fresh
         connection, and if the database stays away, logged whole (:data:`UNSAVED_MESSAGE_MARKER`)
         so the answer can be recovered, never silently lost."""
-        if self.chat is None:  # never stored
+        if self.chat is None or not self.stored:  # the turn was never stored (503 before Bedrock)
             return
         message = ChatMessage(id=self.message_id, chat=self.chat)
         try:
@@ -433,6 +437,11 @@ class ChatStreamView(BedrockStreamView):
         self.turn.message_id = self.protocol.message_id
         completion._bedrock_chat_turn = self.turn  # type: ignore[attr-defined]  # for the receivers above
         return completion
+
+    def start_was_stored(self, completion: Completion) -> bool:
+        """The chat turn (the chat and the new message) is a precondition like the start row: without
+        it the answer could not be kept, so the view answers 503 before Bedrock is called."""
+        return super().start_was_stored(completion) and self.turn.stored
 
     def make_runner(self, request: HttpRequest, stream: Any, completion: Completion, started_at: float) -> StreamRunner:
         return ChatRunner(

@@ -22,7 +22,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from django.db import DatabaseError, connections, router
-from django.db.models import Model
+from django.db.models import Field, Model
 from django.db.models import signals as model_signals
 
 from . import signals
@@ -190,7 +190,11 @@ def update_parts(completion: Completion, fields: Sequence[str], alias: str) -> t
     """The ``UPDATE`` that ``save(update_fields=fields)`` would run, and its parameters."""
     connection = connections[alias]
     meta, quote = Completion._meta, connection.ops.quote_name
-    concrete = [meta.get_field(name) for name in fields]
+    concrete: list[Field[Any, Any]] = []
+    for name in fields:
+        field = meta.get_field(name)
+        assert isinstance(field, Field), name  # a column of the row, not a reverse relation
+        concrete.append(field)
     sets = ", ".join(f"{quote(str(f.column))} = %s" for f in concrete)
     params = [f.get_db_prep_save(f.pre_save(completion, False), connection=connection) for f in concrete]
     return f"UPDATE {quote(meta.db_table)} SET {sets} WHERE {quote(str(meta.pk.column))} = %s", [*params, completion.pk]

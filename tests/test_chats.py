@@ -171,6 +171,20 @@ def test_an_answer_the_database_never_takes_is_logged_whole(bedrock_emulator: An
     assert record["parts"] == streamed["parts"] and record["completion"] == Completion.objects.get().pk
 
 
+def test_a_turn_the_database_will_not_take_is_a_503_before_bedrock(bedrock_emulator: Any, alice: Any) -> None:
+    from django.db import connection
+
+    client = login(alice)
+    calls = len(bedrock_emulator.requests)
+    with connection.execute_wrapper(failing_message_inserts(99)):  # the question cannot be stored
+        response = post_chat(client, {"id": "chat-503", "message": user_message("[[emulator tokens=5]] Hi")})
+    assert response.status_code == 503 and response["Retry-After"] == "1"
+    assert response.json()["error"]["type"] == "storage_unavailable"
+    assert len(bedrock_emulator.requests) == calls  # nothing billed
+    assert not ChatMessage.objects.filter(chat_id="chat-503").exists()
+    assert Completion.objects.get().status == "failed"
+
+
 def test_the_next_turn_reads_the_history_from_the_database(bedrock_emulator: Any, alice: Any) -> None:
     client = login(alice)
     read(post_chat(client, {"id": "c2", "message": user_message("[[emulator tokens=3]] first")}))
