@@ -35,7 +35,7 @@ from django_bedrock_stream.budgets import Budget, BudgetExceeded
 from django_bedrock_stream.models import BudgetUsage, Completion, UserBudget
 from django_bedrock_stream.tools import tool
 from django_bedrock_stream.views import ConverseStreamView, Llama2StreamView
-from tests.postgres import on_postgresql, run_on_postgresql
+from tests.postgres import on_postgresql, run_on_postgresql, skip_unless_writers_wait
 from tests.servers import UvicornThread
 from tests.test_reliability import (  # noqa: F401 - uvicorn_server is a fixture
     Recorder,
@@ -637,12 +637,9 @@ def test_budgets_on_postgresql() -> None:
 def test_concurrent_reservations_never_overspend_at_the_database(period: str) -> None:
     """Twenty threads reserving at once against room for five, straight at the store (a rolling
     window once let eleven through on PostgreSQL: a row lock did not serialize the sum)."""
-    from django.db import connection, connections
+    from django.db import connections
 
-    if connection.vendor == "sqlite" and connection.is_in_memory_db():
-        # Writers that wait (PostgreSQL; a SQLite file's busy timeout) are what this checks: on the
-        # in-memory test database a concurrent writer fails at once ("database table is locked").
-        pytest.skip("concurrent writers on in-memory SQLite fail at once (no busy timeout); runs on PostgreSQL")
+    skip_unless_writers_wait("twenty reservations at once")
     store = budgets
 
     user = User.objects.create_user("race")

@@ -24,6 +24,7 @@ from django.urls import include, path, reverse
 from django_bedrock_stream.chats import ChatStreamView, UIMessageBuilder
 from django_bedrock_stream.client import aclose_clients
 from django_bedrock_stream.models import Chat, ChatMessage, Completion
+from tests.postgres import skip_unless_writers_wait
 from tests.servers import UvicornThread, WSGIThread
 from tests.test_reliability import close_server_connections
 from tests.test_tool_requests import calculator, local_time
@@ -342,28 +343,40 @@ def test_builder_follows_the_ui_protocol_blocks() -> None:
     ]
 
 
+def anonymous_session() -> dict[str, str]:
+    """The cookies of a new stored session (an anonymous visitor's: no CSRF token needed)."""
+    session = SessionStore()
+    session.create()
+    return {settings.SESSION_COOKIE_NAME: str(session.session_key)}
+
+
+def stream_in_background(base: str, chat_id: str, cookies: dict[str, str]) -> tuple[list[bytes], threading.Thread]:
+    """A slow answer of chat ``chat_id`` read on a thread of its own into the returned list; returns
+    once its first text delta arrived (or after 10 s)."""
+    body = {"id": chat_id, "message": user_message("[[emulator tokens=400 delay_ms=50]] go")}
+    chunks: list[bytes] = []
+
+    def stream() -> None:
+        with httpx.stream("POST", f"{base}{CHAT}", json=body, cookies=cookies, timeout=30) as response:
+            for chunk in response.iter_bytes():
+                chunks.append(chunk)
+
+    reader = threading.Thread(target=stream)
+    reader.start()
+    deadline = time.monotonic() + 10
+    while b"text-delta" not in b"".join(chunks) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    return chunks, reader
+
+
 @pytest.mark.parametrize("server_class", [UvicornThread, WSGIThread])
 def test_stop_from_another_request_within_one_worker(bedrock_emulator: Any, server_class: Any) -> None:
     """uvicorn and a threaded WSGI server: a slow answer stopped by POST stop/ from another connection
     ends the upstream call (the emulator sees the disconnect) within a second, stores the partial text
     as cancelled, and the client reads an abort chunk. (An anonymous session: no CSRF token needed.)"""
-    session = SessionStore()
-    session.create()
-    cookies = {settings.SESSION_COOKIE_NAME: session.session_key}
+    cookies = anonymous_session()
     with server_class() as server:
-        body = {"id": "slow", "message": user_message("[[emulator tokens=400 delay_ms=50]] go")}
-        chunks: list[bytes] = []
-
-        def stream() -> None:
-            with httpx.stream("POST", f"{server.url}{CHAT}", json=body, cookies=cookies, timeout=30) as response:
-                for chunk in response.iter_bytes():
-                    chunks.append(chunk)
-
-        reader = threading.Thread(target=stream)
-        reader.start()
-        deadline = time.monotonic() + 10
-        while b"text-delta" not in b"".join(chunks) and time.monotonic() < deadline:
-            time.sleep(0.05)
+        chunks, reader = stream_in_background(server.url, "slow", cookies)
         asked = time.monotonic()
         stopped = httpx.post(f"{server.url}/bedrock/chat/slow/stop/", cookies=cookies, timeout=10)
         assert stopped.json() == {"id": "slow", "stopped": True}
@@ -383,29 +396,10 @@ def test_stop_from_another_request_within_one_worker(bedrock_emulator: Any, serv
 def test_deleting_a_chat_stops_its_stream(bedrock_emulator: Any, caplog: Any) -> None:
     """DELETE while the answer streams: the upstream call ends, and nothing is stored (nor logged as
     an error) for the chat that is gone; its Completion stays, cancelled."""
-    from django.db import connection
-
-    if connection.vendor == "sqlite" and connection.is_in_memory_db():
-        # The delete and the stream's last write race on two threads: a SQLite file waits (busy
-        # timeout), the in-memory test database's shared cache fails one at once. The PostgreSQL leg runs it.
-        pytest.skip("concurrent writers on in-memory SQLite fail at once (no busy timeout)")
-    session = SessionStore()
-    session.create()
-    cookies = {settings.SESSION_COOKIE_NAME: session.session_key}
+    skip_unless_writers_wait("the delete races the stream's last write")
+    cookies = anonymous_session()
     with UvicornThread() as server:
-        body = {"id": "gone", "message": user_message("[[emulator tokens=400 delay_ms=50]] go")}
-        chunks: list[bytes] = []
-
-        def stream() -> None:
-            with httpx.stream("POST", f"{server.url}{CHAT}", json=body, cookies=cookies, timeout=30) as response:
-                for chunk in response.iter_bytes():
-                    chunks.append(chunk)
-
-        reader = threading.Thread(target=stream)
-        reader.start()
-        deadline = time.monotonic() + 10
-        while b"text-delta" not in b"".join(chunks) and time.monotonic() < deadline:
-            time.sleep(0.05)
+        chunks, reader = stream_in_background(server.url, "gone", cookies)
         deleted = httpx.delete(f"{server.url}/bedrock/chat/gone/", cookies=cookies, timeout=10)
         assert deleted.status_code == 204
         bedrock_emulator.wait_for(lambda reqs: reqs[-1]["status"] == "disconnected", timeout=5)
