@@ -32,6 +32,7 @@ from django_bedrock_stream.serializers import ROLES
 FAMILIES = list(FAMILY_REGISTRY)  # every family the package routes
 #: URL names of every stream view: the plain views (the package's URLconf) and the DRF flavour.
 VIEWS = [f"django_bedrock_stream:{family}" for family in FAMILIES] + [f"api-{family}" for family in FAMILIES]
+VIEWS.append("django_bedrock_stream:chat")  # the chat endpoint ({id, message}) takes the same attacks
 #: What clients send: fetch() with no preference, JSON, the event-stream and text protocols.
 ACCEPTS = [None, "*/*", "application/json", "text/event-stream", "text/plain"]
 
