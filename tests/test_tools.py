@@ -403,30 +403,39 @@ async def test_invalid_calls_become_error_results_and_the_tool_does_not_run() ->
     assert ran == [(1, 2)]
 
 
-async def test_calls_run_concurrently_sync_off_the_loop_and_async_on_it() -> None:
+def meeting_tools(meeting: list[threading.Barrier]) -> tuple[Tool, Tool]:
+    """A sync and an async tool that each wait (up to 5 s) at ``meeting[0]`` until every call is
+    running, then take 0.3 s: only calls that run side by side meet (one after another, the first
+    waits in vain and fails), so concurrency is shown without timing anything."""
+
     @tool
-    def slow_sync(n: int) -> int:
-        """Sleep in a thread."""
+    def meet_sync(n: int = 0) -> int:
+        """Meet the others in a thread."""
+        meeting[0].wait()
         time.sleep(0.3)
         return n
 
     @tool
-    async def slow_async(n: int) -> int:
-        """Sleep on the loop."""
+    async def meet_async(n: int = 0) -> int:
+        """Meet the others without blocking the loop."""
+        await asyncio.to_thread(meeting[0].wait)
         await asyncio.sleep(0.3)
         return n
 
-    started = time.monotonic()
-    runs = await run_tools([ToolCall("a", "slow_sync", {"n": 1}), ToolCall("b", "slow_sync", {"n": 2})], [slow_sync])
-    assert time.monotonic() - started < 0.55  # not 0.6: the two sync tools ran side by side
-    assert [run.result.output for run in runs] == [1, 2]
+    return meet_sync, meet_async
 
-    calls = [ToolCall(str(n), name, {"n": n}) for n, name in enumerate(["slow_sync", "slow_async"] * 2)]
-    started = time.monotonic()
-    runs = await run_tools(calls, [slow_sync, slow_async])
-    assert time.monotonic() - started < 0.9  # not 1.2
+
+async def test_calls_run_concurrently_sync_off_the_loop_and_async_on_it() -> None:
+    meeting = [threading.Barrier(2, timeout=5)]
+    meet_sync, meet_async = meeting_tools(meeting)
+    runs = await run_tools([ToolCall("a", "meet_sync", {"n": 1}), ToolCall("b", "meet_sync", {"n": 2})], [meet_sync])
+    assert [run.result.output for run in runs] == [1, 2]  # the two sync tools ran side by side
+
+    meeting[0] = threading.Barrier(4, timeout=5)
+    calls = [ToolCall(str(n), name, {"n": n}) for n, name in enumerate(["meet_sync", "meet_async"] * 2)]
+    runs = await run_tools(calls, [meet_sync, meet_async])
     assert [run.result.output for run in runs] == [0, 1, 2, 3]
-    assert all(0.25 < run.duration < 0.9 for run in runs)
+    assert all(run.duration >= 0.3 for run in runs)
 
 
 async def test_sync_tools_run_on_the_tool_pool_never_the_thread_sensitive_thread() -> None:
@@ -453,18 +462,17 @@ def test_sync_flavour_runs_sync_and_async_tools_concurrently_off_the_calling_thr
     def slow_sync() -> str:
         """Sleep."""
         threads.append(threading.current_thread())
-        time.sleep(0.3)
+        meeting.wait()
         return "sync"
 
     @tool
     async def slow_async() -> str:
         """Sleep."""
-        await asyncio.sleep(0.3)
+        await asyncio.to_thread(meeting.wait)
         return "async"
 
-    started = time.monotonic()
+    meeting = threading.Barrier(2, timeout=5)  # met only by calls that run side by side
     runs = run_tools_sync([ToolCall("1", "slow_sync", {}), ToolCall("2", "slow_async", {})], [slow_sync, slow_async])
-    assert time.monotonic() - started < 0.55
     assert [run.result.output for run in runs] == ["sync", "async"]
     assert threads[0] is not threading.current_thread() and threads[0].name.startswith("bedrock-tool")
 
