@@ -295,10 +295,13 @@ def _remember_row(user_id: Any, row: UserBudget | None) -> None:
 def _row_guard(user_id: Any, budget: Budget | None) -> Q:
     """True while the user's ``UserBudget`` row is as assumed: none (``budget`` None), or one with
     this budget."""
+    return _assumed_row(user_id, None if budget is None else
+                        {"tokens": budget.tokens, "cost": budget.cost, "period": budget.period})
+
+
+def _assumed_row(user_id: Any, row: Mapping[str, Any] | None) -> Q:
     rows = UserBudget.objects.filter(user_id=user_id)
-    if budget is None:
-        return ~Q(Exists(rows))
-    return Q(Exists(rows.filter(tokens=budget.tokens, cost=budget.cost, period=budget.period)))
+    return ~Q(Exists(rows)) if row is None else Q(Exists(rows.filter(**row)))
 
 
 def reserve_for(
@@ -317,7 +320,7 @@ def reserve_for(
         budget = known if known is not None else _settings_budget(user, budgets)
         if budget is not None:
             reservation = _try_reserve(user.pk, budget, model_id, body, max_tokens, timezone.now(),
-                                       guard=_row_guard(user.pk, known), insert=insert)
+                                       row_check=True, assumed=known, insert=insert)
             if reservation is not None:
                 return reservation
     budget = budget_for(user, budgets)
@@ -344,20 +347,20 @@ def reserve(
 
 def _try_reserve(
     user_id: Any, budget: Budget, model_id: str, body: Mapping[str, Any], max_tokens: int, now: datetime,
-    *, guard: Q | None = None, insert: Any = None,
+    *, row_check: bool = False, assumed: Budget | None = None, insert: Any = None,
 ) -> dict[str, Any] | None:
     """The reservation in one conditional statement (with ``insert``, the completion's INSERT with it),
-    or None with nothing written: no period row yet, ``guard`` false, or over budget."""
+    or None with nothing written: no period row yet, over budget, or (``row_check``) the user's
+    ``UserBudget`` row no longer as ``assumed`` (see :func:`_row_guard`)."""
     amount = amount_for(budget, model_id, {"input_tokens": estimate_input_tokens(body), "output_tokens": max_tokens})
     start, _ = budget.bounds(now)
     reservation = {**budget.as_dict(), "start": start.isoformat(), "reserved": amount}
     if insert is not None:
         insert.budget_reservation = reservation  # stored by the INSERT
     alias = router.db_for_write(BudgetUsage)
-    rows, fits, _ = _conditions(alias, user_id, budget, start, amount)
-    update = rows.filter(fits) if guard is None else rows.filter(fits, guard)
+    statement = _reservation(alias, user_id, budget, start, amount, row_check=row_check, assumed=assumed)
     try:
-        done = _reserve_once(alias, user_id, budget, update, amount, insert)
+        done = _reserve_once(alias, user_id, budget, statement, amount, insert)
     except DatabaseError:
         # Nothing was written (one statement, or one transaction): the long way, with its own retry
         # and 503, says what happens next.
@@ -372,12 +375,13 @@ def _try_reserve(
 
 
 def _reserve_once(
-    alias: str, user_id: Any, budget: Budget, update: QuerySet[BudgetUsage], amount: int, insert: Any
+    alias: str, user_id: Any, budget: Budget, statement: tuple[str, list[Any]], amount: int, insert: Any
 ) -> bool:
-    """``update``'s reservation; with ``insert`` on PostgreSQL, ``insert``'s INSERT in the same
-    statement (elsewhere the ``stream_started`` receiver inserts it: on SQLite, one transaction for
-    both would hold the write lock across Python code, and concurrent streams would wait for it).
-    False (nothing written) when ``update`` matched no row."""
+    """The reservation ``statement`` (an UPDATE of the period row, :func:`_reservation`); with
+    ``insert`` on PostgreSQL, ``insert``'s INSERT in the same statement (elsewhere the
+    ``stream_started`` receiver inserts it: on SQLite, one transaction for both would hold the write
+    lock across Python code, and concurrent streams would wait for it). False (nothing written) when
+    the statement matched no row."""
     from . import receivers
 
     connection = connections[alias]
@@ -392,9 +396,11 @@ def _reserve_once(
     with transaction.atomic(using=alias) if lock else nullcontext():
         if lock:
             _lock(connection, user_id, budget)
+        sql, params = statement
         if not raw:
-            return bool(update.update(reserved=F("reserved") + amount))
-        sql, params = _update_sql(update, alias, reserved=F("reserved") + amount)
+            with connection.cursor() as cursor:
+                cursor.execute(sql, params)
+                return cursor.rowcount > 0
         head, values, insert_params = receivers.insert_parts(insert, alias)
         pk = connection.ops.quote_name(str(type(insert)._meta.pk.column))
         with connection.cursor() as cursor:
@@ -416,6 +422,125 @@ def _update_sql(rows: QuerySet[Any], alias: str, **values: Any) -> tuple[str, li
     query.add_update_values(values)
     sql, params = query.get_compiler(alias).as_sql()
     return sql, list(params)
+
+
+#: The period row's UPDATEs by shape (see :func:`_period_update`): the SQL and, per parameter, the
+#: input it is (a name, and the type the backend wraps it in, such as psycopg's ``Int4``) or a
+#: constant the compiler added. A few entries.
+_STATEMENTS: dict[tuple[Any, ...], tuple[str, list[tuple[str | None, Any]]]] = {}
+
+
+def _period_update(
+    alias: str, user_id: Any, budget: Budget, start: datetime, changes: Sequence[tuple[str, Any]],
+    bound: Any = None, *, row_check: bool = False, assumed: Budget | None = None,
+) -> tuple[str, list[Any]]:
+    """``UPDATE`` of the period row: ``field = field + delta`` for each of ``changes``, where (with
+    ``bound``) ``used + reserved <= bound`` and (with ``row_check``) :func:`_row_guard` holds.
+
+    The ORM compiles each shape of it once per process: building and compiling the querysets cost
+    more CPU than the statement itself, on every request (a quarter of a stream's database work).
+    Afterwards a request only fills in the parameters, where a compile with a distinct stand-in for
+    each input put them; a shape is kept only if that gave exactly the ORM's own parameters.
+    """
+    row = None if assumed is None else {"cost": assumed.cost, "period": assumed.period, "tokens": assumed.tokens}
+    shape = (alias, tuple(name for name, _ in changes), bound is not None, row_check,
+             None if row is None else tuple(row[name] is None for name in sorted(row)))  # None: IS NULL
+    inputs = {"user_id": user_id, "unit": budget.unit, "period": budget.period, "period_start": start,
+              "bound": bound, **{f"change.{name}": delta for name, delta in changes},
+              **({} if row is None else {f"row.{name}": value for name, value in row.items()})}
+    connection = connections[alias]
+    cached = _STATEMENTS.get(shape)
+    if cached is not None:
+        sql, template = cached
+        return sql, _fill(template, _adapted(inputs, connection))
+    sql, compiled = _compile_period_update(alias, inputs, changes, row_check, row is not None)
+    raw = {name: _stand_in(value, index) for index, (name, value) in enumerate(inputs.items())}
+    _, marked = _compile_period_update(alias, raw, changes, row_check, row is not None)
+    stand_ins = _adapted(raw, connection)
+    slots = {_key(value): name for name, value in stand_ins.items() if value is not None}
+    template = []
+    for value in marked:
+        slot = slots.get(_key(value))
+        wrap = type(value) if slot is not None and type(value) is not type(stand_ins[slot]) else None
+        template.append((slot, wrap) if slot is not None else (None, value))
+    filled = _fill(template, _adapted(inputs, connection))
+    if [(type(v), v) for v in filled] == [(type(v), v) for v in compiled] and len(_STATEMENTS) < 64:
+        _STATEMENTS[shape] = (sql, template)
+    return sql, compiled
+
+
+def _fill(template: list[tuple[str | None, Any]], values: Mapping[str, Any]) -> list[Any]:
+    return [(values[slot] if extra is None else extra(values[slot])) if slot is not None else extra
+            for slot, extra in template]
+
+
+def _compile_period_update(alias: str, inputs: Mapping[str, Any], changes: Sequence[tuple[str, Any]],
+                           row_check: bool, assumed: bool) -> tuple[str, list[Any]]:
+    key = {name: inputs[name] for name in ("user_id", "unit", "period", "period_start")}
+    conditions: list[Any] = []
+    if inputs["bound"] is not None:
+        conditions.append(LessThanOrEqual(F("used") + F("reserved"), inputs["bound"]))
+    if row_check:
+        row = {name: inputs[f"row.{name}"] for name in ("tokens", "cost", "period")} if assumed else None
+        conditions.append(_assumed_row(inputs["user_id"], row))
+    rows = BudgetUsage.objects.using(alias).filter(**key).filter(*conditions)
+    return _update_sql(rows, alias, **{name: F(name) + inputs[f"change.{name}"] for name, _ in changes})
+
+
+def _stand_in(value: Any, index: int) -> Any:
+    """A value of ``value``'s type that no other input and no constant of the statement has."""
+    if value is None:
+        return None
+    if isinstance(value, datetime):
+        return value.replace(year=1901 + index, microsecond=index)
+    if isinstance(value, Decimal):
+        return Decimal(987_654_000 + index)
+    if isinstance(value, int) and not isinstance(value, bool):
+        return 987_654_000 + index
+    if isinstance(value, str):
+        return f"stand-in-{index}"
+    return value  # another type: matched to no input, so the check below keeps the ORM's path
+
+
+def _adapted(inputs: Mapping[str, Any], connection: Any) -> dict[str, Any]:
+    out = dict(inputs)
+    for name in ("user_id", "unit", "period", "period_start"):
+        out[name] = _db_value(BudgetUsage, name, inputs[name], connection)
+    for name in ("tokens", "cost", "period"):
+        if f"row.{name}" in inputs:
+            out[f"row.{name}"] = _db_value(UserBudget, name, inputs[f"row.{name}"], connection)
+    return out
+
+
+def _key(value: Any) -> Any:
+    """Matches a compiled parameter to its stand-in: by value, an int whatever the backend wraps it in."""
+    if isinstance(value, int) and not isinstance(value, bool):
+        return (int, int(value))
+    try:
+        hash(value)
+    except TypeError:
+        return repr(value)
+    return (type(value), value)
+
+
+def _db_value(model: Any, name: str, value: Any, connection: Any) -> Any:
+    """``value`` as the ORM sends it for an exact lookup on ``model.name`` (a datetime is a string on
+    SQLite, for instance)."""
+    field = model._meta.get_field(name)
+    return field.get_db_prep_value(field.get_prep_value(value), connection, prepared=True)
+
+
+def _reservation(
+    alias: str, user_id: Any, budget: Budget, start: datetime, amount: int, *, row_check: bool = False,
+    assumed: Budget | None = None,
+) -> tuple[str, list[Any]]:
+    """The reservation's UPDATE: ``reserved += amount`` on the period row where ``amount`` still fits."""
+    if budget.rolling is None:
+        return _period_update(alias, user_id, budget, start, (("reserved", amount),), budget.limit - amount,
+                              row_check=row_check, assumed=assumed)
+    rows, fits, _ = _conditions(alias, user_id, budget, start, amount)  # a sum over the window's rows
+    update = rows.filter(fits, _row_guard(user_id, assumed)) if row_check else rows.filter(fits)
+    return _update_sql(update, alias, reserved=F("reserved") + amount)
 
 
 def reserve_more(reservation: dict[str, Any], user_id: Any, model_id: str, body: Mapping[str, Any],
@@ -477,19 +602,19 @@ def _conditions(alias: str, user_id: Any, budget: Budget, start: datetime, amoun
 
 def _reserve(user_id: Any, budget: Budget, start: datetime, amount: int, now: datetime) -> None:
     alias = router.db_for_write(BudgetUsage)
-    rows, fits, in_window = _conditions(alias, user_id, budget, start, amount)
 
     # One statement: PostgreSQL re-checks the WHERE on the row it waited for; SQLite runs a write
     # statement under the database's write lock. A rolling window sums several rows: on PostgreSQL
     # this user's reservations are serialized first (a lock of the transaction's life), so that the
     # sum, read by the next statement on a fresh snapshot, sees every reservation made before ours.
     # (Locking the bucket row is not enough: a waiter re-checks only that row, not the sum.)
-    if _reserve_once(alias, user_id, budget, rows.filter(fits), amount, None):
+    if _reserve_once(alias, user_id, budget, _reservation(alias, user_id, budget, start, amount), amount, None):
         return
     key = {"user_id": user_id, "unit": budget.unit, "period": budget.period}
     BudgetUsage.objects.using(alias).bulk_create([BudgetUsage(**key, period_start=start)], ignore_conflicts=True)
-    if _reserve_once(alias, user_id, budget, rows.filter(fits), amount, None):
+    if _reserve_once(alias, user_id, budget, _reservation(alias, user_id, budget, start, amount), amount, None):
         return
+    rows, _, in_window = _conditions(alias, user_id, budget, start, amount)
     scope = in_window if in_window is not None else rows
     state = scope.aggregate(total=Coalesce(Sum(F("used") + F("reserved")), 0), oldest=Min(
         "period_start", filter=Q(used__gt=0) | Q(reserved__gt=0)))
@@ -535,11 +660,10 @@ def _settle(user_id: Any, budget: Budget, start: datetime, used: int, reserved: 
 
     alias = router.db_for_write(BudgetUsage)
     key = {"user_id": user_id, "unit": budget.unit, "period": budget.period}
-    rows = BudgetUsage.objects.using(alias).filter(**key, period_start=start)
     connection = connections[alias]
     together = save is not None and router.db_for_write(type(completion), instance=completion) == alias
     if together and connection.vendor == "postgresql" and receivers.raw_writes_allowed():
-        sql, params = _update_sql(rows, alias, used=F("used") + used, reserved=F("reserved") - reserved)
+        sql, params = _period_update(alias, user_id, budget, start, (("used", used), ("reserved", -reserved)))
         update, update_params = receivers.update_parts(completion, save, alias)  # type: ignore[arg-type]
         with connection.cursor() as cursor:
             cursor.execute(f"WITH s AS ({sql} RETURNING used, notified) {update} "
@@ -550,7 +674,7 @@ def _settle(user_id: Any, budget: Budget, start: datetime, used: int, reserved: 
             raise DatabaseError("Save with update_fields did not affect any rows.")
         total, notified = int(row[0] or 0), int(row[1] or 0)
     else:  # two statements (see _reserve_once); a retry of the save does not settle again
-        total, notified = _settle_row(alias, rows, used, reserved)
+        total, notified = _settle_row(alias, user_id, budget, start, used, reserved)
         if completion is not None:
             completion.budget_settled = True
         if save is not None:
@@ -564,18 +688,22 @@ def _settle(user_id: Any, budget: Budget, start: datetime, used: int, reserved: 
     crossed = []
     for threshold in THRESHOLDS:
         if notified < threshold and total * 100 >= budget.limit * threshold:
+            rows = BudgetUsage.objects.using(alias).filter(**key, period_start=start)
             if rows.filter(notified__lt=threshold).update(notified=threshold):  # one settle wins each crossing
                 crossed.append((threshold, budget, total))
     return crossed
 
 
-def _settle_row(alias: str, rows: QuerySet[BudgetUsage], used: int, reserved: int) -> tuple[int, int]:
+def _settle_row(alias: str, user_id: Any, budget: Budget, start: datetime, used: int, reserved: int
+                ) -> tuple[int, int]:
     """One UPDATE: ``used += used, reserved -= reserved``; the row's new ``used`` and ``notified``."""
     connection = connections[alias]
     if not connection.features.can_return_columns_from_insert:  # no UPDATE … RETURNING here
+        rows = BudgetUsage.objects.using(alias).filter(user_id=user_id, unit=budget.unit, period=budget.period,
+                                                        period_start=start)
         rows.update(used=F("used") + used, reserved=F("reserved") - reserved)
         return next(iter(rows.values_list("used", "notified")), (0, 0))
-    sql, params = _update_sql(rows, alias, used=F("used") + used, reserved=F("reserved") - reserved)
+    sql, params = _period_update(alias, user_id, budget, start, (("used", used), ("reserved", -reserved)))
     meta, quote = BudgetUsage._meta, connection.ops.quote_name
     returning = ", ".join(quote(str(f.column)) for f in (meta.get_field("used"), meta.get_field("notified"))
                           if isinstance(f, Field))

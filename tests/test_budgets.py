@@ -560,6 +560,58 @@ def test_the_admin_row_is_seen_at_once_though_not_read_per_request(bedrock_emula
     assert BudgetUsage.objects.filter(user=user, reserved__gt=0).count() == 0
 
 
+def test_the_period_row_statements_equal_the_orms_and_are_compiled_once(user: User) -> None:
+    """The reservation's and the settlement's UPDATEs are compiled by the ORM once per shape and then
+    only given parameters: what each returns, compiled or not, is exactly what the ORM compiles for
+    the same request, for every shape (token and money budgets, the assumed admin row or none)."""
+    from django.db.models import F
+    from django.db.models.lookups import LessThanOrEqual
+    from django.utils import timezone
+
+    budgets._STATEMENTS.clear()
+    now = timezone.now()
+    shapes = [  # (budget, row_check, assumed)
+        (Budget(tokens=1000), True, None),
+        (Budget(tokens=1000), True, Budget(tokens=50)),
+        (Budget(cost=Decimal("2.50"), period="month"), True, Budget(cost=Decimal("2.50"), period="month")),
+        (Budget(tokens=1000), False, None),
+    ]
+    for budget, row_check, assumed in shapes:
+        start = budget.bounds(now)[0]
+        for amount in (7, 9):  # the second call of each shape takes the compiled SQL
+            rows = BudgetUsage.objects.filter(user_id=user.pk, unit=budget.unit, period=budget.period,
+                                              period_start=start)
+            fits = LessThanOrEqual(F("used") + F("reserved"), budget.limit - amount)
+            rows = rows.filter(fits, budgets._row_guard(user.pk, assumed)) if row_check else rows.filter(fits)
+            expected = budgets._update_sql(rows, "default", reserved=F("reserved") + amount)
+            got = budgets._reservation("default", user.pk, budget, start, amount, row_check=row_check,
+                                       assumed=assumed)
+            assert got == expected
+            settle_rows = BudgetUsage.objects.filter(user_id=user.pk, unit=budget.unit, period=budget.period,
+                                                     period_start=start)
+            settled = budgets._update_sql(settle_rows, "default", used=F("used") + amount,
+                                          reserved=F("reserved") + -amount)
+            assert budgets._period_update("default", user.pk, budget, start,
+                                          (("used", amount), ("reserved", -amount))) == settled
+    # every shape was kept: requests after the first build parameters only (none fell back to the ORM)
+    assert len(budgets._STATEMENTS) == len(shapes) + 1  # + the settlement's
+
+
+def test_requests_after_the_first_do_not_compile_the_budget_statements(bedrock_emulator: Any, user: User) -> None:
+    client = signed_in(user)
+    with settings_with({"default": {"tokens": 100_000, "period": "day"}}):
+        for _ in range(2):  # the first creates the period row, the second compiles the one-statement path
+            b"".join(client.post(LLAMA, body(), content_type="application/json").streaming_content)
+        with mock.patch.object(budgets, "_update_sql", wraps=budgets._update_sql) as compiled:
+            response = client.post(LLAMA, body(), content_type="application/json")
+            b"".join(response.streaming_content)
+    assert response.status_code == 200 and compiled.call_count == 0
+    row = Completion.objects.order_by("-id")[0]
+    usage = usage_row(user)
+    assert row.status == "completed" and usage.reserved == 0
+    assert usage.used == sum(real_tokens(r) for r in Completion.objects.all())
+
+
 # -- concurrency: 20 at once, room for 5 ----------------------------------------------------------------
 def post_as(server_url: str, user: User, payload: bytes) -> tuple[int, bytes]:
     host, port = server_url.rsplit("//", 1)[1].split(":")
