@@ -1,4 +1,4 @@
-"""``python benchmarks/run.py [--quick] [--only overhead|latency|concurrency|ttfb] [--n 100,250,500,1000]``
+"""``python benchmarks/run.py [--quick] [--only default|overhead|latency|concurrency|ttfb|floors] [--n …]``
 
 Starts the Bedrock emulator, the proxy under uvicorn (one worker) and under gunicorn (gthread), each in
 its own process, drives them with the load generator (``loadgen.py``, its own process), prints a table
@@ -20,6 +20,7 @@ import sys
 import tempfile
 import threading
 import time
+import urllib.request
 from contextlib import ExitStack, closing
 from datetime import datetime, timezone
 from pathlib import Path
@@ -461,6 +462,43 @@ def fig_default(emu: Proc, quick: bool, reps: int, profile_dir: Path | None = No
     return res
 
 
+FLOORS = (("bare ASGI app under uvicorn", "/floor/asgi/"), ("async Django view, no upstream", "/floor/django/"),
+          ("hand-written view (aiobotocore + 1 INSERT)", HAND_PATH), ("library view (PERSIST + BUDGETS)", LIB_PATH))
+
+
+def gc_stats(proc: Proc) -> dict[str, Any]:
+    with urllib.request.urlopen(f"http://127.0.0.1:{proc.port}/gc/", timeout=60) as response:
+        return json.loads(response.read())
+
+
+def fig_floors(emu: Proc, n: int, reps: int) -> dict[str, Any]:
+    """What a 50-chunk stream costs at each layer, in one uvicorn worker (PostgreSQL, default setup):
+    the bare ASGI floor, Django's floor (``benchmarks/floors.py``), the hand-written view and the
+    library's, alternately; CPU per stream, and the garbage collector's own CPU per stream (the
+    collector's thread time, ``GET /gc/``)."""
+    print(f"floors: N={n} ...", flush=True)
+    out: dict[str, Any] = {"n": n, "reps": reps, "paths": {}}
+    with Database("postgres") as db, start_uvicorn(emu, persist=True, budgets=True, db=db) as uv:
+        base = loadgen(emu.port, "direct", n, 50, 50)
+        runs: dict[str, list[dict[str, Any]]] = {label: [] for label, _ in FLOORS}
+        for _ in range(reps):
+            for label, path in FLOORS:
+                before = gc_stats(uv)
+                row = concurrency_point(uv, n, 50, 50, base, path=path, users=Database.USERS)
+                after = gc_stats(uv)
+                gc_s = sum(after["seconds"]) - sum(before["seconds"])
+                runs[label].append({**row, "cpu_ms_per_stream": row["cpu_us_per_chunk"] * 50 / 1000,
+                                    "gc_ms_per_stream": gc_s / n * 1000,
+                                    "full_collections": after["collections"][2] - before["collections"][2]})
+        for label, rows in runs.items():
+            out["paths"][label] = {key: median([r[key] for r in rows]) for key in
+                                   ("cpu_ms_per_stream", "gc_ms_per_stream", "wall_s", "added_p99_ms",
+                                    "full_collections")}
+            out["paths"][label]["errors"] = sum(r["errors"] for r in rows)
+            print(f"  {label}: {out['paths'][label]['cpu_ms_per_stream']:.2f} ms CPU per stream", flush=True)
+    return out
+
+
 def single_stream(emu: Proc, uv: Proc, tokens: int, runs: int) -> dict[str, Any]:
     """Seconds for one ``tokens``-chunk stream at full speed (median of ``runs``): the library's view
     (PERSIST + BUDGETS, PostgreSQL) and the hand-written one over HTTP, a bare boto3 loop and
@@ -659,6 +697,20 @@ def report_default(d: dict[str, Any]) -> list[tuple[str, str, str, str]]:
 
 
 def report(results: dict[str, Any]) -> list[tuple[str, str, str, str]]:
+    rows = report_floors(results["floors"]) if results.get("floors") else []
+    return rows + report_figures(results)
+
+
+def report_floors(d: dict[str, Any]) -> list[tuple[str, str, str, str]]:
+    rows = []
+    for label, p in d["paths"].items():
+        rows.append((f"floors N={d['n']}: {label}", f"{p['cpu_ms_per_stream']:.2f} ms CPU/stream (GC "
+                     f"{p['gc_ms_per_stream']:.2f}), wall {p['wall_s']:.2f} s, {p['errors']} errors",
+                     "≤ 2.5 ms" if label.startswith("library") else "", ""))
+    return rows
+
+
+def report_figures(results: dict[str, Any]) -> list[tuple[str, str, str, str]]:
     rows: list[tuple[str, str, str, str]] = []
     o = results.get("overhead")
     if o:
@@ -842,7 +894,8 @@ def chart_default(results: dict[str, Any], path: Path) -> None:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="smaller runs (about a minute)")
-    parser.add_argument("--only", choices=["default", "overhead", "latency", "concurrency", "ttfb"], action="append")
+    parser.add_argument("--only", choices=["default", "overhead", "latency", "concurrency", "ttfb", "floors"],
+                        action="append")
     parser.add_argument("--reps", type=int, default=None, help="runs per figure-5 point (default 3, quick 1)")
     parser.add_argument("--n", default=None, help="concurrency levels, comma-separated (default 100,250,500,1000)")
     parser.add_argument("--runs", type=int, default=None, help="repetitions for figure 1 (default 3, quick 1)")
@@ -878,7 +931,9 @@ def main(argv: list[str] | None = None) -> int:
             results["default"] = fig_default(emu, args.quick, args.reps or (1 if args.quick else 3))
         if args.profile:
             results["profile"] = fig_profile(emu, 300 if args.quick else 1000)
-        if not only - {"default"}:
+        if "floors" in only:
+            results["floors"] = fig_floors(emu, 300 if args.quick else 1000, args.reps or (1 if args.quick else 3))
+        if not only - {"default", "floors"}:
             return finish(results, started)
         uv = stack.enter_context(start_uvicorn(emu))
         need_wsgi = bool(only & {"overhead", "latency", "ttfb"}) and has("gunicorn")
