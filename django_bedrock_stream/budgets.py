@@ -608,11 +608,12 @@ def _reserve(user_id: Any, budget: Budget, start: datetime, amount: int, now: da
     # this user's reservations are serialized first (a lock of the transaction's life), so that the
     # sum, read by the next statement on a fresh snapshot, sees every reservation made before ours.
     # (Locking the bucket row is not enough: a waiter re-checks only that row, not the sum.)
-    if _reserve_once(alias, user_id, budget, _reservation(alias, user_id, budget, start, amount), amount, None):
+    statement = _reservation(alias, user_id, budget, start, amount)
+    if _reserve_once(alias, user_id, budget, statement, amount, None):
         return
     key = {"user_id": user_id, "unit": budget.unit, "period": budget.period}
     BudgetUsage.objects.using(alias).bulk_create([BudgetUsage(**key, period_start=start)], ignore_conflicts=True)
-    if _reserve_once(alias, user_id, budget, _reservation(alias, user_id, budget, start, amount), amount, None):
+    if _reserve_once(alias, user_id, budget, statement, amount, None):
         return
     rows, _, in_window = _conditions(alias, user_id, budget, start, amount)
     scope = in_window if in_window is not None else rows
