@@ -1,5 +1,6 @@
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -30,6 +31,21 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
             item.add_marker(pytest.mark.postgres)
         if module in DEPLOYMENT_MODULES:
             item.add_marker(pytest.mark.deployment)
+
+
+@pytest.fixture(scope="session")
+def django_db_setup(django_db_setup: None, django_db_blocker: Any) -> Iterator[None]:
+    """Before pytest-django drops the PostgreSQL test database: end the sessions a test left behind
+    (a worker thread's connection, a pool's), which would make the DROP fail and leave the database
+    on the server."""
+    yield
+    from django.db import connection
+
+    if connection.vendor == "postgresql":
+        from .postgres import terminate_other_connections
+
+        with django_db_blocker.unblock():
+            terminate_other_connections()
 
 
 @pytest.fixture
