@@ -18,17 +18,23 @@ POSTGRES_MODULES = {"test_load", "test_db_faults", "test_chat_load"}
 #: Modules marked ``deployment``: several server processes behind nginx, sharing Redis (their own
 #: SQLite file: nothing of theirs depends on the test database or on the Python/Django pair much).
 DEPLOYMENT_MODULES = {"test_resumable"}
+#: Fixtures through which a test reaches the test database (pytest-django refuses every other access).
+DATABASE_FIXTURES = {"db", "transactional_db", "django_db_reset_sequences", "django_db_serialized_rollback", "live_server"}
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """``-m "not clients"``, ``-m "not postgres"``, ``-m "not deployment"`` select by what a run is for
-    (CI's legs)."""
+    """``-m "not clients"``, ``-m "not postgres"``, ``-m "not deployment"``, ``-m "not nodb"`` select
+    by what a run is for (CI's legs). ``nodb``: a test pytest-django would not let near the test
+    database (no ``django_db`` marker, no database fixture), outside the PostgreSQL-only modules: it
+    runs the same on any backend, so the PostgreSQL leg leaves it to the SQLite one."""
     for item in items:
         module = item.module.__name__.rsplit(".", 1)[-1] if item.module else ""
         if module in CLIENT_MODULES:
             item.add_marker(pytest.mark.clients)
         if module in POSTGRES_MODULES:
-            item.add_marker(pytest.mark.postgres)
+            item.add_marker(pytest.mark.postgres)  # their servers use PostgreSQL without the test fixtures
+        elif item.get_closest_marker("django_db") is None and not DATABASE_FIXTURES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.nodb)
         if module in DEPLOYMENT_MODULES:
             item.add_marker(pytest.mark.deployment)
 
