@@ -55,3 +55,22 @@ def test_figure_5_harness_on_sqlite_counts_rows_queries_and_hops() -> None:
     assert library["view_hops"] >= 2 and library["django_handler_hops"] == 2, library["hops"]
     rows = bench.report({"default": {"ns": [], "curve": [], "count": counted}})
     assert any(r[0].startswith("5 SQL per plain completion") for r in rows)
+
+
+def test_split_reads_the_loop_threads_cpu_apart_from_the_processes() -> None:
+    """``benchmarks/split.py`` on a tiny PostgreSQL run: both views stream without errors and the event
+    loop's thread is a part of the process's CPU, never more (correct, not timed)."""
+    from tests.postgres import postgresql_unreachable
+
+    reason = postgresql_unreachable()
+    if reason:
+        pytest.skip(f"benchmarks/split.py needs PostgreSQL: {reason}")
+    out = subprocess.run([bench.PY, str(bench.ROOT / "benchmarks" / "split.py"), "--n", "10", "--runs", "1"],
+                         env=bench.base_env(), capture_output=True, text=True, timeout=300, check=True)
+    lines = out.stdout.splitlines()
+    rows = [json.loads(line.split(" ", 1)[1]) for line in lines if line.startswith(("handwritten {", "library {"))]
+    assert len(rows) == 2, out.stdout
+    for row in rows:
+        assert row["errors"] == 0
+        assert 0 < row["loop_thread_ms"] <= row["cpu_ms"]
+    assert "medians" in out.stdout
