@@ -42,6 +42,10 @@ logger = logging.getLogger("django_bedrock_stream")
 COMPLETED, FAILED, CANCELLED = "completed", "failed", "cancelled"
 
 
+#: Pauses before listening for stops again after a Redis error (the last one repeats).
+STOP_RETRY_SECONDS = (0.2, 1.0, 2.0, 5.0)
+
+
 def send(signal: Any, sender: type, **kwargs: Any) -> None:
     signal.send_robust(sender, **kwargs)
 
@@ -359,13 +363,23 @@ class StreamRunner:
             task.cancel()
 
     async def _watch_stop(self, store: resumable.StreamStore, task: asyncio.Future[Any]) -> None:
+        """Listen for a stop of the chat from any worker, for as long as the stream runs. When Redis
+        fails (an outage, or a pooled connection an earlier outage left dead), listen again after a
+        pause: the stop flag, checked on each new subscription, catches a stop sent meanwhile."""
         assert self.chat_id is not None
-        try:
-            await store.wait_stop(self.chat_id)
-        except resumable.REDIS_ERRORS as err:
-            logger.warning("Redis unavailable, chat %s can be stopped on this worker only: %r", self.chat_id, err)
+        failures = 0
+        while True:
+            try:
+                await store.wait_stop(self.chat_id)
+            except resumable.REDIS_ERRORS as err:
+                if not failures:
+                    logger.warning("Redis unavailable, chat %s can be stopped on this worker only until it is"
+                                   " back: %r", self.chat_id, err)
+                await asyncio.sleep(STOP_RETRY_SECONDS[min(failures, len(STOP_RETRY_SECONDS) - 1)])
+                failures += 1
+                continue
+            self.stop(task)
             return
-        self.stop(task)
 
     async def _end_async(
         self, status: str, error: BedrockStreamError | None, then: Callable[[], Any] | None = None

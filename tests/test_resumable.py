@@ -330,6 +330,39 @@ def test_redis_cut_mid_stream_the_client_still_completes(workers: Workers, chat_
         workers.proxy.restore()
 
 
+def test_after_a_redis_outage_a_stop_from_the_other_worker_still_ends_the_stream(
+    workers: Workers, chat_id: str, bedrock_emulator: Any
+) -> None:
+    """A stream running through a Redis outage listens for stops again once Redis is back (before,
+    its listener gave up on the first error and the stop never reached it: seen on a loaded machine,
+    where the next stream met a pooled connection the outage had left dead)."""
+    since = workers.a.log_size()
+    with (
+        httpx.Client(timeout=30) as client,
+        client.stream(
+            "POST", f"{workers.a.url}/chat/{chat_id}/", content=chat_body(chat_id, "tokens=400 delay_ms=25")
+        ) as response,
+    ):
+        events = ui_events(response.iter_lines())
+        seen = [next(events) for _ in range(4)]
+        try:
+            workers.proxy.cut()
+            time.sleep(0.5)
+        finally:
+            workers.proxy.restore()
+        assert "Redis unavailable, chat" in workers.a.log(since)  # the listener did fail
+        stopped_at = time.time()
+        assert client.post(f"{workers.b.url}/chat/{chat_id}/stop/").json() == {"stopped": True}
+        rest = list(events)
+    assert rest[-1] == {"type": "abort"}
+    record = bedrock_emulator.wait_for(
+        lambda reqs: [r for r in reqs if chat_id in json.dumps(r["body"]) and r["status"] != "streaming"], 10
+    )[-1]
+    assert record["status"] == "disconnected" and record["chunks_sent"] < 400
+    assert record["ended_at"] - stopped_at < 6.0  # heard at the listener's next try (every ≤ 5 s)
+    assert workers.row(chat_id) == ("cancelled", text_of(seen + rest))  # the partial answer is stored
+
+
 def test_a_wsgi_stream_resumes_on_asgi_and_stops_from_another_worker(
     workers: Workers, chat_id: str, bedrock_emulator: Any
 ) -> None:

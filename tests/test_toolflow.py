@@ -641,7 +641,9 @@ def test_a_client_leaving_while_a_tool_runs_cancels_it(bedrock_emulator: Any, uv
 def test_a_client_leaving_during_the_next_turn_cancels_the_model_call(
     bedrock_emulator: Any, uvicorn_server: UvicornThread, transport: str
 ) -> None:
-    prompt = '[[emulator tool=calculator tool_input={"expression": "2+3"} delay_ms=300]] slowly'
+    # 0.6 s between chunks: time enough, on a loaded machine, for the disconnect to reach the thread
+    # transport's reader before the second turn's 4 tokens are all sent (0.3 s was not, under load).
+    prompt = '[[emulator tool=calculator tool_input={"expression": "2+3"} delay_ms=600]] slowly'
     with override_settings(BEDROCK_STREAM={"ALLOW_ANONYMOUS": True, "ASYNC_TRANSPORT": transport}):
         sock = raw_request(uvicorn_server.url, "/converse/", json.dumps(chat(prompt)).encode())
         try:
@@ -652,7 +654,7 @@ def test_a_client_leaving_during_the_next_turn_cancels_the_model_call(
             sock.close()
     _, second = settled(bedrock_emulator, 2)
     assert second["status"] == "disconnected", second
-    assert second["chunks_sent"] < 4  # "Result of calculator: 5" is 4 tokens, 0.3 s apart
+    assert second["chunks_sent"] < 4  # "Result of calculator: 5" is 4 tokens, 0.6 s apart
     completion = row()
     assert completion.status == "cancelled" and completion.parts["tool_runs"][0]["status"] == "success"
 
