@@ -263,9 +263,14 @@ class StreamRunner:
                 outcome, error = FAILED, err
             else:
                 outcome = COMPLETED
+            # Settled now, before anything is awaited: a stop arriving from here on finds the stream
+            # settled and leaves it alone, so its tail (the finish part) always follows. (Settled in
+            # the end task instead, a stop landing before that task's first step cancelled this one
+            # and the stream ended, stored as completed, without its finish part.)
+            sends = self.settle(outcome, error)
             # The end's connections are given back in its own hop: a chat stream that outlived its
             # client (DISCONNECT "continue") ends after Django's request_finished closed them.
-            end = asyncio.ensure_future(self._end_async(outcome, error, then=release_connections))
+            end = asyncio.ensure_future(self._send_end(sends, outcome, error, then=release_connections))
             try:
                 tail = await asyncio.shield(end)
             except asyncio.CancelledError:
@@ -384,7 +389,14 @@ class StreamRunner:
     async def _end_async(
         self, status: str, error: BedrockStreamError | None, then: Callable[[], Any] | None = None
     ) -> str:
-        await asend_all(self.settle(status, error), self.sender, then=then)
+        return await self._send_end(self.settle(status, error), status, error, then)
+
+    async def _send_end(
+        self, sends: list[tuple[Any, dict[str, Any]]], status: str, error: BedrockStreamError | None,
+        then: Callable[[], Any] | None = None,
+    ) -> str:
+        """Send the signals of a settled stream (one hop) and return its tail."""
+        await asend_all(sends, self.sender, then=then)
         return self._tail(status, error)
 
     def _encode(self, parts: list[Part]) -> str:

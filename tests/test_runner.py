@@ -224,3 +224,45 @@ def test_the_persistence_receivers_are_connected_only_while_persist_is_on() -> N
         assert not signals.stream_started.has_listeners()
         assert not signals.stream_finished.has_listeners()
     assert signals.stream_started.has_listeners()
+
+
+@pytest.mark.django_db(transaction=True)
+async def test_a_stop_arriving_after_the_model_finished_leaves_the_stream_its_finish(
+    bedrock_emulator: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A stop (from any worker) landing after the model's last chunk but before the end ran: the stream
+    is complete, so it must end as completed *with* its finish part. Seen under load in
+    tests/test_chat_load.py: the row said completed, the stream stopped after its last text delta."""
+    import asyncio
+
+    from asgiref.sync import sync_to_async
+
+    from django_bedrock_stream.runner import StreamRunner
+    from django_bedrock_stream.streams import BedrockStream
+
+    pumps: list[tuple[StreamRunner, asyncio.Task[Any]]] = []
+    original_pump, original_batches = StreamRunner._pump, BedrockStream.aiter_part_batches
+
+    async def pump(self: StreamRunner, queue: Any) -> None:
+        task = asyncio.current_task()
+        assert task is not None
+        pumps.append((self, task))
+        await original_pump(self, queue)
+
+    async def batches(self: BedrockStream, *args: Any, **kwargs: Any) -> Any:
+        async for batch in original_batches(self, *args, **kwargs):
+            yield batch
+        runner, task = pumps[-1]
+        asyncio.get_running_loop().call_soon(runner.stop, task)  # runs before anything the end schedules
+
+    monkeypatch.setattr(StreamRunner, "_pump", pump)
+    monkeypatch.setattr(BedrockStream, "aiter_part_batches", batches)
+    response = await AsyncClient().post(
+        url("converse") + "?protocol=ui", chat("[[emulator tokens=3]] hi"), content_type="application/json"
+    )
+    body = b"".join([chunk async for chunk in response.streaming_content]).decode()
+    assert pumps, "the body was not relayed through the pump (keep-alive off?)"
+    events = [json.loads(line[6:]) for line in body.splitlines() if line.startswith("data: {")]
+    assert events[-1]["type"] == "finish" and events[-1]["messageMetadata"]["finishReason"] == "stop", events[-3:]
+    completion = await sync_to_async(Completion.objects.get)()
+    assert completion.status == "completed" and completion.text == "Cloud python echo"
