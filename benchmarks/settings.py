@@ -32,12 +32,16 @@ if os.environ.get("BENCH_MIDDLEWARE") == "common":
 PERSIST = os.environ.get("BENCH_PERSIST", "0") == "1"
 BENCH_DB = os.environ.get("BENCH_DB", "sqlite" if os.environ.get("BENCH_SQLITE") else "memory")
 if BENCH_DB == "postgres":
+    import django
+
+    PG_OPTIONS: dict[str, object] = {}
     try:
         import psycopg_pool  # noqa: F401
-
-        PG_OPTIONS: dict[str, object] = {"pool": {"min_size": 2, "max_size": 20, "timeout": 30}}
     except ImportError:
-        PG_OPTIONS = {}
+        pass
+    else:
+        if django.VERSION >= (5, 1):  # Django's own connection pool (OPTIONS["pool"]) is new in 5.1
+            PG_OPTIONS = {"pool": {"min_size": 2, "max_size": 20, "timeout": 30}}
     DATABASES = {
         "default": {
             "ENGINE": "django.db.backends.postgresql",
