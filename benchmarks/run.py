@@ -196,13 +196,17 @@ class Database:
         else:
             self.drop_files()
         env = self.env(base_env())
-        subprocess.run([PY, "-m", "django", "migrate", "--noinput", "-v", "0"], env=env, cwd=ROOT, check=True)
-        subprocess.run([PY, "-c", (
-            "import django; django.setup()\n"
-            "from django.contrib.auth.models import User\n"
-            "from benchmarks.middleware import FIRST_ID\n"
-            f"User.objects.bulk_create([User(id=FIRST_ID + i, username=f'bench{{i}}') for i in range({self.USERS})])"
-        )], env=env, cwd=ROOT, check=True)
+        try:
+            subprocess.run([PY, "-m", "django", "migrate", "--noinput", "-v", "0"], env=env, cwd=ROOT, check=True)
+            subprocess.run([PY, "-c", (
+                "import django; django.setup()\n"
+                "from django.contrib.auth.models import User\n"
+                "from benchmarks.middleware import FIRST_ID\n"
+                f"User.objects.bulk_create([User(id=FIRST_ID + i, username=f'bench{{i}}') for i in range({self.USERS})])"
+            )], env=env, cwd=ROOT, check=True)
+        except BaseException:
+            self.drop()  # not entered yet: nothing else would remove it
+            raise
 
     @staticmethod
     def _admin(*statements: str) -> None:
