@@ -1,10 +1,12 @@
-"""Settings for the workers of ``tests/test_resumable.py`` and ``tests/test_chat_load.py``:
-``tests.server_settings``' logging (stderr) on a SQLite file all workers share (``BEDROCK_RESUME_SQLITE``)
-or, with ``BEDROCK_RESUME_PG_NAME``, that PostgreSQL database; resumable chat streams on Redis at
-``BEDROCK_RESUME_REDIS_URL`` (kept ``BEDROCK_RESUME_TTL`` seconds), a short keep-alive, and the test chat
-views of ``tests.resumable_urls``.
+"""Settings for the workers of ``tests/test_resumable.py``, ``tests/test_chat_load.py`` and the budget
+tests over two workers: ``tests.server_settings``' logging (stderr) on a SQLite file all workers share
+(``BEDROCK_RESUME_SQLITE``) or, with ``BEDROCK_RESUME_PG_NAME``, that PostgreSQL database; resumable chat
+streams on Redis at ``BEDROCK_RESUME_REDIS_URL`` (kept ``BEDROCK_RESUME_TTL`` seconds), a short keep-alive,
+budgets from ``BEDROCK_RESUME_BUDGETS`` (JSON, default none), and the test chat views of
+``tests.resumable_urls``.
 """
 
+import json
 import os
 
 import django
@@ -49,8 +51,11 @@ if os.environ.get("BEDROCK_RESUME_PG_NAME"):
             "OPTIONS": {"pool": {"min_size": 2, "max_size": 20, "timeout": 30}} if django.VERSION >= (5, 1) else {},
         }
     }
+# The workers' users are fixtures, and Basic auth checks the password on every request.
+PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
 BEDROCK_STREAM = {
     "ALLOW_ANONYMOUS": True,
+    "BUDGETS": json.loads(os.environ.get("BEDROCK_RESUME_BUDGETS", "null")),
     "RESUMABLE": True,
     "REDIS_URL": os.environ["BEDROCK_RESUME_REDIS_URL"],
     "RESUME_TTL": int(os.environ.get("BEDROCK_RESUME_TTL", "60")),

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from tests.dbproxy import DBProxy
-from tests.postgres import ROOT, ServerProcess, create_database, drop_database
+from tests.postgres import PG_HOST, PG_PORT, PG_USER, ROOT, ServerProcess, create_database, drop_database
 
 REDIS_HOST, REDIS_PORT = "127.0.0.1", 6379
 
@@ -34,21 +34,45 @@ def redis_unreachable() -> str | None:
     return None
 
 
+def manage(env: dict[str, str], *argv: str) -> str:
+    """Run a management command in a subprocess, ``env`` over this process' environment; its output."""
+    return subprocess.run(
+        [sys.executable, "-m", "django", *argv], cwd=ROOT, env={**os.environ, **env, "PYTHONPATH": str(ROOT)},
+        check=True, capture_output=True, text=True,
+    ).stdout
+
+
 class Workers:
     """``a`` and ``b``: uvicorn (ASGI); ``c``: gunicorn's gthread worker (WSGI), when started; ``proxy``:
-    the TCP proxy between the workers and Redis (which a test can cut), when started."""
+    the TCP proxy between the workers and Redis (which a test can cut), when started; ``env``: their
+    settings' environment; ``postgresql``: their PostgreSQL database's name, or "" for the SQLite file ``db``."""
 
     def __init__(
-        self, a: ServerProcess, b: ServerProcess, c: ServerProcess | None, proxy: DBProxy | None, db: Path
+        self, a: ServerProcess, b: ServerProcess, c: ServerProcess | None, proxy: DBProxy | None, db: Path,
+        env: dict[str, str], postgresql: str = "",
     ) -> None:
         self.a, self.b, self.c, self.proxy, self.db = a, b, c, proxy, db
+        self.env, self.postgresql = env, postgresql
+
+    def query(self, sql: str, params: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
+        """Rows of ``sql`` (``%s`` placeholders) in the workers' database, read from outside them."""
+        if self.postgresql:
+            import psycopg
+
+            with psycopg.connect(host=PG_HOST, port=PG_PORT, user=PG_USER, dbname=self.postgresql) as conn:
+                return conn.execute(sql, params).fetchall()
+        with sqlite3.connect(self.db, timeout=20) as conn:
+            return conn.execute(sql.replace("%s", "?"), params).fetchall()
+
+    def manage(self, *argv: str) -> str:
+        """Run a management command with the workers' settings; its output."""
+        return manage(self.env, *argv)
 
     def rows(self, key: str) -> list[tuple[str, str]]:
         """(status, text) of the completions whose prompt holds ``key``."""
-        with sqlite3.connect(self.db, timeout=20) as conn:
-            return conn.execute(
-                "SELECT status, text FROM django_bedrock_stream_completion WHERE messages LIKE ?", (f"%{key}%",)
-            ).fetchall()
+        return self.query(  # type: ignore[return-value]
+            "SELECT status, text FROM django_bedrock_stream_completion WHERE messages LIKE %s", (f"%{key}%",)
+        )
 
     def row_settled(self, key: str) -> bool:
         rows = self.rows(key)
@@ -93,12 +117,7 @@ def start_workers(
             "BEDROCK_RESUME_PG_NAME": postgresql,
             **(env or {}),
         }
-        subprocess.run(
-            [sys.executable, "-m", "django", "migrate", "--verbosity", "0"],
-            cwd=ROOT,
-            env={**os.environ, **server_env, "PYTHONPATH": str(ROOT)},
-            check=True,
-        )
+        manage(server_env, "migrate", "--verbosity", "0")
         common: dict[str, Any] = {"db_name": "", "db_port": 0, "env": server_env}
         a = stack.enter_context(ServerProcess.uvicorn(log_path=tmp / "a.log", **common))
         b = stack.enter_context(ServerProcess.uvicorn(log_path=tmp / "b.log", **common))
@@ -107,7 +126,7 @@ def start_workers(
             if gunicorn
             else None
         )
-        yield Workers(a, b, c, proxy, db)
+        yield Workers(a, b, c, proxy, db, server_env, postgresql)
 
 
 NGINX = shutil.which("nginx") or ("/usr/sbin/nginx" if Path("/usr/sbin/nginx").exists() else None)

@@ -36,6 +36,7 @@ from django_bedrock_stream.models import BudgetUsage, Completion, UserBudget
 from django_bedrock_stream.tools import tool
 from django_bedrock_stream.views import ConverseStreamView, Llama2StreamView
 from tests.postgres import on_postgresql, run_on_postgresql, skip_unless_writers_wait
+from tests.resumable_servers import redis_unreachable, start_workers
 from tests.servers import UvicornThread
 from tests.test_reliability import (  # noqa: F401 - uvicorn_server is a fixture
     Recorder,
@@ -50,6 +51,8 @@ from tests.test_reliability import (  # noqa: F401 - uvicorn_server is a fixture
 LLAMA = "/bedrock/llama2/"
 API_LLAMA = "/api/llama2/"
 FAST_HASHER = ["django.contrib.auth.hashers.MD5PasswordHasher"]
+#: Redis database of the two-worker test (tests/test_resumable.py has 11, tests/test_chat_load.py 12).
+REDIS_DB = 13
 PRICE = {"meta.llama2-13b-chat-v1": {"input": "0.75", "output": "1.00"}}
 
 
@@ -682,6 +685,60 @@ def test_budgets_on_postgresql() -> None:
         pytest.skip("this run is on PostgreSQL: the tests of this module run in it directly")
     run_on_postgresql("tests/test_budgets.py", "budgets")
 
+
+
+@pytest.mark.parametrize("database", ["sqlite", "postgresql"])
+def test_twenty_concurrent_requests_over_two_uvicorn_workers_with_room_for_five(
+    database: str, tmp_path: Path, bedrock_emulator: Any, user: User
+) -> None:
+    """The same race across processes: two uvicorn workers sharing only their database (a SQLite file
+    with the README's settings, or PostgreSQL), ten requests to each at once. No worker's memory can
+    hold the count: five reach Bedrock, fifteen get 429, and the usage settles to the five rows."""
+    if database == "postgresql" and not on_postgresql():
+        pytest.skip("runs in this module's PostgreSQL run (CI's PostgreSQL leg, or test_budgets_on_postgresql)")
+    if database == "sqlite":
+        if on_postgresql():
+            pytest.skip("runs in this module's SQLite run")
+        if django.VERSION < (5, 1):
+            pytest.skip("SQLite writers queue at BEGIN (transaction_mode IMMEDIATE) from Django 5.1")
+    reason = redis_unreachable()
+    if reason:
+        pytest.skip(f"the workers' settings (tests.resumable_server_settings) need Redis: {reason}")
+    prompt = "[[emulator tokens=12 delay_ms=250]] race across workers"
+    reserved = reservation_of(user, prompt)  # the same computation in the workers: same body, same code
+    limit = 5 * reserved + reserved // 2
+    setting = json.dumps({"default": {"tokens": limit, "period": "day"}})
+    name = f"test_bedrock_budget_workers_{os.getpid()}" if database == "postgresql" else ""
+    with start_workers(tmp_path, REDIS_DB, gunicorn=False, redis_proxy=False, postgresql=name,
+                       env={"BEDROCK_RESUME_BUDGETS": setting}) as workers:
+        workers.manage("shell", "-c", "from django.contrib.auth.models import User; "
+                                      f"User.objects.create_user({user.username!r}, password='pw')")
+        measured = len(bedrock_emulator.requests)
+        barrier = threading.Barrier(20)
+
+        def one(i: int) -> tuple[int, bytes]:
+            barrier.wait(10)
+            return post_as((workers.a, workers.b)[i % 2].url, user, body(prompt))
+
+        with ThreadPoolExecutor(20) as pool:
+            results = list(pool.map(one, range(20)))
+
+        def scalar(sql: str) -> Any:
+            return workers.query(sql)[0][0]
+
+        wait_until(lambda: scalar("SELECT count(*) FROM django_bedrock_stream_completion WHERE status = 'streaming'")
+                   == 0, 20, "rows to settle")
+        wait_until(lambda: scalar("SELECT sum(reserved) FROM django_bedrock_stream_budgetusage") == 0, 20,
+                   "the reservations to settle")
+        used = scalar("SELECT sum(used) FROM django_bedrock_stream_budgetusage")
+        real, completed = workers.query("SELECT sum(input_tokens + output_tokens), count(*) "
+                                        "FROM django_bedrock_stream_completion WHERE status = 'completed'")[0]
+        rows = scalar("SELECT count(*) FROM django_bedrock_stream_completion")
+    statuses = sorted(status for status, _ in results)
+    assert statuses == [200] * 5 + [429] * 15, [(s, b[:200]) for s, b in results if s not in (200, 429)]
+    assert len(bedrock_emulator.requests) - measured == 5  # the emulator's log: five upstream calls
+    assert {json.loads(data)["error"]["type"] for status, data in results if status == 429} == {"budget_exceeded"}
+    assert (completed, rows) == (5, 5) and used == real > 0
 
 
 @pytest.mark.django_db(transaction=True)
