@@ -36,10 +36,12 @@ def redis_unreachable() -> str | None:
 
 def manage(env: dict[str, str], *argv: str) -> str:
     """Run a management command in a subprocess, ``env`` over this process' environment; its output."""
-    return subprocess.run(
+    done = subprocess.run(
         [sys.executable, "-m", "django", *argv], cwd=ROOT, env={**os.environ, **env, "PYTHONPATH": str(ROOT)},
-        check=True, capture_output=True, text=True,
-    ).stdout
+        capture_output=True, text=True,
+    )
+    assert done.returncode == 0, f"manage.py {' '.join(argv)} failed:\n{done.stdout}{done.stderr}"
+    return done.stdout
 
 
 class Workers:
