@@ -162,3 +162,40 @@ def test_the_drf_flavour_answers_503_too_when_the_start_row_is_not_stored(
         response = async_to_sync(AsyncClient().post)("/api/converse/", chat("hello"), content_type="application/json")
     assert response.status_code == 503, response.content
     assert bedrock_emulator.requests == []
+
+
+def test_the_folded_insert_writes_the_row_save_writes() -> None:
+    """On PostgreSQL the budget reservation carries the start row's INSERT (``insert_parts``, its SQL
+    built once per database): the row must be the one ``save()`` writes, value for value."""
+    from datetime import timedelta
+    from decimal import Decimal
+
+    from django.contrib.auth.models import User
+    from django.db import connection
+
+    if connection.vendor != "postgresql":
+        pytest.skip("the folded INSERT (typed placeholders in an INSERT … SELECT) is PostgreSQL's")
+    user = User.objects.create_user("raw-insert")
+
+    def completion() -> Completion:
+        return Completion(
+            user=user, model_id="us.anthropic.claude-3-5-haiku-20241022-v1:0", family="converse",
+            messages=[{"role": "user", "content": "é 'quoted' \\ %s \u2028 \U0001f600"}], text="partial",
+            status=Completion.Status.STREAMING, input_tokens=12, cache_read_tokens=0, parts={"k": [1, None]},
+            usage_estimated=True, cost=Decimal("0.0000123456"), time_to_first_token=timedelta(milliseconds=250),
+            budget_reservation={"tokens": 100, "reserved": 42},
+        )
+
+    saved = completion()
+    saved.save()
+    ignored = {"id", "created_at"}
+    expected = {k: v for k, v in Completion.objects.filter(pk=saved.pk).values().get().items() if k not in ignored}
+    for _ in range(2):  # the SQL built, then taken from the cache
+        raw = completion()
+        head, values, params = receivers.insert_parts(raw, connection.alias)
+        with connection.cursor() as cursor:
+            cursor.execute(f"{head} SELECT {values} RETURNING id", params)
+            pk = cursor.fetchone()[0]
+        row = Completion.objects.filter(pk=pk).values().get()
+        assert {k: v for k, v in row.items() if k not in ignored} == expected
+        assert row["created_at"] is not None
