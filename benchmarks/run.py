@@ -440,7 +440,7 @@ def fig_default(emu: Proc, quick: bool, reps: int, profile_dir: Path | None = No
                 for n in (sorted(ns + curve) if kind == "postgres" else ns):
                     base = loadgen(emu.port, "direct", n, 50, 50)
                     runs: dict[str, list[dict[str, Any]]] = {"library": [], "handwritten": []}
-                    for _ in range(reps if n in ns else 1):
+                    for _ in range(reps):  # every point of the N-curve too: the knee is read off them
                         for label, path in (("handwritten", HAND_PATH), ("library", LIB_PATH)):
                             runs[label].append(db_point(uv, db, path, n, base))
                     for label in runs:
