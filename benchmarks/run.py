@@ -425,6 +425,16 @@ def summarise(runs: list[dict[str, Any]]) -> dict[str, Any]:
     return out
 
 
+def alternately(uv: Proc, db: Database, n: int, base: dict[str, Any], reps: int) -> dict[str, dict[str, Any]]:
+    """``reps`` runs of N streams through each view, the hand-written one first, alternately (so both
+    meet the same state of the process and the machine); each view's summary."""
+    runs: dict[str, list[dict[str, Any]]] = {"handwritten": [], "library": []}
+    for _ in range(reps):
+        for label, path in (("handwritten", HAND_PATH), ("library", LIB_PATH)):
+            runs[label].append(db_point(uv, db, path, n, base))
+    return {label: summarise(rows) for label, rows in runs.items()}
+
+
 def fig_default(emu: Proc, quick: bool, reps: int, profile_dir: Path | None = None) -> dict[str, Any]:
     """Figure 5: the default configuration (PERSIST on, budgets on) on PostgreSQL and on SQLite, the
     library's view beside the hand-written baseline in the same uvicorn process, the N-curve, two
@@ -439,12 +449,9 @@ def fig_default(emu: Proc, quick: bool, reps: int, profile_dir: Path | None = No
                 points: dict[str, dict[int, dict[str, Any]]] = {"library": {}, "handwritten": {}}
                 for n in (sorted(ns + curve) if kind == "postgres" else ns):
                     base = loadgen(emu.port, "direct", n, 50, 50)
-                    runs: dict[str, list[dict[str, Any]]] = {"library": [], "handwritten": []}
-                    for _ in range(reps):  # every point of the N-curve too: the knee is read off them
-                        for label, path in (("handwritten", HAND_PATH), ("library", LIB_PATH)):
-                            runs[label].append(db_point(uv, db, path, n, base))
-                    for label in runs:
-                        points[label][n] = summarise(runs[label])
+                    # every point of the N-curve gets reps runs too: the knee is read off them
+                    for label, point in alternately(uv, db, n, base, reps).items():
+                        points[label][n] = point
                     print(f"  N={n}: library {points['library'][n]['wall_s']:.2f} s, "
                           f"hand-written {points['handwritten'][n]['wall_s']:.2f} s", flush=True)
                 res[kind] = points
@@ -462,12 +469,8 @@ def fig_default(emu: Proc, quick: bool, reps: int, profile_dir: Path | None = No
                 print(f"figure 5: {top} streams, 2 uvicorn workers ...", flush=True)
                 base = loadgen(emu.port, "direct", top, 50, 50)
                 with start_uvicorn(emu, workers=2, persist=True, budgets=True, db=db) as uv2:
-                    pair: dict[str, list[dict[str, Any]]] = {"handwritten": [], "library": []}
-                    for _ in range(reps):  # alternately, as in one worker: the baseline under the same load
-                        for label, path in (("handwritten", HAND_PATH), ("library", LIB_PATH)):
-                            pair[label].append(db_point(uv2, db, path, top, base))
-                    res["two_workers"] = summarise(pair["library"])
-                    res["two_workers_handwritten"] = summarise(pair["handwritten"])
+                    pair = alternately(uv2, db, top, base, reps)  # the baseline under the same load
+                    res["two_workers"], res["two_workers_handwritten"] = pair["library"], pair["handwritten"]
     return res
 
 
