@@ -89,3 +89,34 @@ def test_split_reads_the_loop_threads_cpu_apart_from_the_processes() -> None:
         assert row["errors"] == 0
         assert 0 < row["loop_thread_ms"] <= row["cpu_ms"]
     assert "medians" in out.stdout
+
+
+def test_timeline_notes_every_stream_of_both_views() -> None:
+    """``benchmarks/timeline.py`` on a tiny PostgreSQL run: a timeline for every stream of each view,
+    none lost to the other view's log, no errors."""
+    from tests.postgres import postgresql_unreachable
+
+    reason = postgresql_unreachable()
+    if reason:
+        pytest.skip(f"benchmarks/timeline.py needs PostgreSQL: {reason}")
+    out = subprocess.run([bench.PY, str(bench.ROOT / "benchmarks" / "timeline.py"), "--n", "12", "--runs", "1"],
+                         env=bench.base_env(), capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-3000:]
+    for name in ("handwritten", "library"):
+        assert any(line.startswith(f"{name} wall ") and line.endswith("12 timelines, 0 errors")
+                   for line in out.stdout.splitlines()), out.stdout
+    assert "reached -> returned" in out.stdout and "returned -> ended" in out.stdout
+
+
+def test_timeline_summary_reads_each_phase_from_the_bursts_first_request() -> None:
+    from benchmarks.timeline import summarise
+
+    # (view, reached, returned, ended): the burst's first request reached a view at t = 100 s.
+    rows = [["library", 100.0 + i / 1000, 100.5 + i / 100, 103.0 + i / 100] for i in range(10)]
+    summary = summarise(rows)
+    assert summary["reached the view"]["p10"] == pytest.approx(1.0)  # ms
+    assert summary["reached the view"]["max"] == pytest.approx(9.0)
+    assert summary["stream can start (view returned)"]["p50"] == pytest.approx(550.0)
+    assert summary["  reached -> returned"]["p10"] == pytest.approx(509.0)
+    assert summary["body ended (row saved)"]["max"] == pytest.approx(3090.0)
+    assert summary["  returned -> ended"]["p90"] == pytest.approx(2500.0)
