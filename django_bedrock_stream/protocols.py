@@ -367,7 +367,14 @@ class DataStreamProtocol(StreamProtocol):
         elif isinstance(part, p.ToolInputDelta):
             return f"c:{_json({'toolCallId': part.id, 'argsTextDelta': part.delta})}\n"
         elif isinstance(part, p.ToolCall) and not part.error:
-            return f"9:{_json({'toolCallId': part.id, 'toolName': part.name, 'args': part.input})}\n"
+            # The signature rides in the call itself: AI SDK 4 keeps every field of a ``9:`` part in the
+            # message's tool invocation and posts it back with the conversation (serializers.from_ai_sdk_4).
+            call = {'toolCallId': part.id, 'toolName': part.name, 'args': part.input}
+            if part.signature:
+                call["signature"] = part.signature
+            if part.provider_executed:  # Bedrock ran it: history, never a call of ours to check or run
+                call["providerExecuted"] = True
+            return f"9:{_json(call)}\n"
         elif isinstance(part, p.ToolResult):  # v1 has no error channel for tools: the error is the result
             result = {"error": part.error} if part.error else part.output
             return f"a:{_json({'toolCallId': part.id, 'result': result})}\n"

@@ -125,6 +125,7 @@ class MessageListSerializer(_ListSerializer):
             limit = stream_settings.MAX_MESSAGES
             if len(data) > limit:
                 raise serializers.ValidationError(f"At most {limit} messages are allowed, got {len(data)}.")
+            data = [from_ai_sdk_4(message) for message in data]
             parts = sum(len(m["parts"]) for m in data if isinstance(m, Mapping) and isinstance(m.get("parts"), list))
             if parts > stream_settings.MAX_PARTS:
                 raise serializers.ValidationError(
@@ -135,6 +136,106 @@ class MessageListSerializer(_ListSerializer):
         # An assistant message with tool calls is one assistant turn per model step (see
         # MessageSerializer.validate): the results of a step's calls go between it and the next.
         return [step for message in result for step in message.pop("steps", None) or (message,)]
+
+
+#: AI SDK 4's tool invocation states, as the AI SDK 5+ tool part states they stand for.
+AI_SDK_4_TOOL_STATES = {"partial-call": "input-streaming", "call": "input-available", "result": "output-available"}
+
+
+def from_ai_sdk_4(message: Any) -> Any:
+    """An AI SDK 4 ``useChat`` message in the AI SDK 5+ shape the rest of this module reads.
+
+    AI SDK 4 keeps a call in ``toolInvocations`` (4.0+) and in ``tool-invocation`` parts (4.2+), its
+    reasoning as ``{"reasoning", "details"}`` parts, a generated file's type in ``mimeType`` and a user's
+    files in ``experimental_attachments``. Each becomes its 5+ counterpart: a ``dynamic-tool`` part
+    whose signature (and ``providerExecuted``) is what the data protocol sent in the call's ``9:``
+    part, ``reasoning`` parts
+    with their signatures, ``file`` parts. Anything else is returned as it came, to be validated as
+    usual; a message in the 5+ shape is returned unchanged."""
+    if not isinstance(message, Mapping):
+        return message
+    parts, invocations = message.get("parts"), message.get("toolInvocations")
+    attachments = message.get("experimental_attachments")
+    if invocations is None and attachments is None and not (isinstance(parts, list) and any(map(_is_v4_part, parts))):
+        return message
+    out = {key: value for key, value in message.items() if key not in ("toolInvocations", "experimental_attachments")}
+    if isinstance(parts, list):
+        out["parts"] = [converted for part in parts for converted in _from_v4_part(part)]
+    elif invocations is not None:  # 4.0 and 4.1 send no parts: the calls by step, then the text
+        if not isinstance(invocations, list):
+            raise serializers.ValidationError({"toolInvocations": "Expected a list of tool invocations."})
+        steps: dict[int, list[dict[str, Any]]] = {}
+        for invocation in invocations:
+            step = invocation.get("step") if isinstance(invocation, Mapping) else None
+            steps.setdefault(step if isinstance(step, int) and not isinstance(step, bool) else 0, []).append(
+                _v4_tool_part(invocation))
+        out["parts"] = [part for step in sorted(steps) for part in ({"type": "step-start"}, *steps[step])]
+        if isinstance(message.get("content"), str) and message["content"]:
+            out["parts"] += [{"type": "step-start"}, {"type": "text", "text": message["content"]}]
+    if attachments is not None:
+        if not isinstance(attachments, list) or not all(isinstance(item, Mapping) for item in attachments):
+            raise serializers.ValidationError({"experimental_attachments": "Expected a list of attachments."})
+        files = [{"type": "file", "url": item.get("url"), "mediaType": item.get("contentType"),
+                  "filename": item.get("name") or ""} for item in attachments]
+        text = message.get("content")
+        start: list[Any] = out["parts"] if isinstance(out.get("parts"), list) else (
+            [{"type": "text", "text": text}] if isinstance(text, str) else [])
+        out["parts"] = [*start, *({k: v for k, v in file.items() if v is not None} for file in files)]
+    return out
+
+
+def _is_v4_part(part: Any) -> bool:
+    if not isinstance(part, Mapping):
+        return False
+    kind = part.get("type")
+    return kind == "tool-invocation" or (kind == "reasoning" and "reasoning" in part) or (
+        kind == "file" and "mimeType" in part)
+
+
+def _from_v4_part(part: Any) -> list[Any]:
+    if not _is_v4_part(part):
+        return [part]
+    kind = part["type"]
+    if kind == "tool-invocation":
+        return [_v4_tool_part(part.get("toolInvocation"))]
+    if kind == "file":
+        return [{**{key: value for key, value in part.items() if key != "mimeType"}, "mediaType": part["mimeType"]}]
+    details = part.get("details")
+    if not isinstance(details, list) or not details:
+        return [{"type": "reasoning", "text": part["reasoning"]}]
+    out: list[Any] = []
+    for detail in details:  # {"type": "text", "text", "signature"?} or {"type": "redacted", "data"}
+        if not isinstance(detail, Mapping):
+            raise serializers.ValidationError({"parts": "A reasoning part's details must be objects."})
+        if detail.get("type") == "redacted":
+            redacted = {"bedrock": {"redactedData": detail.get("data")}}
+            out.append({"type": "reasoning", "text": "", "providerMetadata": redacted})
+        elif detail.get("signature") is not None:
+            out.append({"type": "reasoning", "text": detail.get("text", ""),
+                        "providerMetadata": {"bedrock": {"signature": detail["signature"]}}})
+        else:
+            out.append({"type": "reasoning", "text": detail.get("text", "")})
+    return out
+
+
+def _v4_tool_part(invocation: Any) -> dict[str, Any]:
+    """An AI SDK 4 ``ToolInvocation`` as a ``dynamic-tool`` part (checked further by :func:`_tool_call`)."""
+    if not isinstance(invocation, Mapping):
+        raise _tool_error("a tool invocation must be an object.")
+    name, call_id, state = invocation.get("toolName"), invocation.get("toolCallId"), invocation.get("state")
+    if not (isinstance(name, str) and name and isinstance(call_id, str) and call_id):
+        raise _tool_error("a tool invocation needs 'toolName' and 'toolCallId'.")
+    if state not in AI_SDK_4_TOOL_STATES:
+        raise _tool_error(f"a tool invocation's state must be one of {', '.join(AI_SDK_4_TOOL_STATES)}.")
+    part = {"type": "dynamic-tool", "toolName": name, "toolCallId": call_id, "state": AI_SDK_4_TOOL_STATES[state],
+            "input": invocation.get("args")}
+    if state == "result":
+        part["output"] = invocation.get("result")
+    if "signature" in invocation:
+        part["callProviderMetadata"] = {"bedrock": {"signature": invocation["signature"]}}
+    if invocation.get("providerExecuted") is True:
+        part["providerExecuted"] = True
+    return part
 
 
 def _check_file_counts(messages: list[Any]) -> None:
@@ -488,7 +589,7 @@ def fast_validated_data(
     stays the one definition of what is valid and the only source of error messages.
 
     It accepts only exact JSON types (``dict``, ``list``, ``str``, ``int``), messages with ``role``
-    and ``content`` and no ``parts``, no field of the view's ``request_options``, and values every
+    and ``content`` and none of :data:`_FAST_MESSAGE_KEYS`, no field of the view's ``request_options``, and values every
     field and ``validate_*`` method passes as they are (no whitespace to trim, no NUL or surrogate
     characters). ``tests/test_performance_paths.py``
     checks, with generated inputs, that it never accepts what the serializer rejects and that it
@@ -503,7 +604,7 @@ def fast_validated_data(
     chars = 0
     has_user_text = False
     for message in messages:
-        if type(message) is not dict or "parts" in message:
+        if type(message) is not dict or not _FAST_MESSAGE_KEYS.isdisjoint(message):
             return None
         role, content = message.get("role"), message.get("content")
         if type(role) is not str or role not in ROLES or type(content) is not str or not _plain_text(content):
@@ -528,6 +629,11 @@ def fast_validated_data(
             return None
         result["max_tokens"] = max_tokens
     return result
+
+
+#: Message fields that carry more than text (AI SDK 5+ parts, AI SDK 4 tool calls and files): such a
+#: message takes the serializer's path.
+_FAST_MESSAGE_KEYS = frozenset({"parts", "toolInvocations", "experimental_attachments"})
 
 
 def _plain_text(text: str) -> bool:

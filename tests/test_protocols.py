@@ -493,7 +493,8 @@ PART_WIRE: dict[str, tuple[p.Part, dict[str, str]]] = {
         SIGNED_CALL,
         {
             "text": "",
-            "data": '9:{"toolCallId":"t1","toolName":"get_weather","args":{"location":"Paris"}}\n',  # v1: no place
+            # v1: AI SDK 4 keeps every field of the call in its tool invocation and posts it back
+            "data": '9:{"toolCallId":"t1","toolName":"get_weather","args":{"location":"Paris"},"signature":"c2lnbmVk"}\n',
             "ui": 'data: {"type":"tool-input-available","toolCallId":"t1","toolName":"get_weather",'
             '"input":{"location":"Paris"},"providerMetadata":{"bedrock":{"signature":"c2lnbmVk"}}}\n\n',
             "sse": 'event: tool-call\nid: 1\ndata: {"id":"t1","name":"get_weather","input":{"location":"Paris"},'
@@ -573,7 +574,8 @@ PART_WIRE: dict[str, tuple[p.Part, dict[str, str]]] = {
         SERVER_CALL,
         {
             "text": "",
-            "data": '9:{"toolCallId":"t4","toolName":"nova_code_interpreter","args":{"snippet":"6 * 7"}}\n',
+            "data": '9:{"toolCallId":"t4","toolName":"nova_code_interpreter","args":{"snippet":"6 * 7"},'
+            '"providerExecuted":true}\n',
             "ui": 'data: {"type":"tool-input-available","toolCallId":"t4","toolName":"nova_code_interpreter",'
             '"input":{"snippet":"6 * 7"},"providerExecuted":true}\n\n',
             "sse": 'event: tool-call\nid: 1\ndata: {"id":"t4","name":"nova_code_interpreter","input":{"snippet":"6 * 7"},'
@@ -1328,12 +1330,12 @@ def test_ai_sdk_4_rebuilds_every_data_part(tmp_path: Path, chunk_size: int) -> N
             ["b", t1],
             ["c", {"toolCallId": "t1", "argsTextDelta": '{"location": "Par'}],
             ["c", {"toolCallId": "t1", "argsTextDelta": 'is"}'}],
-            ["9", {**t1, "args": {"location": "Paris"}}],  # v1 has no place for the signature
+            ["9", {**t1, "args": {"location": "Paris"}, "signature": "c2lnbmVk"}],  # kept by the client, sent back
             ["b", t2],
             ["c", {"toolCallId": "t2", "argsTextDelta": '{"loc'}],  # input that is not JSON: no 9: part
             ["b", t4],
             ["c", {"toolCallId": "t4", "argsTextDelta": '{"snippet": "6 * 7"}'}],
-            ["9", {**t4, "args": CODE}],
+            ["9", {**t4, "args": CODE, "providerExecuted": True}],
             ["a", {"toolCallId": "t4", "result": CODE_OUTPUT}],
             ["a", {"toolCallId": "t1", "result": {"temperature": 21}}],
             ["a", {"toolCallId": "t2", "result": {"error": BAD_JSON}}],  # v1 has no tool error: it is the result
@@ -1364,9 +1366,9 @@ def test_ai_sdk_4_rebuilds_every_data_part(tmp_path: Path, chunk_size: int) -> N
                         ],
                     },
                     {"type": "text", "text": "Answer"},
-                    invocation(t1, {"location": "Paris"}, {"temperature": 21}),
+                    invocation({**t1, "signature": "c2lnbmVk"}, {"location": "Paris"}, {"temperature": 21}),
                     invocation(t2, {}, {"error": BAD_JSON}),  # args: what AI SDK 4 made of '{"loc'
-                    invocation(t4, CODE, CODE_OUTPUT),
+                    invocation({**t4, "providerExecuted": True}, CODE, CODE_OUTPUT),
                     {"type": "step-start"},
                     {"type": "source", "source": url_source},
                     {"type": "file", "mimeType": "image/png", "data": "iVBORw0KGgo="},

@@ -126,6 +126,35 @@ SERVERS = ["wsgi", "asgi"]
 
 
 @pytest.mark.parametrize("server", SERVERS)
+def test_ai_sdk_4_attachments_reach_converse_too(bedrock_emulator: Any, server: str) -> None:
+    """AI SDK 4's ``useChat`` sends a user's files as ``experimental_attachments`` (name, contentType,
+    a data URL) beside ``content``: the same blocks as AI SDK 5+'s file parts, not silently dropped."""
+    message = {"role": "user", "content": "What do these show?", "experimental_attachments": [
+        {"name": "chart.png", "contentType": "image/png", "url": data_url("image/png", PNG)},
+        {"name": "Q3 report.pdf", "contentType": "application/pdf", "url": data_url("application/pdf", PDF)},
+    ]}
+    status, body = post(server, "/converse/", {"messages": [message]})
+    assert status == 200, body
+    (record,) = settled(bedrock_emulator)
+    (sent,) = record["body"]["messages"]
+    assert sent["content"] == [  # files first, as from file parts
+        {"image": {"format": "png", "source": {"bytes": b64(PNG)}}},
+        {"document": {"format": "pdf", "name": "Q3 report", "source": {"bytes": b64(PDF)}}},
+        {"text": "What do these show?"},
+    ]
+    assert [a["name"] for a in Completion.objects.get().parts["attachments"]] == ["chart.png", "Q3 report.pdf"]
+
+
+@pytest.mark.parametrize("attachments", ["chart.png", [1], {"url": "x"}])
+def test_ai_sdk_4_attachments_that_are_no_list_of_objects_are_a_400(bedrock_emulator: Any, attachments: Any) -> None:
+    message = {"role": "user", "content": "What is this?", "experimental_attachments": attachments}
+    status, body = post("wsgi", "/converse/", {"messages": [message]})
+    assert status == 400, body
+    assert "Expected a list of attachments." in json.loads(body)["error"]["message"]
+    assert bedrock_emulator.requests == []
+
+
+@pytest.mark.parametrize("server", SERVERS)
 def test_an_image_and_a_pdf_reach_converse_as_image_and_document_blocks(bedrock_emulator: Any, server: str) -> None:
     message = user(file("image/png", PNG, "chart.png"), file("application/pdf", PDF, "Q3 report.pdf"),
                    {"type": "step-start"}, text("What do these show?"))

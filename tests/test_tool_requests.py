@@ -30,7 +30,7 @@ from django_bedrock_stream.families import AnthropicMessagesFamily, ConverseFami
 from django_bedrock_stream.models import Completion
 from django_bedrock_stream.parts import ToolCall
 from django_bedrock_stream.prompts import build_anthropic_messages, build_converse_messages, build_llama3_prompt
-from django_bedrock_stream.tools import Tool, sign_call, tool
+from django_bedrock_stream.tools import Tool, sign_call, tool, verify_call
 from django_bedrock_stream.views import BedrockStreamView
 from tests.test_reliability import Recorder
 
@@ -97,6 +97,13 @@ class ClaudeThinking(ClaudeBrowser):
     converse_options = {"reasoning_budget": 1024}
 
 
+class ConverseData(ConverseBrowser):
+    """AI SDK 4's data stream: the browser's tools, none needing an approval (v1 cannot ask)."""
+
+    stream_protocol = "data"
+    tools = [calculator, local_time]
+
+
 class NoTools(BedrockStreamView):
     family_class = ConverseFamily
     stream_protocol = "ui"
@@ -122,6 +129,7 @@ urlpatterns = [
     path("claude/", ClaudeBrowser.as_view()),
     path("nova/", NovaBrowser.as_view()),
     path("no-tools/", NoTools.as_view()),
+    path("data/", ConverseData.as_view()),
     path("drf/", DrfBrowser.as_view()),
 ]
 pytestmark = [pytest.mark.urls(__name__), pytest.mark.django_db(transaction=True)]
@@ -751,3 +759,277 @@ def test_an_approval_runs_its_call_once(bedrock_emulator: Any) -> None:
     statuses = [post("wsgi", "/converse/", body)[0] for _ in range(3)]
     assert statuses[0] == 200 and statuses[1:] == [400, 400]
     assert DELETED == ["/tmp/a.txt"]
+
+
+# -- AI SDK 4 (the data stream, v1) ---------------------------------------------------------------
+
+
+def fold_v4(message: dict[str, Any], body: str) -> dict[str, Any]:
+    """Apply a data stream to the assistant message as ``processChatResponse`` of ``@ai-sdk/ui-utils``
+    1.2 does (``parts`` and their ``toolInvocations`` mirror; every field of a ``9:`` part is kept)."""
+    parts, invocations = message.setdefault("parts", []), message.setdefault("toolInvocations", [])
+    step, text_part = 0, None
+
+    def put(invocation: dict[str, Any]) -> None:
+        for part in parts:
+            if part["type"] == "tool-invocation" and part["toolInvocation"]["toolCallId"] == invocation["toolCallId"]:
+                part["toolInvocation"] = invocation
+                break
+        else:
+            parts.append({"type": "tool-invocation", "toolInvocation": invocation})
+        for i, known in enumerate(invocations):
+            if known["toolCallId"] == invocation["toolCallId"]:
+                invocations[i] = invocation
+                return
+        invocations.append(invocation)
+
+    for line in body.splitlines():
+        code, value = line[:1], json.loads(line[2:])
+        if code == "f":
+            parts.append({"type": "step-start"})
+        elif code == "0":
+            if text_part is None:
+                text_part = {"type": "text", "text": ""}
+                parts.append(text_part)
+            text_part["text"] += value
+            message["content"] = message.get("content", "") + value
+        elif code == "b":
+            put({"state": "partial-call", "step": step, "toolCallId": value["toolCallId"],
+                 "toolName": value["toolName"], "args": None})
+        elif code == "9":
+            put({"state": "call", "step": step, **value})
+        elif code == "a":
+            known = next(i for i in invocations if i["toolCallId"] == value["toolCallId"])
+            put({**known, "state": "result", **value})
+        elif code == "e":
+            step, text_part = step + 1, None
+    return message
+
+
+def v4_payload(*messages: dict[str, Any]) -> dict[str, Any]:
+    """What AI SDK 4's ``useChat`` posts (``sendExtraMessageFields`` off): role, content, parts and
+    toolInvocations of each message."""
+    keep = ("role", "content", "parts", "toolInvocations", "experimental_attachments")
+    return {"messages": [{key: m[key] for key in keep if key in m} for m in messages]}
+
+
+def asked_v4(server: str, prompt: str, user: Any = None) -> tuple[dict[str, Any], dict[str, Any]]:
+    question = {"role": "user", "content": prompt, "parts": [{"type": "text", "text": prompt}]}
+    status, body = post(server, "/data/", v4_payload(question), user)
+    assert status == 200, body
+    return question, fold_v4({"role": "assistant", "content": ""}, body)
+
+
+def answer_v4(message: dict[str, Any], result: Any) -> dict[str, Any]:
+    """``addToolResult`` (``updateToolCallResult``): the waiting call's invocation gets its result."""
+    [invocation] = [i for i in message["toolInvocations"] if i["state"] == "call"]
+    done = {**invocation, "state": "result", "result": result}
+    message["toolInvocations"] = [done if i is invocation else i for i in message["toolInvocations"]]
+    for part in message["parts"]:
+        if part["type"] == "tool-invocation" and part["toolInvocation"]["toolCallId"] == done["toolCallId"]:
+            part["toolInvocation"] = done
+    return message
+
+
+@pytest.mark.parametrize("server", ["wsgi", "asgi"])
+def test_an_ai_sdk_4_client_tool_result_goes_to_the_model(bedrock_emulator: Any, server: str) -> None:
+    question, answer = asked_v4(server, "[[emulator tool=local_time text=Checking.]] What time is it?")
+    [invocation] = answer["toolInvocations"]
+    assert invocation["state"] == "call" and invocation["toolName"] == "local_time"
+    call_id = invocation["toolCallId"]
+    assert verify_call(invocation["signature"], name="local_time", input={}, binding="anonymous") == call_id
+
+    status, body = post(server, "/data/", v4_payload(question, answer_v4(answer, {"time": "10:42"})))
+    assert status == 200, body
+    assert fold_v4({}, body)["content"] == 'Result of local_time: {"time": "10:42"}'
+    _, assistant, results = sent_messages(bedrock_emulator, 2)
+    assert assistant["content"] == [{"text": "Checking."},
+                                    {"toolUse": {"toolUseId": call_id, "name": "local_time", "input": {}}}]
+    result = {"toolUseId": call_id, "content": [{"text": '{"time": "10:42"}'}], "status": "success"}
+    assert results == {"role": "user", "content": [{"toolResult": result}]}
+
+
+@pytest.mark.parametrize("server", ["wsgi", "asgi"])
+def test_an_ai_sdk_4_conversation_with_a_server_tool_goes_on(bedrock_emulator: Any, server: str) -> None:
+    """The next question after a server tool ran: AI SDK 4 posts the call (its parts, and its
+    toolInvocations mirror) back as history; it used to be refused as a malformed tool part."""
+    question, answer = asked_v4(
+        server, '[[emulator tool=calculator tool_input={"expression": "2+3"} text="Let me add."]] 2+3?')
+    [invocation] = answer["toolInvocations"]
+    assert (invocation["state"], invocation["result"]) == ("result", "5")
+    assert [part["type"] for part in answer["parts"]] == ["step-start", "text", "tool-invocation", "step-start", "text"]
+    follow_up = {"role": "user", "content": "And 3+4?", "parts": [{"type": "text", "text": "And 3+4?"}]}
+
+    status, body = post(server, "/data/", v4_payload(question, answer, follow_up))
+    assert status == 200, body
+    call_id = invocation["toolCallId"]
+    assert [(m["role"], m["content"]) for m in sent_messages(bedrock_emulator, 3)[1:]] == [
+        ("assistant", [{"text": "Let me add."}, {"toolUse": {"toolUseId": call_id, "name": "calculator",
+                                                             "input": {"expression": "2+3"}}}]),
+        ("user", [{"toolResult": {"toolUseId": call_id, "content": [{"text": "5"}], "status": "success"}}]),
+        ("assistant", [{"text": "Result of calculator: 5"}]),
+        ("user", [{"text": "And 3+4?"}]),
+    ]
+
+
+def test_ai_sdk_4_0_messages_without_parts_are_read_from_their_tool_invocations(bedrock_emulator: Any) -> None:
+    """AI SDK 4.0 and 4.1 send ``toolInvocations`` alone: the calls by step, then the message's text."""
+    question, answer = asked_v4("wsgi", "[[emulator tool=local_time text=Checking.]] What time is it?")
+    answer_v4(answer, {"time": "10:42"})
+    del answer["parts"], question["parts"]
+    status, body = post("wsgi", "/data/", v4_payload(question, answer))
+    assert status == 200, body
+    call_id = answer["toolInvocations"][0]["toolCallId"]
+    _, assistant, results, text = sent_messages(bedrock_emulator, 2)
+    assert assistant["content"] == [{"toolUse": {"toolUseId": call_id, "name": "local_time", "input": {}}}]
+    assert results["content"][0]["toolResult"]["toolUseId"] == call_id
+    assert text == {"role": "assistant", "content": [{"text": "Checking."}]}
+
+
+def _v4_message(**invocation: Any) -> dict[str, Any]:
+    signature = sign_call(ToolCall("t1", "local_time", {}), binding="anonymous")
+    done = {"state": "result", "step": 0, "toolCallId": "t1", "toolName": "local_time", "args": {},
+            "result": {"time": "10:42"}, "signature": signature} | invocation
+    return {"role": "assistant", "content": "", "parts": [{"type": "tool-invocation", "toolInvocation": done}],
+            "toolInvocations": [done]}
+
+
+BAD_V4 = {
+    "no signature": (_v4_message(signature=None), "signature is missing"),
+    "a forged signature": (_v4_message(signature="forged"), "not valid"),
+    "another input than was signed": (_v4_message(args={"zone": "UTC"}), "differs"),
+    "an unknown state": (_v4_message(state="done"), "state must be one of"),
+    "no call id": (_v4_message(toolCallId=""), "needs 'toolName' and 'toolCallId'"),
+    "an invocation that is no object": (
+        {"role": "assistant", "content": "", "parts": [{"type": "tool-invocation", "toolInvocation": "t1"}]},
+        "must be an object",
+    ),
+}
+
+
+@pytest.mark.parametrize("case", list(BAD_V4))
+def test_bad_ai_sdk_4_tool_invocations_are_refused_before_anything_runs(bedrock_emulator: Any, case: str) -> None:
+    message, expected = BAD_V4[case]
+    question = {"role": "user", "content": "Help me."}
+    status, body = post("asgi", "/data/", {"messages": [question, copy.deepcopy(message)]})
+    assert expected in refused(status, body, bedrock_emulator, 0)
+    assert "Traceback" not in body
+
+
+@pytest.mark.parametrize(("value", "kind", "expected"), [
+    ("t1", "invalid_request", "Expected a list of tool invocations."),
+    ({"a": 1}, "invalid_request", "Expected a list of tool invocations."),
+    ([1], "invalid_tool_call", "a tool invocation must be an object."),
+])
+def test_tool_invocations_that_are_no_list_of_objects_are_a_400(
+    bedrock_emulator: Any, value: Any, kind: str, expected: str
+) -> None:
+    messages = [{"role": "user", "content": "Hi."}, {"role": "assistant", "content": "", "toolInvocations": value}]
+    status, body = post("wsgi", "/data/", {"messages": messages})
+    assert status == 400, body
+    error = json.loads(body)["error"]
+    assert error["type"] == kind and expected in error["message"]
+    assert bedrock_emulator.requests == []
+
+
+def test_an_ai_sdk_4_call_of_another_user_is_refused(bedrock_emulator: Any) -> None:
+    bob = get_user_model().objects.create_user("bob")
+    question, answer = asked_v4("asgi", "[[emulator tool=local_time]] What time is it?", user=bob)
+    payload = v4_payload(question, answer_v4(answer, {"time": "10:42"}))
+    status, body = post("asgi", "/data/", payload)  # anonymously
+    assert "another user" in refused(status, body, bedrock_emulator, 1)
+    status, body = post("asgi", "/data/", payload, user=bob)
+    assert status == 200, body
+
+
+@pytest.mark.skipif(
+    NODE is None or not (JS / "node_modules" / "@ai-sdk" / "ui-utils").exists(),
+    reason="node and tests/js/node_modules are needed (run `npm ci --prefix tests/js`)",
+)
+@pytest.mark.parametrize("flow", ["client", "server"])
+def test_ai_sdk_4_use_chat_answers_tools_through_a_live_server(bedrock_emulator: Any, flow: str) -> None:
+    """AI SDK 4's own client code (``callChatApi`` of ``@ai-sdk/ui-utils``, as ``useChat`` drives it):
+    a client-side tool answered in ``onToolCall`` goes back by itself and the model reads its result;
+    after a server tool ran, the next question is answered (the call goes back as history)."""
+    if flow == "client":
+        argv = ["[[emulator tool=local_time text=Checking.]] What time is it?"]
+    else:
+        argv = ['[[emulator tool=calculator tool_input={"expression": "2+3"} text="Let me add."]] 2+3?', "And 3+4?"]
+    with UvicornThread() as server:
+        done = subprocess.run([str(NODE), str(JS / "v4-tool-round-trip.mjs"), f"{server.url}/data/", *argv],
+                              capture_output=True, text=True, timeout=60, cwd=JS, check=False)
+    assert done.returncode == 0, done.stderr
+    result = json.loads(done.stdout)
+    assert (result["posts"], result["errors"]) == (2, [])
+    answer = result["messages"][1]
+    [invocation] = answer["toolInvocations"]
+    assert invocation["state"] == "result"
+    logged = settled(bedrock_emulator, 2)
+    [call] = [block["toolUse"] for block in logged[1]["body"]["messages"][1]["content"] if "toolUse" in block]
+    assert call["toolUseId"] == invocation["toolCallId"]
+    if flow == "client":
+        assert invocation["result"] == {"time": "10:42"}
+        assert answer["content"] == 'Checking.Result of local_time: {"time": "10:42"}'
+        assert [part["type"] for part in answer["parts"]] == [
+            "step-start", "text", "tool-invocation", "step-start", "text"]
+    else:
+        assert invocation["result"] == "5" and len(result["messages"]) == 4
+        follow_up = settled(bedrock_emulator, 3)[2]["body"]["messages"]  # the first post made two model turns
+        assert [block["toolUse"]["toolUseId"] for block in follow_up[1]["content"] if "toolUse" in block] == [
+            invocation["toolCallId"]]
+        assert follow_up[-1] == {"role": "user", "content": [{"text": "And 3+4?"}]}
+
+
+def test_an_ai_sdk_4_call_bedrock_ran_itself_is_left_out_not_refused(bedrock_emulator: Any) -> None:
+    """The data protocol marks a tool Bedrock ran (Nova's code interpreter) ``providerExecuted``; it is
+    unsigned, and history the model keeps itself: left out, as its AI SDK 5+ part is."""
+    ran = {"state": "result", "step": 0, "toolCallId": "t9", "toolName": "nova_code_interpreter",
+           "args": {"snippet": "6 * 7"}, "result": {"stdout": "42"}, "providerExecuted": True}
+    answer = {"role": "assistant", "content": "42.", "toolInvocations": [ran], "parts": [
+        {"type": "step-start"}, {"type": "tool-invocation", "toolInvocation": ran}, {"type": "text", "text": "42."}]}
+    status, body = post("wsgi", "/data/", {"messages": [{"role": "user", "content": "6 * 7?"}, answer,
+                                                        {"role": "user", "content": "Thanks."}]})
+    assert status == 200, body
+    assert [(m["role"], m["content"]) for m in sent_messages(bedrock_emulator, 1)] == [
+        ("user", [{"text": "6 * 7?"}]), ("assistant", [{"text": "42."}]), ("user", [{"text": "Thanks."}])]
+
+
+def test_an_ai_sdk_4_message_reads_as_its_ai_sdk_5_counterpart() -> None:
+    """Reasoning (its signed and redacted details), a generated file's ``mimeType`` and a tool call:
+    the internal form is the one the same message in the AI SDK 5+ shape gives."""
+    from django_bedrock_stream.serializers import MessageSerializer
+
+    signature = sign_call(ToolCall("t1", "local_time", {}), binding="anonymous")
+    done = {"state": "result", "step": 0, "toolCallId": "t1", "toolName": "local_time", "args": {},
+            "result": {"time": "10:42"}, "signature": signature}
+    v4 = {"role": "assistant", "content": "Checking.", "toolInvocations": [done], "parts": [
+        {"type": "step-start"},
+        {"type": "reasoning", "reasoning": "Think.", "details": [
+            {"type": "text", "text": "Think.", "signature": "c2ln"}, {"type": "redacted", "data": "cmVk"}]},
+        {"type": "file", "mimeType": "image/png", "data": "iVBORw0KGgo="},
+        {"type": "text", "text": "Checking."},
+        {"type": "tool-invocation", "toolInvocation": done},
+        {"type": "step-start"},
+        {"type": "text", "text": "It is 10:42."},
+    ]}
+    v5 = {"role": "assistant", "parts": [
+        {"type": "step-start"},
+        {"type": "reasoning", "text": "Think.", "providerMetadata": {"bedrock": {"signature": "c2ln"}}},
+        {"type": "reasoning", "text": "", "providerMetadata": {"bedrock": {"redactedData": "cmVk"}}},
+        {"type": "file", "mediaType": "image/png", "data": "iVBORw0KGgo="},
+        {"type": "text", "text": "Checking."},
+        {"type": "dynamic-tool", "toolName": "local_time", "toolCallId": "t1", "state": "output-available",
+         "input": {}, "output": {"time": "10:42"}, "callProviderMetadata": {"bedrock": {"signature": signature}}},
+        {"type": "step-start"},
+        {"type": "text", "text": "It is 10:42."},
+    ]}
+
+    def internal(message: dict[str, Any]) -> list[dict[str, Any]]:
+        serializer = MessageSerializer(data=[{"role": "user", "content": "Time?"}, message], many=True)
+        assert serializer.is_valid(), serializer.errors
+        return list(serializer.validated_data)
+
+    steps = internal(v4)
+    assert steps == internal(v5)
+    assert steps[1]["reasoning"] == [{"text": "Think.", "signature": "c2ln"}, {"redacted": "cmVk"}]
+    assert steps[1]["tool_calls"][0]["signature"] == signature and steps[2]["content"] == "It is 10:42."

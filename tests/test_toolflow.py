@@ -580,9 +580,10 @@ def test_the_data_protocol_carries_the_tool_parts(bedrock_emulator: Any) -> None
     assert start == {"toolCallId": call_id, "toolName": "calculator"}
     pieces = [value["argsTextDelta"] for code, value in lines if code == "c"]
     assert json.loads("".join(pieces)) == {"expression": "2+3"}
-    assert [value for code, value in lines if code == "9"] == [
-        {"toolCallId": call_id, "toolName": "calculator", "args": {"expression": "2+3"}}
-    ]
+    [call] = [value for code, value in lines if code == "9"]
+    signature = call.pop("signature")  # AI SDK 4 keeps it in the tool invocation and posts it back
+    assert call == {"toolCallId": call_id, "toolName": "calculator", "args": {"expression": "2+3"}}
+    assert verify_call(signature, name="calculator", input={"expression": "2+3"}, binding="anonymous") == call_id
     assert [value for code, value in lines if code == "a"] == [{"toolCallId": call_id, "result": "5"}]
     # Between the steps: a step finish that continues, then the next step's start.
     step = codes.index("e")
