@@ -135,6 +135,20 @@ def bad_message_lists(draw: st.DrawFn) -> list[Any]:
                       st.sampled_from(ROLES), non_dict),  # a part that is not an object
             st.builds(lambda role, text: {"role": role, "parts": [{"type": "text", "text": text}]},
                       st.sampled_from(ROLES), non_string.filter(lambda v: v is not None)),  # part text not a string
+            # AI SDK 4's shapes (serializers.from_ai_sdk_4), malformed
+            st.builds(lambda role, value: {"role": role, "content": "hi", "toolInvocations": value},
+                      st.sampled_from(ROLES), non_list.filter(lambda v: v is not None)),  # not a list
+            st.builds(lambda role, value: {"role": role, "content": "hi", "toolInvocations": [value]},
+                      st.sampled_from(ROLES), json_values),  # no state, name and call id of a tool invocation
+            st.builds(lambda role, value: {"role": role, "parts": [{"type": "tool-invocation", "toolInvocation": value}]},
+                      st.sampled_from(ROLES), json_values),
+            st.builds(lambda role, value: {"role": role, "content": "hi", "experimental_attachments": value},
+                      st.sampled_from(ROLES), non_list.filter(lambda v: v is not None)),  # not a list
+            st.builds(lambda role, value: {"role": role, "content": "hi", "experimental_attachments": [value]},
+                      st.sampled_from(ROLES), non_dict),  # an attachment that is not an object
+            st.builds(lambda role, value: {"role": role, "parts": [
+                {"type": "reasoning", "reasoning": "r", "details": [value]}]},
+                st.sampled_from(ROLES), non_dict),  # reasoning details that are not objects
         )
     )
     return with_bad(good, bad, draw(st.integers(0, len(good))))
