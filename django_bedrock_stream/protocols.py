@@ -375,9 +375,10 @@ class DataStreamProtocol(StreamProtocol):
             if part.provider_executed:  # Bedrock ran it: history, never a call of ours to check or run
                 call["providerExecuted"] = True
             return f"9:{_json(call)}\n"
-        elif isinstance(part, p.ToolResult):  # v1 has no error channel for tools: the error is the result
-            result = {"error": part.error} if part.error else part.output
-            return f"a:{_json({'toolCallId': part.id, 'result': result})}\n"
+        elif isinstance(part, p.ToolResult):  # v1 has no error channel for tools: the error is the result,
+            if part.error:  # marked so that the conversation AI SDK 4 posts back replays it as an error
+                return f"a:{_json({'toolCallId': part.id, 'result': {'error': part.error}, 'isError': True})}\n"
+            return f"a:{_json({'toolCallId': part.id, 'result': part.output})}\n"
         elif isinstance(part, p.StepFinish):
             step = self._step(part.stop_reason, part.usage.as_dict(), continued=False)
             return f"e:{_json(step)}\nf:{_json({'messageId': self.message_id})}\n"

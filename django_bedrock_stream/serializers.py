@@ -149,7 +149,7 @@ def from_ai_sdk_4(message: Any) -> Any:
     reasoning as ``{"reasoning", "details"}`` parts, a generated file's type in ``mimeType`` and a user's
     files in ``experimental_attachments``. Each becomes its 5+ counterpart: a ``dynamic-tool`` part
     whose signature (and ``providerExecuted``) is what the data protocol sent in the call's ``9:``
-    part, ``reasoning`` parts
+    part (an ``a:`` result marked ``isError`` is an ``output-error``), ``reasoning`` parts
     with their signatures, ``file`` parts. Anything else is returned as it came, to be validated as
     usual; a message in the 5+ shape is returned unchanged."""
     if not isinstance(message, Mapping):
@@ -229,8 +229,12 @@ def _v4_tool_part(invocation: Any) -> dict[str, Any]:
         raise _tool_error(f"a tool invocation's state must be one of {', '.join(AI_SDK_4_TOOL_STATES)}.")
     part = {"type": "dynamic-tool", "toolName": name, "toolCallId": call_id, "state": AI_SDK_4_TOOL_STATES[state],
             "input": invocation.get("args")}
-    if state == "result":
-        part["output"] = invocation.get("result")
+    result = invocation.get("result")
+    if state == "result" and invocation.get("isError") is True:  # a failed run, as the data protocol marks it
+        error = result.get("error") if isinstance(result, Mapping) else None
+        part.update(state="output-error", errorText=error if isinstance(error, str) else json.dumps(result))
+    elif state == "result":
+        part["output"] = result
     if "signature" in invocation:
         part["callProviderMetadata"] = {"bedrock": {"signature": invocation["signature"]}}
     if invocation.get("providerExecuted") is True:

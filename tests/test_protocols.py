@@ -525,7 +525,7 @@ PART_WIRE: dict[str, tuple[p.Part, dict[str, str]]] = {
         TOOL_ERROR,
         {
             "text": "",
-            "data": f'a:{{"toolCallId":"t2","result":{{"error":"{BAD_JSON}"}}}}\n',
+            "data": f'a:{{"toolCallId":"t2","result":{{"error":"{BAD_JSON}"}},"isError":true}}\n',
             "ui": f'data: {{"type":"tool-output-error","toolCallId":"t2","errorText":"{BAD_JSON}"}}\n\n',
             "sse": f'event: tool-result\nid: 1\ndata: {{"id":"t2","name":"get_weather","error":"{BAD_JSON}"}}\n\n',
         },
@@ -597,7 +597,7 @@ PART_WIRE: dict[str, tuple[p.Part, dict[str, str]]] = {
         SERVER_ERROR,
         {
             "text": "",
-            "data": 'a:{"toolCallId":"t4","result":{"error":"Timed out"}}\n',
+            "data": 'a:{"toolCallId":"t4","result":{"error":"Timed out"},"isError":true}\n',
             "ui": 'data: {"type":"tool-output-error","toolCallId":"t4","errorText":"Timed out","providerExecuted":true}\n\n',
             "sse": 'event: tool-result\nid: 1\ndata: {"id":"t4","name":"nova_code_interpreter","error":"Timed out",'
             '"provider_executed":true}\n\n',
@@ -1338,7 +1338,8 @@ def test_ai_sdk_4_rebuilds_every_data_part(tmp_path: Path, chunk_size: int) -> N
             ["9", {**t4, "args": CODE, "providerExecuted": True}],
             ["a", {"toolCallId": "t4", "result": CODE_OUTPUT}],
             ["a", {"toolCallId": "t1", "result": {"temperature": 21}}],
-            ["a", {"toolCallId": "t2", "result": {"error": BAD_JSON}}],  # v1 has no tool error: it is the result
+            # v1 has no tool error: it is the result, marked (AI SDK 4 keeps the mark in the invocation)
+            ["a", {"toolCallId": "t2", "result": {"error": BAD_JSON}, "isError": True}],
         ],
         "steps": [{"finishReason": "tool-calls", "isContinued": False, "usage": {"promptTokens": 4, "completionTokens": 2}},
                   final_step],
@@ -1367,7 +1368,8 @@ def test_ai_sdk_4_rebuilds_every_data_part(tmp_path: Path, chunk_size: int) -> N
                     },
                     {"type": "text", "text": "Answer"},
                     invocation({**t1, "signature": "c2lnbmVk"}, {"location": "Paris"}, {"temperature": 21}),
-                    invocation(t2, {}, {"error": BAD_JSON}),  # args: what AI SDK 4 made of '{"loc'
+                    {"type": "tool-invocation", "toolInvocation": {  # args: what AI SDK 4 made of '{"loc'
+                        "state": "result", "step": 0, **t2, "args": {}, "result": {"error": BAD_JSON}, "isError": True}},
                     invocation({**t4, "providerExecuted": True}, CODE, CODE_OUTPUT),
                     {"type": "step-start"},
                     {"type": "source", "source": url_source},

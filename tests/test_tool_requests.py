@@ -1033,3 +1033,18 @@ def test_an_ai_sdk_4_message_reads_as_its_ai_sdk_5_counterpart() -> None:
     assert steps == internal(v5)
     assert steps[1]["reasoning"] == [{"text": "Think.", "signature": "c2ln"}, {"redacted": "cmVk"}]
     assert steps[1]["tool_calls"][0]["signature"] == signature and steps[2]["content"] == "It is 10:42."
+
+
+def test_an_ai_sdk_4_server_tool_error_goes_back_as_an_error(bedrock_emulator: Any) -> None:
+    """v1 has no tool error: the ``a:`` part's result is ``{"error": …}``, marked ``isError``, which
+    AI SDK 4 keeps; the model reads it again as an error result, as it read it the first time."""
+    question, answer = asked_v4("wsgi", '[[emulator tool=calculator tool_input={"expression": "2+x"}]] 2+x?')
+    [invocation] = answer["toolInvocations"]
+    assert invocation["isError"] is True and set(invocation["result"]) == {"error"}
+    follow_up = {"role": "user", "content": "Try 2+3.", "parts": [{"type": "text", "text": "Try 2+3."}]}
+    status, body = post("wsgi", "/data/", v4_payload(question, answer, follow_up))
+    assert status == 200, body
+    first_time = settled(bedrock_emulator, 2)[1]["body"]["messages"][2]["content"][0]["toolResult"]
+    again = sent_messages(bedrock_emulator, 3)[2]["content"][0]["toolResult"]
+    assert again == first_time and again["status"] == "error"
+    assert again["content"] == [{"text": invocation["result"]["error"]}]
