@@ -142,15 +142,18 @@ class StreamStore:
         value = await self.client.get(self.running_key(chat_id))
         return value.decode() if isinstance(value, bytes) else value
 
-    async def follow(self, stream_key: str, block_seconds: float | None = 15) -> AsyncIterator[str]:
+    async def follow(
+        self, stream_key: str, block_seconds: float | None = 15, first: Any = None
+    ) -> AsyncIterator[str]:
         """Every chunk from the start, then the live ones until the end marker (``XREAD BLOCK``: no
         polling). Yields ``""`` after ``block_seconds`` without news (the caller's keep-alive), and
-        ends when the stream is gone (expired, or its runner died and the TTL passed)."""
+        ends when the stream is gone (expired, or its runner died and the TTL passed). ``first``: the
+        reply of an ``XREAD`` from the start already made (:func:`resume` decides 200 or 204 on it)."""
         last = "0-0"
         block = max(1, int((block_seconds or 15) * 1000))
         client = self.client
         while True:
-            reply = await client.xread({stream_key: last}, count=1000, block=block)
+            reply, first = first or await client.xread({stream_key: last}, count=1000, block=block), None
             if not reply:
                 if not await client.exists(stream_key):
                     return
@@ -460,7 +463,17 @@ async def resume(chat_id: str) -> AsyncIterator[str] | None:
         return None
     if stream_key is None:
         return None
-    return _guarded(store.follow(stream_key, stream_settings.KEEPALIVE_SECONDS or None), chat_id)
+    try:
+        # What there is so far, read now: a started stream holds at least its start marker, so an empty
+        # reply means its running marker outlived it (the stream expired, or its worker died before
+        # clearing the marker), and there is nothing to replay: 204, not an empty 200.
+        first = await store.client.xread({stream_key: "0-0"}, count=1000)
+    except REDIS_ERRORS as err:
+        logger.warning("Redis unavailable, chat %s cannot be resumed: %r", chat_id, err)
+        return None
+    if not first:
+        return None
+    return _guarded(store.follow(stream_key, stream_settings.KEEPALIVE_SECONDS or None, first), chat_id)
 
 
 async def _guarded(chunks: AsyncIterator[str], chat_id: str) -> AsyncIterator[str]:
@@ -606,15 +619,22 @@ def resume_response_sync(chat_id: str, protocol: type[StreamProtocol] | None = N
         return HttpResponse(status=204)
     if stream_key is None:
         return HttpResponse(status=204)
+    try:
+        first = client.xread({stream_key: "0-0"}, count=1000)  # as in resume(): none means it is gone
+    except REDIS_ERRORS as err:
+        logger.warning("Redis unavailable, chat %s cannot be resumed: %r", chat_id, err)
+        return HttpResponse(status=204)
+    if not first:
+        return HttpResponse(status=204)
     protocol_class = protocol or UIMessageStreamProtocol
     ping = protocol_class().ping()
     block = max(1, min(20_000, int(float(stream_settings.KEEPALIVE_SECONDS or 15) * 1000)))  # < the socket timeout
 
     def body() -> Iterator[bytes]:
-        last = "0-0"
+        last, pending = "0-0", first
         try:
             while True:
-                reply = client.xread({stream_key: last}, count=1000, block=block)
+                reply, pending = pending or client.xread({stream_key: last}, count=1000, block=block), None
                 if not reply:
                     if not client.exists(stream_key):
                         return

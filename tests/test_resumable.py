@@ -592,3 +592,18 @@ def test_behind_nginx_the_ai_client_resumes_on_the_other_worker(
     # Three resumes at once, round robin: at least one lands on the worker that did not start the stream.
     resumed_on = {a["upstream"] for r in results.values() for a in r["answers"] if a["url"].endswith("/stream/")}
     assert started_on and resumed_on - {started_on}, (started_on, resumed_on)
+
+
+def test_a_running_marker_that_outlived_its_stream_is_204_not_an_empty_200(workers: Workers, chat_id: str) -> None:
+    """The marker names a stream that is gone (it expired RESUME_TTL after its end before its worker
+    cleared the marker, or that worker died): nothing to replay, so 204, as for an ended chat. It
+    used to be a 200 with an empty body (seen in the 300-chat load test under CI's load)."""
+    import redis
+
+    client = redis.Redis.from_url(REDIS_URL)
+    try:
+        client.set(f"{resumable.PREFIX}running:{chat_id}", f"{resumable.PREFIX}stream:{chat_id}:gone", ex=30)
+        assert client_get(workers.a, f"/chat/{chat_id}/stream/").status_code == 204  # ASGI
+        assert client_get(workers.c, f"/sync/chat/{chat_id}/stream/").status_code == 204  # WSGI
+    finally:
+        client.close()
