@@ -71,17 +71,23 @@ def test_the_two_worker_goal_is_reported_beside_the_hand_written_views_figure() 
     assert older["5 N=1000, 2 uvicorn workers: wall"][1] == "9.10 s (direct 2.60 s)"
 
 
-def test_split_reads_the_loop_threads_cpu_apart_from_the_processes() -> None:
-    """``benchmarks/split.py`` on a tiny PostgreSQL run: both views stream without errors and the event
-    loop's thread is a part of the process's CPU, never more (correct, not timed)."""
+def run_on_postgresql(script: str, *args: str) -> subprocess.CompletedProcess[str]:
+    """``benchmarks/<script>`` (which makes its own PostgreSQL database), or a skip without PostgreSQL."""
     from tests.postgres import postgresql_unreachable
 
     reason = postgresql_unreachable()
     if reason:
-        pytest.skip(f"benchmarks/split.py needs PostgreSQL: {reason}")
-    out = subprocess.run([bench.PY, str(bench.ROOT / "benchmarks" / "split.py"), "--n", "10", "--runs", "1"],
+        pytest.skip(f"benchmarks/{script} needs PostgreSQL: {reason}")
+    out = subprocess.run([bench.PY, str(bench.ROOT / "benchmarks" / script), *args],
                          env=bench.base_env(), capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr[-3000:]
+    return out
+
+
+def test_split_reads_the_loop_threads_cpu_apart_from_the_processes() -> None:
+    """``benchmarks/split.py`` on a tiny PostgreSQL run: both views stream without errors and the event
+    loop's thread is a part of the process's CPU, never more (correct, not timed)."""
+    out = run_on_postgresql("split.py", "--n", "10", "--runs", "1")
     lines = out.stdout.splitlines()
     rows = [json.loads(line.split(" ", 1)[1]) for line in lines if line.startswith(("handwritten {", "library {"))]
     assert len(rows) == 2, out.stdout
@@ -94,14 +100,7 @@ def test_split_reads_the_loop_threads_cpu_apart_from_the_processes() -> None:
 def test_timeline_notes_every_stream_of_both_views() -> None:
     """``benchmarks/timeline.py`` on a tiny PostgreSQL run: a timeline for every stream of each view,
     none lost to the other view's log, no errors."""
-    from tests.postgres import postgresql_unreachable
-
-    reason = postgresql_unreachable()
-    if reason:
-        pytest.skip(f"benchmarks/timeline.py needs PostgreSQL: {reason}")
-    out = subprocess.run([bench.PY, str(bench.ROOT / "benchmarks" / "timeline.py"), "--n", "12", "--runs", "1"],
-                         env=bench.base_env(), capture_output=True, text=True, timeout=300)
-    assert out.returncode == 0, out.stderr[-3000:]
+    out = run_on_postgresql("timeline.py", "--n", "12", "--runs", "1")
     for name in ("handwritten", "library"):
         assert any(line.startswith(f"{name} wall ") and line.endswith("12 timelines, 0 errors")
                    for line in out.stdout.splitlines()), out.stdout
