@@ -50,6 +50,8 @@ CHATS = int(os.environ.get("BEDROCK_CHAT_LOAD_CHATS", "300"))
 #: so they all run at once (a burst of new requests opens database connections: PostgreSQL has 100).
 RAMP = 3.0
 SEED = 20240612
+#: A stop answered this long (seconds) before the model's last chunk must have ended the stream.
+STOP_MARGIN = 2.0
 #: RESUME_TTL of the workers: every key of a chat is gone this long after its stream ended.
 TTL = 3
 #: What a chat's client does: read the answer; leave mid-stream and resume on the other worker; stop
@@ -79,6 +81,7 @@ class Outcome:
     events: list[dict[str, Any]] = field(default_factory=list)  # what the POST's client read
     resumed: list[dict[str, Any]] = field(default_factory=list)  # what the resume read
     stopped: bool | None = None  # the stop endpoint's answer
+    stop_answered_at: float | None = None  # when it came (time.time(), as the emulator's ended_at)
     resumed_at: float | None = None  # when a resume found nothing running (204): the stream had ended
     messages: list[dict[str, Any]] = field(default_factory=list)  # GET chat/<id>/, once settled
 
@@ -125,11 +128,11 @@ async def run_chat(plan: Plan, servers: list[ServerProcess], t0: float, watch: W
                 outcome.events.append(event)
                 if len(outcome.events) == plan.after:
                     if plan.kind == "stop":
-                        stop = asyncio.ensure_future(client.post(f"{other}/bedrock/chat/{plan.chat}/stop/"))
+                        stop = asyncio.ensure_future(send_stop(client, f"{other}/bedrock/chat/{plan.chat}/stop/", outcome))
                     elif plan.kind != "complete":
                         break  # a reload: the connection is dropped, the answer goes on
             if stop is not None:
-                outcome.stopped = (await stop).json()["stopped"]
+                await stop
         if plan.kind in ("reload", "reload-stop"):
             async with client.stream("GET", f"{other}/bedrock/chat/{plan.chat}/stream/") as resumed:
                 assert resumed.status_code in (200, 204), resumed.status_code
@@ -138,8 +141,7 @@ async def run_chat(plan: Plan, servers: list[ServerProcess], t0: float, watch: W
                 async for event in ui_chunks(resumed):
                     outcome.resumed.append(event)
                     if plan.kind == "reload-stop" and len(outcome.resumed) == plan.after + 2:
-                        answer = await client.post(f"{first}/bedrock/chat/{plan.chat}/stop/")
-                        outcome.stopped = answer.json()["stopped"]
+                        await send_stop(client, f"{first}/bedrock/chat/{plan.chat}/stop/", outcome)
         watch.closed()
         deadline = time.monotonic() + 20
         while True:  # the assistant message is stored when the stream ends, before its last chunk
@@ -148,6 +150,11 @@ async def run_chat(plan: Plan, servers: list[ServerProcess], t0: float, watch: W
             if len(outcome.messages) > 1 or time.monotonic() > deadline:
                 return outcome
             await asyncio.sleep(0.2)
+
+
+async def send_stop(client: httpx.AsyncClient, url: str, outcome: Outcome) -> None:
+    answer = await client.post(url)
+    outcome.stopped, outcome.stop_answered_at = answer.json()["stopped"], time.time()
 
 
 class Watch:
@@ -282,6 +289,11 @@ def test_300_chats_with_reloads_and_stops_over_two_workers(workers: Workers, bed
             read = outcome.resumed
             assert read[0] == outcome.events[0], plan  # the resume replays the stream from its start
         if status == "completed":
+            if outcome.stopped and outcome.stop_answered_at is not None:
+                # A stop that reached the running stream well before the model's end must end it. (A
+                # client that lags behind the server, as 300 chats in one client process do under load,
+                # stops streams that already ended: those finish, and are not counted.)
+                assert outcome.stop_answered_at > record["ended_at"] - STOP_MARGIN, (plan, "a stop did not land")
             assert read[-1]["type"] == "finish", plan
             assert record["status"] == "completed" and text == text_of(read) == record["text"], plan
             assert len(text.split()) == plan.tokens
@@ -290,9 +302,10 @@ def test_300_chats_with_reloads_and_stops_over_two_workers(workers: Workers, bed
             assert read[-1] == {"type": "abort"}, plan  # the client (or the resumer) learns it was stopped
             assert text == text_of(read) and record["text"].startswith(text), plan
             assert len(text.split()) < plan.tokens
-    # The stops came during the answers: about 1 in 3 chats asks for one, most land (on a machine
-    # loaded to the point of slowing every stop request, 44 of 300 did: still plenty).
-    assert counts["cancelled"] > CHATS // 10, counts
+    # The stops came during the answers: about 1 in 3 chats asks for one, and every one that reached
+    # a running stream early enough landed (checked above); how many did depends on how far the
+    # client lags (on an idle machine 48-58 of 300, under CI's parallel legs 30; at least some must).
+    assert counts["cancelled"] > CHATS // 30, counts
     assert watch.open_peak > CHATS // 2, watch.open_peak  # the chats ran at once
 
     for server, since in zip(servers, logs):
