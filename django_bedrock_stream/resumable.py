@@ -21,6 +21,7 @@ stream goes on without the store, and a resume answers 204.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import re
 import secrets
@@ -357,12 +358,21 @@ class Tee:
         self._writer: asyncio.Task[None] | None = None
 
     async def open(self) -> None:
+        start = asyncio.ensure_future(self.store.start(self.chat_id))
         try:
-            self.stream_key = await self.store.start(self.chat_id)
+            try:
+                self.stream_key = await asyncio.shield(start)
+            except asyncio.CancelledError:
+                # A stop during the start: let the start finish, so that close() ends the stream it
+                # began (its end marker, its running marker cleared) rather than leave it to resumers.
+                with contextlib.suppress(*REDIS_ERRORS):
+                    self.stream_key = await start
+                raise
+            finally:
+                if self.stream_key is not None:
+                    self._writer = asyncio.ensure_future(self._write_loop())
         except REDIS_ERRORS as err:
             self._broke(err)
-            return
-        self._writer = asyncio.ensure_future(self._write_loop())
 
     def write(self, data: str) -> None:
         if self.broken or self._writer is None or not data:

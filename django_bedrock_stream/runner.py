@@ -328,26 +328,29 @@ class StreamRunner:
         tee: resumable.Tee | None = None
         watcher: asyncio.Future[None] | None = None
         unregister: Callable[[], None] | None = None
-        if self.chat_id is not None:
-            task = asyncio.current_task()
-            assert task is not None
-            loop = asyncio.get_running_loop()
-
-            def stop() -> None:  # any thread
-                loop.call_soon_threadsafe(self.stop, task)
-
-            unregister = resumable.register_local(self.chat_id, stop)
-            store = resumable.get_store()
-            if store is not None:
-                tee = resumable.Tee(store, self.chat_id)
-                await tee.open()
-                watcher = asyncio.ensure_future(self._watch_stop(store, task))
         try:
+            if self.chat_id is not None:
+                task = asyncio.current_task()
+                assert task is not None
+                loop = asyncio.get_running_loop()
+
+                def stop() -> None:  # any thread
+                    loop.call_soon_threadsafe(self.stop, task)
+
+                unregister = resumable.register_local(self.chat_id, stop)
+                store = resumable.get_store()
+                if store is not None:
+                    tee = resumable.Tee(store, self.chat_id)
+                    await tee.open()  # a stop can land here, before anything is read
+                    watcher = asyncio.ensure_future(self._watch_stop(store, task))
             async for data in self._produce():
                 queue.put_nowait(data)
                 if tee is not None:
                     tee.write(data)
         finally:
+            if not self.settled:  # stopped before _produce ran (its own finally settles every other case)
+                self.stream.close()
+                await asyncio.shield(self._end_async(CANCELLED, None, then=release_connections))
             if self.stopped and self.status == CANCELLED:
                 abort = self.protocol.abort()  # resumers (and the client) learn it was stopped
                 queue.put_nowait(abort)

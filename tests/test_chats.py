@@ -18,7 +18,7 @@ from asgiref.sync import async_to_sync
 from django.conf import settings
 from django.contrib.sessions.backends.db import SessionStore
 from django.core.management import call_command
-from django.test import AsyncClient, Client
+from django.test import AsyncClient, Client, override_settings
 from django.urls import include, path, reverse
 
 from django_bedrock_stream.chats import ChatStreamView, UIMessageBuilder
@@ -558,3 +558,57 @@ def test_use_chat_sending_only_the_last_message(bedrock_emulator: Any, ai: str) 
     assert [m for m in shown if m["role"] == "assistant"] == [m for m in stored if m["role"] == "assistant"]
     last = stored[-1]["parts"]
     assert [p["type"] for p in last] == ["step-start", "text", "tool-local_time", "step-start", "text"]
+
+
+#: A Redis database of this module's own, for the test that turns RESUMABLE on in-process.
+REDIS_DB = 10
+
+
+async def test_a_stop_during_the_streams_first_redis_write_still_ends_and_settles_it(
+    bedrock_emulator: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A stop reaching this worker while the stream's pump makes its first Redis round trip (the
+    store's start) cancels the pump before it reads anything: the body still ends, with its abort, the
+    answer is stored cancelled and the upstream call is closed. (It used to leave the body waiting
+    forever, sending keep-alives, and the row unsettled.)"""
+    import asyncio
+
+    import redis.asyncio
+
+    from django_bedrock_stream import resumable
+
+    url = f"redis://127.0.0.1:6379/{REDIS_DB}"
+    try:
+        probe = redis.asyncio.Redis.from_url(url)
+        await probe.ping()
+        await probe.aclose()
+    except Exception as err:  # noqa: BLE001 - any failure to reach Redis skips
+        pytest.skip(f"Redis is needed at {url}: {err!r}")
+    original_start = resumable.StreamStore.start
+
+    async def start(self: Any, chat_id: str) -> str:
+        key: str = await original_start(self, chat_id)  # the stream and its running marker exist in Redis
+        resumable._stop_locally(chat_id)  # as request_stop on this worker, at this very moment:
+        await asyncio.sleep(0.01)  # scheduled on the loop, the stop lands before the start returned
+        return key
+
+    monkeypatch.setattr(resumable.StreamStore, "start", start)
+    resumable_on = {**settings.BEDROCK_STREAM, "RESUMABLE": True, "REDIS_URL": url}
+    with override_settings(BEDROCK_STREAM=resumable_on):  # setting_changed: the settings accessor reads it
+        client = AsyncClient()  # one visitor: its session owns the chat
+        message = user_message("[[emulator tokens=40 delay_ms=50]] hi")
+        response = await client.post(CHAT, {"id": "early-stop", "message": message}, content_type="application/json")
+        assert response.status_code == 200
+
+        async def read_all() -> bytes:
+            return b"".join([chunk async for chunk in response.streaming_content])
+
+        body = await asyncio.wait_for(read_all(), 15)
+        assert ui_chunks(body)[-1] == {"type": "abort"}
+        answer = await ChatMessage.objects.aget(chat_id="early-stop", role="assistant")
+        assert answer.status == "cancelled"
+        record = bedrock_emulator.wait_for(lambda log: log and log[-1]["status"] != "streaming")[-1]
+        assert record["status"] == "disconnected"  # the upstream was closed, not read to its end
+        # The store's stream it began is ended too (its running marker cleared): nothing left to resume.
+        resume = await client.get(reverse("django_bedrock_stream:chat-stream", args=["early-stop"]))
+        assert resume.status_code == 204
