@@ -281,9 +281,7 @@ class StreamRunner:
             if tail:
                 yield tail
         finally:
-            if not self.settled:  # Django cancelled us (client gone), a stop, or an unexpected error
-                stream.close()
-                await asyncio.shield(self._end_async(CANCELLED, None, then=release_connections))
+            await self._end_unsettled()  # Django cancelled us (client gone), a stop, or an unexpected error
 
     async def _relay(self, keepalive: float) -> AsyncIterator[bytes]:
         """The body read from a queue that a task of its own (:meth:`_pump`) fills: a keep-alive
@@ -348,9 +346,7 @@ class StreamRunner:
                 if tee is not None:
                     tee.write(data)
         finally:
-            if not self.settled:  # stopped before _produce ran (its own finally settles every other case)
-                self.stream.close()
-                await asyncio.shield(self._end_async(CANCELLED, None, then=release_connections))
+            await self._end_unsettled()  # stopped before _produce ran (its own finally ends every other case)
             if self.stopped and self.status == CANCELLED:
                 abort = self.protocol.abort()  # resumers (and the client) learn it was stopped
                 queue.put_nowait(abort)
@@ -363,6 +359,13 @@ class StreamRunner:
                 unregister()
             if tee is not None:
                 await asyncio.shield(tee.close(self.status or CANCELLED))
+
+    async def _end_unsettled(self) -> None:
+        """A stream that ended without settling (cancelled, stopped, or an unexpected error): close the
+        upstream and settle it as cancelled, shielded so that a second cancel cannot skip the row."""
+        if not self.settled:
+            self.stream.close()
+            await asyncio.shield(self._end_async(CANCELLED, None, then=release_connections))
 
     def stop(self, task: asyncio.Future[Any]) -> None:
         """A stop request for this chat (on the loop): cancel the pump, which closes the upstream."""
