@@ -573,17 +573,14 @@ async def test_a_stop_during_the_streams_first_redis_write_still_ends_and_settle
     forever, sending keep-alives, and the row unsettled.)"""
     import asyncio
 
-    import redis.asyncio
-
     from django_bedrock_stream import resumable
 
-    url = f"redis://127.0.0.1:6379/{REDIS_DB}"
-    try:
-        probe = redis.asyncio.Redis.from_url(url)
-        await probe.ping()
-        await probe.aclose()
-    except Exception as err:  # noqa: BLE001 - any failure to reach Redis skips
-        pytest.skip(f"Redis is needed at {url}: {err!r}")
+    from .resumable_servers import REDIS_HOST, REDIS_PORT, redis_unreachable
+
+    reason = redis_unreachable()
+    if reason:
+        pytest.skip(reason)
+    url = f"redis://{REDIS_HOST}:{REDIS_PORT}/{REDIS_DB}"
     original_start = resumable.StreamStore.start
 
     async def start(self: Any, chat_id: str) -> str:
