@@ -145,6 +145,15 @@ def test_ai_sdk_4_attachments_reach_converse_too(bedrock_emulator: Any, server: 
     assert [a["name"] for a in Completion.objects.get().parts["attachments"]] == ["chart.png", "Q3 report.pdf"]
 
 
+def test_ai_sdk_4_attachments_count_against_max_images(bedrock_emulator: Any) -> None:
+    attachments = [{"contentType": "image/png", "url": data_url("image/png", PNG)}] * 21
+    status, body = post("wsgi", "/converse/", {"messages": [
+        {"role": "user", "content": "What are these?", "experimental_attachments": attachments}]})
+    assert status == 400, body
+    assert "At most 20 images may be sent, got 21." in json.loads(body)["error"]["message"]
+    assert bedrock_emulator.requests == []
+
+
 @pytest.mark.parametrize("attachments", ["chart.png", [1], {"url": "x"}])
 def test_ai_sdk_4_attachments_that_are_no_list_of_objects_are_a_400(bedrock_emulator: Any, attachments: Any) -> None:
     message = {"role": "user", "content": "What is this?", "experimental_attachments": attachments}

@@ -1048,3 +1048,14 @@ def test_an_ai_sdk_4_server_tool_error_goes_back_as_an_error(bedrock_emulator: A
     again = sent_messages(bedrock_emulator, 3)[2]["content"][0]["toolResult"]
     assert again == first_time and again["status"] == "error"
     assert again["content"] == [{"text": invocation["result"]["error"]}]
+
+
+def test_ai_sdk_4_tool_invocations_count_against_max_parts(bedrock_emulator: Any) -> None:
+    """4.0's ``toolInvocations`` become parts before the limits are checked: a long list is the same 400."""
+    calls = [{"state": "result", "toolCallId": f"t{i}", "toolName": "local_time", "args": {}, "result": 1}
+             for i in range(1001)]
+    messages = [{"role": "user", "content": "Hi."}, {"role": "assistant", "content": "", "toolInvocations": calls}]
+    status, body = post("wsgi", "/data/", {"messages": messages})
+    assert status == 400, body
+    assert "parts; the limit is 1000" in json.loads(body)["error"]["message"]
+    assert bedrock_emulator.requests == []
