@@ -70,6 +70,11 @@ WSGI_WORKERS = 4
 HELD_AFTER = 0.5
 #: "A handful": the most connections held at once while a few hundred streams are open.
 HANDFUL = 5
+#: A client that hung up this long (seconds) before the model's last chunk must have cancelled its
+#: stream. One process runs the clients, uvicorn and the emulator: a lone stream's upstream is closed
+#: 2-5 ms after its client left, but under this load the hang-up takes 0.3 s (median) to 1.2 s to get
+#: there on an idle machine, and up to 2.4 s with three busy loops beside it.
+HANGUP_MARGIN = 2.5
 
 
 @dataclass
@@ -83,6 +88,7 @@ class Planned:
     error: str | None = None
     status: int = 0
     received: bytes = b""
+    hung_up_at: float | None = None  # when the client left (time.time(), as the emulator's ended_at)
 
     def prompt(self) -> str:
         marker = f"tokens={self.tokens} delay_ms=150"
@@ -130,6 +136,7 @@ async def run_client(server_url: str, item: Planned, start_after: float) -> None
             # Tokens, not reads: under load one read can bring many (the server batches what is
             # waiting, and a late client finds several chunks buffered).
             if item.drop_after and len(dechunk(item.received).split()) >= item.drop_after:
+                item.hung_up_at = time.time()
                 break  # hang up right after the drop_after-th token arrived
     finally:
         writer.close()
@@ -209,9 +216,10 @@ def assert_no_connection_held(sampled: Sampled, planned: list[Planned]) -> None:
     assert max(sampled.held) <= HANDFUL, f"database connections held by open streams: {sampled}"
 
 
-def check_no_loss(emulator: Any, planned: list[Planned]) -> dict[str, int]:
+def check_no_loss(emulator: Any, planned: list[Planned]) -> tuple[dict[str, int], str]:
     """Exactly one terminal row per request, with the text the emulator produced; returns the
-    count of each request kind's row status (``"disconnect:cancelled"``...)."""
+    count of each request kind's row status (``"disconnect:cancelled"``...), and how long the
+    cancelled streams' upstreams stayed open after their clients hung up."""
     statuses = Counter(item.status for item in planned)
     assert statuses == {200: len(planned)}, f"HTTP statuses of {len(planned)} requests: {dict(statuses)}"
     emulator.wait_for(
@@ -244,6 +252,7 @@ def check_no_loss(emulator: Any, planned: list[Planned]) -> dict[str, int]:
         rows[key] = row
     assert set(rows) == set(records) == {item.key for item in planned}
     outcomes: dict[str, int] = {}
+    lags: list[float] = []
     for item in planned:
         row, record = rows[item.key], records[item.key]
         received = dechunk(item.received).decode()
@@ -264,10 +273,17 @@ def check_no_loss(emulator: Any, planned: list[Planned]) -> dict[str, int]:
         else:
             assert row.status in ("cancelled", "completed"), (item, row.status)
             assert row.text.startswith(received)
+            assert item.hung_up_at is not None, item
             if row.status == "cancelled":
                 assert record["status"] in ("disconnected", "completed")
-    assert outcomes.get("disconnect:cancelled", 0) >= outcomes.get("disconnect:completed", 0), outcomes
-    return outcomes
+                lags.append(record["ended_at"] - item.hung_up_at)
+            else:  # a hang-up that reached the running stream well before the model's end must cancel it
+                early = record["ended_at"] - item.hung_up_at
+                assert early < HANGUP_MARGIN, (item, f"hung up {early:.2f} s before the end, and the stream completed")
+    # Clients hang up after 1 to n - 2 tokens of n: some of them while the stream has seconds left.
+    assert outcomes.get("disconnect:cancelled", 0) > 0, outcomes
+    lag = f"upstream closed {statistics.median(lags):.3f} s (median), {max(lags):.3f} s (max) after the client hung up"
+    return outcomes, lag
 
 
 # -- the tests ---------------------------------------------------------------------------------
@@ -288,9 +304,10 @@ def test_load_without_loss(bedrock_emulator: Any, uvicorn_server: UvicornThread)
     for its INSERT; none may keep it while its stream runs."""
     planned = plan_load(LOAD_STREAMS, LOAD_SEED)
     sampled = load_and_sample(uvicorn_server.url, planned, LOAD_RAMP)
-    outcomes = check_no_loss(bedrock_emulator, planned)
+    outcomes, lag = check_no_loss(bedrock_emulator, planned)
     leaked = close_leftover_connections()
-    print(f"uvicorn load: {sorted(outcomes.items())}; {sampled}; connections left open by finished requests: {leaked}")
+    print(f"uvicorn load: {sorted(outcomes.items())}; {lag}; {sampled}; "
+          f"connections left open by finished requests: {leaked}")
     assert_no_connection_held(sampled, planned)
 
 
@@ -324,7 +341,7 @@ def test_load_without_loss_under_gunicorn_gthread(bedrock_emulator: Any, gunicor
     limit and only a handful of connections are open while ~200 streams run."""
     planned = plan_load(WSGI_STREAMS, LOAD_SEED + 1)
     sampled = load_and_sample(gunicorn_server.url, planned, WSGI_RAMP)
-    outcomes = check_no_loss(bedrock_emulator, planned)
-    print(f"gunicorn load: {sorted(outcomes.items())}; {sampled}")
+    outcomes, lag = check_no_loss(bedrock_emulator, planned)
+    print(f"gunicorn load: {sorted(outcomes.items())}; {lag}; {sampled}")
     assert "Internal Server Error" not in gunicorn_server.log(), gunicorn_server.log()[-4000:]
     assert_no_connection_held(sampled, planned)
