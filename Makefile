@@ -14,7 +14,7 @@ BIN := $(VENV)/bin
 PY := $(BIN)/python
 STAMP := $(VENV)/.installed
 
-.PHONY: demo demo-asgi test test-postgres test-matrix test-oldest test-newest venv-matrix js lint bench venv
+.PHONY: demo demo-asgi test test-postgres test-matrix test-oldest test-newest test-newest-postgres venv-matrix js lint bench venv
 
 # (Re)install when the package metadata changes; otherwise a no-op.
 $(STAMP): setup.cfg pyproject.toml
@@ -81,7 +81,7 @@ define matrix_venv
 endef
 
 define run_matrix_leg
-	@$(2)/bin/python -c "import sys, django; print('matrix leg: Python', sys.version.split()[0], '+ Django', django.__version__)"
+	@$(2)/bin/python -c "import os, sys, django; print('matrix leg: Python', sys.version.split()[0], '+ Django', django.__version__, 'on', os.environ.get('BEDROCK_TEST_DB', 'sqlite'))"
 	@$(2)/bin/python -m pytest $(PYTEST_ARGS); status=$$?; \
 	if [ $$status -eq 5 ]; then echo "$(2): pytest collected no tests" >&2; fi; exit $$status
 endef
@@ -103,6 +103,12 @@ test-oldest: .venv-oldest/.installed $(JS_STAMP)
 	$(call run_matrix_leg,$(PYTHON_OLDEST),.venv-oldest)
 
 test-newest: .venv-newest/.installed $(JS_STAMP)
+	$(call run_matrix_leg,$(PYTHON_NEWEST),.venv-newest)
+
+# The newest pair on PostgreSQL (as test-postgres, in the newest leg's venv): CI runs the database tests
+# there, and the newest leg's other tests on SQLite, rather than each test twice on one pair.
+test-newest-postgres: export BEDROCK_TEST_DB = postgres
+test-newest-postgres: .venv-newest/.installed $(JS_STAMP)
 	$(call run_matrix_leg,$(PYTHON_NEWEST),.venv-newest)
 
 # Both tools run even when the first fails; a tool that is not installed is skipped with a note.

@@ -8,6 +8,7 @@ import shutil
 import subprocess
 import threading
 import time
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -581,6 +582,7 @@ async def test_a_stop_during_the_streams_first_redis_write_still_ends_and_settle
     if reason:
         pytest.skip(reason)
     url = f"redis://{REDIS_HOST}:{REDIS_PORT}/{REDIS_DB}"
+    chat_id = f"early-stop-{uuid.uuid4().hex[:12]}"  # Redis is shared with whatever else runs the suite now
     original_start = resumable.StreamStore.start
 
     async def start(self: Any, chat_id: str) -> str:
@@ -594,7 +596,7 @@ async def test_a_stop_during_the_streams_first_redis_write_still_ends_and_settle
     with override_settings(BEDROCK_STREAM=resumable_on):  # setting_changed: the settings accessor reads it
         client = AsyncClient()  # one visitor: its session owns the chat
         message = user_message("[[emulator tokens=40 delay_ms=50]] hi")
-        response = await client.post(CHAT, {"id": "early-stop", "message": message}, content_type="application/json")
+        response = await client.post(CHAT, {"id": chat_id, "message": message}, content_type="application/json")
         assert response.status_code == 200
 
         async def read_all() -> bytes:
@@ -602,10 +604,10 @@ async def test_a_stop_during_the_streams_first_redis_write_still_ends_and_settle
 
         body = await asyncio.wait_for(read_all(), 15)
         assert ui_chunks(body)[-1] == {"type": "abort"}
-        answer = await ChatMessage.objects.aget(chat_id="early-stop", role="assistant")
+        answer = await ChatMessage.objects.aget(chat_id=chat_id, role="assistant")
         assert answer.status == "cancelled"
         record = bedrock_emulator.wait_for(lambda log: log and log[-1]["status"] != "streaming")[-1]
         assert record["status"] == "disconnected"  # the upstream was closed, not read to its end
         # The store's stream it began is ended too (its running marker cleared): nothing left to resume.
-        resume = await client.get(reverse("django_bedrock_stream:chat-stream", args=["early-stop"]))
+        resume = await client.get(reverse("django_bedrock_stream:chat-stream", args=[chat_id]))
         assert resume.status_code == 204

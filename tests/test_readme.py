@@ -101,6 +101,24 @@ def test_readme_blocks_are_found_and_labelled() -> None:
             assert block.skip, f"README.md:{block.line}: a skip marker needs a reason"
 
 
+_SH_FENCE = re.compile(r"^```sh[ \t]*\n(.*?)^```[ \t]*$", re.S | re.M)
+
+
+def test_every_make_command_of_the_readme_is_a_target() -> None:
+    """Each ``make <target>`` line of the README's ```sh blocks names a target of the Makefile (a dry
+    run, ``make -n``, which runs nothing), so the commands a reader copies exist."""
+    targets = [
+        line.split("#", 1)[0].split()[1]
+        for block in _SH_FENCE.findall(README.read_text(encoding="utf-8"))
+        for line in block.splitlines()
+        if line.startswith("make ")
+    ]
+    assert {"demo", "test", "test-postgres", "lint", "test-matrix"} <= set(targets), targets
+    for target in targets:
+        dry = subprocess.run(["make", "-n", target], cwd=REPO, capture_output=True, text=True, timeout=60)
+        assert dry.returncode == 0, f"README: make {target}: {dry.stderr.strip()}"
+
+
 def _free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
