@@ -18,13 +18,16 @@ POSTGRES_MODULES = {"test_load", "test_db_faults", "test_chat_load"}
 #: Modules marked ``deployment``: several server processes behind nginx, sharing Redis (their own
 #: SQLite file: nothing of theirs depends on the test database or on the Python/Django pair much).
 DEPLOYMENT_MODULES = {"test_resumable"}
+#: Modules marked ``benchmarks``: the benchmark scripts' own tests (tooling: they measure the package, and
+#: run once, in the default pair's suite, not again at the ends of the supported range).
+BENCHMARK_MODULES = {"test_benchmarks"}
 #: Fixtures through which a test reaches the test database (pytest-django refuses every other access).
 DATABASE_FIXTURES = {"db", "transactional_db", "django_db_reset_sequences", "django_db_serialized_rollback", "live_server"}
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """``-m "not clients"``, ``-m "not postgres"``, ``-m "not deployment"``, ``-m "not nodb"`` select
-    by what a run is for (CI's legs). ``nodb``: a test pytest-django would not let near the test
+    """``-m "not clients"``, ``-m "not postgres"``, ``-m "not deployment"``, ``-m "not nodb"``,
+    ``-m "not benchmarks"`` select by what a run is for (CI's legs). ``nodb``: a test pytest-django would not let near the test
     database (no ``django_db`` marker, no database fixture), outside the PostgreSQL-only modules: it
     runs the same on any backend, so the PostgreSQL leg leaves it to the SQLite one."""
     for item in items:
@@ -37,6 +40,8 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
             item.add_marker(pytest.mark.nodb)
         if module in DEPLOYMENT_MODULES:
             item.add_marker(pytest.mark.deployment)
+        if module in BENCHMARK_MODULES:
+            item.add_marker(pytest.mark.benchmarks)
 
 
 @pytest.fixture(scope="session")
