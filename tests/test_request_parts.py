@@ -11,12 +11,10 @@ import json
 from typing import Any
 
 import pytest
-from asgiref.sync import async_to_sync
 from django.core.exceptions import ImproperlyConfigured
-from django.test import AsyncClient, Client, override_settings
+from django.test import Client, override_settings
 from django.urls import path
 
-from django_bedrock_stream import client as clients
 from django_bedrock_stream.checks import check_settings_values
 from django_bedrock_stream.families import AnthropicMessagesFamily, ConverseFamily, NovaFamily
 from django_bedrock_stream.media import FileRefused, read_file
@@ -25,6 +23,7 @@ from django_bedrock_stream.options import ConverseOptions
 from django_bedrock_stream.views import BedrockStreamView, Llama2StreamView
 
 from .media_files import GIF, data_url, docx, pdf, png
+from .ui_stream import post
 
 PROFILES = [
     "us.anthropic.claude-3-7-sonnet-20250219-v1:0",
@@ -72,27 +71,6 @@ urlpatterns = [
 pytestmark = [pytest.mark.urls(__name__), pytest.mark.django_db(transaction=True)]
 
 PNG, PDF = png(3, 2), pdf("Quarterly numbers")
-
-
-def post(server: str, url: str, body: dict[str, Any], query: str = "") -> tuple[int, str]:
-    """POST ``body`` through Django's Client (WSGI) or AsyncClient (ASGI); the status and the whole
-    response body."""
-    raw = json.dumps(body)
-
-    async def asgi() -> tuple[int, str]:
-        response: Any = await AsyncClient().post(url + query, raw, content_type="application/json")
-        if response.streaming:
-            text = b"".join([chunk async for chunk in response.streaming_content]).decode()
-        else:
-            text = response.content.decode()
-        await clients.aclose_clients()  # made on this call's own loop
-        return response.status_code, text
-
-    if server == "asgi":
-        return async_to_sync(asgi)()
-    response: Any = Client().post(url + query, raw, content_type="application/json")
-    text = b"".join(response.streaming_content).decode() if response.streaming else response.content.decode()
-    return response.status_code, text
 
 
 def settled(emulator: Any) -> list[dict[str, Any]]:

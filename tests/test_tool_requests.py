@@ -18,13 +18,10 @@ from typing import Any
 from unittest import mock
 
 import pytest
-from asgiref.sync import async_to_sync, sync_to_async
 from django.contrib.auth import get_user_model
 from django.core import signing
-from django.test import AsyncClient, Client
 from django.urls import path
 
-from django_bedrock_stream import client as clients
 from django_bedrock_stream.drf import BedrockStreamAPIView
 from django_bedrock_stream.families import AnthropicMessagesFamily, ConverseFamily, NovaFamily
 from django_bedrock_stream.models import Completion
@@ -35,6 +32,7 @@ from django_bedrock_stream.views import BedrockStreamView
 from tests.test_reliability import Recorder
 
 from .servers import UvicornThread
+from .ui_stream import of, post, texts, ui_chunks
 
 # -- tools and views -----------------------------------------------------------------------------
 
@@ -137,47 +135,6 @@ pytestmark = [pytest.mark.urls(__name__), pytest.mark.django_db(transaction=True
 # -- helpers -------------------------------------------------------------------------------------
 
 
-def post(server: str, url: str, body: dict[str, Any], user: Any = None) -> tuple[int, str]:
-    """POST through Django's Client (WSGI) or AsyncClient (ASGI), signed in as ``user`` if given;
-    the status and the whole body."""
-    raw = json.dumps(body)
-    if server == "wsgi":
-        client = Client()
-        if user is not None:
-            client.force_login(user)
-        response: Any = client.post(url, raw, content_type="application/json")
-        text = b"".join(response.streaming_content).decode() if response.streaming else response.content.decode()
-        return response.status_code, text
-
-    async def asgi() -> tuple[int, str]:
-        client = AsyncClient()
-        if user is not None:
-            await sync_to_async(client.force_login)(user)
-        response: Any = await client.post(url, raw, content_type="application/json")
-        if response.streaming:
-            text = b"".join([chunk async for chunk in response.streaming_content]).decode()
-        else:
-            text = response.content.decode()
-        await clients.aclose_clients()  # made on this call's own loop
-        return response.status_code, text
-
-    return async_to_sync(asgi)()
-
-
-def ui_chunks(body: str) -> list[dict[str, Any]]:
-    events = [block.removeprefix("data: ") for block in body.split("\n\n") if block.startswith("data: ")]
-    assert events[-1] == "[DONE]", body[-300:]
-    return [json.loads(event) for event in events[:-1]]
-
-
-def of(chunks: list[dict[str, Any]], kind: str) -> list[dict[str, Any]]:
-    return [chunk for chunk in chunks if chunk["type"] == kind]
-
-
-def texts(chunks: list[dict[str, Any]]) -> str:
-    return "".join(chunk["delta"] for chunk in of(chunks, "text-delta"))
-
-
 def fold(message: dict[str, Any], chunks: list[dict[str, Any]]) -> dict[str, Any]:
     """Apply a stream's ui chunks to the assistant ``UIMessage`` as the AI SDK's
     ``processUIMessageStream`` does (the parts this app sends)."""
@@ -227,7 +184,7 @@ def fold(message: dict[str, Any], chunks: list[dict[str, Any]]) -> dict[str, Any
 def asked(server: str, view: str, prompt: str, user: Any = None) -> tuple[dict[str, Any], dict[str, Any]]:
     """The first request of a flow: (the user message, the assistant message its stream made)."""
     question = {"id": "u1", "role": "user", "parts": [{"type": "text", "text": prompt}]}
-    status, body = post(server, VIEWS[view], {"messages": [question]}, user)
+    status, body = post(server, VIEWS[view], {"messages": [question]}, user=user)
     assert status == 200, body
     return question, fold({"id": "a1", "role": "assistant", "parts": []}, ui_chunks(body))
 
@@ -815,7 +772,7 @@ def v4_payload(*messages: dict[str, Any]) -> dict[str, Any]:
 
 def asked_v4(server: str, prompt: str, user: Any = None) -> tuple[dict[str, Any], dict[str, Any]]:
     question = {"role": "user", "content": prompt, "parts": [{"type": "text", "text": prompt}]}
-    status, body = post(server, "/data/", v4_payload(question), user)
+    status, body = post(server, "/data/", v4_payload(question), user=user)
     assert status == 200, body
     return question, fold_v4({"role": "assistant", "content": ""}, body)
 

@@ -6,7 +6,6 @@ aiobotocore against the built-in emulator, whose request log shows what reached 
 from __future__ import annotations
 
 import asyncio
-import http.client
 import json
 import logging
 import threading
@@ -17,8 +16,7 @@ from typing import Any
 import boto3
 import django
 import pytest
-from asgiref.sync import async_to_sync
-from django.test import AsyncClient, Client, override_settings
+from django.test import override_settings
 from django.urls import path
 
 from django_bedrock_stream import client as clients
@@ -31,6 +29,7 @@ from tests.test_reliability import Recorder
 
 from .recorded import RECORDED_DIR, load_index, wire_events, wire_tool_calls
 from .servers import UvicornThread, raw_request, read_head
+from .ui_stream import of, post, texts, ui_chunks
 
 CLAUDE_4 = "us.anthropic.claude-sonnet-4-20250514-v1:0"
 
@@ -177,49 +176,6 @@ needs_asgi_cancellation = pytest.mark.skipif(
 
 def chat(text: str) -> dict[str, Any]:
     return {"messages": [{"role": "user", "content": text}]}
-
-
-def post(server: str, url: str, body: dict[str, Any], query: str = "") -> tuple[int, str]:
-    """POST through Django's Client (WSGI), AsyncClient (ASGI) or a real uvicorn (``server`` is then
-    its URL); the status and the whole body."""
-    raw = json.dumps(body)
-    if server == "wsgi":
-        response: Any = Client().post(url + query, raw, content_type="application/json")
-        text = b"".join(response.streaming_content).decode() if response.streaming else response.content.decode()
-        return response.status_code, text
-    if server == "asgi":
-
-        async def asgi() -> tuple[int, str]:
-            response: Any = await AsyncClient().post(url + query, raw, content_type="application/json")
-            if response.streaming:
-                text = b"".join([chunk async for chunk in response.streaming_content]).decode()
-            else:
-                text = response.content.decode()
-            await clients.aclose_clients()  # made on this call's own loop
-            return response.status_code, text
-
-        return async_to_sync(asgi)()
-    host, port = server.rsplit("//", 1)[1].split(":")
-    conn = http.client.HTTPConnection(host, int(port), timeout=30)
-    conn.request("POST", url + query, body=raw, headers={"Content-Type": "application/json"})
-    reply = conn.getresponse()
-    data = reply.read().decode()
-    conn.close()
-    return reply.status, data
-
-
-def ui_chunks(body: str) -> list[dict[str, Any]]:
-    events = [block.removeprefix("data: ") for block in body.split("\n\n") if block.startswith("data: ")]
-    assert events[-1] == "[DONE]", body[-300:]
-    return [json.loads(event) for event in events[:-1]]
-
-
-def of(chunks: list[dict[str, Any]], kind: str) -> list[dict[str, Any]]:
-    return [chunk for chunk in chunks if chunk["type"] == kind]
-
-
-def texts(chunks: list[dict[str, Any]]) -> str:
-    return "".join(chunk["delta"] for chunk in of(chunks, "text-delta"))
 
 
 def settled(emulator: Any, count: int) -> list[dict[str, Any]]:
