@@ -263,6 +263,26 @@ class Attachment:
         return cls(kind, fmt, FORMAT_MEDIA_TYPES[fmt], data, name)
 
 
+def claimed_media_type(source: str, media_type: str | None) -> str:
+    """The type a file part claims: its data URL's, else its ``mediaType``. One rule for reading a
+    file (:func:`read_file`) and for counting files before any is read (:func:`claimed_kind`), so a
+    file cannot be counted as a document and then read as an image."""
+    if source.startswith("data:"):
+        return source[5:].partition(",")[0].split(";", 1)[0] or media_type or ""
+    return media_type or ""
+
+
+def claimed_kind(source: Any, media_type: Any) -> str:
+    """``"image"`` or ``"document"``: what :func:`read_file` will read a file part as, told from its
+    claim alone (``MAX_IMAGES`` and ``MAX_DOCUMENTS`` are checked before anything is decoded); a type
+    Bedrock does not take counts as a document, and is refused when the part is read."""
+    if not isinstance(media_type, str):
+        media_type = None
+    claimed = claimed_media_type(source if isinstance(source, str) else "", media_type)
+    essence = claimed.split(";", 1)[0].strip().lower()
+    return "image" if MEDIA_TYPES.get(essence) in IMAGE_FORMATS else "document"
+
+
 def _format_of(media_type: str) -> str:
     essence = media_type.split(";", 1)[0].strip().lower()
     fmt = MEDIA_TYPES.get(essence)
@@ -318,12 +338,12 @@ def read_file(
 
     Raises :class:`FileRefused`. Remote URLs are refused: the server never fetches what a client names.
     """
+    claimed = claimed_media_type(url, media_type)
     if url.startswith("data:"):
         header, comma, payload = url[5:].partition(",")
         params = header.split(";")
         if not comma or "base64" not in (p.strip().lower() for p in params[1:]):
             raise FileRefused("A data URL must be base64: data:<media type>;base64,<data>.", "invalid_file")
-        claimed = params[0] or media_type or ""
         if media_type and params[0] and _format_of(media_type) != _format_of(params[0]):
             raise FileRefused(
                 f"The part's mediaType ({media_type}) and its data URL's ({params[0]}) disagree.", "unsupported_media"
@@ -331,7 +351,7 @@ def read_file(
     elif "://" in url[:16]:
         raise FileRefused("Files must be sent as data URLs or base64; URLs are not fetched.", "unsupported_media")
     else:
-        claimed, payload = media_type or "", url
+        payload = url
     fmt = _format_of(claimed)
     kind = "image" if fmt in IMAGE_FORMATS else "document"
     limit = max_image_bytes if kind == "image" else max_document_bytes

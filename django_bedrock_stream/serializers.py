@@ -18,7 +18,7 @@ from rest_framework.settings import api_settings
 from rest_framework.validators import ProhibitSurrogateCharactersValidator
 
 from .conf import stream_settings
-from .media import FileRefused, read_file
+from .media import FileRefused, claimed_kind, read_file
 from .modelids import public_model_id
 from .options import LATENCIES, REASONING_EFFORTS, SERVICE_TIERS
 
@@ -225,7 +225,7 @@ def _v4_tool_part(invocation: Any) -> dict[str, Any]:
     name, call_id, state = invocation.get("toolName"), invocation.get("toolCallId"), invocation.get("state")
     if not (isinstance(name, str) and name and isinstance(call_id, str) and call_id):
         raise _tool_error("a tool invocation needs 'toolName' and 'toolCallId'.")
-    if state not in AI_SDK_4_TOOL_STATES:
+    if not isinstance(state, str) or state not in AI_SDK_4_TOOL_STATES:
         raise _tool_error(f"a tool invocation's state must be one of {', '.join(AI_SDK_4_TOOL_STATES)}.")
     part = {"type": "dynamic-tool", "toolName": name, "toolCallId": call_id, "state": AI_SDK_4_TOOL_STATES[state],
             "input": invocation.get("args")}
@@ -250,9 +250,7 @@ def _check_file_counts(messages: list[Any]) -> None:
         if isinstance(message, Mapping) and message.get("role") == "user" and isinstance(message.get("parts"), list):
             for part in message["parts"]:
                 if isinstance(part, Mapping) and part.get("type") == "file":
-                    url, media_type = part.get("url"), part.get("mediaType")
-                    claimed = url[5:16] if isinstance(url, str) and url.startswith("data:") else media_type
-                    if isinstance(claimed, str) and claimed.lower().startswith("image/"):
+                    if claimed_kind(part.get("url", part.get("data")), part.get("mediaType")) == "image":
                         images += 1
                     else:
                         documents += 1

@@ -116,6 +116,11 @@ def with_bad(messages: list[Any], bad: Any, position: int) -> list[Any]:
     return [*messages[:position], bad, *messages[position:]]
 
 
+def invocation(state: Any) -> dict[str, Any]:
+    """An AI SDK 4 tool invocation, well formed but for its ``state``."""
+    return {"state": state, "step": 0, "toolCallId": "t1", "toolName": "local_time", "args": {}, "result": {}}
+
+
 @st.composite
 def bad_message_lists(draw: st.DrawFn) -> list[Any]:
     """A list of messages, at least one of which is malformed, inserted among good ones."""
@@ -142,6 +147,11 @@ def bad_message_lists(draw: st.DrawFn) -> list[Any]:
                       st.sampled_from(ROLES), json_values),  # no state, name and call id of a tool invocation
             st.builds(lambda role, value: {"role": role, "parts": [{"type": "tool-invocation", "toolInvocation": value}]},
                       st.sampled_from(ROLES), json_values),
+            st.builds(lambda role, state, listed: {"role": role, "content": "hi", **(
+                {"toolInvocations": [invocation(state)]} if listed
+                else {"parts": [{"type": "tool-invocation", "toolInvocation": invocation(state)}]})},
+                st.sampled_from(ROLES), json_values.filter(lambda v: v not in ("partial-call", "call", "result")),
+                st.booleans()),  # a tool invocation whose state is anything but one of AI SDK 4's
             st.builds(lambda role, value: {"role": role, "content": "hi", "experimental_attachments": value},
                       st.sampled_from(ROLES), non_list.filter(lambda v: v is not None)),  # not a list
             st.builds(lambda role, value: {"role": role, "content": "hi", "experimental_attachments": [value]},

@@ -246,6 +246,33 @@ def test_files_over_the_limits_are_refused_before_bedrock(bedrock_emulator: Any,
     assert bedrock_emulator.requests == [] and not Completion.objects.exists()
 
 
+#: Images whose claimed type is told another way than ``data:image/png;base64,``: each is read as an
+#: image, so each counts as one (they were counted as documents, and MAX_IMAGES let them through).
+IMAGES_CLAIMED_OTHERWISE = {
+    "no type in the data URL, mediaType image/png": {"type": "file", "mediaType": "image/png",
+                                                     "url": f"data:;base64,{base64.b64encode(PNG).decode()}"},
+    "a space before the data URL's type": {"type": "file", "url": f"data: image/png;base64,{base64.b64encode(PNG).decode()}"},
+    "upper-case type": {"type": "file", "url": f"data:IMAGE/PNG;base64,{base64.b64encode(PNG).decode()}"},
+    "a data URL in data, no mediaType": {"type": "file", "data": data_url("image/png", PNG)},
+}
+
+
+@pytest.mark.parametrize("case", list(IMAGES_CLAIMED_OTHERWISE))
+def test_every_way_of_claiming_an_image_counts_against_max_images(bedrock_emulator: Any, case: str) -> None:
+    image = IMAGES_CLAIMED_OTHERWISE[case]
+    with override_settings(BEDROCK_STREAM={"ALLOW_ANONYMOUS": True, "MAX_IMAGES": 1, "MAX_DOCUMENTS": 5}):
+        status, body = post("wsgi", "/converse/", {"messages": [user(image, text("Describe it."))]})
+        assert status == 200, body  # one is read, and it is an image
+        assert [block for block in settled(bedrock_emulator)[-1]["body"]["messages"][0]["content"] if "image" in block]
+        status, body = post("wsgi", "/converse/", {"messages": [user(file("image/png", PNG), image, text("And?"))]})
+        assert status == 400 and "At most 1 images may be sent, got 2." in json.loads(body)["error"]["message"], body
+        v4 = {"contentType": image.get("mediaType"), "url": image.get("url", image.get("data"))}
+        status, body = post("wsgi", "/converse/", {"messages": [
+            {"role": "user", "content": "And these?", "experimental_attachments": [v4, v4]}]})
+        assert status == 400 and "At most 1 images may be sent, got 2." in json.loads(body)["error"]["message"], body
+    assert len(bedrock_emulator.requests) == 1
+
+
 @pytest.mark.parametrize("server", SERVERS)
 def test_files_to_a_text_family_are_refused_before_bedrock(bedrock_emulator: Any, server: str) -> None:
     status, body = post(server, "/llama2/", {"messages": [user(file("image/png", PNG), text("Describe"))]})

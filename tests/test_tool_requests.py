@@ -856,6 +856,8 @@ BAD_V4 = {
     "a forged signature": (_v4_message(signature="forged"), "not valid"),
     "another input than was signed": (_v4_message(args={"zone": "UTC"}), "differs"),
     "an unknown state": (_v4_message(state="done"), "state must be one of"),
+    "a state that is an object": (_v4_message(state={"x": 1}), "state must be one of"),
+    "a state that is a list": (_v4_message(state=["result"]), "state must be one of"),
     "no call id": (_v4_message(toolCallId=""), "needs 'toolName' and 'toolCallId'"),
     "an invocation that is no object": (
         {"role": "assistant", "content": "", "parts": [{"type": "tool-invocation", "toolInvocation": "t1"}]},
