@@ -29,14 +29,13 @@ from django.views.decorators.csrf import csrf_exempt
 from . import parts as p
 from . import resumable
 from .access import AccessMixin
-from .exceptions import BedrockStreamError
+from .exceptions import BedrockStreamError, StorageUnavailable
 from .families import ConverseFamily
 from .models import Chat, ChatMessage, Completion
 from .parsing import RequestRejected, read_request_data
 from .protocols import ui_message_metadata, ui_source_chunk
 from .receivers import FINAL_WRITE_BACKOFF, retrying_write
 from .runner import COMPLETED, StreamRunner, release_connections
-from .serializers import load_json_body
 from .signals import stream_finished, stream_started
 from .views import BedrockStreamView
 
@@ -206,6 +205,15 @@ class ChatTurn:
         self.metadata: dict[str, Any] = {}
         #: Whether the chat and the request's messages were stored (``stream_started``): else no answer.
         self.stored = False
+        #: The chat read for this turn was deleted meanwhile (and its id perhaps taken by someone else's
+        #: new chat): nothing of this turn may be written into that one. The view answers 404.
+        self.gone = False
+
+    def _same_chat(self) -> QuerySet[Chat]:
+        """The very chat this turn read or made: its id alone may by now name another chat (deleted,
+        then made again by another user or session)."""
+        assert self.chat is not None
+        return Chat.objects.filter(pk=self.chat.pk, created_at=self.chat.created_at, **self.owner)
 
     def store_start(self) -> None:
         self.stored = False
@@ -216,7 +224,13 @@ class ChatTurn:
                     with transaction.atomic():
                         self.chat = Chat.objects.create(id=self.chat_id, title=title, **self.owner)
                 except IntegrityError:  # made by a request at the same time: ours only if the same owner
-                    self.chat = Chat.objects.get(pk=self.chat_id, **self.owner)
+                    self.chat = Chat.objects.filter(pk=self.chat_id, **self.owner).first()
+                    if self.chat is None:
+                        self.gone = True
+                        return
+            elif not self._same_chat().select_for_update().exists():
+                self.gone = True
+                return
             ChatMessage.objects.filter(chat=self.chat, pk__in=self.replaced).delete()
             position = self._next_position()
             for offset, message in enumerate(self.new_messages):
@@ -246,8 +260,6 @@ class ChatTurn:
 
     def _write_end(self, completion: Completion, status: str) -> None:
         assert self.chat is not None
-        if not Chat.objects.filter(pk=self.chat.pk).exists():  # deleted meanwhile
-            return
         fields = {
             "parts": self.builder.parts,
             "metadata": self.metadata,
@@ -255,6 +267,8 @@ class ChatTurn:
             "completion": completion if completion.pk is not None else None,
         }
         with transaction.atomic():
+            if not self._same_chat().select_for_update().exists():  # deleted meanwhile: the answer goes with it
+                return
             if self.continued and ChatMessage.objects.filter(pk=self.continued, chat=self.chat).update(**fields):
                 pass
             else:
@@ -298,10 +312,13 @@ def _merge_answers(stored: Mapping[str, Any], sent: Mapping[str, Any]) -> dict[s
     """The stored assistant message with the browser's answers to its open tool calls (an output,
     an error, an approval): only those fields of those parts are taken; everything else is the
     stored one. What they claim is verified later (:func:`~.parsing.replay_tool_parts`)."""
+    sent_parts = sent.get("parts")
+    if not isinstance(sent_parts, list):
+        raise RequestRejected(400, "invalid_request", "messages: the continued message's parts must be a list.")
     answers = {
-        part.get("toolCallId"): part
-        for part in sent.get("parts") or ()
-        if isinstance(part, Mapping) and _is_tool_part(part)
+        part["toolCallId"]: part
+        for part in sent_parts
+        if isinstance(part, Mapping) and _is_tool_part(part) and isinstance(part.get("toolCallId"), str)
     }
     parts = []
     for part in stored["parts"]:
@@ -443,6 +460,14 @@ class ChatStreamView(BedrockStreamView):
         it the answer could not be kept, so the view answers 503 before Bedrock is called."""
         return super().start_was_stored(completion) and self.turn.stored
 
+    def error_response(self, error: BedrockStreamError) -> HttpResponseBase:
+        """A turn not stored because its chat went meanwhile (deleted, or made by someone else at the
+        same time) is the 404 of a chat that does not exist, not a 503 to retry."""
+        turn: ChatTurn | None = getattr(self, "turn", None)
+        if isinstance(error, StorageUnavailable) and turn is not None and turn.gone:
+            return _not_found().response()
+        return super().error_response(error)
+
     def make_runner(self, request: HttpRequest, stream: Any, completion: Completion, started_at: float) -> StreamRunner:
         return ChatRunner(
             turn=self.turn, sender=type(self), request=request, stream=stream, completion=completion,
@@ -513,11 +538,7 @@ class ChatDetailView(ChatAPIView):
 
     def patch(self, request: HttpRequest, chat_id: str) -> HttpResponseBase:
         chat = get_chat(request, chat_id)
-        try:
-            data = load_json_body(request.body or b"null")
-        except Exception:
-            raise RequestRejected(400, "invalid_json", "The request body must be JSON.") from None
-        title = data.get("title") if isinstance(data, dict) else None
+        title = read_request_data(request).get("title")
         if not isinstance(title, str) or len(title) > TITLE_MAX or not title.isprintable():
             raise RequestRejected(400, "invalid_request", f"title: text of at most {TITLE_MAX} characters.")
         chat.title = title.strip()

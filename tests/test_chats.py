@@ -22,7 +22,7 @@ from django.core.management import call_command
 from django.test import AsyncClient, Client, override_settings
 from django.urls import include, path, reverse
 
-from django_bedrock_stream.chats import ChatStreamView, UIMessageBuilder
+from django_bedrock_stream.chats import ChatStreamView, ChatTurn, UIMessageBuilder
 from django_bedrock_stream.client import aclose_clients
 from django_bedrock_stream.models import Chat, ChatMessage, Completion
 from tests.postgres import skip_unless_writers_wait
@@ -280,6 +280,79 @@ def test_rename_delete_resume_and_bad_input(bedrock_emulator: Any, alice: Any) -
         assert response.status_code == 400 and response.json()["error"]["type"] == "invalid_request", body
     assert client.delete(detail).status_code == 204
     assert not Chat.objects.exists() and not ChatMessage.objects.exists() and Completion.objects.count() == 1
+
+
+def _taken_over(chat_id: str, user: Any) -> None:
+    """The chat is deleted and its id taken by ``user``'s new chat (the window is the stream's length)."""
+    Chat.objects.filter(pk=chat_id).delete()
+    Chat.objects.create(id=chat_id, owner=user, title="bob's")
+
+
+def test_an_answer_whose_chat_was_deleted_and_its_id_taken_goes_with_the_chat(
+    bedrock_emulator: Any, alice: Any, bob: Any, monkeypatch: Any
+) -> None:
+    """Alice deletes her chat while it answers and Bob starts a chat with the same id: Alice's answer
+    must not land in Bob's chat (it did: the end checked the id alone)."""
+    client = login(alice)
+    read(post_chat(client, {"id": "reuse", "message": user_message("[[emulator tokens=2]] hi")}))
+    original = ChatTurn.store_end
+
+    def store_end(turn: ChatTurn, completion: Any, status: str) -> None:
+        _taken_over("reuse", bob)  # between the stream's start and its end
+        original(turn, completion, status)
+
+    monkeypatch.setattr(ChatTurn, "store_end", store_end)
+    read(post_chat(client, {"id": "reuse", "message": user_message("[[emulator tokens=3]] alice's secret")}))
+    assert Chat.objects.get(pk="reuse").owner == bob and not ChatMessage.objects.exists()
+    assert login(bob).get(reverse("django_bedrock_stream:chat-detail", args=["reuse"])).json()["messages"] == []
+
+
+def test_a_turn_whose_chat_went_before_it_was_stored_is_a_404_before_bedrock(
+    bedrock_emulator: Any, alice: Any, bob: Any, monkeypatch: Any
+) -> None:
+    """The chat read for the turn is gone when the turn is stored (deleted; its id someone else's):
+    a 404 as for a chat that does not exist, not a 503 to retry, and nothing written into Bob's chat."""
+    client = login(alice)
+    read(post_chat(client, {"id": "gone", "message": user_message("[[emulator tokens=2]] hi")}))
+    calls = len(bedrock_emulator.requests)
+    original = ChatTurn.store_start
+
+    def store_start(turn: ChatTurn) -> None:
+        _taken_over("gone", bob)
+        original(turn)
+
+    monkeypatch.setattr(ChatTurn, "store_start", store_start)
+    response = post_chat(client, {"id": "gone", "message": user_message("[[emulator tokens=3]] again")})
+    assert response.status_code == 404 and response.json() == {"error": {"type": "not_found", "message": "No such chat."}}
+    assert len(bedrock_emulator.requests) == calls and not ChatMessage.objects.exists()
+
+
+def test_a_malformed_continued_message_is_a_400(bedrock_emulator: Any, alice: Any) -> None:
+    client = login(alice)
+    read(post_chat(client, {"id": "c7", "message": user_message("[[emulator tokens=2]] hi")}))
+    answer = ChatMessage.objects.get(role="assistant")
+    calls = len(bedrock_emulator.requests)
+    for parts in (5, True, {"type": "text"}):
+        response = post_chat(client, {"id": "c7", "messages": [{"id": answer.id, "role": "assistant", "parts": parts}]})
+        assert response.status_code == 400 and response.json()["error"]["type"] == "invalid_request", parts
+    assert len(bedrock_emulator.requests) == calls
+    for call_id in ({"a": 1}, [1], 7):  # not an answer to any call: the stored message goes on as it was
+        parts = [{"type": "tool-calculator", "toolCallId": call_id, "state": "output-available", "output": 1}]
+        response = post_chat(client, {"id": "c7", "messages": [{"id": answer.id, "role": "assistant", "parts": parts}]})
+        assert response.status_code == 200, response
+        read(response)
+
+
+def test_a_rename_over_the_body_limit_is_a_413(bedrock_emulator: Any, alice: Any, settings: Any) -> None:
+    client = login(alice)
+    read(post_chat(client, {"id": "c8", "message": user_message("[[emulator tokens=2]] hi")}))
+    settings.DATA_UPLOAD_MAX_MEMORY_SIZE = 1000
+    detail = reverse("django_bedrock_stream:chat-detail", args=["c8"])
+    response = client.patch(detail, json.dumps({"title": "x" * 2000}), content_type="application/json")
+    assert response.status_code == 413 and response.json()["error"]["type"] == "payload_too_large"
+    for body in (b"not json", b"[1]"):
+        response = client.patch(detail, body, content_type="application/json")
+        assert response.status_code == 400 and response.json()["error"]["type"] in ("invalid_json", "invalid_request")
 
 
 def test_anonymous_chats_are_bound_to_the_session(bedrock_emulator: Any) -> None:
