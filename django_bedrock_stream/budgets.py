@@ -29,8 +29,8 @@ the row read and the reservation retried the long way. (Group budgets read the u
 
 Periods: ``"day"`` and ``"month"`` are calendar periods in Django's current time zone (``TIME_ZONE``,
 or the one activated for the request; UTC when ``USE_TZ`` is on and nothing else is said). ``"<n>h"``
-and ``"<n>d"`` are rolling windows, counted in 24 buckets (a "24h" window forgets usage an hour at a
-time, a "7d" one seven hours at a time).
+and ``"<n>d"`` are rolling windows of at most 366 days (8784 hours), counted in 24 buckets (a "24h"
+window forgets usage an hour at a time, a "7d" one seven hours at a time).
 """
 
 from __future__ import annotations
@@ -65,6 +65,8 @@ COST_UNIT = Decimal("0.000001")
 THRESHOLDS = (80, 100)
 #: A rolling window is counted in this many buckets.
 ROLLING_BUCKETS = 24
+#: The longest rolling window: 366 days.
+MAX_ROLLING_HOURS = 366 * 24
 #: Keys of a request body whose strings are file bytes or signatures, not tokens of text.
 _BINARY_KEYS = frozenset({"bytes", "data", "signature", "redactedContent"})
 
@@ -78,6 +80,10 @@ def _period(value: Any, where: str) -> str:
     if match is None or int(match.group(1)) == 0:
         raise ImproperlyConfigured(f'{where}: period must be "day", "month" or a rolling window such as "24h" or '
                                    f'"7d", not {value!r}')
+    hours = int(match.group(1)) * (24 if match.group(2) == "d" else 1)
+    if hours > MAX_ROLLING_HOURS:  # a longer one overflows dates: a 500 on every request
+        raise ImproperlyConfigured(f"{where}: a rolling period is at most {MAX_ROLLING_HOURS // 24}d "
+                                   f"({MAX_ROLLING_HOURS}h), not {value!r}")
     return str(value)
 
 
@@ -319,8 +325,11 @@ def reserve_for(
     if known is not _UNLIMITED:
         budget = known if known is not None else _settings_budget(user, budgets)
         if budget is not None:
-            reservation = _try_reserve(user.pk, budget, model_id, body, max_tokens, timezone.now(),
-                                       row_check=True, assumed=known, insert=insert)
+            try:
+                reservation = _try_reserve(user.pk, budget, model_id, body, max_tokens, timezone.now(),
+                                           row_check=True, assumed=known, insert=insert)
+            except BudgetUnpriced:  # only a guess: the row, read below, may have a tokens limit or none
+                reservation = None
             if reservation is not None:
                 return reservation
     budget = budget_for(user, budgets)

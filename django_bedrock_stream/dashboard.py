@@ -38,6 +38,12 @@ if TYPE_CHECKING:
 DEFAULT_DAYS = 30
 #: Longer ranges are charted per month instead of per day.
 MAX_CHART_DAYS = 92
+#: The longest range a query string may ask for, in days from "From" (empty: all time, counted from
+#: today) to "To" (empty: today): about 20 years, which the chart walks day by day.
+MAX_RANGE_DAYS = 366 * 20
+#: The dates a filter may name: a day after the last or before the first overflows ``datetime`` once
+#: shifted by a day or to UTC.
+MIN_DATE, MAX_DATE = dt.date(2, 1, 1), dt.date(9998, 12, 31)
 #: The CSV columns after the group's key; ``cost`` is in ``currency``, empty when unknown.
 CSV_COLUMNS = ("completions", "input_tokens", "output_tokens", "cache_read_tokens", "cache_write_tokens",
                "total_tokens", "failed", "cancelled", "cost", "unpriced", "currency")
@@ -76,8 +82,19 @@ class UsageFilters(forms.Form):
 
     def clean(self) -> dict[str, Any]:
         data = super().clean() or {}
-        if data.get("since") and data.get("until") and data["since"] > data["until"]:
+        for name in ("since", "until"):
+            day = data.get(name)
+            if day and not MIN_DATE <= day <= MAX_DATE:
+                self.add_error(name, _("Enter a date between %(min)s and %(max)s.")
+                               % {"min": MIN_DATE.isoformat(), "max": MAX_DATE.isoformat()})
+        if "since" in self.errors or "until" in self.errors:
+            return data
+        since, until = data.get("since"), data.get("until")
+        if since and until and since > until:
             raise forms.ValidationError(_("The start of the range is after its end."))
+        today = timezone.localdate()  # the end of an open range, and the start of an all-time one's limit
+        if ((until or today) - (since or today)).days >= MAX_RANGE_DAYS:
+            raise forms.ValidationError(_("The range is longer than %(days)s days.") % {"days": MAX_RANGE_DAYS})
         data["by"] = data.get("by") or GROUPINGS[0]
         return data
 

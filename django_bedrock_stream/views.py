@@ -186,6 +186,13 @@ class BedrockStreamMixin:
     def get_max_tokens(self) -> int:
         return int(self.validated_data.get("max_tokens") or self.get_max_tokens_cap())
 
+    def get_reserved_tokens(self) -> int:
+        """The output tokens a budget reserves: the body's ``max_tokens``, which for families that take
+        options includes the reasoning budget (thinking is billed as output). Nova takes options but sends
+        no thinking budget: reserved for it anyway, over rather than under what it may spend."""
+        max_tokens = self.get_max_tokens()
+        return self.resolved_options.max_tokens(max_tokens) if self.family.takes_options else max_tokens
+
     def build_body(self, messages: Sequence[Mapping[str, str]]) -> dict[str, Any]:
         """May override: the family's native body. Call ``super()`` and add parameters."""
         return self.family.body_for(messages, max_tokens=self.get_max_tokens(), options=self.resolved_options)
@@ -334,13 +341,13 @@ class BedrockStreamMixin:
         )
 
     def reserve_budget(self, request: HttpRequest, completion: Completion) -> None:
-        """Should not need overriding: reserve ``max_tokens`` plus the input's estimate against the
-        user's budget (:meth:`get_budget`) before Bedrock is called, on ``completion`` (settled by the
-        ``stream_finished`` receivers; with ``PERSIST``, usually INSERTed with the reservation). Raises
-        :class:`~.budgets.BudgetExceeded` (429), or :class:`~.exceptions.StorageUnavailable` (503)
-        when the database cannot say."""
+        """Should not need overriding: reserve :meth:`get_reserved_tokens` plus the input's estimate
+        against the user's budget (:meth:`get_budget`) before Bedrock is called, on ``completion``
+        (settled by the ``stream_finished`` receivers; with ``PERSIST``, usually INSERTed with the
+        reservation). Raises :class:`~.budgets.BudgetExceeded` (429), or
+        :class:`~.exceptions.StorageUnavailable` (503) when the database cannot say."""
         insert = completion if stream_settings.PERSIST and completion.pk is None else None
-        args = (self.resolved_model_id, self.body, self.get_max_tokens())
+        args = (self.resolved_model_id, self.body, self.get_reserved_tokens())
         try:
             if type(self).get_budget is BedrockStreamMixin.get_budget:  # the default: no row read per request
                 budgets = self.budgets if self.budgets is not None else stream_settings.BUDGETS
@@ -443,7 +450,7 @@ class BedrockStreamMixin:
         if self.tool_list:
             loop = self._tool_loop(request, completion)
             stream.prepare_call, stream.continuation, stream.acontinuation = loop.prepare_call, loop.next, loop.anext
-            loop.before_step = step_reserver(completion, self.resolved_model_id, self.get_max_tokens())
+            loop.before_step = step_reserver(completion, self.resolved_model_id, self.get_reserved_tokens())
             stream.opening = [*self.approved_results, *self.tool_replay.denied]
         return stream
 

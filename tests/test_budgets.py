@@ -382,6 +382,26 @@ def test_user_budget_admin_validation() -> None:
     UserBudget(tokens=5, period="7d").clean()
 
 
+@pytest.mark.django_db
+@pytest.mark.parametrize("period", ["800000d", "99999999999h", "367d", "8785h"])
+def test_a_rolling_period_longer_than_366_days_is_refused(period: str) -> None:
+    """It would overflow dates: a 500 on every request, so the settings check (E003) and the admin refuse it."""
+    from django.core.exceptions import ValidationError
+
+    from django_bedrock_stream.checks import check_settings_values
+
+    with override_settings(BEDROCK_STREAM={"BUDGETS": {"default": {"tokens": 100_000, "period": period}}}):
+        errors = check_settings_values()
+    assert [e.id for e in errors] == ["bedrock_stream.E003"] and "at most 366d" in errors[0].msg, errors
+    with pytest.raises(ValidationError) as refused:
+        UserBudget(tokens=100_000, period=period).clean()
+    assert "period" in refused.value.message_dict
+    for longest in ("366d", "8784h"):
+        UserBudget(tokens=5, period=longest).clean()
+        start, end = Budget(tokens=5, period=longest).bounds(django.utils.timezone.now())
+        assert end - start == timedelta(hours=8784) / budgets.ROLLING_BUCKETS
+
+
 class TightView(Llama2StreamView):
     budgets = {"default": {"tokens": 30, "period": "day"}}
 
@@ -445,6 +465,25 @@ def test_money_budget_without_a_price_is_refused(bedrock_emulator: Any, user: Us
         response = signed_in(user).post(LLAMA, body(), content_type="application/json")
     assert response.status_code == 403 and json.loads(response.content)["error"]["type"] == "budget_unpriced"
     assert bedrock_emulator.requests == []
+
+
+@pytest.mark.django_db
+@pytest.mark.parametrize("row", [{"tokens": 100_000}, {}])
+def test_the_admin_row_wins_over_an_unpriced_money_default(bedrock_emulator: Any, user: User, row: Any) -> None:
+    """A fresh process (nothing known of the user's row) must not refuse by the default before reading it."""
+    UserBudget.objects.create(user=user, **row)
+    with settings_with({"default": {"cost": "1.00", "period": "day"}}, PRICES={}):
+        for _ in range(2):
+            budgets._rows.clear()
+            response = signed_in(user).post(LLAMA, body(), content_type="application/json")
+            assert response.status_code == 200, response.content
+            b"".join(response.streaming_content)
+    reservations = [c.budget_reservation for c in Completion.objects.order_by("id")]
+    assert reservations == ([None, None] if not row else [mock.ANY, mock.ANY])
+    if row:
+        assert {r["tokens"] for r in reservations} == {100_000}
+        assert usage_row(user).unit == "tokens" and usage_row(user).reserved == 0
+    assert len(bedrock_emulator.requests) == 2
 
 
 # -- thresholds and cache writes -------------------------------------------------------------------------
@@ -526,6 +565,34 @@ def test_each_turn_of_a_tool_run_reserves(bedrock_emulator: Any, user: User) -> 
         row = Completion.objects.get()
         assert (row.status, row.error_code) == ("failed", "BudgetExceeded"), text
         assert (usage_row(user).used, usage_row(user).reserved) == (real_tokens(row), 0)
+    finally:
+        urlpatterns.pop()
+
+
+@pytest.mark.django_db
+@override_settings(ROOT_URLCONF=__name__)
+def test_the_reservation_covers_the_reasoning_budget(bedrock_emulator: Any, user: User) -> None:
+    """Thinking counts within the body's max_tokens (answer + reasoning budget): so does the reservation."""
+    thinking = {"CONVERSE": {"reasoning_budget": 2_000}}
+    prompt = "[[emulator tokens=1800]] hi"
+    with settings_with({"default": {"tokens": 1_000, "period": "day"}}, **thinking):
+        response = signed_in(user).post(CONVERSE, body(prompt, 100), content_type="application/json")
+    assert_budget_429(response, limit=1_000, used=0)
+    assert bedrock_emulator.requests == []
+    with settings_with({"default": {"tokens": 100_000, "period": "day"}}, **thinking):
+        row = converse_once(signed_in(user), prompt)
+    assert bedrock_emulator.requests[-1]["body"]["inferenceConfig"]["maxTokens"] == 2_100
+    assert row.budget_reservation["reserved"] > 2_100
+    # each further turn of a tool run too
+    Completion.objects.all().delete()
+    BudgetUsage.objects.all().delete()
+    urlpatterns.append(path("tools/", ToolView.as_view()))
+    try:
+        prompt = '[[emulator tool=lookup tool_input={"city":"Paris"}]] weather?'
+        with settings_with({"default": {"tokens": 100_000, "period": "day"}}, **thinking):
+            response = signed_in(user).post("/tools/", body(prompt), content_type="application/json")
+            b"".join(response.streaming_content)
+        assert Completion.objects.get().budget_reservation["reserved"] > 2 * 2_100
     finally:
         urlpatterns.pop()
 

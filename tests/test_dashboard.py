@@ -194,6 +194,31 @@ def test_bad_filters_are_reported_not_ignored(admin_client: Client, rows: list[C
     assert export.status_code == 400 and export.content.startswith(b"Invalid filters: ")
 
 
+@pytest.mark.parametrize("zone", ["UTC", "Asia/Tokyo", "America/New_York"])
+@pytest.mark.parametrize(
+    "query", [{"until": "9999-12-31"}, {"since": "0001-01-01", "until": "0001-01-02"}, {"since": "0001-01-01"},
+              {"since": "2000-01-01", "until": "2021-01-01"}, {"since": "2000-01-01"}, {"since": "", "until": "9998-12-31"}]
+)
+def test_dates_out_of_range_and_too_long_ranges_are_bad_filters(
+    admin_client: Client, rows: list[Completion], query: dict[str, str], zone: str
+) -> None:
+    """Not a 500 (date overflow shifting to UTC or by a day), nor a day-by-day chart of centuries."""
+    with override_settings(TIME_ZONE=zone):
+        page = admin_client.get(reverse(PAGE), query)
+        assert page.status_code == 200 and page.context["form"].errors
+        export = admin_client.get(reverse(CSV), query)
+        assert export.status_code == 400 and export.content.startswith(b"Invalid filters: ")
+
+
+def test_the_longest_range_and_the_extreme_dates_are_served(admin_client: Client, rows: list[Completion]) -> None:
+    with override_settings(TIME_ZONE="Asia/Tokyo"):
+        for query in ({"since": "2000-01-01", "until": "2020-01-15"}, {"since": "2010-01-01"}, {"since": "0002-01-01", "until": "0002-01-01"},
+                      {"since": "9998-12-31", "until": "9998-12-31"}, {"since": "", "until": "2000-01-01"}):
+            page = admin_client.get(reverse(PAGE), query)
+            assert page.status_code == 200 and not page.context["form"].errors, query
+            assert admin_client.get(reverse(CSV), query).status_code == 200
+
+
 def test_spreadsheet_formulas_in_usernames_are_defused(admin_client: Client) -> None:
     make(user=User.objects.create_user("=HYPERLINK(\"http://x\")"), input_tokens=3)
     make(user=User.objects.create_user("-1+2"), input_tokens=4)
