@@ -15,7 +15,7 @@ import json
 import logging
 import re
 import uuid
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from django.db import DatabaseError, IntegrityError, transaction
@@ -208,6 +208,11 @@ class ChatTurn:
         #: The chat read for this turn was deleted meanwhile (and its id perhaps taken by someone else's
         #: new chat): nothing of this turn may be written into that one. The view answers 404.
         self.gone = False
+        #: A stop of the chat came after the turn was stored, before its stream could hear one.
+        self.stop_requested = False
+        #: The chat's earlier stop flag in Redis was cleared as the turn began (see _watch_early_stop).
+        self.stop_flag_cleared = False
+        self._unregister_early: Callable[[], None] | None = None
 
     def _same_chat(self) -> QuerySet[Chat]:
         """The very chat this turn read or made: its id alone may by now name another chat (deleted,
@@ -239,6 +244,26 @@ class ChatTurn:
                     metadata=message.get("metadata") or {}, position=position + offset,
                 )
         self.stored = True
+        self._watch_early_stop()
+
+    def _watch_early_stop(self) -> None:
+        """From now until the stream reads, a stop of the chat is noted here (the runner stops as soon
+        as it listens itself): the user may press Stop while Bedrock has not answered yet. An earlier
+        stream's stop flag in Redis is cleared now, so that a stop sent from now on, from any worker,
+        is this stream's (the stream's watcher reads the flag when it subscribes)."""
+
+        def stop() -> None:  # any thread
+            self.stop_requested = True
+
+        self._unregister_early = resumable.register_local(self.chat_id, stop)
+        self.stop_flag_cleared = resumable.clear_stop_sync(self.chat_id)
+
+    def end_early_stop_watch(self) -> bool:
+        """Stop noting stops here (the runner listens now, or the turn ended); whether one came."""
+        if self._unregister_early is not None:
+            self._unregister_early()
+            self._unregister_early = None
+        return self.stop_requested
 
     def _next_position(self) -> int:
         last = ChatMessage.objects.filter(chat=self.chat).aggregate(last=Max("position"))["last"]
@@ -409,7 +434,14 @@ class ChatRunner(StreamRunner):
 
     _step_started = False
 
+    def stop_requested_early(self) -> bool:
+        return self.turn.end_early_stop_watch()
+
+    def stop_flag_cleared(self) -> bool:
+        return self.turn.stop_flag_cleared
+
     def settle(self, status: str, error: BedrockStreamError | None = None) -> list[tuple[Any, dict[str, Any]]]:
+        self.turn.end_early_stop_watch()  # (a turn that ends before its stream reads: Bedrock refused it)
         if not self._step_started and self._state == "read":  # started, but not one part came
             self._step_started = True
             self.turn.builder.start_step()

@@ -108,12 +108,13 @@ class StreamStore:
         return f"{self.prefix}stop:{chat_id}"
 
     # -- writing ------------------------------------------------------------------------------------
-    async def start(self, chat_id: str) -> str:
+    async def start(self, chat_id: str, *, clear_stop: bool = True) -> str:
         """A new stream key for the chat, marked as its running stream (for ``RESUME_TTL`` at most: a
-        runner that died leaves no marker for longer); clears a stop flag left by an earlier stream."""
+        runner that died leaves no marker for longer); clears a stop flag left by an earlier stream,
+        unless the turn did so already (``clear_stop=False``: the flag is then a stop of this one)."""
         stream_key = f"{self.prefix}stream:{chat_id}:{secrets.token_hex(8)}"
         async with self.client.pipeline(transaction=True) as pipe:
-            _start_commands(self, pipe, chat_id, stream_key)
+            _start_commands(self, pipe, chat_id, stream_key, clear_stop)
             await pipe.execute()
         return stream_key
 
@@ -294,13 +295,15 @@ def _retrieve(future: asyncio.Future[Any]) -> None:
         future.exception()
 
 
-def _start_commands(store: StreamStore, pipe: Any, chat_id: str, stream_key: str) -> None:
+def _start_commands(store: StreamStore, pipe: Any, chat_id: str, stream_key: str, clear_stop: bool) -> None:
     """Make the stream (its first entry carries no chunk), mark it as the chat's running stream and
-    clear an earlier stream's stop flag (sync or async pipe)."""
+    clear an earlier stream's stop flag, unless the turn cleared it when it began
+    (:func:`clear_stop_sync`): a stop sent since is this stream's (sync or async pipe)."""
     pipe.xadd(stream_key, {BEGIN: "1"})
     pipe.expire(stream_key, store.running_ttl)
     pipe.set(store.running_key(chat_id), stream_key, ex=store.running_ttl)
-    pipe.delete(store.stop_key(chat_id))
+    if clear_stop:
+        pipe.delete(store.stop_key(chat_id))
 
 
 def _append_commands(store: StreamStore, pipe: Any, stream_key: str, data: str, chat_id: str | None) -> None:
@@ -347,9 +350,10 @@ class Tee:
     """Copies a runner's encoded chunks to the store from a writer task of its own: what piled up
     while one ``XADD`` was in flight goes in the next, so Redis never slows the connected client."""
 
-    def __init__(self, store: StreamStore, chat_id: str) -> None:
+    def __init__(self, store: StreamStore, chat_id: str, clear_stop: bool = True) -> None:
         self.store = store
         self.chat_id = chat_id
+        self.clear_stop = clear_stop  # see StreamStore.start
         self.stream_key: str | None = None
         self.broken = False
         self._pending: list[str] = []
@@ -358,7 +362,7 @@ class Tee:
         self._writer: asyncio.Task[None] | None = None
 
     async def open(self) -> None:
-        start = asyncio.ensure_future(self.store.start(self.chat_id))
+        start = asyncio.ensure_future(self.store.start(self.chat_id, clear_stop=self.clear_stop))
         try:
             try:
                 self.stream_key = await asyncio.shield(start)
@@ -514,9 +518,10 @@ class SyncTee:
     from another worker ends a WSGI stream at its next read (a stop in this process closes the
     upstream at once)."""
 
-    def __init__(self, store: StreamStore, chat_id: str) -> None:
+    def __init__(self, store: StreamStore, chat_id: str, clear_stop: bool = True) -> None:
         self.store = store
         self.chat_id = chat_id
+        self.clear_stop = clear_stop  # see StreamStore.start
         self.stream_key: str | None = None
         self.broken = False
         self.client = sync_client(store)
@@ -526,7 +531,7 @@ class SyncTee:
         stream_key = f"{store.prefix}stream:{chat_id}:{secrets.token_hex(8)}"
         try:
             with self.client.pipeline(transaction=True) as pipe:
-                _start_commands(store, pipe, chat_id, stream_key)
+                _start_commands(store, pipe, chat_id, stream_key, self.clear_stop)
                 pipe.execute()
         except REDIS_ERRORS as err:
             self._broke(err)
@@ -608,6 +613,22 @@ def request_stop_sync(chat_id: str) -> bool:
         logger.warning("Redis unavailable, the stop of chat %s reached this worker only: %r", chat_id, err)
         return stopped
     return stopped or bool(running)
+
+
+def clear_stop_sync(chat_id: str, store: StreamStore | None = None) -> bool:
+    """Clear an earlier stream's stop flag of the chat, as a new turn begins (before Bedrock is
+    called), so that only a stop sent from then on stops the new stream. Redis errors are logged: the
+    turn goes on (stops then reach this worker only, as during any outage). ``store``: the settings'.
+    Whether it was cleared (else the stream's start clears it, as ever)."""
+    store = store or get_store()
+    if store is None:
+        return False
+    try:
+        sync_client(store).delete(store.stop_key(chat_id))
+    except REDIS_ERRORS as err:
+        logger.warning("Redis unavailable, could not clear the stop flag of chat %s: %r", chat_id, err)
+        return False
+    return True
 
 
 def resume_response_sync(chat_id: str, protocol: type[StreamProtocol] | None = None) -> HttpResponseBase:

@@ -167,9 +167,10 @@ class StreamRunner:
             head = protocol.start()
             if head:
                 yield head
+            stopped_early = self.stopped  # stopped before the first read: nothing is read
             try:
                 # One write per network read: parts that arrived together leave together.
-                for parts in stream.iter_part_batches(self._send_token if listened else None):
+                for parts in () if stopped_early else stream.iter_part_batches(self._send_token if listened else None):
                     data = encode(parts)
                     if data:
                         yield data
@@ -177,7 +178,7 @@ class StreamRunner:
                 # A stop closes the upstream under the read: that read's error is the stop.
                 outcome, error = (CANCELLED, None) if self.stopped else (FAILED, err)
             else:
-                outcome = COMPLETED
+                outcome = CANCELLED if stopped_early else COMPLETED
             tail = self._end_sync(outcome, error)
             if tail:
                 yield tail
@@ -190,7 +191,7 @@ class StreamRunner:
         """A chat stream under WSGI: teed to the store, stoppable, and with ``DISCONNECT = "continue"``
         read to its end after the client left (in the request's thread, which it holds until then)."""
         store = resumable.get_store()
-        tee = resumable.SyncTee(store, chat_id) if store is not None else None
+        tee = resumable.SyncTee(store, chat_id, not self.stop_flag_cleared()) if store is not None else None
 
         def stop() -> None:  # any thread: closing the upstream wakes the blocked read
             if not self.settled:
@@ -198,6 +199,8 @@ class StreamRunner:
                 self.stream.close()
 
         unregister = resumable.register_local(chat_id, stop)
+        if self.stop_requested_early():
+            stop()
         if tee is not None:
             tee.open()
         inner = self._produce_sync()
@@ -336,9 +339,11 @@ class StreamRunner:
                     loop.call_soon_threadsafe(self.stop, task)
 
                 unregister = resumable.register_local(self.chat_id, stop)
+                if self.stop_requested_early():
+                    self.stop(task)  # now, on the loop: the first await is cancelled, nothing is read
                 store = resumable.get_store()
                 if store is not None:
-                    tee = resumable.Tee(store, self.chat_id)
+                    tee = resumable.Tee(store, self.chat_id, not self.stop_flag_cleared())
                     await tee.open()  # a stop can land here, before anything is read
                     watcher = asyncio.ensure_future(self._watch_stop(store, task))
             async for data in self._produce():
@@ -366,6 +371,16 @@ class StreamRunner:
         if not self.settled:
             self.stream.close()
             await asyncio.shield(self._end_async(CANCELLED, None, then=release_connections))
+
+    def stop_flag_cleared(self) -> bool:
+        """Whether the chat's earlier stop flag in Redis was cleared when its turn began: the stream's
+        start then leaves the flag, a stop of this stream sent while Bedrock had not answered yet."""
+        return False
+
+    def stop_requested_early(self) -> bool:
+        """Whether a stop of the chat came before this runner could hear one (while Bedrock had not
+        answered yet); called once the runner listens for stops itself."""
+        return False
 
     def stop(self, task: asyncio.Future[Any]) -> None:
         """A stop request for this chat (on the loop): cancel the pump, which closes the upstream."""

@@ -467,6 +467,35 @@ def test_stop_from_another_request_within_one_worker(bedrock_emulator: Any, serv
     assert log[-1]["text"].startswith(text) and len(text) < len("".join(log[-1]["text"])) + 1
 
 
+@pytest.mark.parametrize("server_class", [UvicornThread, WSGIThread])
+def test_a_stop_while_bedrock_has_not_answered_yet_ends_the_stream_when_it_answers(
+    bedrock_emulator: Any, server_class: Any
+) -> None:
+    """Stop pressed right after sending, while the view still waits for Bedrock's first byte: the stop
+    is heard (it was lost: the stream ran to its end, billed in full), and the stream ends as soon as
+    it opens, with an abort (what came with Bedrock's first byte, read before answering, is kept)."""
+    cookies = anonymous_session()
+    body = {"id": "early", "message": user_message("[[emulator tokens=60 delay_ms=20 ttfb_ms=1500]] go")}
+    with server_class() as server:
+        response: list[httpx.Response] = []
+        reader = threading.Thread(target=lambda: response.append(
+            httpx.post(f"{server.url}{CHAT}", json=body, cookies=cookies, timeout=30)))
+        reader.start()
+        bedrock_emulator.wait_for(lambda reqs: len(reqs) == 1, timeout=10)  # the turn is stored; Bedrock thinks
+        stopped = httpx.post(f"{server.url}/bedrock/chat/early/stop/", cookies=cookies, timeout=10)
+        assert stopped.json() == {"id": "early", "stopped": True}
+        reader.join(15)
+        assert not reader.is_alive()
+        log = bedrock_emulator.wait_for(lambda reqs: reqs[-1]["status"] != "streaming", timeout=5)
+    assert ui_chunks(response[0].content)[-1] == {"type": "abort"}
+    assert log[-1]["status"] == "disconnected" and log[-1]["chunks_sent"] < 5, log[-1]
+    answer = ChatMessage.objects.get(role="assistant")
+    assert answer.status == "cancelled" and answer.completion.status == "cancelled"
+    streamed = "".join(chunk["delta"] for chunk in ui_chunks(response[0].content) if chunk["type"] == "text-delta")
+    assert "".join(part.get("text", "") for part in answer.parts) == streamed == answer.completion.text
+    assert len(streamed.split()) <= 1
+
+
 def test_deleting_a_chat_stops_its_stream(bedrock_emulator: Any, caplog: Any) -> None:
     """DELETE while the answer streams: the upstream call ends, and nothing is stored (nor logged as
     an error) for the chat that is gone; its Completion stays, cancelled."""
@@ -658,8 +687,8 @@ async def test_a_stop_during_the_streams_first_redis_write_still_ends_and_settle
     chat_id = f"early-stop-{uuid.uuid4().hex[:12]}"  # Redis is shared with whatever else runs the suite now
     original_start = resumable.StreamStore.start
 
-    async def start(self: Any, chat_id: str) -> str:
-        key: str = await original_start(self, chat_id)  # the stream and its running marker exist in Redis
+    async def start(self: Any, chat_id: str, **kwargs: Any) -> str:
+        key: str = await original_start(self, chat_id, **kwargs)  # the stream and its running marker exist in Redis
         resumable._stop_locally(chat_id)  # as request_stop on this worker, at this very moment:
         await asyncio.sleep(0.01)  # scheduled on the loop, the stop lands before the start returned
         return key

@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import json
 import subprocess
+import threading
 import time
 import uuid
 from collections.abc import AsyncIterator, Iterator
@@ -444,6 +445,37 @@ def test_the_chat_endpoints_across_three_workers(workers: Workers, chat_id: str,
     assert [m["role"] for m in stored] == ["user", "assistant"]
     assert stored[1]["id"] == seen[0]["messageId"]
     assert "".join(p.get("text", "") for p in stored[1]["parts"]) == text_of(seen + rest)
+
+
+def test_a_stop_from_another_worker_before_bedrock_answered_ends_the_stream_when_it_opens(
+    workers: Workers, chat_id: str, bedrock_emulator: Any
+) -> None:
+    """Stop pressed on worker B while worker A's chat turn still waits for Bedrock's first byte: the
+    stop flag is this stream's (the turn cleared the earlier one when it began, the stream's start no
+    longer does), so the stream ends with an abort as soon as it opens instead of running to its end.
+    (No stream runs yet, so B answers ``stopped: false``.)"""
+
+    def message(scenario: str) -> dict[str, Any]:
+        return {"id": "u1", "role": "user", "parts": [{"type": "text", "text": f"[[emulator {scenario}]] {chat_id}"}]}
+
+    with httpx.Client(timeout=30) as client:  # the anonymous visitor's session, made by the first turn
+        first = client.post(f"{workers.a.url}/bedrock/chat/", json={"id": chat_id, "message": message("tokens=2")})
+        assert first.status_code == 200
+        client.post(f"{workers.b.url}/bedrock/chat/{chat_id}/stop/")  # an earlier stream's flag: cleared by the turn
+        answer: list[httpx.Response] = []
+        turn = {"id": chat_id, "message": message("tokens=60 delay_ms=20 ttfb_ms=1500")}
+        post = threading.Thread(target=lambda: answer.append(client.post(f"{workers.a.url}/bedrock/chat/", json=turn)))
+        post.start()
+        bedrock_emulator.wait_for(lambda reqs: len([r for r in reqs if chat_id in json.dumps(r["body"])]) == 2, 10)
+        assert client.post(f"{workers.b.url}/bedrock/chat/{chat_id}/stop/").json() == {"id": chat_id, "stopped": False}
+        post.join(15)
+        assert not post.is_alive()
+    events = list(ui_events(iter(answer[0].text.splitlines())))
+    assert events[-1] == {"type": "abort"}, events
+    record = bedrock_emulator.wait_for(
+        lambda reqs: [r for r in reqs if chat_id in json.dumps(r["body"]) and r["status"] != "streaming"][1:], 10
+    )[-1]
+    assert record["status"] == "disconnected" and record["chunks_sent"] < 60, record
 
 
 def test_resume_without_a_running_stream_is_204(workers: Workers, chat_id: str) -> None:
