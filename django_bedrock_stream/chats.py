@@ -218,7 +218,11 @@ class ChatTurn:
         """The very chat this turn read or made: its id alone may by now name another chat (deleted,
         then made again by another user or session)."""
         assert self.chat is not None
-        return Chat.objects.filter(pk=self.chat.pk, created_at=self.chat.created_at, **self.owner)
+        return Chat.objects.filter(pk=self.chat.pk, created_at=self.chat.created_at, **self._owned())
+
+    def _owned(self) -> dict[str, Any]:
+        """The owner lookup of :func:`chats_of`: a signed-in user's chats whatever their session key."""
+        return {"owner": self.owner["owner"]} if self.owner["owner"] is not None else self.owner
 
     def store_start(self) -> None:
         self.stored = False
@@ -229,7 +233,7 @@ class ChatTurn:
                     with transaction.atomic():
                         self.chat = Chat.objects.create(id=self.chat_id, title=title, **self.owner)
                 except IntegrityError:  # made by a request at the same time: ours only if the same owner
-                    self.chat = Chat.objects.filter(pk=self.chat_id, **self.owner).first()
+                    self.chat = Chat.objects.filter(pk=self.chat_id, **self._owned()).first()
                     if self.chat is None:
                         self.gone = True
                         return

@@ -257,15 +257,17 @@ class StreamRunner:
             head = protocol.start()
             if head:
                 yield head
+            stopped_early = self.stopped  # stopped before the first read: nothing is read
             try:
-                async for parts in stream.aiter_part_batches(self._asend_token if listened else None):
-                    data = encode(parts)
-                    if data:
-                        yield data
+                if not stopped_early:
+                    async for parts in stream.aiter_part_batches(self._asend_token if listened else None):
+                        data = encode(parts)
+                        if data:
+                            yield data
             except BedrockStreamError as err:
                 outcome, error = FAILED, err
             else:
-                outcome = COMPLETED
+                outcome = CANCELLED if stopped_early else COMPLETED
             # Settled now, before anything is awaited: a stop arriving from here on finds the stream
             # settled and leaves it alone, so its tail (the finish part) always follows. (Settled in
             # the end task instead, a stop landing before that task's first step cancelled this one
@@ -339,8 +341,9 @@ class StreamRunner:
                     loop.call_soon_threadsafe(self.stop, task)
 
                 unregister = resumable.register_local(self.chat_id, stop)
-                if self.stop_requested_early():
-                    self.stop(task)  # now, on the loop: the first await is cancelled, nothing is read
+                if self.stop_requested_early():  # as under WSGI: nothing is read (bytes Bedrock already
+                    self.stopped = True  # sent may be buffered: a cancel would land only after reading them)
+                    self.stream.close()
                 store = resumable.get_store()
                 if store is not None:
                     tee = resumable.Tee(store, self.chat_id, not self.stop_flag_cleared())
