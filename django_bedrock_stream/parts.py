@@ -10,6 +10,8 @@ one block (one reasoning section, one tool call), which the ``ui`` protocol open
 
 from __future__ import annotations
 
+import math
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -199,3 +201,42 @@ Part = (
     | StepFinish
     | Finish
 )
+
+
+#: How deep a tool call's input or output may nest (the model's, or one a browser sends back): what
+#: signs, checks and stores them recurses.
+MAX_TOOL_JSON_DEPTH = 64
+_NUL_OR_SURROGATE = re.compile("[\x00\ud800-\udfff]")
+
+
+def json_depth(value: Any) -> int:
+    """How deeply ``value`` nests lists and dicts, walked without recursion (so no depth can crash it)."""
+    deepest, stack = 0, [(value, 0)]
+    while stack:
+        item, depth = stack.pop()
+        if isinstance(item, (list, dict)):
+            deepest = max(deepest, depth + 1)
+            stack.extend((child, depth + 1) for child in (item.values() if isinstance(item, dict) else item))
+    return deepest
+
+
+def unstorable(value: Any) -> str | None:
+    """Why a tool call's input or a tool's output cannot be streamed to a browser and stored as JSON,
+    or None: NaN and infinities (not JSON to a browser or PostgreSQL), NUL and half a UTF-16 surrogate
+    pair (refused by PostgreSQL's json; not UTF-8), nesting deeper than :data:`MAX_TOOL_JSON_DEPTH`.
+    Walked without recursion."""
+    stack = [value]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, float) and not math.isfinite(item):
+            return "a number that is not finite"
+        if isinstance(item, str) and _NUL_OR_SURROGATE.search(item):
+            return "a NUL character or half a surrogate pair"
+        if isinstance(item, dict):
+            stack.extend(item.keys())
+            stack.extend(item.values())
+        elif isinstance(item, list):
+            stack.extend(item)
+    if json_depth(value) > MAX_TOOL_JSON_DEPTH:
+        return f"more than {MAX_TOOL_JSON_DEPTH} levels of nesting"
+    return None

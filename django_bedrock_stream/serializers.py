@@ -21,6 +21,7 @@ from .conf import stream_settings
 from .media import FileRefused, claimed_kind, read_file
 from .modelids import public_model_id
 from .options import LATENCIES, REASONING_EFFORTS, SERVICE_TIERS
+from .parts import MAX_TOOL_JSON_DEPTH, json_depth
 
 ROLES = ("system", "user", "assistant")
 
@@ -313,21 +314,6 @@ TOOL_STATES = (
     "output-error",
     "output-denied",
 )
-
-
-#: How deep a tool call's input or output sent back may nest (what signs and checks it recurses).
-MAX_TOOL_JSON_DEPTH = 64
-
-
-def json_depth(value: Any) -> int:
-    """How deeply ``value`` nests lists and dicts, walked without recursion (so no depth can crash it)."""
-    deepest, stack = 0, [(value, 0)]
-    while stack:
-        item, depth = stack.pop()
-        if isinstance(item, (list, dict)):
-            deepest = max(deepest, depth + 1)
-            stack.extend((child, depth + 1) for child in (item.values() if isinstance(item, dict) else item))
-    return deepest
 
 
 def _is_tool_part(part: Mapping[str, Any]) -> bool:

@@ -45,7 +45,7 @@ from pydantic_core import PydanticSerializationError, to_jsonable_python
 
 from .client import LazyPool
 from .conf import stream_settings
-from .parts import ToolCall, ToolResult
+from .parts import ToolCall, ToolResult, unstorable
 
 __all__ = [
     "TOOL_FORMATS",
@@ -787,11 +787,15 @@ async def _run_one(
         logger.exception("Tool %r (call %s) raised", call.name, call.id)
         return _failed(call, f"The tool {call.name!r} failed with an internal error.", duration)
     try:
-        jsonable = to_jsonable_python(output)
-    except (PydanticSerializationError, TypeError, ValueError):
+        jsonable = _capped_output(to_jsonable_python(output))
+    except (PydanticSerializationError, TypeError, ValueError, RecursionError):
         logger.error("Tool %r (call %s) returned a %s, which is not JSON", call.name, call.id, type(output).__name__)
         return _failed(call, f"The tool {call.name!r} returned a value that cannot be sent.", duration)
-    return ToolRun(call, ToolResult(call.id, call.name, output=_capped_output(jsonable)), duration, "success")
+    problem = unstorable(jsonable)
+    if problem:
+        logger.error("Tool %r (call %s) returned %s, which cannot be sent", call.name, call.id, problem)
+        return _failed(call, f"The tool {call.name!r} returned a value that cannot be sent ({problem}).", duration)
+    return ToolRun(call, ToolResult(call.id, call.name, output=jsonable), duration, "success")
 
 
 async def _execute(found: Tool, arguments: Any, request: HttpRequest | None) -> Any:

@@ -114,6 +114,21 @@ def delete_file(path: str) -> str:
 
 SERVER_TOOLS = [calculator, echo, slow_async, slow_sync, broken, wait_forever]
 
+#: Values a tool may return that no browser (NaN is not JSON) or PostgreSQL (NUL) takes, or that nest
+#: deeper than anything that signs or stores them can follow.
+UNSENDABLE = {"nan": float("nan"), "infinity": float("inf"), "nul": "a\x00b", "deep": [[[[[[[[1]]]]]]]] * 1}
+
+
+@tool
+def unsendable(kind: str) -> Any:
+    """Return a value that cannot be sent."""
+    if kind == "deep":
+        value: Any = 1
+        for _ in range(600):
+            value = [value]
+        return value
+    return UNSENDABLE[kind]
+
 # -- views ---------------------------------------------------------------------------------------
 
 
@@ -164,6 +179,7 @@ urlpatterns = [
     path("claude-thinking/", ClaudeThinking.as_view()),
     path("two-steps/", TwoSteps.as_view()),
     path("browser/", BrowserTools.as_view()),
+    path("unsendable/", ConverseTools.as_view(tools=[echo, unsendable])),
 ]
 pytestmark = [pytest.mark.urls(__name__), pytest.mark.django_db(transaction=True)]
 
@@ -664,6 +680,49 @@ def test_bad_input_for_a_client_side_tool_is_an_error_the_model_sees(
     _, second = settled(bedrock_emulator, 2)
     assert second["body"]["messages"][-1]["content"][0]["toolResult"]["status"] == "error"
     assert texts(chunks) == f"Error from local_time: {error['errorText']}"
+
+
+def _nested(depth: int) -> str:
+    return '{"text": ' + "[" * depth + "1" + "]" * depth + "}"
+
+
+@pytest.mark.parametrize("server_kind", ["wsgi", "asgi"])
+@pytest.mark.parametrize("raw", [
+    '{"text": NaN}', '{"text": -Infinity}', '{"text": "a\\u0000b"}', '{"text": "half \\ud800 a pair"}',
+    _nested(70), _nested(600), _nested(1200),
+], ids=["nan", "infinity", "nul", "lone-surrogate", "70-deep", "600-deep", "1200-deep"])
+def test_tool_input_no_browser_or_database_takes_is_an_error_the_model_sees(
+    bedrock_emulator: Any, server_kind: str, raw: str
+) -> None:
+    """The model's input is JSON to Python but not to a browser (NaN), to PostgreSQL (NUL, half a
+    surrogate pair), or to what signs it (600 levels: a RecursionError ended the stream as failed):
+    the model hears of it, the stream goes on and the row settles."""
+    status, body = post(server_kind, "/unsendable/", chat(f"[[emulator tool=echo tool_raw='{raw}']] say it"))
+    assert status == 200, body
+    chunks = ui_chunks(body)
+    [error] = of(chunks, "tool-output-error")
+    assert error["errorText"].startswith("The tool input is not valid JSON"), error
+    assert not of(chunks, "error") and chunks[-1]["messageMetadata"]["finishReason"] == "stop"
+    assert row().status == "completed"
+    def not_json(name: str) -> None:
+        pytest.fail(f"{name} in the stream: no browser parses it")
+
+    for event in body.split("\n\n"):  # JSON a browser parses: no NaN or Infinity constants
+        if event.startswith("data: {"):
+            json.loads(event[len("data: "):], parse_constant=not_json)
+
+
+@pytest.mark.parametrize("server_kind", ["wsgi", "asgi"])
+@pytest.mark.parametrize("kind", ["nan", "infinity", "nul", "deep"])
+def test_a_tool_output_that_cannot_be_sent_is_an_error_the_model_sees(
+    bedrock_emulator: Any, server_kind: str, kind: str
+) -> None:
+    status, body = post(server_kind, "/unsendable/", chat(f'[[emulator tool=unsendable tool_input={{"kind": "{kind}"}}]] go'))
+    assert status == 200, body
+    chunks = ui_chunks(body)
+    [error] = of(chunks, "tool-output-error")
+    assert error["errorText"].startswith("The tool 'unsendable' returned a value that cannot be sent"), error
+    assert not of(chunks, "error") and row().status == "completed"
 
 
 @pytest.mark.parametrize("server_kind", ["wsgi", "asgi"])

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from ..modelids import base_model_id
-from ..parts import GuardrailTrace, Part, ReasoningDelta, Source, ToolCall, ToolCallStart, ToolInputDelta
+from ..parts import GuardrailTrace, Part, ReasoningDelta, Source, ToolCall, ToolCallStart, ToolInputDelta, unstorable
 
 if TYPE_CHECKING:
     from ..options import ConverseOptions
@@ -233,9 +233,13 @@ class ContentBlocks:
                 raw = raw.encode("utf-16-le", "surrogatepass").decode("utf-16-le", "replace")
             try:
                 call_input = json.loads(raw) if raw.strip() else {}
+                problem = unstorable(call_input)
+                if problem:
+                    raise ValueError(f"it has {problem}")
                 parts.append(ToolCall(tool_id, name, call_input, index=index, provider_executed=provider_executed))
-            except ValueError as err:  # the model sent input that is not JSON: the model must hear of it
+            except (ValueError, RecursionError) as err:  # not JSON, or none a browser takes: the model hears of it
                 error = f"The tool input is not valid JSON: {err}"
+                raw = raw.replace("\x00", "\ufffd")  # kept as text: storable
                 parts.append(
                     ToolCall(tool_id, name, raw, error=error, index=index, provider_executed=provider_executed)
                 )
