@@ -6,6 +6,7 @@ aiobotocore against the built-in emulator, whose request log shows what reached 
 from __future__ import annotations
 
 import asyncio
+import enum
 import json
 import logging
 import threading
@@ -114,6 +115,20 @@ def delete_file(path: str) -> str:
 
 SERVER_TOOLS = [calculator, echo, slow_async, slow_sync, broken, wait_forever]
 
+
+class Action(enum.Enum):
+    KEEP = "keep"
+    DELETE = "delete"
+
+
+RULE_INPUTS: list[Any] = []
+
+
+@tool(needs_approval=lambda input, request: RULE_INPUTS.append(input) or input["action"] == "delete")
+def files(action: Action) -> str:
+    """Keep or delete the files (deleting asks the user first)."""
+    return action.value
+
 #: Values a tool may return that no browser (NaN is not JSON) or PostgreSQL (NUL) takes, or that nest
 #: deeper than anything that signs or stores them can follow.
 UNSENDABLE = {"nan": float("nan"), "infinity": float("inf"), "nul": "a\x00b", "deep": [[[[[[[[1]]]]]]]] * 1}
@@ -180,6 +195,7 @@ urlpatterns = [
     path("two-steps/", TwoSteps.as_view()),
     path("browser/", BrowserTools.as_view()),
     path("unsendable/", ConverseTools.as_view(tools=[echo, unsendable])),
+    path("files/", ConverseTools.as_view(tools=[files])),
 ]
 pytestmark = [pytest.mark.urls(__name__), pytest.mark.django_db(transaction=True)]
 
@@ -723,6 +739,14 @@ def test_a_tool_output_that_cannot_be_sent_is_an_error_the_model_sees(
     [error] = of(chunks, "tool-output-error")
     assert error["errorText"].startswith("The tool 'unsendable' returned a value that cannot be sent"), error
     assert not of(chunks, "error") and row().status == "completed"
+
+
+def test_an_approval_rule_reads_the_input_as_the_model_sent_it(bedrock_emulator: Any) -> None:
+    """As the README says: JSON values, before the tool's types apply (the enum's value, not the enum)."""
+    RULE_INPUTS.clear()
+    status, body = post("wsgi", "/files/", chat('[[emulator tool=files tool_input={"action": "delete"}]] go'))
+    assert status == 200, body
+    assert RULE_INPUTS == [{"action": "delete"}] and of(ui_chunks(body), "tool-approval-request")
 
 
 @pytest.mark.parametrize("server_kind", ["wsgi", "asgi"])
