@@ -178,6 +178,8 @@ class ToolReplay:
     pending: dict[str, dict[str, Any]] = field(default_factory=dict)
     #: Calls the user just denied: sent first in the stream, so the browser shows them denied.
     denied: list[ToolDenied] = field(default_factory=list)
+    #: The cache keys of the approvals this request marked as acted on (see :func:`release_approvals`).
+    used_approvals: list[str] = field(default_factory=list)
 
 
 def replay_tool_parts(
@@ -199,6 +201,17 @@ def replay_tool_parts(
         return ToolReplay(list(messages))
     offered = tools_by_name(tools)
     replay = ToolReplay([])
+    try:
+        _replay_into(replay, messages, offered, request)
+    except RequestRejected:
+        release_approvals(replay)  # another part of the request is refused: nothing ran
+        raise
+    return replay
+
+
+def _replay_into(
+    replay: ToolReplay, messages: Sequence[dict[str, Any]], offered: Mapping[str, Tool], request: HttpRequest | None
+) -> None:
     seen: set[str] = set()
     for position, message in enumerate(messages):
         entries = message.get("tool_calls")
@@ -226,7 +239,6 @@ def replay_tool_parts(
         replay.messages.append(turn)
         if results:
             replay.messages.append({"role": "user", "content": "", "tool_results": results})
-    return replay
 
 
 def _replayed(
@@ -261,7 +273,7 @@ def _replayed(
     if runs_now:
         if tool.client_side:
             raise _refused(f"The tool {name!r} runs in the browser: it takes an output, not an approval.")
-        if not _first_use(approval["id"]):  # type: ignore[index]
+        if not _first_use(approval["id"], replay):  # type: ignore[index]
             raise _refused(f"This approval was already acted on (tool {name!r}, call {call_id!r}).")
         replay.approved.append(call)
         pending = {"id": call_id, "name": name, "approved": True}  # the output once it ran (see ToolReplay)
@@ -281,13 +293,24 @@ def _replayed(
     return call, result_entry(result)
 
 
-def _first_use(approval_id: str) -> bool:
+def _first_use(approval_id: str, replay: ToolReplay) -> bool:
     """Mark an approval as acted on; False if it already was. One approval runs its call once (a double
     submit or a replay would run a side effect again); kept ``TOOL_CALL_MAX_AGE`` seconds in Django's
     default cache, which must be shared by the workers (Redis, Memcached, the database) for this to
     hold across them."""
     key = "bedrock_stream.approval." + hashlib.sha256(approval_id.encode("utf-8", "surrogatepass")).hexdigest()
-    return bool(caches["default"].add(key, 1, timeout=stream_settings.TOOL_CALL_MAX_AGE))
+    if caches["default"].add(key, 1, timeout=stream_settings.TOOL_CALL_MAX_AGE):
+        replay.used_approvals.append(key)
+        return True
+    return False
+
+
+def release_approvals(replay: ToolReplay) -> None:
+    """Give back the approvals this request marked as acted on, when it is refused before their calls
+    ran (another bad part, a 429 budget, a 503): the user's approval can be sent again."""
+    if replay.used_approvals:
+        caches["default"].delete_many(replay.used_approvals)
+        replay.used_approvals.clear()
 
 
 def result_entry(result: ToolResult) -> dict[str, Any]:

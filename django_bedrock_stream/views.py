@@ -68,6 +68,7 @@ from .parsing import (
     RequestRejected,
     continued_message_id,
     read_request_data,
+    release_approvals,
     replay_tool_parts,
     request_size,
     result_entry,
@@ -236,6 +237,7 @@ class BedrockStreamMixin:
         except RequestRejected as rejection:
             return self.reject(rejection)
         except (BudgetRefused, StorageUnavailable) as refusal:  # by reserve_budget: nothing started, no signals
+            await sync_to_async(self.release_approvals)()
             return self.error_response(refusal)
         except asyncio.CancelledError:
             # The client left during the start hop, which runs on regardless: once it is over (the
@@ -249,6 +251,7 @@ class BedrockStreamMixin:
         try:
             if not self.start_was_stored(completion):
                 failure = StorageUnavailable(model_id=completion.model_id)
+                await sync_to_async(self.release_approvals)()
                 await asyncio.shield(unstarted._end_async(Completion.Status.FAILED, failure))
             else:
                 await self.arun_approved_tools(request, completion)
@@ -280,11 +283,13 @@ class BedrockStreamMixin:
         try:
             self.start(request, completion)
         except (BudgetRefused, StorageUnavailable) as refusal:
+            self.release_approvals()
             return self.error_response(refusal)
         started_at = time.monotonic()
         unstarted = self.make_runner(request, BedrockStream([], self.family.parse_event), completion, started_at)
         if not self.start_was_stored(completion):
             error: BedrockStreamError = StorageUnavailable(model_id=completion.model_id)
+            self.release_approvals()
             unstarted._end_sync(Completion.Status.FAILED, error)
             return self.error_response(error)
         try:
@@ -323,6 +328,7 @@ class BedrockStreamMixin:
 
     def _cancel_start(self, request: HttpRequest) -> None:
         """Settle as cancelled what a start hop whose client left started (runs after that hop)."""
+        self.release_approvals()
         completion = self._started
         if completion is not None:
             empty = BedrockStream([], self.family.parse_event)
@@ -385,6 +391,13 @@ class BedrockStreamMixin:
         self.tool_list = list(self.get_tools(request))
         # The tool calls the browser sent back, checked before anything else happens.
         self.tool_replay = replay_tool_parts(self.validated_data["messages"], self.tool_list, request)
+        try:
+            self._prepare_body(request)
+        except RequestRejected:
+            self.release_approvals()
+            raise
+
+    def _prepare_body(self, request: HttpRequest) -> None:
         self.validated_data["messages"] = self.tool_replay.messages
         self.messages = self.get_messages(request)
         self.resolved_options = self.get_converse_options(request)
@@ -397,6 +410,13 @@ class BedrockStreamMixin:
         self.resolved_model_id = self.get_model_id()
         if self.tool_list:
             self._offer_tools()
+
+    def release_approvals(self) -> None:
+        """Should not need overriding: the request is refused before the calls the user approved in it
+        ran (a 400, 429 or 503), so their approvals stay usable (:func:`~.parsing.release_approvals`)."""
+        replay = getattr(self, "tool_replay", None)
+        if replay is not None:
+            release_approvals(replay)
 
     def _offer_tools(self) -> None:
         if self.family.name not in TOOL_FORMATS:

@@ -20,6 +20,7 @@ from unittest import mock
 import pytest
 from django.contrib.auth import get_user_model
 from django.core import signing
+from django.test import override_settings
 from django.urls import path
 
 from django_bedrock_stream.drf import BedrockStreamAPIView
@@ -716,6 +717,27 @@ def test_an_approval_runs_its_call_once(bedrock_emulator: Any) -> None:
     statuses = [post("wsgi", "/converse/", body)[0] for _ in range(3)]
     assert statuses[0] == 200 and statuses[1:] == [400, 400]
     assert DELETED == ["/tmp/a.txt"]
+
+
+def test_an_approval_in_a_refused_request_stays_usable(bedrock_emulator: Any, django_user_model: Any) -> None:
+    """A request refused before its approved call ran (another part forged: 400; over budget: 429)
+    does not use the approval up: sent again once the request is fine, the call runs, once."""
+    status, _ = post("wsgi", "/converse/", conversation(_approved(), _output(callProviderMetadata={
+        "bedrock": {"signature": "forged"}})))
+    assert status == 400 and DELETED == []
+    alice = django_user_model.objects.create_user("alice", password="x")
+    token = sign_call(ToolCall("t2", "delete_file", APPROVAL_INPUT), binding=f"user:{alice.pk}", purpose="approval")
+    hers = signed_part("delete_file", "t2", APPROVAL_INPUT, binding=f"user:{alice.pk}", state="approval-responded",
+                       approval={"id": token, "approved": True})
+    for server in ("wsgi", "asgi"):
+        with override_settings(BEDROCK_STREAM={"BUDGETS": {"default": {"tokens": 1, "period": "day"}}}):
+            status, body = post(server, "/converse/", conversation(hers), user=alice)
+        assert status == 429 and json.loads(body)["error"]["type"] == "budget_exceeded", body
+    assert DELETED == []
+    assert post("asgi", "/converse/", conversation(hers), user=alice)[0] == 200
+    assert post("wsgi", "/converse/", conversation(_approved()))[0] == 200
+    assert post("wsgi", "/converse/", conversation(hers), user=alice)[0] == 400  # used now
+    assert sorted(DELETED) == ["/tmp/a.txt", "/tmp/a.txt"]
 
 
 # -- AI SDK 4 (the data stream, v1) ---------------------------------------------------------------
